@@ -1,0 +1,573 @@
+//! `prompts.toml`: the project file. This module turns its text into a
+//! [`Project`]: models with their parameters, and target declarations with
+//! the position of every value, so that later stages (graph, template) can
+//! point at the exact `prompts.toml:LINE:COL` when something is wrong.
+//!
+//! Nothing here touches the file system beyond reading `prompts.toml`;
+//! whether the named files exist is checked when the graph is built.
+
+use crate::error::{Error, Location, Result};
+use camino::{Utf8Path, Utf8PathBuf};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::ops::Range;
+use toml::Spanned;
+
+pub const PROJECT_FILE: &str = "prompts.toml";
+pub const DEFAULT_MODEL: &str = "default";
+
+/// Model settings as written in `[models.NAME]` or in a target's `params`.
+/// Every provider's parameters live here so that an unknown key anywhere is
+/// refused by serde with its position.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// mock: simulated latency (not part of the InputBundleHash).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<u64>,
+    /// command: the argv to run, prompt on stdin, output on stdout.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub command: Option<Vec<String>>,
+    /// command: how the prompt is written to stdin: `text` (default) or `json`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    /// command: wall-clock limit in seconds (not part of the InputBundleHash).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeout_s: Option<u64>,
+}
+
+impl ModelSettings {
+    /// `self` with every field that `over` sets replaced.
+    fn overridden_by(&self, over: &ModelSettings) -> ModelSettings {
+        ModelSettings {
+            provider: over.provider.clone().or_else(|| self.provider.clone()),
+            latency_ms: over.latency_ms.or(self.latency_ms),
+            command: over.command.clone().or_else(|| self.command.clone()),
+            stdin: over.stdin.clone().or_else(|| self.stdin.clone()),
+            timeout_s: over.timeout_s.or(self.timeout_s),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    #[serde(default)]
+    models: BTreeMap<String, Spanned<ModelSettings>>,
+    #[serde(default)]
+    targets: BTreeMap<Spanned<String>, Spanned<RawTarget>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    template: Spanned<String>,
+    #[serde(default)]
+    inputs: BTreeMap<Spanned<String>, Spanned<String>>,
+    output: Spanned<String>,
+    model: Option<Spanned<String>>,
+    params: Option<Spanned<ModelSettings>>,
+    foreach: Option<Spanned<String>>,
+}
+
+/// Which model adapter runs a target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Mock,
+    Command,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Mock => "mock",
+            Provider::Command => "command",
+        }
+    }
+}
+
+/// The fully resolved model a target runs with: its `[models.NAME]` table
+/// with the target's `params` applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub name: String,
+    pub provider: Provider,
+    pub settings: ModelSettings,
+}
+
+impl ModelConfig {
+    /// The parameters that determine the output, as they enter the
+    /// InputBundleHash: everything except the provider name itself and the
+    /// settings that only change how (not what) the model is run.
+    pub fn hashed_params(&self) -> BTreeMap<String, serde_json::Value> {
+        let mut s = self.settings.clone();
+        s.provider = None;
+        s.latency_ms = None; // simulated delay: same output
+        s.timeout_s = None; // a time limit: same output when it succeeds
+        match serde_json::to_value(&s) {
+            Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
+            _ => BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InputDecl {
+    pub name: String,
+    pub pattern: String,
+    pub is_glob: bool,
+    pub span: Range<usize>,
+}
+
+/// A `[targets.NAME]` table, validated but not yet expanded over files.
+#[derive(Debug, Clone)]
+pub struct TargetDecl {
+    pub name: String,
+    pub name_span: Range<usize>,
+    pub template: Utf8PathBuf,
+    pub template_span: Range<usize>,
+    pub inputs: Vec<InputDecl>,
+    pub output: String,
+    pub output_span: Range<usize>,
+    pub model: ModelConfig,
+    pub foreach: Option<(String, Range<usize>)>,
+}
+
+/// A loaded `prompts.toml`.
+#[derive(Debug, Clone)]
+pub struct Project {
+    /// Absolute project root (the directory holding `prompts.toml`).
+    pub root: Utf8PathBuf,
+    /// The project file's text, kept to turn spans into line and column.
+    pub source: String,
+    pub models: BTreeMap<String, ModelConfig>,
+    pub targets: Vec<TargetDecl>,
+}
+
+impl Project {
+    /// The `prompts.toml:LINE:COL` of a byte span.
+    pub fn loc(&self, span: &Range<usize>) -> Location {
+        Location::at_offset(PROJECT_FILE, &self.source, span.start)
+    }
+
+    pub fn error(&self, span: &Range<usize>, msg: impl Into<String>, help: Option<String>) -> Error {
+        Error::invalid(self.loc(span), msg, help)
+    }
+
+    /// Finds the project root: `start` or its nearest ancestor with a
+    /// `prompts.toml`.
+    pub fn discover(start: &Utf8Path) -> Result<Utf8PathBuf> {
+        let mut dir = Some(start);
+        while let Some(d) = dir {
+            if d.join(PROJECT_FILE).is_file() {
+                return Ok(d.to_owned());
+            }
+            dir = d.parent();
+        }
+        Err(Error::NoProject {
+            dir: start.to_owned(),
+        })
+    }
+
+    pub fn load(root: &Utf8Path) -> Result<Project> {
+        let path = root.join(PROJECT_FILE);
+        let source = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
+        Project::parse(root, source)
+    }
+
+    pub fn parse(root: &Utf8Path, source: String) -> Result<Project> {
+        let raw: RawProject = toml::from_str(&source).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            let msg = e.message().trim_end().to_string();
+            let help = if msg.contains("unknown field") {
+                Some("remove or rename the key; see the `prompts.toml` reference in README.md".to_string())
+            } else {
+                None
+            };
+            Error::invalid(Location::at_offset(PROJECT_FILE, &source, offset), msg, help)
+        })?;
+        let mut project = Project {
+            root: root.to_owned(),
+            source,
+            models: BTreeMap::new(),
+            targets: Vec::new(),
+        };
+
+        let mut raw_models = raw.models;
+        for (name, settings) in &raw_models {
+            check_name(&project, name, &settings.span(), "model")?;
+        }
+        if !raw_models.contains_key(DEFAULT_MODEL) {
+            let mock = ModelSettings {
+                provider: Some("mock".into()),
+                ..Default::default()
+            };
+            raw_models.insert(DEFAULT_MODEL.into(), Spanned::new(0..0, mock));
+        }
+        for (name, settings) in &raw_models {
+            let model = resolve_model(&project, name, settings.get_ref(), &settings.span())?;
+            project.models.insert(name.clone(), model);
+        }
+
+        for (name, target) in raw.targets {
+            let decl = resolve_target(&project, &name, target.into_inner())?;
+            project.targets.push(decl);
+        }
+        Ok(project)
+    }
+}
+
+fn check_name(project: &Project, name: &str, span: &Range<usize>, what: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(project.error(
+            span,
+            format!("invalid {what} name `{name}`"),
+            Some("use letters, digits, `_` and `-` only".into()),
+        ))
+    }
+}
+
+fn resolve_model(
+    project: &Project,
+    name: &str,
+    settings: &ModelSettings,
+    span: &Range<usize>,
+) -> Result<ModelConfig> {
+    let provider = match settings.provider.as_deref() {
+        Some("mock") => Provider::Mock,
+        Some("command") => Provider::Command,
+        Some(other) => {
+            return Err(project.error(
+                span,
+                format!("model `{name}` has unknown provider `{other}`"),
+                Some("use `provider = \"mock\"` or `provider = \"command\"`".into()),
+            ));
+        }
+        None => {
+            return Err(project.error(
+                span,
+                format!("model `{name}` has no `provider`"),
+                Some("add `provider = \"mock\"` or `provider = \"command\"`".into()),
+            ));
+        }
+    };
+    let model = ModelConfig {
+        name: name.to_string(),
+        provider,
+        settings: settings.clone(),
+    };
+    check_model_settings(project, &model, span)?;
+    Ok(model)
+}
+
+/// Provider-specific rules serde cannot express: which settings a provider
+/// accepts and which it needs.
+fn check_model_settings(project: &Project, m: &ModelConfig, span: &Range<usize>) -> Result<()> {
+    let s = &m.settings;
+    let bad = |key: &str| {
+        Err(project.error(
+            span,
+            format!(
+                "model `{}`: `{key}` is not a setting of the `{}` provider",
+                m.name,
+                m.provider.as_str()
+            ),
+            Some(format!("remove `{key}`")),
+        ))
+    };
+    match m.provider {
+        Provider::Mock => {
+            if s.command.is_some() {
+                return bad("command");
+            }
+            if s.stdin.is_some() {
+                return bad("stdin");
+            }
+            if s.timeout_s.is_some() {
+                return bad("timeout_s");
+            }
+        }
+        Provider::Command => {
+            if s.latency_ms.is_some() {
+                return bad("latency_ms");
+            }
+            match &s.command {
+                Some(argv) if !argv.is_empty() && !argv[0].is_empty() => {}
+                _ => {
+                    return Err(project.error(
+                        span,
+                        format!("model `{}` needs a non-empty `command`", m.name),
+                        Some("for example `command = [\"python3\", \"call_model.py\"]`".into()),
+                    ));
+                }
+            }
+            if let Some(fmt) = s.stdin.as_deref() {
+                if fmt != "text" && fmt != "json" {
+                    return Err(project.error(
+                        span,
+                        format!("model `{}`: `stdin` must be \"text\" or \"json\", not \"{fmt}\"", m.name),
+                        None,
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn is_glob(pattern: &str) -> bool {
+    pattern.contains(['*', '?', '[', '{'])
+}
+
+/// Checks a path or glob written in `prompts.toml`: relative, inside the
+/// project, no `..`. Returns it normalised (no `./`, `/` separators).
+pub fn check_project_path(
+    project: &Project,
+    value: &str,
+    span: &Range<usize>,
+    what: &str,
+) -> Result<String> {
+    let refuse = |why: &str| {
+        Err(project.error(
+            span,
+            format!("{what} `{value}` {why}"),
+            Some("paths in `prompts.toml` are relative to the project root and must stay inside it".into()),
+        ))
+    };
+    if value.is_empty() {
+        return refuse("is empty");
+    }
+    if value.starts_with('/') || value.starts_with('\\') || Utf8Path::new(value).is_absolute() {
+        return refuse("is absolute");
+    }
+    let mut parts = Vec::new();
+    for part in value.split(['/', '\\']) {
+        match part {
+            "" | "." => {}
+            ".." => return refuse("leaves the project (`..`)"),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return refuse("names no file");
+    }
+    if parts[0] == ".mkt" {
+        return refuse("is inside mkt's store `.mkt/`");
+    }
+    Ok(parts.join("/"))
+}
+
+fn resolve_target(project: &Project, name: &Spanned<String>, raw: RawTarget) -> Result<TargetDecl> {
+    let name_span = name.span();
+    let name = name.get_ref().clone();
+    check_name(project, &name, &name_span, "target")?;
+
+    let template = check_project_path(project, raw.template.get_ref(), &raw.template.span(), "template")?;
+    if is_glob(&template) {
+        return Err(project.error(
+            &raw.template.span(),
+            format!("template `{template}` is a glob; a target has exactly one template"),
+            Some("use `foreach` to run one template over many files".into()),
+        ));
+    }
+
+    let mut inputs = Vec::new();
+    for (iname, ipath) in &raw.inputs {
+        check_name(project, iname.get_ref(), &iname.span(), "input")?;
+        let pattern = check_project_path(project, ipath.get_ref(), &ipath.span(), "input")?;
+        inputs.push(InputDecl {
+            name: iname.get_ref().clone(),
+            is_glob: is_glob(&pattern),
+            pattern,
+            span: ipath.span(),
+        });
+    }
+
+    let foreach = match &raw.foreach {
+        Some(f) => Some((check_project_path(project, f.get_ref(), &f.span(), "foreach glob")?, f.span())),
+        None => None,
+    };
+
+    let output = check_project_path(project, raw.output.get_ref(), &raw.output.span(), "output")?;
+    check_output_placeholders(project, &output, &raw.output.span(), foreach.is_some())?;
+
+    let (model_name, model_span) = match &raw.model {
+        Some(m) => (m.get_ref().clone(), m.span()),
+        None => (DEFAULT_MODEL.to_string(), name_span.clone()),
+    };
+    let Some(base) = project.models.get(&model_name) else {
+        let known: Vec<&str> = project.models.keys().map(String::as_str).collect();
+        return Err(project.error(
+            &model_span,
+            format!("target `{name}` uses unknown model `{model_name}`"),
+            Some(format!(
+                "define `[models.{model_name}]` or use one of: {}",
+                known.join(", ")
+            )),
+        ));
+    };
+    let model = match &raw.params {
+        Some(over) => {
+            if over.get_ref().provider.is_some() {
+                return Err(project.error(
+                    &over.span(),
+                    format!("target `{name}`: `params` cannot change the provider"),
+                    Some("define another model in `[models]` and set `model`".into()),
+                ));
+            }
+            let m = ModelConfig {
+                name: base.name.clone(),
+                provider: base.provider,
+                settings: base.settings.overridden_by(over.get_ref()),
+            };
+            check_model_settings(project, &m, &over.span())?;
+            m
+        }
+        None => base.clone(),
+    };
+
+    Ok(TargetDecl {
+        name,
+        name_span,
+        template: template.into(),
+        template_span: raw.template.span(),
+        inputs,
+        output,
+        output_span: raw.output.span(),
+        model,
+        foreach,
+    })
+}
+
+const PLACEHOLDERS: [&str; 3] = ["{stem}", "{name}", "{dir}"];
+
+fn check_output_placeholders(
+    project: &Project,
+    output: &str,
+    span: &Range<usize>,
+    has_foreach: bool,
+) -> Result<()> {
+    let mut rest = output.to_string();
+    for p in PLACEHOLDERS {
+        rest = rest.replace(p, "");
+    }
+    if rest.contains(['{', '}']) {
+        return Err(project.error(
+            span,
+            format!("output `{output}` has an unknown placeholder"),
+            Some("an output may use `{stem}`, `{name}` and `{dir}` (with `foreach`)".into()),
+        ));
+    }
+    let used = PLACEHOLDERS.iter().any(|p| output.contains(p));
+    if used && !has_foreach {
+        return Err(project.error(
+            span,
+            format!("output `{output}` uses a placeholder but the target has no `foreach`"),
+            Some("add `foreach = \"GLOB\"` or write a plain path".into()),
+        ));
+    }
+    if has_foreach && !output.contains("{stem}") && !output.contains("{name}") {
+        return Err(project.error(
+            span,
+            format!("output `{output}` is the same for every `foreach` file"),
+            Some("put `{stem}` or `{name}` in the output path, e.g. `out/{stem}.md`".into()),
+        ));
+    }
+    if is_glob(&rest) {
+        return Err(project.error(
+            span,
+            format!("output `{output}` contains glob characters"),
+            None,
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(src: &str) -> Result<Project> {
+        Project::parse(Utf8Path::new("/p"), src.to_string())
+    }
+
+    fn err(src: &str) -> String {
+        parse(src).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_project_gets_the_default_mock_model() {
+        let p = parse("[targets.a]\ntemplate = \"t.md\"\noutput = \"out/a.md\"\n").unwrap();
+        assert_eq!(p.targets[0].model.provider, Provider::Mock);
+        assert_eq!(p.targets[0].model.name, "default");
+    }
+
+    #[test]
+    fn unknown_key_names_its_line_and_column() {
+        let e = err("[targets.a]\ntemplate = \"t.md\"\noutput = \"o.md\"\ntemplat = \"x\"\n");
+        assert!(e.starts_with("prompts.toml:4:1: unknown field `templat`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_reported() {
+        let e = err("[targets.a]\ntemplate = 3\noutput = \"o.md\"\n");
+        assert!(e.starts_with("prompts.toml:2:12: invalid type"), "{e}");
+    }
+
+    #[test]
+    fn unknown_model() {
+        let e = err("[targets.a]\ntemplate = \"t.md\"\noutput = \"o.md\"\nmodel = \"fast\"\n");
+        assert_eq!(
+            e,
+            "prompts.toml:4:9: target `a` uses unknown model `fast`\n  help: define `[models.fast]` or use one of: default"
+        );
+    }
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        for bad in ["../x.md", "/etc/passwd", "a/../../x", ".mkt/objects/x"] {
+            let e = err(&format!("[targets.a]\ntemplate = \"{bad}\"\noutput = \"o.md\"\n"));
+            assert!(e.starts_with("prompts.toml:2:12: template"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn params_override_and_hash_only_what_matters() {
+        let p = parse(
+            "[models.m]\nprovider = \"command\"\ncommand = [\"cat\"]\ntimeout_s = 5\n\
+             [targets.a]\ntemplate = \"t.md\"\noutput = \"o.md\"\nmodel = \"m\"\nparams = { stdin = \"json\" }\n",
+        )
+        .unwrap();
+        let h = p.targets[0].model.hashed_params();
+        assert_eq!(h.get("stdin"), Some(&serde_json::json!("json")));
+        assert_eq!(h.get("command"), Some(&serde_json::json!(["cat"])));
+        assert!(!h.contains_key("timeout_s"));
+    }
+
+    #[test]
+    fn provider_rules() {
+        let e = err("[models.m]\nprovider = \"command\"\n");
+        assert!(e.contains("model `m` needs a non-empty `command`"), "{e}");
+        let e = err("[models.m]\nprovider = \"mock\"\ncommand = [\"cat\"]\n");
+        assert!(e.contains("`command` is not a setting of the `mock` provider"), "{e}");
+        let e = err("[models.m]\nprovider = \"gpt\"\n");
+        assert!(e.contains("unknown provider `gpt`"), "{e}");
+    }
+
+    #[test]
+    fn foreach_output_needs_a_placeholder() {
+        let e = err("[targets.a]\ntemplate = \"t.md\"\noutput = \"o.md\"\nforeach = \"d/*.md\"\n");
+        assert!(e.contains("is the same for every `foreach` file"), "{e}");
+        let e = err("[targets.a]\ntemplate = \"t.md\"\noutput = \"o/{stem}.md\"\n");
+        assert!(e.contains("uses a placeholder but the target has no `foreach`"), "{e}");
+    }
+}

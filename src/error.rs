@@ -1,0 +1,134 @@
+//! Errors of the library core. Every variant carries the file (and, where it
+//! has one, the line and column) it is about; `Display` renders the message a
+//! user sees, with paths in backticks and a `help:` line saying what to do.
+
+use camino::Utf8PathBuf;
+use std::fmt;
+
+/// A position in a project file, 1-based, as editors and compilers print it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: Utf8PathBuf,
+    pub line: usize,
+    pub col: usize,
+}
+
+impl Location {
+    /// Converts a byte offset in `text` into a line and column.
+    pub fn at_offset(file: impl Into<Utf8PathBuf>, text: &str, offset: usize) -> Location {
+        let offset = offset.min(text.len());
+        let before = &text[..offset];
+        let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let col = before[line_start..].chars().count() + 1;
+        Location {
+            file: file.into(),
+            line,
+            col,
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.col)
+    }
+}
+
+fn help_line(h: &Option<String>) -> String {
+    match h {
+        Some(h) => format!("\n  help: {h}"),
+        None => String::new(),
+    }
+}
+
+/// Why a project could not be loaded, analysed or built. Exit code 2 for the
+/// invalid-project family, 1 for the rest (see [`Error::exit_code`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no `prompts.toml` in `{dir}` or any parent directory\n  help: run `mkt init` to start a project here")]
+    NoProject { dir: Utf8PathBuf },
+
+    /// Something in `prompts.toml` or a template is wrong; `loc` points at it.
+    #[error("{loc}: {message}{}", help_line(.help))]
+    Invalid {
+        loc: Location,
+        message: String,
+        help: Option<String>,
+    },
+
+    /// A problem with a file that has no useful position (missing, unreadable).
+    #[error("{message}{}", help_line(.help))]
+    InvalidFile {
+        path: Utf8PathBuf,
+        message: String,
+        help: Option<String>,
+    },
+
+    #[error("dependency cycle: {}\n  help: a target cannot depend on its own output; remove one of these `targets.NAME` references", .path.join(" -> "))]
+    Cycle { path: Vec<String> },
+
+    #[error("unknown target `{name}`{}", help_line(.help))]
+    UnknownTarget { name: String, help: Option<String> },
+
+    #[error("cannot {action} `{path}`: {source}")]
+    Io {
+        action: &'static str,
+        path: Utf8PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("another `mkt` holds the lock on `{path}`\n  help: wait for it to finish, or drop `--no-wait` to wait for it")]
+    Locked { path: Utf8PathBuf },
+
+    #[error("{0}")]
+    Interrupted(&'static str),
+}
+
+impl Error {
+    pub fn io(action: &'static str, path: impl Into<Utf8PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            action,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub fn invalid(loc: Location, message: impl Into<String>, help: Option<String>) -> Self {
+        Error::Invalid {
+            loc,
+            message: message.into(),
+            help,
+        }
+    }
+
+    /// 2 for an invalid project (nothing ran), 1 for everything else.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::NoProject { .. }
+            | Error::Invalid { .. }
+            | Error::InvalidFile { .. }
+            | Error::Cycle { .. }
+            | Error::UnknownTarget { .. } => 2,
+            _ => 1,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_become_one_based_lines_and_columns() {
+        let text = "a = 1\nbé = 2\n";
+        assert_eq!(Location::at_offset("p", text, 0).to_string(), "p:1:1");
+        assert_eq!(Location::at_offset("p", text, 6).to_string(), "p:2:1");
+        // columns count characters, not bytes
+        assert_eq!(Location::at_offset("p", text, 10).to_string(), "p:2:4");
+        assert_eq!(Location::at_offset("p", text, 999).to_string(), "p:3:1");
+    }
+}

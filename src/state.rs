@@ -1,0 +1,588 @@
+//! Freshness: the fast path that decides which targets are stale, in the
+//! manner of cargo's `fingerprint` module.
+//!
+//! **What is compared.** For every target the state keeps the
+//! [`TargetRecord`] of its last build: a digest of its configuration (the
+//! template path, the resolved input paths and names, the `foreach` item, and
+//! separately the model's hashed parameters), the BLAKE3 digest of every
+//! file the compilation read (template, partials, verbatim files, inputs,
+//! item), and the output digest of every upstream target it consumed. A
+//! target is fresh when all of these are equal now and its output file still
+//! has the recorded digest. Rendering is deterministic, so equal ingredients
+//! give an equal compiled prompt and an equal InputBundleHash: a fresh target
+//! needs neither rendering nor a store lookup. Upstream *output digests*
+//! (not run ids) are compared, which gives early cutoff.
+//!
+//! **Stat cache.** File digests come from a cache of (size, mtime, ctime,
+//! inode) → digest, like git's index, so a no-op build costs one `lstat` per
+//! file. An entry is "racy" when the file's mtime was within [`RACY_NS`] of
+//! the moment it was hashed (a second write within the same timestamp tick
+//! would be invisible); racy entries are re-hashed every time until they
+//! age out.
+//!
+//! **Never trusted blindly.** The state is only an accelerator: the store's
+//! action cache holds the truth. A missing, truncated or corrupt state file
+//! (checked by length and BLAKE3) is ignored, which costs a re-hash and a
+//! render per target but never a wrong result.
+//!
+//! **Staleness reasons** are data ([`DirtyReason`]), produced only by
+//! [`dirty_reason`] and rendered alike by `build --dry-run`, status and
+//! explain.
+//!
+//! # File format of `.mkt/state`
+//!
+//! ```text
+//! "MKTSTATE" | u32 version (=1) | u64 body length | body | 32-byte BLAKE3 of body
+//! body := u32 count, FILE*   | u32 count, ANALYSIS* | u32 count, TARGET*
+//! FILE := str path | u64 size | i64 mtime_ns | i64 ctime_ns | u64 ino | u8 racy | digest
+//! ANALYSIS := digest (of the template text) | refs(inputs) | u8 all_inputs
+//!             | refs(targets) | refs(partials) | refs(verbatim) | u8 uses_item
+//! refs := u32 count, (str name | u32 line)*
+//! TARGET := str key | digest config | digest model | u32 n, (u8 kind | str path | digest)*
+//!           | u32 n, (str key | digest)* | digest ibh | str output | digest output
+//!           | str run_id | u8 failed
+//! str := u32 length | UTF-8 bytes; integers little-endian; digest := 32 bytes
+//! ```
+
+use crate::hash::Digest;
+use crate::template::{Ref, TemplateRefs};
+use std::collections::HashMap;
+use std::fmt;
+
+pub const STATE_MAGIC: &[u8; 8] = b"MKTSTATE";
+pub const STATE_VERSION: u32 = 1;
+/// Two seconds covers file systems with one- and two-second timestamps.
+pub const RACY_NS: i64 = 2_000_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStat {
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
+    pub ino: u64,
+}
+
+impl FileStat {
+    pub fn from_metadata(m: &std::fs::Metadata) -> FileStat {
+        use std::os::unix::fs::MetadataExt;
+        FileStat {
+            size: m.len(),
+            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            ino: m.ino(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatEntry {
+    pub stat: FileStat,
+    pub racy: bool,
+    pub digest: Digest,
+}
+
+pub fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64)
+}
+
+impl StatEntry {
+    pub fn new(stat: FileStat, digest: Digest, hashed_at_ns: i64) -> StatEntry {
+        StatEntry {
+            stat,
+            racy: hashed_at_ns - stat.mtime_ns < RACY_NS,
+            digest,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DepKind {
+    Template,
+    Partial,
+    Verbatim,
+    Input,
+    Item,
+}
+
+impl DepKind {
+    fn code(self) -> u8 {
+        self as u8
+    }
+    fn from_code(c: u8) -> Option<DepKind> {
+        Some(match c {
+            0 => DepKind::Template,
+            1 => DepKind::Partial,
+            2 => DepKind::Verbatim,
+            3 => DepKind::Input,
+            4 => DepKind::Item,
+            _ => return None,
+        })
+    }
+    pub fn word(self) -> &'static str {
+        match self {
+            DepKind::Template => "template",
+            DepKind::Partial => "partial",
+            DepKind::Verbatim => "verbatim file",
+            DepKind::Input => "input",
+            DepKind::Item => "foreach file",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dep {
+    pub kind: DepKind,
+    pub path: String,
+    pub digest: Digest,
+}
+
+/// What a target's result is a function of, now or at its last build.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Fingerprint {
+    pub config: Digest,
+    pub model: Digest,
+    pub deps: Vec<Dep>,
+    /// Upstream node key and the output digest consumed.
+    pub upstream: Vec<(String, Digest)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TargetRecord {
+    pub fingerprint: Fingerprint,
+    pub ibh: Digest,
+    pub output: String,
+    pub output_digest: Digest,
+    pub run_id: String,
+    pub failed: bool,
+}
+
+/// Why a target must be (re)built: produced by [`dirty_reason`], rendered by
+/// `Display`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirtyReason {
+    NeverBuilt,
+    Forced,
+    PreviousRunFailed,
+    ModelChanged,
+    ConfigChanged,
+    FileChanged { kind: DepKind, path: String },
+    FileAdded { kind: DepKind, path: String },
+    FileRemoved { kind: DepKind, path: String },
+    UpstreamChanged { target: String },
+    OutputMissing { path: String },
+    OutputModified { path: String },
+}
+
+impl fmt::Display for DirtyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DirtyReason::NeverBuilt => write!(f, "never built"),
+            DirtyReason::Forced => write!(f, "forced"),
+            DirtyReason::PreviousRunFailed => write!(f, "previous run failed"),
+            DirtyReason::ModelChanged => write!(f, "model parameters changed"),
+            DirtyReason::ConfigChanged => write!(f, "target definition in `prompts.toml` changed"),
+            DirtyReason::FileChanged { kind, path } => write!(f, "{} `{path}` changed", kind.word()),
+            DirtyReason::FileAdded { kind, path } => write!(f, "{} `{path}` added", kind.word()),
+            DirtyReason::FileRemoved { kind, path } => write!(f, "{} `{path}` removed", kind.word()),
+            DirtyReason::UpstreamChanged { target } => write!(f, "upstream `{target}` output changed"),
+            DirtyReason::OutputMissing { path } => write!(f, "output `{path}` missing"),
+            DirtyReason::OutputModified { path } => write!(f, "output `{path}` edited since it was built"),
+        }
+    }
+}
+
+impl DirtyReason {
+    /// True when only the output file needs restoring: the stored result is
+    /// still right, no compilation or model call is needed.
+    pub fn output_only(&self) -> bool {
+        matches!(self, DirtyReason::OutputMissing { .. } | DirtyReason::OutputModified { .. })
+    }
+}
+
+/// Compares a target's current fingerprint and output digest with its last
+/// record. `None` means fresh.
+pub fn dirty_reason(
+    record: Option<&TargetRecord>,
+    now: &Fingerprint,
+    output_path: &str,
+    output_digest: Option<Digest>,
+) -> Option<DirtyReason> {
+    let Some(rec) = record else {
+        return Some(DirtyReason::NeverBuilt);
+    };
+    if rec.failed {
+        return Some(DirtyReason::PreviousRunFailed);
+    }
+    let was = &rec.fingerprint;
+    if was.model != now.model {
+        return Some(DirtyReason::ModelChanged);
+    }
+    if was.config != now.config {
+        return Some(DirtyReason::ConfigChanged);
+    }
+    if was.deps != now.deps {
+        let old: HashMap<(DepKind, &str), Digest> =
+            was.deps.iter().map(|d| ((d.kind, d.path.as_str()), d.digest)).collect();
+        for d in &now.deps {
+            match old.get(&(d.kind, d.path.as_str())) {
+                None => return Some(DirtyReason::FileAdded { kind: d.kind, path: d.path.clone() }),
+                Some(o) if *o != d.digest => {
+                    return Some(DirtyReason::FileChanged { kind: d.kind, path: d.path.clone() });
+                }
+                _ => {}
+            }
+        }
+        let new: HashMap<(DepKind, &str), ()> =
+            now.deps.iter().map(|d| ((d.kind, d.path.as_str()), ())).collect();
+        if let Some(d) = was.deps.iter().find(|d| !new.contains_key(&(d.kind, d.path.as_str()))) {
+            return Some(DirtyReason::FileRemoved { kind: d.kind, path: d.path.clone() });
+        }
+        return Some(DirtyReason::ConfigChanged); // same files, other order
+    }
+    if was.upstream != now.upstream {
+        let old: HashMap<&str, Digest> = was.upstream.iter().map(|(k, d)| (k.as_str(), *d)).collect();
+        let changed = now
+            .upstream
+            .iter()
+            .find(|(k, d)| old.get(k.as_str()) != Some(d))
+            .map_or_else(|| now.upstream.first().map_or(String::new(), |u| u.0.clone()), |u| u.0.clone());
+        return Some(DirtyReason::UpstreamChanged { target: changed });
+    }
+    if rec.output != output_path {
+        return Some(DirtyReason::OutputMissing { path: output_path.to_string() });
+    }
+    match output_digest {
+        None => Some(DirtyReason::OutputMissing { path: output_path.to_string() }),
+        Some(d) if d != rec.output_digest => Some(DirtyReason::OutputModified { path: output_path.to_string() }),
+        Some(_) => None,
+    }
+}
+
+/// The whole state file in memory.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    pub files: HashMap<String, StatEntry>,
+    pub analysis: HashMap<Digest, TemplateRefs>,
+    pub targets: HashMap<String, TargetRecord>,
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn str(&mut self, s: &str) {
+        self.u32(s.len() as u32);
+        self.0.extend_from_slice(s.as_bytes());
+    }
+    fn digest(&mut self, d: &Digest) {
+        self.0.extend_from_slice(&d.0);
+    }
+    fn refs(&mut self, refs: &[Ref]) {
+        self.u32(refs.len() as u32);
+        for r in refs {
+            self.str(&r.name);
+            self.u32(r.line);
+        }
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let s = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(s)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn str(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
+    fn digest(&mut self) -> Option<Digest> {
+        Some(Digest(self.take(32)?.try_into().ok()?))
+    }
+    fn bool(&mut self) -> Option<bool> {
+        match self.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+    /// A count, bounded by what the remaining bytes could hold, so a
+    /// corrupt count cannot make us reserve gigabytes.
+    fn count(&mut self, min_item: usize) -> Option<usize> {
+        let n = self.u32()? as usize;
+        (n.checked_mul(min_item)? <= self.buf.len() - self.pos).then_some(n)
+    }
+    fn refs(&mut self) -> Option<Vec<Ref>> {
+        let n = self.count(8)?;
+        let mut v = Vec::with_capacity(n);
+        for _ in 0..n {
+            v.push(Ref { name: self.str()?, line: self.u32()? });
+        }
+        Some(v)
+    }
+}
+
+impl State {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::with_capacity(64 + self.files.len() * 100 + self.targets.len() * 200));
+        w.u32(self.files.len() as u32);
+        for (path, e) in &self.files {
+            w.str(path);
+            w.u64(e.stat.size);
+            w.u64(e.stat.mtime_ns as u64);
+            w.u64(e.stat.ctime_ns as u64);
+            w.u64(e.stat.ino);
+            w.u8(e.racy as u8);
+            w.digest(&e.digest);
+        }
+        w.u32(self.analysis.len() as u32);
+        for (d, r) in &self.analysis {
+            w.digest(d);
+            w.refs(&r.inputs);
+            w.u8(r.all_inputs as u8);
+            w.refs(&r.targets);
+            w.refs(&r.partials);
+            w.refs(&r.verbatim);
+            w.u8(r.uses_item as u8);
+        }
+        w.u32(self.targets.len() as u32);
+        for (key, t) in &self.targets {
+            w.str(key);
+            w.digest(&t.fingerprint.config);
+            w.digest(&t.fingerprint.model);
+            w.u32(t.fingerprint.deps.len() as u32);
+            for d in &t.fingerprint.deps {
+                w.u8(d.kind.code());
+                w.str(&d.path);
+                w.digest(&d.digest);
+            }
+            w.u32(t.fingerprint.upstream.len() as u32);
+            for (k, d) in &t.fingerprint.upstream {
+                w.str(k);
+                w.digest(d);
+            }
+            w.digest(&t.ibh);
+            w.str(&t.output);
+            w.digest(&t.output_digest);
+            w.str(&t.run_id);
+            w.u8(t.failed as u8);
+        }
+        let body = w.0;
+        let mut out = Vec::with_capacity(body.len() + 52);
+        out.extend_from_slice(STATE_MAGIC);
+        out.extend_from_slice(&STATE_VERSION.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&Digest::of(&body).0);
+        out
+    }
+
+    /// Decodes a state file; `None` for anything but a complete, intact file
+    /// of this version.
+    pub fn decode(bytes: &[u8]) -> Option<State> {
+        let mut r = Reader { buf: bytes, pos: 0 };
+        if r.take(8)? != STATE_MAGIC || r.u32()? != STATE_VERSION {
+            return None;
+        }
+        let len = usize::try_from(r.u64()?).ok()?;
+        let body = r.take(len)?;
+        let sum = r.digest()?;
+        if r.pos != bytes.len() || Digest::of(body) != sum {
+            return None;
+        }
+        let mut r = Reader { buf: body, pos: 0 };
+        let mut st = State::default();
+        let n = r.count(4 + 8 * 4 + 1 + 32)?;
+        st.files.reserve(n);
+        for _ in 0..n {
+            let path = r.str()?;
+            let stat = FileStat {
+                size: r.u64()?,
+                mtime_ns: r.u64()? as i64,
+                ctime_ns: r.u64()? as i64,
+                ino: r.u64()?,
+            };
+            let racy = r.bool()?;
+            let digest = r.digest()?;
+            st.files.insert(path, StatEntry { stat, racy, digest });
+        }
+        let n = r.count(32 + 4 * 4 + 2)?;
+        for _ in 0..n {
+            let d = r.digest()?;
+            let refs = TemplateRefs {
+                inputs: r.refs()?,
+                all_inputs: r.bool()?,
+                targets: r.refs()?,
+                partials: r.refs()?,
+                verbatim: r.refs()?,
+                uses_item: r.bool()?,
+            };
+            st.analysis.insert(d, refs);
+        }
+        let n = r.count(4 + 64 + 8 + 32 + 4 + 32 + 4 + 1)?;
+        st.targets.reserve(n);
+        for _ in 0..n {
+            let key = r.str()?;
+            let config = r.digest()?;
+            let model = r.digest()?;
+            let nd = r.count(1 + 4 + 32)?;
+            let mut deps = Vec::with_capacity(nd);
+            for _ in 0..nd {
+                deps.push(Dep {
+                    kind: DepKind::from_code(r.u8()?)?,
+                    path: r.str()?,
+                    digest: r.digest()?,
+                });
+            }
+            let nu = r.count(4 + 32)?;
+            let mut upstream = Vec::with_capacity(nu);
+            for _ in 0..nu {
+                upstream.push((r.str()?, r.digest()?));
+            }
+            let rec = TargetRecord {
+                fingerprint: Fingerprint { config, model, deps, upstream },
+                ibh: r.digest()?,
+                output: r.str()?,
+                output_digest: r.digest()?,
+                run_id: r.str()?,
+                failed: r.bool()?,
+            };
+            st.targets.insert(key, rec);
+        }
+        (r.pos == body.len()).then_some(st)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> State {
+        let mut st = State::default();
+        let d = Digest::of(b"a");
+        let stat = FileStat { size: 3, mtime_ns: 1_700_000_000_000_000_000, ctime_ns: 5, ino: 42 };
+        st.files.insert("docs/a.md".into(), StatEntry::new(stat, d, now_ns()));
+        st.analysis.insert(
+            d,
+            TemplateRefs {
+                inputs: vec![Ref { name: "doc".into(), line: 3 }],
+                targets: vec![Ref { name: "outline".into(), line: 1 }],
+                uses_item: true,
+                ..Default::default()
+            },
+        );
+        st.targets.insert(
+            "summary".into(),
+            TargetRecord {
+                fingerprint: Fingerprint {
+                    config: d,
+                    model: d,
+                    deps: vec![Dep { kind: DepKind::Input, path: "docs/a.md".into(), digest: d }],
+                    upstream: vec![("outline".into(), d)],
+                },
+                ibh: d,
+                output: "out/s.md".into(),
+                output_digest: d,
+                run_id: "r1".into(),
+                failed: false,
+            },
+        );
+        st
+    }
+
+    #[test]
+    fn round_trip() {
+        let st = sample();
+        assert_eq!(State::decode(&st.encode()), Some(st));
+    }
+
+    /// ninja-style: every truncation of a valid file is rejected, never a
+    /// panic and never a partial state.
+    #[test]
+    fn every_truncation_and_bit_flip_is_rejected() {
+        let bytes = sample().encode();
+        for cut in 0..bytes.len() {
+            assert_eq!(State::decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert_eq!(State::decode(&b), None, "flip at {i}");
+        }
+    }
+
+    #[test]
+    fn racy_entries_are_marked() {
+        let stat = FileStat { size: 1, mtime_ns: now_ns(), ctime_ns: 0, ino: 1 };
+        assert!(StatEntry::new(stat, Digest::default(), now_ns()).racy);
+        let old = FileStat { mtime_ns: now_ns() - 10 * RACY_NS, ..stat };
+        assert!(!StatEntry::new(old, Digest::default(), now_ns()).racy);
+    }
+
+    #[test]
+    fn reasons_name_what_changed() {
+        let st = sample();
+        let rec = st.targets.get("summary");
+        let mut now = rec.unwrap().fingerprint.clone();
+        let out = Some(Digest::of(b"a"));
+        assert_eq!(dirty_reason(rec, &now, "out/s.md", out), None);
+        assert_eq!(dirty_reason(None, &now, "out/s.md", out), Some(DirtyReason::NeverBuilt));
+        assert_eq!(
+            dirty_reason(rec, &now, "out/s.md", None).unwrap().to_string(),
+            "output `out/s.md` missing"
+        );
+        assert_eq!(
+            dirty_reason(rec, &now, "out/s.md", Some(Digest::of(b"b"))).unwrap().to_string(),
+            "output `out/s.md` edited since it was built"
+        );
+        now.upstream[0].1 = Digest::of(b"new");
+        assert_eq!(
+            dirty_reason(rec, &now, "out/s.md", out).unwrap().to_string(),
+            "upstream `outline` output changed"
+        );
+        now.deps[0].digest = Digest::of(b"new");
+        assert_eq!(
+            dirty_reason(rec, &now, "out/s.md", out).unwrap().to_string(),
+            "input `docs/a.md` changed"
+        );
+        now.deps.push(Dep { kind: DepKind::Partial, path: "p.md".into(), digest: Digest::default() });
+        now.deps[0].digest = Digest::of(b"a");
+        assert_eq!(
+            dirty_reason(rec, &now, "out/s.md", out).unwrap().to_string(),
+            "partial `p.md` added"
+        );
+        now.deps.remove(1);
+        now.deps.remove(0);
+        assert_eq!(
+            dirty_reason(rec, &now, "out/s.md", out).unwrap().to_string(),
+            "input `docs/a.md` removed"
+        );
+        now.model = Digest::of(b"m2");
+        assert_eq!(dirty_reason(rec, &now, "out/s.md", out), Some(DirtyReason::ModelChanged));
+    }
+}
