@@ -10,3 +10,7 @@ pub mod template;
 pub mod manifest;
 pub mod state;
 pub mod store;
+pub mod files;
+pub mod graph;
+pub mod build;
+pub mod exec;

@@ -1,0 +1,659 @@
+//! The build engine: decides per node whether it is fresh (see `state.rs`),
+//! and runs the stale ones through compilation and processing on a pool of
+//! `-j` worker threads, in dependency order, with early cutoff.
+//!
+//! Per stale node a worker: restores the output from the store when only
+//! the output file is missing or edited; otherwise renders the compiled
+//! prompt, computes the InputBundleHash, serves the action cache's result
+//! when there is one, and only then calls the model. A failed run is
+//! recorded in `runs/` but never in the action cache.
+
+use crate::config::Project;
+use crate::error::{Error, Result};
+use crate::exec::adapter_for;
+use crate::files::ProjectFiles;
+use crate::graph::{Graph, Node, analyse_project};
+use crate::hash::{Digest, InputBundleHash};
+use crate::manifest::{
+    self, FileDigest, InputRecord, ModelRecord, OutputRecord, RunManifest, RunStatus, Timing, UpstreamRecord,
+};
+use crate::state::{DirtyReason, Fingerprint, State, TargetRecord, dirty_reason};
+use crate::store::{ObjectRead, ObjectStore};
+use crate::template::{RenderInput, compile};
+use camino::Utf8Path;
+use minijinja::Value;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub targets: Vec<String>,
+    pub jobs: usize,
+    pub force: bool,
+    pub dry_run: bool,
+    pub keep_going: bool,
+    pub wait_for_lock: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            targets: Vec::new(),
+            jobs: 16,
+            force: false,
+            dry_run: false,
+            keep_going: false,
+            wait_for_lock: true,
+        }
+    }
+}
+
+/// What happened to one node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Up to date: nothing done.
+    Fresh,
+    /// Output file restored from the store; no compilation, no model call.
+    Restored,
+    /// Served from the action cache: compiled, but no model call.
+    Cached { run_id: String },
+    /// The model was called.
+    Ran { run_id: String },
+    Failed { error: String },
+    /// Not attempted because something it needs failed.
+    Skipped { because: String },
+    /// `--dry-run`: would be rebuilt.
+    WouldRun,
+}
+
+/// Progress as the engine reports it; the CLI decides what to print.
+#[derive(Debug)]
+pub enum Event<'a> {
+    WaitingForLock,
+    /// Selected node count, known after analysis.
+    Planned { total: usize },
+    Started { key: &'a str, reason: &'a DirtyReason },
+    Finished { key: &'a str, outcome: &'a Outcome, reason: Option<&'a DirtyReason>, done: usize, total: usize },
+    Warning(String),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct BuildReport {
+    pub total: usize,
+    pub fresh: usize,
+    pub restored: usize,
+    pub cached: usize,
+    pub ran: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    /// `--dry-run`: each node that would be rebuilt and why.
+    pub would_run: Vec<(String, DirtyReason)>,
+}
+
+impl BuildReport {
+    pub fn success(&self) -> bool {
+        self.failed == 0 && self.skipped == 0
+    }
+}
+
+#[derive(Clone)]
+struct Done {
+    ok: bool,
+    output_digest: Digest,
+    run_id: String,
+}
+
+struct Job {
+    node: usize,
+    reason: DirtyReason,
+    fingerprint: Fingerprint,
+    upstream: Vec<UpstreamRecord>,
+}
+
+struct JobResult {
+    node: usize,
+    outcome: Outcome,
+    record: Option<TargetRecord>,
+    warnings: Vec<String>,
+    history: Option<String>,
+}
+
+struct Ctx<'a> {
+    project: &'a Project,
+    graph: &'a Graph,
+    files: &'a ProjectFiles,
+    store: &'a ObjectStore,
+    old: &'a HashMap<String, TargetRecord>,
+    force: bool,
+}
+
+pub fn load_state(store: &ObjectStore) -> State {
+    std::fs::read(store.dir().join("state"))
+        .ok()
+        .and_then(|b| State::decode(&b))
+        .unwrap_or_default()
+}
+
+/// Builds the selected targets of the project at `root` (module docs).
+pub fn build(root: &Utf8Path, opts: &BuildOptions, report: &(dyn Fn(Event<'_>) + Sync)) -> Result<BuildReport> {
+    let project = Project::load(root)?;
+    let store = ObjectStore::open(root)?;
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(store.lock(opts.wait_for_lock, &|| report(Event::WaitingForLock))?)
+    };
+    let state = load_state(&store);
+    let State { files: old_files, analysis: old_analysis, targets: old_targets } = state;
+    let files = ProjectFiles::new(root, old_files);
+    let graph = analyse_project(&project, &files, &old_analysis)?;
+    let selected = graph.select(&project, &opts.targets)?;
+    let total = selected.iter().filter(|s| **s).count();
+    report(Event::Planned { total });
+
+    // Stat (and where needed hash) every file the selected nodes read or
+    // write, in parallel: on a no-op build this is nearly all the work.
+    let mut paths: Vec<&str> = Vec::new();
+    let mut seen_paths = HashSet::new();
+    for (i, n) in graph.nodes.iter().enumerate() {
+        if selected[i] {
+            for (_, p) in n.source_files() {
+                if seen_paths.insert(p) {
+                    paths.push(p);
+                }
+            }
+            paths.push(&n.output);
+        }
+    }
+    files.digest_all(&paths);
+
+    let ctx = Ctx { project: &project, graph: &graph, files: &files, store: &store, old: &old_targets, force: opts.force };
+    let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); graph.nodes.len()];
+    let mut waiting: Vec<usize> = vec![0; graph.nodes.len()];
+    for &i in &graph.order {
+        if selected[i] {
+            for u in graph.nodes[i].upstream_nodes() {
+                downstream[u].push(i);
+                waiting[i] += 1;
+            }
+        }
+    }
+    let mut ready: VecDeque<usize> = graph.order.iter().copied().filter(|&i| selected[i] && waiting[i] == 0).collect();
+    let mut results: Vec<Option<Done>> = vec![None; graph.nodes.len()];
+    let mut new_records: HashMap<String, TargetRecord> = HashMap::new();
+    let mut history = String::new();
+    let mut rep = BuildReport { total, ..Default::default() };
+    let mut reasons: HashMap<usize, DirtyReason> = HashMap::new();
+    let mut stop = false;
+    let mut done = 0usize;
+
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (res_tx, res_rx) = mpsc::channel::<JobResult>();
+
+    std::thread::scope(|scope| {
+        let mut workers = 0usize;
+        let mut in_flight = 0usize;
+        let mut complete = |i: usize,
+                            outcome: Outcome,
+                            d: Done,
+                            results: &mut Vec<Option<Done>>,
+                            ready: &mut VecDeque<usize>,
+                            reasons: &HashMap<usize, DirtyReason>,
+                            rep: &mut BuildReport| {
+            match &outcome {
+                Outcome::Fresh => rep.fresh += 1,
+                Outcome::Restored => rep.restored += 1,
+                Outcome::Cached { .. } => rep.cached += 1,
+                Outcome::Ran { .. } => rep.ran += 1,
+                Outcome::Failed { .. } => rep.failed += 1,
+                Outcome::Skipped { .. } => rep.skipped += 1,
+                Outcome::WouldRun => {}
+            }
+            results[i] = Some(d);
+            done += 1;
+            report(Event::Finished { key: &graph.nodes[i].key, outcome: &outcome, reason: reasons.get(&i), done, total });
+            for &dn in &downstream[i] {
+                waiting[dn] -= 1;
+                if waiting[dn] == 0 {
+                    ready.push_back(dn);
+                }
+            }
+        };
+        loop {
+            while let Some(i) = ready.pop_front() {
+                let node = &graph.nodes[i];
+                let failed_up = node.upstream_nodes().find(|&u| !results[u].as_ref().is_some_and(|d| d.ok));
+                if let Some(u) = failed_up {
+                    let because = format!("`{}` failed", graph.nodes[u].key);
+                    let d = Done { ok: false, output_digest: Digest::default(), run_id: String::new() };
+                    complete(i, Outcome::Skipped { because }, d, &mut results, &mut ready, &reasons, &mut rep);
+                    continue;
+                }
+                if stop {
+                    let d = Done { ok: false, output_digest: Digest::default(), run_id: String::new() };
+                    let because = "the build stopped after a failure (use `--keep-going` to go on)".to_string();
+                    complete(i, Outcome::Skipped { because }, d, &mut results, &mut ready, &reasons, &mut rep);
+                    continue;
+                }
+                let deps = match graph.source_deps(node, &files) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        let d = Done { ok: false, output_digest: Digest::default(), run_id: String::new() };
+                        complete(i, Outcome::Failed { error: e.to_string() }, d, &mut results, &mut ready, &reasons, &mut rep);
+                        stop |= !opts.keep_going;
+                        continue;
+                    }
+                };
+                let upstream: Vec<UpstreamRecord> = node
+                    .upstream_nodes()
+                    .map(|u| {
+                        let d = results[u].as_ref().expect("upstream finished first");
+                        UpstreamRecord { target: graph.nodes[u].key.clone(), run_id: d.run_id.clone(), output_digest: d.output_digest }
+                    })
+                    .collect();
+                let fingerprint = Fingerprint {
+                    config: node.config_digest,
+                    model: node.model_digest,
+                    deps,
+                    upstream: upstream.iter().map(|u| (u.target.clone(), u.output_digest)).collect(),
+                };
+                let record = old_targets.get(&node.key);
+                let out_digest = files.digest(&node.output).ok().flatten();
+                let reason = if opts.force {
+                    Some(DirtyReason::Forced)
+                } else {
+                    dirty_reason(record, &fingerprint, &node.output, out_digest)
+                };
+                let Some(reason) = reason else {
+                    let rec = record.expect("fresh implies a record");
+                    let d = Done { ok: true, output_digest: rec.output_digest, run_id: rec.run_id.clone() };
+                    complete(i, Outcome::Fresh, d, &mut results, &mut ready, &reasons, &mut rep);
+                    continue;
+                };
+                reasons.insert(i, reason.clone());
+                if opts.dry_run {
+                    rep.would_run.push((node.key.clone(), reason.clone()));
+                    // an output-only repair keeps the recorded digest; anything
+                    // else may change it, which downstream must assume
+                    let digest = match (&reason, record) {
+                        (r, Some(rec)) if r.output_only() => rec.output_digest,
+                        _ => Digest::default(),
+                    };
+                    let d = Done { ok: true, output_digest: digest, run_id: String::new() };
+                    complete(i, Outcome::WouldRun, d, &mut results, &mut ready, &reasons, &mut rep);
+                    continue;
+                }
+                report(Event::Started { key: &node.key, reason: &reason });
+                if workers < opts.jobs.max(1) && in_flight >= workers {
+                    let rx = Arc::clone(&job_rx);
+                    let tx = res_tx.clone();
+                    let ctx = &ctx;
+                    scope.spawn(move || {
+                        loop {
+                            let job = match rx.lock().unwrap().recv() {
+                                Ok(j) => j,
+                                Err(_) => return,
+                            };
+                            if tx.send(run_job(ctx, job)).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                    workers += 1;
+                }
+                in_flight += 1;
+                job_tx.send(Job { node: i, reason, fingerprint, upstream }).expect("workers alive");
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let r = res_rx.recv().expect("a worker answers every job");
+            in_flight -= 1;
+            for w in r.warnings {
+                report(Event::Warning(w));
+            }
+            if let Some(h) = r.history {
+                history.push_str(&h);
+            }
+            let key = graph.nodes[r.node].key.clone();
+            let d = match &r.record {
+                Some(rec) if !rec.failed => Done { ok: true, output_digest: rec.output_digest, run_id: rec.run_id.clone() },
+                _ => Done { ok: false, output_digest: Digest::default(), run_id: String::new() },
+            };
+            if matches!(r.outcome, Outcome::Failed { .. }) {
+                stop |= !opts.keep_going;
+            }
+            if let Some(rec) = r.record {
+                new_records.insert(key, rec);
+            }
+            complete(r.node, r.outcome, d, &mut results, &mut ready, &reasons, &mut rep);
+        }
+        drop(job_tx);
+    });
+
+    if opts.dry_run {
+        return Ok(rep);
+    }
+    // Save what was learnt: the stat cache for every file the project
+    // uses, the analysis cache, and the target records.
+    let files_changed = files.changed();
+    let analysis_changed =
+        graph.analysis.len() != old_analysis.len() || graph.analysis.keys().any(|k| !old_analysis.contains_key(k));
+    if files_changed || analysis_changed || !new_records.is_empty() {
+        let (old_files, mut seen) = files.into_parts();
+        let mut used: HashSet<&str> = HashSet::new();
+        for n in &graph.nodes {
+            used.extend(n.source_files().into_iter().map(|(_, p)| p));
+            used.insert(&n.output);
+        }
+        for (p, e) in old_files {
+            if used.contains(p.as_str()) && !seen.contains_key(&p) {
+                seen.insert(p, e);
+            }
+        }
+        let mut targets = old_targets;
+        targets.extend(new_records);
+        let st = State { files: seen, analysis: graph.analysis, targets };
+        store.write_atomic(&store.dir().join("state"), &st.encode())?;
+        store.append_history(&history)?;
+        store.sync()?;
+    }
+    Ok(rep)
+}
+
+fn read_text(files: &ProjectFiles, path: &str) -> std::result::Result<String, String> {
+    let bytes = files.read(path).map_err(|e| e.to_string())?;
+    String::from_utf8(bytes).map_err(|_| format!("`{path}` is not UTF-8 text"))
+}
+
+/// The text of an upstream output: from the store (verified), else from
+/// the output file when it still has the expected digest.
+fn upstream_text(ctx: &Ctx<'_>, node: &Node, digest: Digest) -> std::result::Result<String, String> {
+    let bytes = match ctx.store.get(&digest) {
+        ObjectRead::Found(b) => b,
+        _ => {
+            let b = ctx.files.read(&node.output).map_err(|e| e.to_string())?;
+            if Digest::of(&b) != digest {
+                return Err(format!("the output of `{}` changed during the build", node.key));
+            }
+            b
+        }
+    };
+    String::from_utf8(bytes).map_err(|_| format!("the output of `{}` is not UTF-8 text", node.key))
+}
+
+fn item_value(path: &str, content: Option<String>) -> Value {
+    let p = Utf8Path::new(path);
+    let name = p.file_name().unwrap_or(path);
+    minijinja::context! {
+        path => path,
+        name => name,
+        stem => p.file_stem().unwrap_or(name),
+        dir => p.parent().map_or("", |d| d.as_str()),
+        content => content.unwrap_or_default(),
+    }
+}
+
+fn write_output(ctx: &Ctx<'_>, node: &Node, bytes: &[u8], digest: Digest) -> Result<()> {
+    if ctx.files.digest(&node.output).ok().flatten() == Some(digest) {
+        return Ok(());
+    }
+    ctx.files.forget(&node.output);
+    ctx.store.write_atomic(&ctx.files.abs(&node.output), bytes)?;
+    ctx.files.wrote(&node.output, digest);
+    Ok(())
+}
+
+fn history_line(node: &Node, status: &str, run_id: &str, ibh: Option<Digest>, reason: &DirtyReason, ms: f64) -> String {
+    let v = serde_json::json!({
+        "time": manifest::now_rfc3339(),
+        "target": node.key,
+        "status": status,
+        "run_id": run_id,
+        "input_bundle_hash": ibh.map(|d| d.to_hex()),
+        "reason": reason.to_string(),
+        "duration_ms": (ms * 1000.0).round() / 1000.0,
+    });
+    format!("{v}\n")
+}
+
+fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
+    let node = &ctx.graph.nodes[job.node];
+    let started = Instant::now();
+    let mut warnings = Vec::new();
+    let fail = |error: String, warnings: Vec<String>, history: Option<String>| JobResult {
+        node: job.node,
+        outcome: Outcome::Failed { error },
+        record: Some(TargetRecord {
+            fingerprint: job.fingerprint.clone(),
+            ibh: Digest::default(),
+            output: node.output.clone(),
+            output_digest: Digest::default(),
+            run_id: String::new(),
+            failed: true,
+        }),
+        warnings,
+        history,
+    };
+    let record_for = |ibh: Digest, digest: Digest, run_id: &str| TargetRecord {
+        fingerprint: job.fingerprint.clone(),
+        ibh,
+        output: node.output.clone(),
+        output_digest: digest,
+        run_id: run_id.to_string(),
+        failed: false,
+    };
+
+    // 1. Only the output file is off: restore it from the store.
+    if job.reason.output_only() {
+        if let Some(rec) = ctx.old.get(&node.key) {
+            match ctx.store.get(&rec.output_digest) {
+                ObjectRead::Found(bytes) => {
+                    if let Err(e) = write_output(ctx, node, &bytes, rec.output_digest) {
+                        return fail(e.to_string(), warnings, None);
+                    }
+                    let ms = started.elapsed().as_secs_f64() * 1e3;
+                    return JobResult {
+                        node: job.node,
+                        outcome: Outcome::Restored,
+                        record: Some(record_for(rec.ibh, rec.output_digest, &rec.run_id)),
+                        warnings,
+                        history: Some(history_line(node, "restored", &rec.run_id, Some(rec.ibh), &job.reason, ms)),
+                    };
+                }
+                ObjectRead::Corrupt => warnings.push(format!(
+                    "store object {} (output of `{}`) was corrupt and has been removed; rebuilding",
+                    rec.output_digest.short(),
+                    node.key
+                )),
+                ObjectRead::Missing => {}
+            }
+        }
+    }
+
+    // 2. Compilation.
+    let decl = &ctx.project.targets[node.target];
+    let compiled = (|| -> std::result::Result<_, String> {
+        let template_source = read_text(ctx.files, &node.template)?;
+        let mut partials = BTreeMap::new();
+        for p in &node.partials {
+            partials.insert(p.clone(), Arc::<str>::from(read_text(ctx.files, p)?));
+        }
+        let mut verbatim = BTreeMap::new();
+        for p in &node.verbatim {
+            verbatim.insert(p.clone(), Arc::<str>::from(read_text(ctx.files, p)?));
+        }
+        let mut inputs = BTreeMap::new();
+        for i in &node.inputs {
+            let v = if i.is_glob {
+                let mut list = Vec::new();
+                for p in &i.paths {
+                    list.push(minijinja::context! { path => p, content => read_text(ctx.files, p)? });
+                }
+                Value::from(list)
+            } else {
+                Value::from(read_text(ctx.files, &i.paths[0])?)
+            };
+            inputs.insert(i.name.clone(), v);
+        }
+        let mut targets = BTreeMap::new();
+        let mut up = job.upstream.iter();
+        for (name, nodes) in &node.upstream {
+            let is_foreach = ctx.project.targets.iter().any(|t| &t.name == name && t.foreach.is_some());
+            let mut list = Vec::new();
+            for &u in nodes {
+                let rec = up.next().expect("one upstream record per upstream node");
+                let un = &ctx.graph.nodes[u];
+                let text = upstream_text(ctx, un, rec.output_digest)?;
+                if is_foreach {
+                    list.push(minijinja::context! {
+                        path => un.output.clone(),
+                        content => text,
+                        item => un.item.clone(),
+                        stem => un.item.as_deref().and_then(|i| Utf8Path::new(i).file_stem()).unwrap_or(""),
+                    });
+                } else {
+                    targets.insert(name.clone(), Value::from(text));
+                }
+            }
+            if is_foreach {
+                targets.insert(name.clone(), Value::from(list));
+            }
+        }
+        let item = match &node.item {
+            Some(p) => item_value(p, if node.uses_item { Some(read_text(ctx.files, p)?) } else { None }),
+            None => Value::UNDEFINED,
+        };
+        let context = if node.item.is_some() {
+            minijinja::context! { inputs => inputs, targets => targets, item => item }
+        } else {
+            minijinja::context! { inputs => inputs, targets => targets }
+        };
+        let prompt = compile(&RenderInput {
+            template_path: Utf8Path::new(&node.template),
+            template_source: &template_source,
+            partials: &partials,
+            verbatim: &verbatim,
+            context,
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(prompt)
+    })();
+    let prompt = match compiled {
+        Ok(p) => p,
+        Err(e) => {
+            let ms = started.elapsed().as_secs_f64() * 1e3;
+            let h = history_line(node, "failed", "", None, &job.reason, ms);
+            return fail(e, warnings, Some(h));
+        }
+    };
+    let compile_ms = started.elapsed().as_secs_f64() * 1e3;
+    let prompt_json = prompt.canonical_json();
+    let prompt_digest = Digest::of(&prompt_json);
+    let params = decl.model.hashed_params();
+    let ibh = InputBundleHash::compute(prompt_digest, decl.model.provider.as_str(), &params);
+
+    // 3. The action cache.
+    if !ctx.force {
+        match ctx.store.ac_get(&ibh) {
+            Ok(Some(m)) => match ctx.store.get(&m.outputs[0].digest) {
+                ObjectRead::Found(bytes) => {
+                    if let Err(e) = write_output(ctx, node, &bytes, m.outputs[0].digest) {
+                        return fail(e.to_string(), warnings, None);
+                    }
+                    let ms = started.elapsed().as_secs_f64() * 1e3;
+                    return JobResult {
+                        node: job.node,
+                        outcome: Outcome::Cached { run_id: m.run_id.clone() },
+                        record: Some(record_for(ibh.0, m.outputs[0].digest, &m.run_id)),
+                        warnings,
+                        history: Some(history_line(node, "cached", &m.run_id, Some(ibh.0), &job.reason, ms)),
+                    };
+                }
+                ObjectRead::Corrupt => warnings.push(format!(
+                    "store object {} (output of `{}`) was corrupt and has been removed; running the model again",
+                    m.outputs[0].digest.short(),
+                    node.key
+                )),
+                ObjectRead::Missing => {}
+            },
+            Ok(None) => {}
+            Err(()) => warnings.push(format!(
+                "action cache entry {} (for `{}`) was corrupt and has been removed; running the model again",
+                ibh.0.short(),
+                node.key
+            )),
+        }
+    }
+
+    // 4. Processing.
+    let started_at = manifest::now_rfc3339();
+    let t_process = Instant::now();
+    let response = adapter_for(&decl.model).call(&prompt, ctx.files.root());
+    let process_ms = t_process.elapsed().as_secs_f64() * 1e3;
+    let run_id = manifest::new_run_id();
+    let digest_of = |p: &str| ctx.files.digest(p).ok().flatten().unwrap_or_default();
+    let mut m = RunManifest {
+        schema: manifest::MANIFEST_SCHEMA.into(),
+        run_id: run_id.clone(),
+        target: node.key.clone(),
+        input_bundle_hash: ibh,
+        template: FileDigest { path: node.template.clone(), digest: digest_of(&node.template) },
+        partials: node.partials.iter().map(|p| FileDigest { path: p.clone(), digest: digest_of(p) }).collect(),
+        verbatim: node.verbatim.iter().map(|p| FileDigest { path: p.clone(), digest: digest_of(p) }).collect(),
+        item: node.item.as_ref().map(|p| FileDigest { path: p.clone(), digest: digest_of(p) }),
+        inputs: node
+            .inputs
+            .iter()
+            .flat_map(|i| i.paths.iter().map(move |p| (i.name.clone(), p)))
+            .map(|(name, p)| InputRecord { name, path: p.clone(), digest: digest_of(p) })
+            .collect(),
+        upstream: job.upstream.clone(),
+        prompt_digest,
+        model: ModelRecord { name: decl.model.name.clone(), provider: decl.model.provider.as_str().into(), params },
+        outputs: Vec::new(),
+        status: RunStatus::Ok,
+        error: None,
+        usage: None,
+        timing: Timing { started_at, finished_at: manifest::now_rfc3339(), compile_ms, process_ms },
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    let stored = (|| -> Result<Digest> {
+        ctx.store.put(&prompt_json)?;
+        match response {
+            Ok(resp) => {
+                let d = ctx.store.put(&resp.output)?;
+                m.outputs.push(OutputRecord { path: node.output.clone(), digest: d, bytes: resp.output.len() as u64 });
+                m.usage = resp.usage;
+                ctx.store.put_run(&m)?;
+                ctx.store.ac_put(&m)?;
+                write_output(ctx, node, &resp.output, d)?;
+                Ok(d)
+            }
+            Err(e) => {
+                m.status = RunStatus::Failed;
+                m.error = Some(e.0.clone());
+                ctx.store.put_run(&m)?;
+                Err(Error::Interrupted("model failed"))
+            }
+        }
+    })();
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    match stored {
+        Ok(d) => JobResult {
+            node: job.node,
+            outcome: Outcome::Ran { run_id: run_id.clone() },
+            record: Some(record_for(ibh.0, d, &run_id)),
+            warnings,
+            history: Some(history_line(node, "ran", &run_id, Some(ibh.0), &job.reason, ms)),
+        },
+        Err(Error::Interrupted(_)) => {
+            let h = history_line(node, "failed", &run_id, Some(ibh.0), &job.reason, ms);
+            fail(m.error.clone().unwrap_or_default(), warnings, Some(h))
+        }
+        Err(e) => fail(e.to_string(), warnings, None),
+    }
+}

@@ -1,0 +1,136 @@
+//! `mkt build`: prints progress and the summary line.
+
+use camino::Utf8Path;
+use clap::Args;
+use markitect::build::{BuildOptions, Event, Outcome, build};
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// Targets to build: target names, `NAME[item/path]` for one `foreach`
+    /// node, or output paths. All targets when none are given.
+    targets: Vec<String>,
+    /// Concurrent model calls. The default suits slow network models.
+    #[arg(short = 'j', long = "jobs", default_value_t = 16)]
+    jobs: usize,
+    /// Re-run the selected targets even if they are up to date.
+    #[arg(long)]
+    force: bool,
+    /// Print only errors.
+    #[arg(short, long)]
+    quiet: bool,
+    /// List what would run and why, without running it.
+    #[arg(short = 'n', long)]
+    dry_run: bool,
+    /// Build every target that does not depend on a failed one.
+    #[arg(short, long)]
+    keep_going: bool,
+    /// Fail at once if another mkt holds the project lock.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+struct Printer {
+    quiet: bool,
+    tty: bool,
+    /// Whether a progress line is on screen (to be cleared before output).
+    status_shown: Mutex<bool>,
+}
+
+impl Printer {
+    fn line(&self, text: &str) {
+        let mut shown = self.status_shown.lock().unwrap();
+        let mut err = std::io::stderr().lock();
+        if *shown {
+            let _ = write!(err, "\r\x1b[K");
+            *shown = false;
+        }
+        let _ = writeln!(err, "{text}");
+    }
+
+    fn status(&self, text: &str) {
+        if self.quiet || !self.tty {
+            return;
+        }
+        let mut shown = self.status_shown.lock().unwrap();
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[K{text}");
+        let _ = err.flush();
+        *shown = true;
+    }
+
+    fn event(&self, e: Event<'_>) {
+        match e {
+            Event::WaitingForLock => self.line("mkt: waiting for another mkt build of this project to finish..."),
+            Event::Planned { .. } => {}
+            Event::Started { key, .. } => self.status(&format!("running {key}")),
+            Event::Warning(w) => self.line(&format!("warning: {w}")),
+            Event::Finished { key, outcome, reason, done, total } => {
+                let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                match outcome {
+                    Outcome::Failed { error } => self.line(&format!("error: `{key}` failed{why}:\n{}", indent(error))),
+                    Outcome::Skipped { because } if !self.quiet => self.line(&format!("skipped {key}: {because}")),
+                    Outcome::Ran { .. } if !self.quiet => self.line(&format!("ran {key}{why}")),
+                    Outcome::Cached { .. } if !self.quiet => self.line(&format!("cached {key}{why}")),
+                    Outcome::Restored if !self.quiet => self.line(&format!("restored {key}{why}")),
+                    Outcome::WouldRun => self.line(&format!("would run {key}{why}")),
+                    _ => {}
+                }
+                if done < total {
+                    self.status(&format!("[{done}/{total}]"));
+                }
+            }
+        }
+    }
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+}
+
+pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
+    let opts = BuildOptions {
+        targets: args.targets,
+        jobs: args.jobs.max(1),
+        force: args.force,
+        dry_run: args.dry_run,
+        keep_going: args.keep_going,
+        wait_for_lock: !args.no_wait,
+    };
+    let printer = Printer { quiet: args.quiet, tty: std::io::stderr().is_terminal(), status_shown: Mutex::new(false) };
+    let started = std::time::Instant::now();
+    let result = build(root, &opts, &|e| printer.event(e));
+    printer.status("");
+    match result {
+        Err(e) => {
+            printer.line(&format!("error: {e}"));
+            e.exit_code()
+        }
+        Ok(r) => {
+            if opts.dry_run {
+                if !args.quiet {
+                    printer.line(&format!("{} of {} targets would run", r.would_run.len(), r.total));
+                }
+                return 0;
+            }
+            if !args.quiet || !r.success() {
+                let mut s = format!(
+                    "{} ran, {} cached, {} up to date",
+                    r.ran,
+                    r.cached + r.restored,
+                    r.fresh
+                );
+                if r.failed > 0 {
+                    s.push_str(&format!(", {} failed", r.failed));
+                }
+                if r.skipped > 0 {
+                    s.push_str(&format!(", {} skipped", r.skipped));
+                }
+                s.push_str(&format!(" ({:.2} s)", started.elapsed().as_secs_f64()));
+                printer.line(&s);
+            }
+            if r.success() { 0 } else { 1 }
+        }
+    }
+}

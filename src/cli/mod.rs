@@ -1,0 +1,52 @@
+//! The command line: argument parsing and printing only; all decisions are
+//! made in the library.
+
+mod build;
+
+use camino::Utf8PathBuf;
+use clap::{Parser, Subcommand};
+use markitect::config::Project;
+use markitect::error::Error;
+
+#[derive(Parser)]
+#[command(name = "mkt", version, about = "A build system for LLM prompt pipelines")]
+struct Cli {
+    /// Run as if started in DIR.
+    #[arg(short = 'C', long = "directory", global = true, value_name = "DIR")]
+    dir: Option<Utf8PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build targets (all by default) and what they need.
+    Build(build::BuildArgs),
+}
+
+/// Prints an error the way every command does, returning its exit code.
+pub fn report_error(e: &Error) -> i32 {
+    eprintln!("error: {e}");
+    e.exit_code()
+}
+
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    let start = match cli.dir {
+        Some(d) => d,
+        None => match std::env::current_dir().map(Utf8PathBuf::try_from) {
+            Ok(Ok(d)) => d,
+            _ => {
+                eprintln!("error: the current directory is not valid UTF-8");
+                return 2;
+            }
+        },
+    };
+    let root = match Project::discover(&start) {
+        Ok(r) => r,
+        Err(e) => return report_error(&e),
+    };
+    match cli.command {
+        Command::Build(args) => build::run(&root, args),
+    }
+}

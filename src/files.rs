@@ -1,0 +1,256 @@
+//! Reading project files: every access goes through [`ProjectFiles`], which
+//! refuses paths that leave the project (through a symlink, since `..` and
+//! absolute paths are refused when `prompts.toml` is loaded) and answers
+//! digests from the stat cache (see `state.rs`).
+
+use crate::hash::Digest;
+use crate::state::{FileStat, StatEntry, now_ns};
+use camino::{Utf8Path, Utf8PathBuf};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("`{0}` is a symlink that leads outside the project")]
+    Escapes(String),
+    #[error("`{0}` is not a regular file")]
+    NotAFile(String),
+    #[error("cannot read `{0}`: {1}")]
+    Io(String, std::io::Error),
+}
+
+pub struct ProjectFiles {
+    root: Utf8PathBuf,
+    root_canon: PathBuf,
+    /// Stat cache from the previous build.
+    old: HashMap<String, StatEntry>,
+    /// Entries looked at in this build (what the next state keeps).
+    seen: Mutex<HashMap<String, StatEntry>>,
+    /// Directories already checked to be inside the project.
+    dirs_ok: Mutex<HashMap<Utf8PathBuf, bool>>,
+    /// Set when an entry was (re)hashed, i.e. the state needs writing.
+    changed: std::sync::atomic::AtomicBool,
+}
+
+impl ProjectFiles {
+    pub fn new(root: &Utf8Path, old: HashMap<String, StatEntry>) -> ProjectFiles {
+        let root_canon = std::fs::canonicalize(root).unwrap_or_else(|_| root.as_std_path().to_owned());
+        ProjectFiles {
+            root: root.to_owned(),
+            root_canon,
+            old,
+            seen: Mutex::new(HashMap::new()),
+            dirs_ok: Mutex::new(HashMap::new()),
+            changed: Default::default(),
+        }
+    }
+
+    pub fn root(&self) -> &Utf8Path {
+        &self.root
+    }
+
+    pub fn abs(&self, rel: &str) -> Utf8PathBuf {
+        self.root.join(rel)
+    }
+
+    fn dir_inside(&self, rel_dir: &Utf8Path) -> bool {
+        if rel_dir.as_str().is_empty() {
+            return true;
+        }
+        if let Some(ok) = self.dirs_ok.lock().unwrap().get(rel_dir) {
+            return *ok;
+        }
+        let ok = match std::fs::canonicalize(self.root.join(rel_dir)) {
+            Ok(c) => c.starts_with(&self.root_canon),
+            Err(_) => true, // a missing directory leads nowhere
+        };
+        self.dirs_ok.lock().unwrap().insert(rel_dir.to_owned(), ok);
+        ok
+    }
+
+    /// `lstat`s a project file; `Ok(None)` when it does not exist. Follows a
+    /// symlink only when it stays inside the project.
+    pub fn stat(&self, rel: &str) -> Result<Option<FileStat>, FileError> {
+        let rel_path = Utf8Path::new(rel);
+        if !self.dir_inside(rel_path.parent().unwrap_or(Utf8Path::new(""))) {
+            return Err(FileError::Escapes(rel.to_string()));
+        }
+        let abs = self.abs(rel);
+        let meta = match std::fs::symlink_metadata(&abs) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(FileError::Io(rel.to_string(), e)),
+        };
+        let meta = if meta.file_type().is_symlink() {
+            match std::fs::canonicalize(&abs) {
+                Ok(c) if c.starts_with(&self.root_canon) => {}
+                Ok(_) => return Err(FileError::Escapes(rel.to_string())),
+                Err(_) => return Ok(None), // dangling
+            }
+            std::fs::metadata(&abs).map_err(|e| FileError::Io(rel.to_string(), e))?
+        } else {
+            meta
+        };
+        if !meta.is_file() {
+            return Err(FileError::NotAFile(rel.to_string()));
+        }
+        Ok(Some(FileStat::from_metadata(&meta)))
+    }
+
+    /// The digest of a project file, from the stat cache when the file's
+    /// stat is unchanged and the entry is not racy.
+    pub fn digest(&self, rel: &str) -> Result<Option<Digest>, FileError> {
+        if let Some(e) = self.seen.lock().unwrap().get(rel) {
+            return Ok(Some(e.digest));
+        }
+        let Some(stat) = self.stat(rel)? else {
+            return Ok(None);
+        };
+        if let Some(old) = self.old.get(rel) {
+            if old.stat == stat && !old.racy {
+                self.seen.lock().unwrap().insert(rel.to_string(), *old);
+                return Ok(Some(old.digest));
+            }
+        }
+        let bytes = std::fs::read(self.abs(rel)).map_err(|e| FileError::Io(rel.to_string(), e))?;
+        let entry = StatEntry::new(stat, Digest::of(&bytes), now_ns());
+        self.record(rel, entry);
+        Ok(Some(entry.digest))
+    }
+
+    fn record(&self, rel: &str, entry: StatEntry) {
+        let mut seen = self.seen.lock().unwrap();
+        if self.old.get(rel) != Some(&entry) {
+            self.changed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        seen.insert(rel.to_string(), entry);
+    }
+
+    /// Digests many files in parallel (the no-op build's main cost).
+    pub fn digest_all(&self, paths: &[&str]) -> Vec<Result<Option<Digest>, FileError>> {
+        paths.par_iter().map(|p| self.digest(p)).collect()
+    }
+
+    /// Reads a project file (checked to stay inside the project).
+    pub fn read(&self, rel: &str) -> Result<Vec<u8>, FileError> {
+        match self.stat(rel)? {
+            Some(_) => std::fs::read(self.abs(rel)).map_err(|e| FileError::Io(rel.to_string(), e)),
+            None => Err(FileError::Io(
+                rel.to_string(),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+            )),
+        }
+    }
+
+    /// Notes a file mkt itself just wrote, whose digest it knows.
+    pub fn wrote(&self, rel: &str, digest: Digest) {
+        if let Ok(Some(stat)) = self.stat(rel) {
+            self.record(rel, StatEntry::new(stat, digest, now_ns()));
+        }
+    }
+
+    /// Forgets what is known of a file (it is about to change).
+    pub fn forget(&self, rel: &str) {
+        self.seen.lock().unwrap().remove(rel);
+    }
+
+    pub fn changed(&self) -> bool {
+        self.changed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The previous stat cache and the entries this build looked at.
+    pub fn into_parts(self) -> (HashMap<String, StatEntry>, HashMap<String, StatEntry>) {
+        (self.old, self.seen.into_inner().unwrap())
+    }
+}
+
+/// Files under the project root matching `pattern` (globset syntax, `*`
+/// does not cross `/`), sorted. Hidden directories (`.mkt`, `.git`, ...)
+/// are not searched.
+pub fn glob_files(root: &Utf8Path, pattern: &str) -> Result<Vec<String>, globset::Error> {
+    let glob = globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()?
+        .compile_matcher();
+    // walk only below the pattern's literal prefix
+    let mut base = Vec::new();
+    let mut deep = false;
+    let parts: Vec<&str> = pattern.split('/').collect();
+    for (i, part) in parts.iter().enumerate() {
+        if crate::config::is_glob(part) {
+            deep = parts[i..].iter().any(|p| p.contains("**")) || parts.len() - i > 1;
+            break;
+        }
+        if i + 1 < parts.len() {
+            base.push(*part);
+        }
+    }
+    let base = base.join("/");
+    let start = root.join(&base);
+    let mut walk = walkdir::WalkDir::new(&start).min_depth(1).sort_by_file_name();
+    if !deep {
+        walk = walk.max_depth(1);
+    }
+    let mut out = Vec::new();
+    let iter = walk.into_iter().filter_entry(|e| {
+        e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.'))
+    });
+    for entry in iter.flatten() {
+        if entry.file_type().is_dir() {
+            continue;
+        }
+        let Some(name) = entry.file_name().to_str() else { continue };
+        let rel = match entry.path().strip_prefix(root.as_std_path()) {
+            Ok(r) => match r.to_str() {
+                Some(s) => s.to_string(),
+                None => continue,
+            },
+            Err(_) => continue,
+        };
+        let _ = name;
+        if glob.is_match(&rel) {
+            out.push(rel);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_below_its_prefix_only() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        for f in ["docs/a.md", "docs/b.txt", "docs/sub/c.md", "other/d.md", ".hidden/e.md"] {
+            let p = root.join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, "x").unwrap();
+        }
+        assert_eq!(glob_files(root, "docs/*.md").unwrap(), ["docs/a.md"]);
+        assert_eq!(glob_files(root, "docs/**/*.md").unwrap(), ["docs/a.md", "docs/sub/c.md"]);
+        assert_eq!(glob_files(root, "**/*.md").unwrap(), ["docs/a.md", "docs/sub/c.md", "other/d.md"]);
+        assert_eq!(glob_files(root, "*/d.md").unwrap(), ["other/d.md"]);
+    }
+
+    #[test]
+    fn symlinks_out_of_the_project_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        std::fs::write(outside.path().join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.join("dir")).unwrap();
+        std::fs::write(root.join("real"), "r").unwrap();
+        std::os::unix::fs::symlink(root.join("real"), root.join("inside")).unwrap();
+        let files = ProjectFiles::new(root, HashMap::new());
+        assert!(matches!(files.digest("link"), Err(FileError::Escapes(_))));
+        assert!(matches!(files.digest("dir/secret"), Err(FileError::Escapes(_))));
+        assert_eq!(files.digest("inside").unwrap(), Some(Digest::of(b"r")));
+        assert_eq!(files.digest("missing").unwrap(), None);
+    }
+}

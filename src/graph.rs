@@ -1,0 +1,477 @@
+//! Analysis: from a loaded [`Project`] and the files on disk to the DAG of
+//! nodes. A plain target is one node; a `foreach` target is one node per
+//! matched file, keyed `NAME[path/of/item]`. Edges come from the
+//! `targets.NAME` references templates and partials make (found statically,
+//! see `template.rs`); a reference to a `foreach` target depends on all its
+//! nodes (fan-in).
+//!
+//! Everything that can be wrong with a project is found here, before
+//! anything runs: missing files, undeclared inputs, unknown targets,
+//! duplicate outputs, a glob that matches another target's output, cycles.
+
+use crate::config::{ModelConfig, Project, TargetDecl};
+use crate::error::{Error, Location, Result};
+use crate::files::{FileError, ProjectFiles, glob_files};
+use crate::hash::Digest;
+use crate::state::{Dep, DepKind};
+use crate::template::{Ref, TemplateRefs, analyse};
+use camino::Utf8Path;
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResolvedInput {
+    pub name: String,
+    pub is_glob: bool,
+    pub paths: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub key: String,
+    /// Index into `project.targets`.
+    pub target: usize,
+    pub item: Option<String>,
+    pub output: String,
+    pub template: String,
+    /// The inputs the template (or its partials) use.
+    pub inputs: Vec<ResolvedInput>,
+    pub partials: Vec<String>,
+    pub verbatim: Vec<String>,
+    pub uses_item: bool,
+    /// Referenced upstream targets by name, each with its nodes.
+    pub upstream: Vec<(String, Vec<usize>)>,
+    /// Digest of the target definition as it shapes the prompt.
+    pub config_digest: Digest,
+    /// Digest of the model's hashed parameters.
+    pub model_digest: Digest,
+}
+
+impl Node {
+    pub fn upstream_nodes(&self) -> impl Iterator<Item = usize> + '_ {
+        self.upstream.iter().flat_map(|(_, v)| v.iter().copied())
+    }
+
+    /// The source files the compilation reads, with their kind.
+    pub fn source_files(&self) -> Vec<(DepKind, &str)> {
+        let mut v = vec![(DepKind::Template, self.template.as_str())];
+        v.extend(self.partials.iter().map(|p| (DepKind::Partial, p.as_str())));
+        v.extend(self.verbatim.iter().map(|p| (DepKind::Verbatim, p.as_str())));
+        for i in &self.inputs {
+            v.extend(i.paths.iter().map(|p| (DepKind::Input, p.as_str())));
+        }
+        if self.uses_item {
+            if let Some(item) = &self.item {
+                v.push((DepKind::Item, item.as_str()));
+            }
+        }
+        v
+    }
+}
+
+pub struct Graph {
+    pub nodes: Vec<Node>,
+    /// Node indices in dependency order (upstream first).
+    pub order: Vec<usize>,
+    pub by_key: HashMap<String, usize>,
+    /// Node indices of each target name.
+    pub by_target: BTreeMap<String, Vec<usize>>,
+    /// Analysis results by template digest (what the next state keeps).
+    pub analysis: HashMap<Digest, TemplateRefs>,
+}
+
+fn file_error(project: &Project, span: &Range<usize>, e: FileError) -> Error {
+    project.error(span, e.to_string(), Some("every file a target uses must be a regular file inside the project".into()))
+}
+
+fn expand_output(pattern: &str, item: &str) -> String {
+    let p = Utf8Path::new(item);
+    let name = p.file_name().unwrap_or(item);
+    let stem = p.file_stem().unwrap_or(name);
+    let dir = p.parent().map_or("", |d| d.as_str());
+    let s = pattern.replace("{stem}", stem).replace("{name}", name).replace("{dir}", dir);
+    s.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
+}
+
+struct Analyser<'a> {
+    files: &'a ProjectFiles,
+    old: &'a HashMap<Digest, TemplateRefs>,
+    new: Mutex<HashMap<Digest, TemplateRefs>>,
+}
+
+impl Analyser<'_> {
+    /// The references of one template file, from the cache when its digest
+    /// is known.
+    fn refs(&self, path: &str, missing: impl Fn(&str) -> Error) -> Result<TemplateRefs> {
+        let digest = match self.files.digest(path) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(missing("not found")),
+            Err(e) => return Err(missing(&e.to_string())),
+        };
+        if let Some(r) = self.new.lock().unwrap().get(&digest) {
+            return Ok(r.clone());
+        }
+        let refs = match self.old.get(&digest) {
+            Some(r) => r.clone(),
+            None => {
+                let bytes = self.files.read(path).map_err(|e| missing(&e.to_string()))?;
+                let text = String::from_utf8(bytes).map_err(|_| missing("is not UTF-8 text"))?;
+                analyse(Utf8Path::new(path), &text)?
+            }
+        };
+        self.new.lock().unwrap().insert(digest, refs.clone());
+        Ok(refs)
+    }
+}
+
+/// All references of a template and the partials it reaches, each paired
+/// with the file that made it (for error positions).
+#[derive(Default)]
+struct Reach {
+    inputs: Vec<(String, Ref)>,
+    all_inputs: bool,
+    targets: Vec<(String, Ref)>,
+    partials: BTreeSet<String>,
+    verbatim: Vec<(String, Ref)>,
+    uses_item: bool,
+}
+
+fn reach(an: &Analyser<'_>, project: &Project, decl: &TargetDecl) -> Result<Reach> {
+    let template = decl.template.as_str().to_string();
+    let refs = an.refs(&template, |why| {
+        project.error(
+            &decl.template_span,
+            format!("template `{template}` {why}"),
+            Some("create the file or fix the `template` path".into()),
+        )
+    })?;
+    let mut out = Reach::default();
+    let mut stack = vec![(template, refs)];
+    while let Some((file, refs)) = stack.pop() {
+        out.all_inputs |= refs.all_inputs;
+        out.uses_item |= refs.uses_item;
+        out.inputs.extend(refs.inputs.iter().map(|r| (file.clone(), r.clone())));
+        out.targets.extend(refs.targets.iter().map(|r| (file.clone(), r.clone())));
+        out.verbatim.extend(refs.verbatim.iter().map(|r| (file.clone(), r.clone())));
+        for p in &refs.partials {
+            let name = normalise_ref(&file, p, "partial")?;
+            if out.partials.insert(name.clone()) {
+                let prefs = an.refs(&name, |why| {
+                    Error::invalid(
+                        Location { file: file.clone().into(), line: p.line as usize, col: 1 },
+                        format!("partial `{name}` {why}"),
+                        Some("partial names are paths relative to the project root".into()),
+                    )
+                })?;
+                stack.push((name, prefs));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Checks a path named in a template the way `prompts.toml` paths are.
+fn normalise_ref(file: &str, r: &Ref, what: &str) -> Result<String> {
+    let bad = |why: &str| {
+        Error::invalid(
+            Location { file: file.into(), line: r.line as usize, col: 1 },
+            format!("{what} `{}` {why}", r.name),
+            Some("paths in templates are relative to the project root and must stay inside it".into()),
+        )
+    };
+    if r.name.starts_with('/') || Utf8Path::new(&r.name).is_absolute() {
+        return Err(bad("is absolute"));
+    }
+    let mut parts = Vec::new();
+    for part in r.name.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => return Err(bad("leaves the project (`..`)")),
+            p => parts.push(p),
+        }
+    }
+    if parts.is_empty() {
+        return Err(bad("names no file"));
+    }
+    Ok(parts.join("/"))
+}
+
+fn model_digest(m: &ModelConfig) -> Digest {
+    let v = serde_json::json!({ "provider": m.provider.as_str(), "params": m.hashed_params() });
+    Digest::of(v.to_string().as_bytes())
+}
+
+/// Builds the graph of the whole project (module docs).
+pub fn analyse_project(
+    project: &Project,
+    files: &ProjectFiles,
+    old_analysis: &HashMap<Digest, TemplateRefs>,
+) -> Result<Graph> {
+    let root = project.root.as_path();
+    // 1. expand foreach globs into nodes and resolve their outputs
+    let mut nodes: Vec<Node> = Vec::new();
+    let mut outputs: HashMap<String, usize> = HashMap::new();
+    for (ti, decl) in project.targets.iter().enumerate() {
+        let items: Vec<Option<String>> = match &decl.foreach {
+            Some((glob, span)) => glob_files(root, glob)
+                .map_err(|e| project.error(span, format!("invalid glob `{glob}`: {e}"), None))?
+                .into_iter()
+                .map(Some)
+                .collect(),
+            None => vec![None],
+        };
+        for item in items {
+            let (key, output) = match &item {
+                Some(i) => (format!("{}[{i}]", decl.name), expand_output(&decl.output, i)),
+                None => (decl.name.clone(), decl.output.clone()),
+            };
+            if let Some(&other) = outputs.get(&output) {
+                let o = &nodes[other];
+                return Err(project.error(
+                    &decl.output_span,
+                    format!("`{key}` and `{}` both write `{output}`", o.key),
+                    Some("give every target its own output path".into()),
+                ));
+            }
+            outputs.insert(output.clone(), nodes.len());
+            nodes.push(Node {
+                key,
+                target: ti,
+                item,
+                output,
+                template: decl.template.to_string(),
+                inputs: Vec::new(),
+                partials: Vec::new(),
+                verbatim: Vec::new(),
+                uses_item: false,
+                upstream: Vec::new(),
+                config_digest: Digest::default(),
+                model_digest: model_digest(&decl.model),
+            });
+        }
+    }
+    let mut by_target: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        by_target.entry(project.targets[n.target].name.clone()).or_default().push(i);
+    }
+
+    // 2. analyse each target's template (once per target, shared by its nodes)
+    let an = Analyser { files, old: old_analysis, new: Mutex::new(HashMap::new()) };
+    for (ti, decl) in project.targets.iter().enumerate() {
+        let reach = reach(&an, project, decl)?;
+        let ref_error = |file: &str, r: &Ref, msg: String, help: String| {
+            Error::invalid(Location { file: file.into(), line: r.line as usize, col: 1 }, msg, Some(help))
+        };
+        // inputs: declared, existing, not someone's output
+        let mut used: BTreeSet<&str> = BTreeSet::new();
+        for (file, r) in &reach.inputs {
+            if !decl.inputs.iter().any(|i| i.name == r.name) {
+                return Err(ref_error(
+                    file,
+                    r,
+                    format!("`inputs.{}` is not declared for target `{}`", r.name, decl.name),
+                    format!("add `{} = \"path\"` to `inputs` of `[targets.{}]` in `prompts.toml`", r.name, decl.name),
+                ));
+            }
+            used.insert(&r.name);
+        }
+        let mut inputs = Vec::new();
+        for i in &decl.inputs {
+            let paths = if i.is_glob {
+                glob_files(root, &i.pattern)
+                    .map_err(|e| project.error(&i.span, format!("invalid glob `{}`: {e}", i.pattern), None))?
+            } else {
+                vec![i.pattern.clone()]
+            };
+            for p in &paths {
+                if let Some(&o) = outputs.get(p) {
+                    return Err(project.error(
+                        &i.span,
+                        format!("input `{}` of `{}` is the output of `{}`", p, decl.name, nodes[o].key),
+                        Some(format!(
+                            "use `targets.{}` in the template instead, so mkt knows the order",
+                            project.targets[nodes[o].target].name
+                        )),
+                    ));
+                }
+                match files.stat(p) {
+                    Ok(Some(_)) => {}
+                    Ok(None) => {
+                        return Err(project.error(
+                            &i.span,
+                            format!("input `{}` of target `{}`: `{p}` not found", i.name, decl.name),
+                            Some("create the file or fix the path".into()),
+                        ));
+                    }
+                    Err(e) => return Err(file_error(project, &i.span, e)),
+                }
+            }
+            if reach.all_inputs || used.contains(i.name.as_str()) {
+                inputs.push(ResolvedInput { name: i.name.clone(), is_glob: i.is_glob, paths });
+            }
+        }
+        // verbatim files
+        let mut verbatim = BTreeSet::new();
+        for (file, r) in &reach.verbatim {
+            let p = normalise_ref(file, r, "verbatim file")?;
+            match files.stat(&p) {
+                Ok(Some(_)) => {}
+                Ok(None) => {
+                    return Err(ref_error(file, r, format!("verbatim file `{p}` not found"), "create the file or fix the path".into()));
+                }
+                Err(e) => return Err(ref_error(file, r, e.to_string(), "keep verbatim files inside the project".into())),
+            }
+            verbatim.insert(p);
+        }
+        if reach.uses_item && decl.foreach.is_none() {
+            let (file, line) = (decl.template.to_string(), 1);
+            return Err(Error::invalid(
+                Location { file: file.into(), line, col: 1 },
+                format!("the template of `{}` uses `item`, but the target has no `foreach`", decl.name),
+                Some("add `foreach = \"GLOB\"` to the target, or remove `item`".into()),
+            ));
+        }
+        // upstream targets
+        let mut upstream: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (file, r) in &reach.targets {
+            match by_target.get(&r.name) {
+                Some(v) => {
+                    upstream.insert(r.name.clone(), v.clone());
+                }
+                None if project.targets.iter().any(|t| t.name == r.name) => {
+                    // a foreach target whose glob matches no file: empty list
+                    upstream.insert(r.name.clone(), Vec::new());
+                }
+                None => {
+                    let known: Vec<&str> = project.targets.iter().map(|t| t.name.as_str()).collect();
+                    return Err(ref_error(
+                        file,
+                        r,
+                        format!("`targets.{}` names no target in `prompts.toml`", r.name),
+                        format!("known targets: {}", known.join(", ")),
+                    ));
+                }
+            }
+        }
+        let upstream: Vec<(String, Vec<usize>)> = upstream.into_iter().collect();
+        let partials: Vec<String> = reach.partials.into_iter().collect();
+        let verbatim: Vec<String> = verbatim.into_iter().collect();
+        for &ni in by_target.get(&decl.name).into_iter().flatten() {
+            let n = &mut nodes[ni];
+            let config = serde_json::json!({
+                "template": n.template,
+                "inputs": inputs,
+                "item": if reach.uses_item { n.item.clone() } else { None },
+                "upstream": upstream.iter().map(|(name, v)| (name, v.len())).collect::<Vec<_>>(),
+            });
+            n.config_digest = Digest::of(config.to_string().as_bytes());
+            n.inputs = inputs.clone();
+            n.partials = partials.clone();
+            n.verbatim = verbatim.clone();
+            n.uses_item = reach.uses_item;
+            n.upstream = upstream.clone();
+        }
+        let _ = ti;
+    }
+
+    // 3. the DAG, its order, and cycles
+    let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(nodes.len(), nodes.len());
+    let idx: Vec<NodeIndex> = (0..nodes.len()).map(|i| g.add_node(i)).collect();
+    for (i, n) in nodes.iter().enumerate() {
+        for u in n.upstream_nodes() {
+            g.add_edge(idx[u], idx[i], ());
+        }
+    }
+    let order = match petgraph::algo::toposort(&g, None) {
+        Ok(o) => o.into_iter().map(|ix| g[ix]).collect(),
+        Err(cycle) => return Err(Error::Cycle { path: cycle_path(&nodes, project, g[cycle.node_id()]) }),
+    };
+    let by_key = nodes.iter().enumerate().map(|(i, n)| (n.key.clone(), i)).collect();
+    Ok(Graph { nodes, order, by_key, by_target, analysis: an.new.into_inner().unwrap() })
+}
+
+/// A cycle through `start`, as target names (`a -> b -> a`).
+fn cycle_path(nodes: &[Node], project: &Project, start: usize) -> Vec<String> {
+    // depth-first search from `start` along upstream edges back to `start`
+    let name = |i: usize| project.targets[nodes[i].target].name.clone();
+    let mut stack = vec![(start, vec![start])];
+    let mut seen = BTreeSet::new();
+    while let Some((n, path)) = stack.pop() {
+        for u in nodes[n].upstream_nodes() {
+            if u == start {
+                let mut names: Vec<String> = path.iter().rev().map(|&i| name(i)).collect();
+                names.push(name(start));
+                return names;
+            }
+            if seen.insert(u) {
+                let mut p = path.clone();
+                p.push(u);
+                stack.push((u, p));
+            }
+        }
+    }
+    vec![name(start), name(start)]
+}
+
+impl Graph {
+    /// Resolves the names given on the command line (target names, node
+    /// keys or output paths) to nodes, plus everything they need.
+    pub fn select(&self, project: &Project, names: &[String]) -> Result<Vec<bool>> {
+        let mut selected = vec![names.is_empty(); self.nodes.len()];
+        if names.is_empty() {
+            return Ok(selected);
+        }
+        let mut stack = Vec::new();
+        for name in names {
+            if let Some(v) = self.by_target.get(name.as_str()) {
+                stack.extend(v.iter().copied());
+            } else if let Some(&i) = self.by_key.get(name.as_str()) {
+                stack.push(i);
+            } else if let Some(i) = self.nodes.iter().position(|n| n.output == name.trim_start_matches("./")) {
+                stack.push(i);
+            } else if project.targets.iter().any(|t| &t.name == name) {
+                // a foreach target with no files: nothing to build
+            } else {
+                let known: Vec<&str> = project.targets.iter().map(|t| t.name.as_str()).collect();
+                return Err(Error::UnknownTarget {
+                    name: name.clone(),
+                    help: Some(format!("known targets: {}", known.join(", "))),
+                });
+            }
+        }
+        while let Some(i) = stack.pop() {
+            if !selected[i] {
+                selected[i] = true;
+                stack.extend(self.nodes[i].upstream_nodes());
+            }
+        }
+        Ok(selected)
+    }
+
+    /// The current fingerprint's file part for a node.
+    pub fn source_deps(&self, node: &Node, files: &ProjectFiles) -> std::result::Result<Vec<Dep>, FileError> {
+        let mut deps = Vec::new();
+        for (kind, path) in node.source_files() {
+            let digest = files.digest(path)?.ok_or_else(|| {
+                FileError::Io(path.to_string(), std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+            })?;
+            deps.push(Dep { kind, path: path.to_string(), digest });
+        }
+        Ok(deps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_output;
+
+    #[test]
+    fn output_placeholders() {
+        assert_eq!(expand_output("out/{stem}.md", "docs/a.txt"), "out/a.md");
+        assert_eq!(expand_output("out/{dir}/{name}", "docs/x/a.txt"), "out/docs/x/a.txt");
+        assert_eq!(expand_output("out/{dir}/{stem}.md", "a.txt"), "out/a.md");
+    }
+}
