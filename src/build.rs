@@ -22,7 +22,8 @@ use crate::store::{ObjectRead, ObjectStore};
 use crate::template::{RenderInput, compile};
 use camino::Utf8Path;
 use minijinja::Value;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -137,16 +138,28 @@ pub fn load_state(store: &ObjectStore) -> State {
 }
 
 /// Builds the selected targets of the project at `root` (module docs).
-pub fn build(root: &Utf8Path, opts: &BuildOptions, report: &(dyn Fn(Event<'_>) + Sync)) -> Result<BuildReport> {
-    let project = Project::load(root)?;
+pub fn build(
+    root: &Utf8Path,
+    opts: &BuildOptions,
+    report: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<BuildReport> {
     let store = ObjectStore::open(root)?;
+    let cache_path = store.dir().join("project-cache.json");
+    let (project, new_cache) = Project::load_cached(root, &cache_path)?;
     let _lock = if opts.dry_run {
         None
     } else {
         Some(store.lock(opts.wait_for_lock, &|| report(Event::WaitingForLock))?)
     };
+    if let (Some(bytes), false) = (&new_cache, opts.dry_run) {
+        store.write_atomic(&cache_path, bytes)?;
+    }
     let state = load_state(&store);
-    let State { files: old_files, analysis: old_analysis, targets: old_targets } = state;
+    let State {
+        files: old_files,
+        analysis: old_analysis,
+        targets: old_targets,
+    } = state;
     let files = ProjectFiles::new(root, old_files);
     let graph = analyse_project(&project, &files, &old_analysis)?;
     let selected = graph.select(&project, &opts.targets)?;
@@ -156,7 +169,7 @@ pub fn build(root: &Utf8Path, opts: &BuildOptions, report: &(dyn Fn(Event<'_>) +
     // Stat (and where needed hash) every file the selected nodes read or
     // write, in parallel: on a no-op build this is nearly all the work.
     let mut paths: Vec<&str> = Vec::new();
-    let mut seen_paths = HashSet::new();
+    let mut seen_paths = HashSet::default();
     for (i, n) in graph.nodes.iter().enumerate() {
         if selected[i] {
             for (_, p) in n.source_files() {
@@ -182,10 +195,13 @@ pub fn build(root: &Utf8Path, opts: &BuildOptions, report: &(dyn Fn(Event<'_>) +
     }
     let mut ready: VecDeque<usize> = graph.order.iter().copied().filter(|&i| selected[i] && waiting[i] == 0).collect();
     let mut results: Vec<Option<Done>> = vec![None; graph.nodes.len()];
-    let mut new_records: HashMap<String, TargetRecord> = HashMap::new();
+    let mut new_records: HashMap<String, TargetRecord> = HashMap::default();
     let mut history = String::new();
-    let mut rep = BuildReport { total, ..Default::default() };
-    let mut reasons: HashMap<usize, DirtyReason> = HashMap::new();
+    let mut rep = BuildReport {
+        total,
+        ..Default::default()
+    };
+    let mut reasons: HashMap<usize, DirtyReason> = HashMap::default();
     let mut stop = false;
     let mut done = 0usize;
 
@@ -344,7 +360,7 @@ pub fn build(root: &Utf8Path, opts: &BuildOptions, report: &(dyn Fn(Event<'_>) +
         graph.analysis.len() != old_analysis.len() || graph.analysis.keys().any(|k| !old_analysis.contains_key(k));
     if files_changed || analysis_changed || !new_records.is_empty() {
         let (old_files, mut seen) = files.into_parts();
-        let mut used: HashSet<&str> = HashSet::new();
+        let mut used: HashSet<&str> = HashSet::default();
         for n in &graph.nodes {
             used.extend(n.source_files().into_iter().map(|(_, p)| p));
             used.insert(&n.output);
@@ -502,7 +518,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         let mut targets = BTreeMap::new();
         let mut up = job.upstream.iter();
         for (name, nodes) in &node.upstream {
-            let is_foreach = ctx.project.targets.iter().any(|t| &t.name == name && t.foreach.is_some());
+            let is_foreach = ctx.project.is_foreach(name);
             let mut list = Vec::new();
             for &u in nodes {
                 let rec = up.next().expect("one upstream record per upstream node");

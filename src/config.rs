@@ -7,6 +7,7 @@
 //! whether the named files exist is checked when the graph is built.
 
 use crate::error::{Error, Location, Result};
+use crate::hash::Digest;
 use camino::{Utf8Path, Utf8PathBuf};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -73,7 +74,7 @@ struct RawTarget {
 }
 
 /// Which model adapter runs a target.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
     Mock,
@@ -91,7 +92,7 @@ impl Provider {
 
 /// The fully resolved model a target runs with: its `[models.NAME]` table
 /// with the target's `params` applied.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
     pub name: String,
     pub provider: Provider,
@@ -114,7 +115,7 @@ impl ModelConfig {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InputDecl {
     pub name: String,
     pub pattern: String,
@@ -123,7 +124,7 @@ pub struct InputDecl {
 }
 
 /// A `[targets.NAME]` table, validated but not yet expanded over files.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetDecl {
     pub name: String,
     pub name_span: Range<usize>,
@@ -173,11 +174,173 @@ impl Project {
     }
 
     pub fn load(root: &Utf8Path) -> Result<Project> {
-        let path = root.join(PROJECT_FILE);
-        let source = std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))?;
-        Project::parse(root, source)
+        Project::parse(root, Project::read_source(root)?)
     }
 
+    pub fn read_source(root: &Utf8Path) -> Result<String> {
+        let path = root.join(PROJECT_FILE);
+        std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))
+    }
+
+    /// Loads the project through a cache of its parsed form (parsing a
+    /// 10,000-target `prompts.toml` costs more than the rest of a no-op
+    /// build). The cache is keyed by the BLAKE3 of the file's bytes and
+    /// mkt's version; anything unreadable in it just means a fresh parse.
+    /// Returns the bytes to store as the new cache when it was not used.
+    ///
+    /// Format (binary, see `state::Writer`): `"MKTPROJ1"`, key digest,
+    /// str version, u32 n, n × str (model JSON), u32 n, n × TARGET, where
+    /// TARGET := str name, span, str template, span, u32 n × (str name,
+    /// str pattern, u8 glob, span), str output, span, u32 model index,
+    /// u8 has_foreach [str glob, span]; span := u64 start, u64 end.
+    pub fn load_cached(root: &Utf8Path, cache: &Utf8Path) -> Result<(Project, Option<Vec<u8>>)> {
+        let source = Project::read_source(root)?;
+        let key = Digest::of(source.as_bytes());
+        if let Ok(bytes) = std::fs::read(cache) {
+            if let Some((models, targets)) = decode_cache(&bytes, &key) {
+                let p = Project {
+                    root: root.to_owned(),
+                    source,
+                    models,
+                    targets,
+                };
+                return Ok((p, None));
+            }
+        }
+        let p = Project::parse(root, source)?;
+        let bytes = encode_cache(&p, &key);
+        Ok((p, Some(bytes)))
+    }
+}
+
+const CACHE_MAGIC: &[u8; 8] = b"MKTPROJ1";
+
+fn encode_cache(p: &Project, key: &Digest) -> Vec<u8> {
+    use crate::state::Writer;
+    let mut w = Writer(Vec::with_capacity(64 + p.targets.len() * 128));
+    w.0.extend_from_slice(CACHE_MAGIC);
+    w.digest(key);
+    w.str(env!("CARGO_PKG_VERSION"));
+    // one table of distinct model configs: the project's models first,
+    // then targets' configs with `params` applied
+    let mut models: Vec<&ModelConfig> = p.models.values().collect();
+    let mut index = Vec::with_capacity(p.targets.len());
+    for t in &p.targets {
+        let i = match models.iter().position(|m| **m == t.model) {
+            Some(i) => i,
+            None => {
+                models.push(&t.model);
+                models.len() - 1
+            }
+        };
+        index.push(i as u32);
+    }
+    w.u32(models.len() as u32);
+    for m in &models {
+        w.str(&serde_json::to_string(m).expect("model serialises"));
+    }
+    w.u32(p.models.len() as u32);
+    let span = |w: &mut Writer, s: &Range<usize>| {
+        w.u64(s.start as u64);
+        w.u64(s.end as u64);
+    };
+    w.u32(p.targets.len() as u32);
+    for (t, mi) in p.targets.iter().zip(index) {
+        w.str(&t.name);
+        span(&mut w, &t.name_span);
+        w.str(t.template.as_str());
+        span(&mut w, &t.template_span);
+        w.u32(t.inputs.len() as u32);
+        for i in &t.inputs {
+            w.str(&i.name);
+            w.str(&i.pattern);
+            w.u8(i.is_glob as u8);
+            span(&mut w, &i.span);
+        }
+        w.str(&t.output);
+        span(&mut w, &t.output_span);
+        w.u32(mi);
+        match &t.foreach {
+            Some((g, s)) => {
+                w.u8(1);
+                w.str(g);
+                span(&mut w, s);
+            }
+            None => w.u8(0),
+        }
+    }
+    w.0
+}
+
+type Decoded = (BTreeMap<String, ModelConfig>, Vec<TargetDecl>);
+
+fn decode_cache(bytes: &[u8], key: &Digest) -> Option<Decoded> {
+    use crate::state::Reader;
+    let mut r = Reader { buf: bytes, pos: 0 };
+    if r.take(8)? != CACHE_MAGIC || r.digest()? != *key || r.str()? != env!("CARGO_PKG_VERSION") {
+        return None;
+    }
+    let n = r.count(4)?;
+    let mut models = Vec::with_capacity(n);
+    for _ in 0..n {
+        models.push(serde_json::from_str::<ModelConfig>(&r.str()?).ok()?);
+    }
+    let n_project_models = r.u32()? as usize;
+    if n_project_models > models.len() {
+        return None;
+    }
+    fn span(r: &mut Reader<'_>) -> Option<Range<usize>> {
+        Some(usize::try_from(r.u64()?).ok()?..usize::try_from(r.u64()?).ok()?)
+    }
+    let n = r.count(8)?;
+    let mut targets = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = r.str()?;
+        let name_span = span(&mut r)?;
+        let template = Utf8PathBuf::from(r.str()?);
+        let template_span = span(&mut r)?;
+        let ni = r.count(4)?;
+        let mut inputs = Vec::with_capacity(ni);
+        for _ in 0..ni {
+            inputs.push(InputDecl {
+                name: r.str()?,
+                pattern: r.str()?,
+                is_glob: r.bool()?,
+                span: span(&mut r)?,
+            });
+        }
+        let output = r.str()?;
+        let output_span = span(&mut r)?;
+        let model = models.get(r.u32()? as usize)?.clone();
+        let foreach = match r.u8()? {
+            0 => None,
+            1 => Some((r.str()?, span(&mut r)?)),
+            _ => return None,
+        };
+        targets.push(TargetDecl {
+            name,
+            name_span,
+            template,
+            template_span,
+            inputs,
+            output,
+            output_span,
+            model,
+            foreach,
+        });
+    }
+    if r.pos != bytes.len() {
+        return None;
+    }
+    let all = models
+        .into_iter()
+        .take(n_project_models)
+        .map(|m| (m.name.clone(), m))
+        .collect();
+    Some((all, targets))
+}
+
+impl Project {
     pub fn parse(root: &Utf8Path, source: String) -> Result<Project> {
         let raw: RawProject = toml::from_str(&source).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
@@ -217,6 +380,13 @@ impl Project {
             project.targets.push(decl);
         }
         Ok(project)
+    }
+
+    /// Whether `name` is a `foreach` target.
+    pub fn is_foreach(&self, name: &str) -> bool {
+        self.targets
+            .iter()
+            .any(|t| t.name == name && t.foreach.is_some())
     }
 }
 
@@ -502,6 +672,44 @@ mod tests {
 
     fn err(src: &str) -> String {
         parse(src).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn project_cache_round_trips_and_is_keyed_by_content() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        let cache = root.join("cache");
+        std::fs::write(
+            root.join(PROJECT_FILE),
+            "[targets.a]\ntemplate = \"t.md\"\noutput = \"o.md\"\n",
+        )
+        .unwrap();
+        let (p, bytes) = Project::load_cached(root, &cache).unwrap();
+        std::fs::write(&cache, bytes.unwrap()).unwrap();
+        let (q, again) = Project::load_cached(root, &cache).unwrap();
+        assert!(again.is_none(), "second load uses the cache");
+        assert_eq!(
+            serde_json::to_string(&p.targets).unwrap(),
+            serde_json::to_string(&q.targets).unwrap()
+        );
+        std::fs::write(
+            root.join(PROJECT_FILE),
+            "[targets.b]\ntemplate = \"t.md\"\noutput = \"o.md\"\n",
+        )
+        .unwrap();
+        let (r, bytes) = Project::load_cached(root, &cache).unwrap();
+        assert!(bytes.is_some(), "an edited file is parsed again");
+        assert_eq!(r.targets[0].name, "b");
+        assert_eq!(r.models.len(), 1);
+        let bytes = bytes.unwrap();
+        for cut in 0..bytes.len() {
+            assert!(
+                decode_cache(&bytes[..cut], &Digest::of(r.source.as_bytes())).is_none(),
+                "cut at {cut}"
+            );
+        }
+        std::fs::write(&cache, b"{garbage").unwrap();
+        assert!(Project::load_cached(root, &cache).unwrap().1.is_some());
     }
 
     #[test]

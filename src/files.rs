@@ -7,7 +7,7 @@ use crate::hash::Digest;
 use crate::state::{FileStat, StatEntry, now_ns};
 use camino::{Utf8Path, Utf8PathBuf};
 use rayon::prelude::*;
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -23,13 +23,16 @@ pub enum FileError {
 
 pub struct ProjectFiles {
     root: Utf8PathBuf,
+    /// The root directory, open, so stats resolve paths relative to it
+    /// (`fstatat`) instead of walking the absolute path every time.
+    root_dir: Option<std::fs::File>,
     root_canon: PathBuf,
     /// Stat cache from the previous build.
     old: HashMap<String, StatEntry>,
     /// Entries looked at in this build (what the next state keeps).
     seen: Mutex<HashMap<String, StatEntry>>,
     /// Directories already checked to be inside the project.
-    dirs_ok: Mutex<HashMap<Utf8PathBuf, bool>>,
+    dirs_ok: std::sync::RwLock<HashMap<Utf8PathBuf, bool>>,
     /// Set when an entry was (re)hashed, i.e. the state needs writing.
     changed: std::sync::atomic::AtomicBool,
 }
@@ -38,11 +41,12 @@ impl ProjectFiles {
     pub fn new(root: &Utf8Path, old: HashMap<String, StatEntry>) -> ProjectFiles {
         let root_canon = std::fs::canonicalize(root).unwrap_or_else(|_| root.as_std_path().to_owned());
         ProjectFiles {
+            root_dir: std::fs::File::open(root).ok(),
             root: root.to_owned(),
             root_canon,
             old,
-            seen: Mutex::new(HashMap::new()),
-            dirs_ok: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashMap::default()),
+            dirs_ok: Default::default(),
             changed: Default::default(),
         }
     }
@@ -59,14 +63,14 @@ impl ProjectFiles {
         if rel_dir.as_str().is_empty() {
             return true;
         }
-        if let Some(ok) = self.dirs_ok.lock().unwrap().get(rel_dir) {
+        if let Some(ok) = self.dirs_ok.read().unwrap().get(rel_dir) {
             return *ok;
         }
         let ok = match std::fs::canonicalize(self.root.join(rel_dir)) {
             Ok(c) => c.starts_with(&self.root_canon),
             Err(_) => true, // a missing directory leads nowhere
         };
-        self.dirs_ok.lock().unwrap().insert(rel_dir.to_owned(), ok);
+        self.dirs_ok.write().unwrap().insert(rel_dir.to_owned(), ok);
         ok
     }
 
@@ -76,6 +80,21 @@ impl ProjectFiles {
         let rel_path = Utf8Path::new(rel);
         if !self.dir_inside(rel_path.parent().unwrap_or(Utf8Path::new(""))) {
             return Err(FileError::Escapes(rel.to_string()));
+        }
+        if let Some(st) = self.fast_lstat(rel) {
+            match st {
+                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                    return Ok(Some(FileStat {
+                        size: st.st_size as u64,
+                        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+                        ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+                        ino: st.st_ino,
+                    }));
+                }
+                Ok(_) => {} // a symlink or not a file: the slow path decides
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(FileError::Io(rel.to_string(), e)),
+            }
         }
         let abs = self.abs(rel);
         let meta = match std::fs::symlink_metadata(&abs) {
@@ -99,25 +118,56 @@ impl ProjectFiles {
         Ok(Some(FileStat::from_metadata(&meta)))
     }
 
+    /// `lstat` relative to the open root directory; `None` when that is not
+    /// possible (no directory handle, or a path with a NUL byte).
+    fn fast_lstat(&self, rel: &str) -> Option<std::io::Result<libc::stat>> {
+        use std::os::fd::AsRawFd;
+        let dir = self.root_dir.as_ref()?;
+        let c = std::ffi::CString::new(rel).ok()?;
+        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+        // SAFETY: `c` is a valid NUL-terminated string, `st` is written by
+        // fstatat before it is read, and `dir` keeps the descriptor open.
+        let rc = unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                st.as_mut_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        };
+        if rc != 0 {
+            return Some(Err(std::io::Error::last_os_error()));
+        }
+        // SAFETY: fstatat returned 0, so it filled `st`.
+        Some(Ok(unsafe { st.assume_init() }))
+    }
+
     /// The digest of a project file, from the stat cache when the file's
     /// stat is unchanged and the entry is not racy.
     pub fn digest(&self, rel: &str) -> Result<Option<Digest>, FileError> {
         if let Some(e) = self.seen.lock().unwrap().get(rel) {
             return Ok(Some(e.digest));
         }
+        let entry = self.lookup(rel)?;
+        if let Some(e) = entry {
+            self.record(rel, e);
+        }
+        Ok(entry.map(|e| e.digest))
+    }
+
+    /// Stats (and, when the cache cannot answer, hashes) a file without
+    /// touching shared state, so many can run in parallel.
+    fn lookup(&self, rel: &str) -> Result<Option<StatEntry>, FileError> {
         let Some(stat) = self.stat(rel)? else {
             return Ok(None);
         };
         if let Some(old) = self.old.get(rel) {
             if old.stat == stat && !old.racy {
-                self.seen.lock().unwrap().insert(rel.to_string(), *old);
-                return Ok(Some(old.digest));
+                return Ok(Some(*old));
             }
         }
         let bytes = std::fs::read(self.abs(rel)).map_err(|e| FileError::Io(rel.to_string(), e))?;
-        let entry = StatEntry::new(stat, Digest::of(&bytes), now_ns());
-        self.record(rel, entry);
-        Ok(Some(entry.digest))
+        Ok(Some(StatEntry::new(stat, Digest::of(&bytes), now_ns())))
     }
 
     fn record(&self, rel: &str, entry: StatEntry) {
@@ -129,8 +179,24 @@ impl ProjectFiles {
     }
 
     /// Digests many files in parallel (the no-op build's main cost).
-    pub fn digest_all(&self, paths: &[&str]) -> Vec<Result<Option<Digest>, FileError>> {
-        paths.par_iter().map(|p| self.digest(p)).collect()
+    /// Errors are not reported here: the later `digest` of the same path
+    /// meets them again where there is context to report them.
+    pub fn digest_all(&self, paths: &[&str]) {
+        let todo: Vec<&str> = {
+            let seen = self.seen.lock().unwrap();
+            paths.iter().copied().filter(|p| !seen.contains_key(*p)).collect()
+        };
+        let found: Vec<(&str, StatEntry)> = todo
+            .par_iter()
+            .filter_map(|p| self.lookup(p).ok().flatten().map(|e| (*p, e)))
+            .collect();
+        let mut seen = self.seen.lock().unwrap();
+        for (p, e) in found {
+            if self.old.get(p) != Some(&e) {
+                self.changed.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            seen.insert(p.to_string(), e);
+        }
     }
 
     /// Reads a project file (checked to stay inside the project).
@@ -247,7 +313,7 @@ mod tests {
         std::os::unix::fs::symlink(outside.path(), root.join("dir")).unwrap();
         std::fs::write(root.join("real"), "r").unwrap();
         std::os::unix::fs::symlink(root.join("real"), root.join("inside")).unwrap();
-        let files = ProjectFiles::new(root, HashMap::new());
+        let files = ProjectFiles::new(root, HashMap::default());
         assert!(matches!(files.digest("link"), Err(FileError::Escapes(_))));
         assert!(matches!(files.digest("dir/secret"), Err(FileError::Escapes(_))));
         assert_eq!(files.digest("inside").unwrap(), Some(Digest::of(b"r")));

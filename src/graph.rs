@@ -17,8 +17,9 @@ use crate::state::{Dep, DepKind};
 use crate::template::{Ref, TemplateRefs, analyse};
 use camino::Utf8Path;
 use petgraph::graph::{DiGraph, NodeIndex};
+use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::sync::Mutex;
 
@@ -199,6 +200,38 @@ fn normalise_ref(file: &str, r: &Ref, what: &str) -> Result<String> {
     Ok(parts.join("/"))
 }
 
+/// The target-definition part of a node's fingerprint: an internal
+/// digest (never stored outside `.mkt/state`), fed field by field with
+/// length prefixes so distinct definitions cannot collide.
+fn config_digest(
+    template: &str,
+    inputs: &[ResolvedInput],
+    item: Option<&str>,
+    upstream: &[(String, Vec<usize>)],
+) -> Digest {
+    let mut h = blake3::Hasher::new();
+    let mut put = |s: &str| {
+        h.update(&(s.len() as u64).to_le_bytes());
+        h.update(s.as_bytes());
+    };
+    put("mkt.node-config.v1");
+    put(template);
+    for i in inputs {
+        put(&i.name);
+        put(if i.is_glob { "glob" } else { "file" });
+        for p in &i.paths {
+            put(p);
+        }
+        put("");
+    }
+    put(item.unwrap_or(""));
+    for (name, v) in upstream {
+        put(name);
+        put(&v.len().to_string());
+    }
+    Digest(*h.finalize().as_bytes())
+}
+
 fn model_digest(m: &ModelConfig) -> Digest {
     let v = serde_json::json!({ "provider": m.provider.as_str(), "params": m.hashed_params() });
     Digest::of(v.to_string().as_bytes())
@@ -213,8 +246,18 @@ pub fn analyse_project(
     let root = project.root.as_path();
     // 1. expand foreach globs into nodes and resolve their outputs
     let mut nodes: Vec<Node> = Vec::new();
-    let mut outputs: HashMap<String, usize> = HashMap::new();
+    let mut outputs: HashMap<String, usize> = HashMap::default();
+    // few distinct models: digest each once
+    let mut model_digests: Vec<(&ModelConfig, Digest)> = Vec::new();
     for (ti, decl) in project.targets.iter().enumerate() {
+        let md = match model_digests.iter().find(|(m, _)| **m == decl.model) {
+            Some((_, d)) => *d,
+            None => {
+                let d = model_digest(&decl.model);
+                model_digests.push((&decl.model, d));
+                d
+            }
+        };
         let items: Vec<Option<String>> = match &decl.foreach {
             Some((glob, span)) => glob_files(root, glob)
                 .map_err(|e| project.error(span, format!("invalid glob `{glob}`: {e}"), None))?
@@ -249,7 +292,7 @@ pub fn analyse_project(
                 uses_item: false,
                 upstream: Vec::new(),
                 config_digest: Digest::default(),
-                model_digest: model_digest(&decl.model),
+                model_digest: md,
             });
         }
     }
@@ -258,8 +301,24 @@ pub fn analyse_project(
         by_target.entry(project.targets[n.target].name.clone()).or_default().push(i);
     }
 
-    // 2. analyse each target's template (once per target, shared by its nodes)
-    let an = Analyser { files, old: old_analysis, new: Mutex::new(HashMap::new()) };
+    // 2. analyse each target's template (once per target, shared by its
+    // nodes), after stat-ing templates and plain inputs in parallel
+    let mut prefetch: Vec<&str> = Vec::with_capacity(project.targets.len() * 2);
+    for decl in &project.targets {
+        prefetch.push(decl.template.as_str());
+        prefetch.extend(
+            decl.inputs
+                .iter()
+                .filter(|i| !i.is_glob)
+                .map(|i| i.pattern.as_str()),
+        );
+    }
+    files.digest_all(&prefetch);
+    let an = Analyser {
+        files,
+        old: old_analysis,
+        new: Mutex::new(HashMap::default()),
+    };
     for (ti, decl) in project.targets.iter().enumerate() {
         let reach = reach(&an, project, decl)?;
         let ref_error = |file: &str, r: &Ref, msg: String, help: String| {
@@ -297,7 +356,7 @@ pub fn analyse_project(
                         )),
                     ));
                 }
-                match files.stat(p) {
+                match files.digest(p) {
                     Ok(Some(_)) => {}
                     Ok(None) => {
                         return Err(project.error(
@@ -317,7 +376,7 @@ pub fn analyse_project(
         let mut verbatim = BTreeSet::new();
         for (file, r) in &reach.verbatim {
             let p = normalise_ref(file, r, "verbatim file")?;
-            match files.stat(&p) {
+            match files.digest(&p) {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     return Err(ref_error(file, r, format!("verbatim file `{p}` not found"), "create the file or fix the path".into()));
@@ -361,13 +420,12 @@ pub fn analyse_project(
         let verbatim: Vec<String> = verbatim.into_iter().collect();
         for &ni in by_target.get(&decl.name).into_iter().flatten() {
             let n = &mut nodes[ni];
-            let config = serde_json::json!({
-                "template": n.template,
-                "inputs": inputs,
-                "item": if reach.uses_item { n.item.clone() } else { None },
-                "upstream": upstream.iter().map(|(name, v)| (name, v.len())).collect::<Vec<_>>(),
-            });
-            n.config_digest = Digest::of(config.to_string().as_bytes());
+            n.config_digest = config_digest(
+                &n.template,
+                &inputs,
+                n.item.as_deref().filter(|_| reach.uses_item),
+                &upstream,
+            );
             n.inputs = inputs.clone();
             n.partials = partials.clone();
             n.verbatim = verbatim.clone();

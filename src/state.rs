@@ -46,7 +46,7 @@
 
 use crate::hash::Digest;
 use crate::template::{Ref, TemplateRefs};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
 
 pub const STATE_MAGIC: &[u8; 8] = b"MKTSTATE";
@@ -268,26 +268,27 @@ pub struct State {
     pub targets: HashMap<String, TargetRecord>,
 }
 
-struct Writer(Vec<u8>);
+/// Little-endian, length-prefixed encoder shared by mkt's binary caches.
+pub(crate) struct Writer(pub(crate) Vec<u8>);
 
 impl Writer {
-    fn u8(&mut self, v: u8) {
+    pub(crate) fn u8(&mut self, v: u8) {
         self.0.push(v);
     }
-    fn u32(&mut self, v: u32) {
+    pub(crate) fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub(crate) fn u64(&mut self, v: u64) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
-    fn str(&mut self, s: &str) {
+    pub(crate) fn str(&mut self, s: &str) {
         self.u32(s.len() as u32);
         self.0.extend_from_slice(s.as_bytes());
     }
-    fn digest(&mut self, d: &Digest) {
+    pub(crate) fn digest(&mut self, d: &Digest) {
         self.0.extend_from_slice(&d.0);
     }
-    fn refs(&mut self, refs: &[Ref]) {
+    pub(crate) fn refs(&mut self, refs: &[Ref]) {
         self.u32(refs.len() as u32);
         for r in refs {
             self.str(&r.name);
@@ -296,35 +297,37 @@ impl Writer {
     }
 }
 
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+/// The bounds-checked decoder matching [`Writer`]: every read is `None`
+/// past the end, never a panic.
+pub(crate) struct Reader<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
         let end = self.pos.checked_add(n)?;
         let s = self.buf.get(self.pos..end)?;
         self.pos = end;
         Some(s)
     }
-    fn u8(&mut self) -> Option<u8> {
+    pub(crate) fn u8(&mut self) -> Option<u8> {
         Some(self.take(1)?[0])
     }
-    fn u32(&mut self) -> Option<u32> {
+    pub(crate) fn u32(&mut self) -> Option<u32> {
         Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
     }
-    fn u64(&mut self) -> Option<u64> {
+    pub(crate) fn u64(&mut self) -> Option<u64> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
-    fn str(&mut self) -> Option<String> {
+    pub(crate) fn str(&mut self) -> Option<String> {
         let n = self.u32()? as usize;
         String::from_utf8(self.take(n)?.to_vec()).ok()
     }
-    fn digest(&mut self) -> Option<Digest> {
+    pub(crate) fn digest(&mut self) -> Option<Digest> {
         Some(Digest(self.take(32)?.try_into().ok()?))
     }
-    fn bool(&mut self) -> Option<bool> {
+    pub(crate) fn bool(&mut self) -> Option<bool> {
         match self.u8()? {
             0 => Some(false),
             1 => Some(true),
@@ -333,11 +336,11 @@ impl<'a> Reader<'a> {
     }
     /// A count, bounded by what the remaining bytes could hold, so a
     /// corrupt count cannot make us reserve gigabytes.
-    fn count(&mut self, min_item: usize) -> Option<usize> {
+    pub(crate) fn count(&mut self, min_item: usize) -> Option<usize> {
         let n = self.u32()? as usize;
         (n.checked_mul(min_item)? <= self.buf.len() - self.pos).then_some(n)
     }
-    fn refs(&mut self) -> Option<Vec<Ref>> {
+    pub(crate) fn refs(&mut self) -> Option<Vec<Ref>> {
         let n = self.count(8)?;
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
