@@ -15,10 +15,11 @@ use crate::files::ProjectFiles;
 use crate::graph::{Graph, Node, analyse_project};
 use crate::hash::{Digest, InputBundleHash};
 use crate::manifest::{
-    self, FileDigest, InputRecord, ModelRecord, OutputRecord, RunManifest, RunStatus, Timing, UpstreamRecord,
+    self, FileDigest, InputRecord, ModelRecord, OutputRecord, RunManifest, RunStatus, Timing,
+    UpstreamRecord,
 };
 use crate::state::{DirtyReason, Fingerprint, State, TargetRecord, dirty_reason};
-use crate::store::{ObjectRead, ObjectStore};
+use crate::store::{AcRead, ObjectRead, ObjectStore};
 use crate::template::{RenderInput, compile};
 use camino::Utf8Path;
 use minijinja::Value;
@@ -59,12 +60,20 @@ pub enum Outcome {
     /// Output file restored from the store; no compilation, no model call.
     Restored,
     /// Served from the action cache: compiled, but no model call.
-    Cached { run_id: String },
+    Cached {
+        run_id: String,
+    },
     /// The model was called.
-    Ran { run_id: String },
-    Failed { error: String },
+    Ran {
+        run_id: String,
+    },
+    Failed {
+        error: String,
+    },
     /// Not attempted because something it needs failed.
-    Skipped { because: String },
+    Skipped {
+        because: String,
+    },
     /// `--dry-run`: would be rebuilt.
     WouldRun,
 }
@@ -74,9 +83,20 @@ pub enum Outcome {
 pub enum Event<'a> {
     WaitingForLock,
     /// Selected node count, known after analysis.
-    Planned { total: usize },
-    Started { key: &'a str, reason: &'a DirtyReason },
-    Finished { key: &'a str, outcome: &'a Outcome, reason: Option<&'a DirtyReason>, done: usize, total: usize },
+    Planned {
+        total: usize,
+    },
+    Started {
+        key: &'a str,
+        reason: &'a DirtyReason,
+    },
+    Finished {
+        key: &'a str,
+        outcome: &'a Outcome,
+        reason: Option<&'a DirtyReason>,
+        done: usize,
+        total: usize,
+    },
     Warning(String),
 }
 
@@ -182,7 +202,14 @@ pub fn build(
     }
     files.digest_all(&paths);
 
-    let ctx = Ctx { project: &project, graph: &graph, files: &files, store: &store, old: &old_targets, force: opts.force };
+    let ctx = Ctx {
+        project: &project,
+        graph: &graph,
+        files: &files,
+        store: &store,
+        old: &old_targets,
+        force: opts.force,
+    };
     let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); graph.nodes.len()];
     let mut waiting: Vec<usize> = vec![0; graph.nodes.len()];
     for &i in &graph.order {
@@ -193,7 +220,12 @@ pub fn build(
             }
         }
     }
-    let mut ready: VecDeque<usize> = graph.order.iter().copied().filter(|&i| selected[i] && waiting[i] == 0).collect();
+    let mut ready: VecDeque<usize> = graph
+        .order
+        .iter()
+        .copied()
+        .filter(|&i| selected[i] && waiting[i] == 0)
+        .collect();
     let mut results: Vec<Option<Done>> = vec![None; graph.nodes.len()];
     let mut new_records: HashMap<String, TargetRecord> = HashMap::default();
     let mut history = String::new();
@@ -230,7 +262,13 @@ pub fn build(
             }
             results[i] = Some(d);
             done += 1;
-            report(Event::Finished { key: &graph.nodes[i].key, outcome: &outcome, reason: reasons.get(&i), done, total });
+            report(Event::Finished {
+                key: &graph.nodes[i].key,
+                outcome: &outcome,
+                reason: reasons.get(&i),
+                done,
+                total,
+            });
             for &dn in &downstream[i] {
                 waiting[dn] -= 1;
                 if waiting[dn] == 0 {
@@ -241,24 +279,65 @@ pub fn build(
         loop {
             while let Some(i) = ready.pop_front() {
                 let node = &graph.nodes[i];
-                let failed_up = node.upstream_nodes().find(|&u| !results[u].as_ref().is_some_and(|d| d.ok));
+                let failed_up = node
+                    .upstream_nodes()
+                    .find(|&u| !results[u].as_ref().is_some_and(|d| d.ok));
                 if let Some(u) = failed_up {
                     let because = format!("`{}` failed", graph.nodes[u].key);
-                    let d = Done { ok: false, output_digest: Digest::default(), run_id: String::new() };
-                    complete(i, Outcome::Skipped { because }, d, &mut results, &mut ready, &reasons, &mut rep);
+                    let d = Done {
+                        ok: false,
+                        output_digest: Digest::default(),
+                        run_id: String::new(),
+                    };
+                    complete(
+                        i,
+                        Outcome::Skipped { because },
+                        d,
+                        &mut results,
+                        &mut ready,
+                        &reasons,
+                        &mut rep,
+                    );
                     continue;
                 }
                 if stop {
-                    let d = Done { ok: false, output_digest: Digest::default(), run_id: String::new() };
-                    let because = "the build stopped after a failure (use `--keep-going` to go on)".to_string();
-                    complete(i, Outcome::Skipped { because }, d, &mut results, &mut ready, &reasons, &mut rep);
+                    let d = Done {
+                        ok: false,
+                        output_digest: Digest::default(),
+                        run_id: String::new(),
+                    };
+                    let because = "the build stopped after a failure (use `--keep-going` to go on)"
+                        .to_string();
+                    complete(
+                        i,
+                        Outcome::Skipped { because },
+                        d,
+                        &mut results,
+                        &mut ready,
+                        &reasons,
+                        &mut rep,
+                    );
                     continue;
                 }
                 let deps = match graph.source_deps(node, &files) {
                     Ok(d) => d,
                     Err(e) => {
-                        let d = Done { ok: false, output_digest: Digest::default(), run_id: String::new() };
-                        complete(i, Outcome::Failed { error: e.to_string() }, d, &mut results, &mut ready, &reasons, &mut rep);
+                        let d = Done {
+                            ok: false,
+                            output_digest: Digest::default(),
+                            run_id: String::new(),
+                        };
+                        complete(
+                            i,
+                            Outcome::Failed {
+                                error: e.to_string(),
+                            },
+                            d,
+                            &mut results,
+                            &mut ready,
+                            &reasons,
+                            &mut rep,
+                        );
                         stop |= !opts.keep_going;
                         continue;
                     }
@@ -267,14 +346,21 @@ pub fn build(
                     .upstream_nodes()
                     .map(|u| {
                         let d = results[u].as_ref().expect("upstream finished first");
-                        UpstreamRecord { target: graph.nodes[u].key.clone(), run_id: d.run_id.clone(), output_digest: d.output_digest }
+                        UpstreamRecord {
+                            target: graph.nodes[u].key.clone(),
+                            run_id: d.run_id.clone(),
+                            output_digest: d.output_digest,
+                        }
                     })
                     .collect();
                 let fingerprint = Fingerprint {
                     config: node.config_digest,
                     model: node.model_digest,
                     deps,
-                    upstream: upstream.iter().map(|u| (u.target.clone(), u.output_digest)).collect(),
+                    upstream: upstream
+                        .iter()
+                        .map(|u| (u.target.clone(), u.output_digest))
+                        .collect(),
                 };
                 let record = old_targets.get(&node.key);
                 let out_digest = files.digest(&node.output).ok().flatten();
@@ -285,8 +371,20 @@ pub fn build(
                 };
                 let Some(reason) = reason else {
                     let rec = record.expect("fresh implies a record");
-                    let d = Done { ok: true, output_digest: rec.output_digest, run_id: rec.run_id.clone() };
-                    complete(i, Outcome::Fresh, d, &mut results, &mut ready, &reasons, &mut rep);
+                    let d = Done {
+                        ok: true,
+                        output_digest: rec.output_digest,
+                        run_id: rec.run_id.clone(),
+                    };
+                    complete(
+                        i,
+                        Outcome::Fresh,
+                        d,
+                        &mut results,
+                        &mut ready,
+                        &reasons,
+                        &mut rep,
+                    );
                     continue;
                 };
                 reasons.insert(i, reason.clone());
@@ -298,11 +396,26 @@ pub fn build(
                         (r, Some(rec)) if r.output_only() => rec.output_digest,
                         _ => Digest::default(),
                     };
-                    let d = Done { ok: true, output_digest: digest, run_id: String::new() };
-                    complete(i, Outcome::WouldRun, d, &mut results, &mut ready, &reasons, &mut rep);
+                    let d = Done {
+                        ok: true,
+                        output_digest: digest,
+                        run_id: String::new(),
+                    };
+                    complete(
+                        i,
+                        Outcome::WouldRun,
+                        d,
+                        &mut results,
+                        &mut ready,
+                        &reasons,
+                        &mut rep,
+                    );
                     continue;
                 }
-                report(Event::Started { key: &node.key, reason: &reason });
+                report(Event::Started {
+                    key: &node.key,
+                    reason: &reason,
+                });
                 if workers < opts.jobs.max(1) && in_flight >= workers {
                     let rx = Arc::clone(&job_rx);
                     let tx = res_tx.clone();
@@ -321,7 +434,14 @@ pub fn build(
                     workers += 1;
                 }
                 in_flight += 1;
-                job_tx.send(Job { node: i, reason, fingerprint, upstream }).expect("workers alive");
+                job_tx
+                    .send(Job {
+                        node: i,
+                        reason,
+                        fingerprint,
+                        upstream,
+                    })
+                    .expect("workers alive");
             }
             if in_flight == 0 {
                 break;
@@ -336,8 +456,16 @@ pub fn build(
             }
             let key = graph.nodes[r.node].key.clone();
             let d = match &r.record {
-                Some(rec) if !rec.failed => Done { ok: true, output_digest: rec.output_digest, run_id: rec.run_id.clone() },
-                _ => Done { ok: false, output_digest: Digest::default(), run_id: String::new() },
+                Some(rec) if !rec.failed => Done {
+                    ok: true,
+                    output_digest: rec.output_digest,
+                    run_id: rec.run_id.clone(),
+                },
+                _ => Done {
+                    ok: false,
+                    output_digest: Digest::default(),
+                    run_id: String::new(),
+                },
             };
             if matches!(r.outcome, Outcome::Failed { .. }) {
                 stop |= !opts.keep_going;
@@ -345,7 +473,15 @@ pub fn build(
             if let Some(rec) = r.record {
                 new_records.insert(key, rec);
             }
-            complete(r.node, r.outcome, d, &mut results, &mut ready, &reasons, &mut rep);
+            complete(
+                r.node,
+                r.outcome,
+                d,
+                &mut results,
+                &mut ready,
+                &reasons,
+                &mut rep,
+            );
         }
         drop(job_tx);
     });
@@ -356,8 +492,8 @@ pub fn build(
     // Save what was learnt: the stat cache for every file the project
     // uses, the analysis cache, and the target records.
     let files_changed = files.changed();
-    let analysis_changed =
-        graph.analysis.len() != old_analysis.len() || graph.analysis.keys().any(|k| !old_analysis.contains_key(k));
+    let analysis_changed = graph.analysis.len() != old_analysis.len()
+        || graph.analysis.keys().any(|k| !old_analysis.contains_key(k));
     if files_changed || analysis_changed || !new_records.is_empty() {
         let (old_files, mut seen) = files.into_parts();
         let mut used: HashSet<&str> = HashSet::default();
@@ -372,7 +508,11 @@ pub fn build(
         }
         let mut targets = old_targets;
         targets.extend(new_records);
-        let st = State { files: seen, analysis: graph.analysis, targets };
+        let st = State {
+            files: seen,
+            analysis: graph.analysis,
+            targets,
+        };
         store.write_atomic(&store.dir().join("state"), &st.encode())?;
         store.append_history(&history)?;
         store.sync()?;
@@ -387,13 +527,20 @@ fn read_text(files: &ProjectFiles, path: &str) -> std::result::Result<String, St
 
 /// The text of an upstream output: from the store (verified), else from
 /// the output file when it still has the expected digest.
-fn upstream_text(ctx: &Ctx<'_>, node: &Node, digest: Digest) -> std::result::Result<String, String> {
+fn upstream_text(
+    ctx: &Ctx<'_>,
+    node: &Node,
+    digest: Digest,
+) -> std::result::Result<String, String> {
     let bytes = match ctx.store.get(&digest) {
         ObjectRead::Found(b) => b,
         _ => {
             let b = ctx.files.read(&node.output).map_err(|e| e.to_string())?;
             if Digest::of(&b) != digest {
-                return Err(format!("the output of `{}` changed during the build", node.key));
+                return Err(format!(
+                    "the output of `{}` changed during the build",
+                    node.key
+                ));
             }
             b
         }
@@ -418,12 +565,20 @@ fn write_output(ctx: &Ctx<'_>, node: &Node, bytes: &[u8], digest: Digest) -> Res
         return Ok(());
     }
     ctx.files.forget(&node.output);
-    ctx.store.write_atomic(&ctx.files.abs(&node.output), bytes)?;
+    ctx.store
+        .write_atomic(&ctx.files.abs(&node.output), bytes)?;
     ctx.files.wrote(&node.output, digest);
     Ok(())
 }
 
-fn history_line(node: &Node, status: &str, run_id: &str, ibh: Option<Digest>, reason: &DirtyReason, ms: f64) -> String {
+fn history_line(
+    node: &Node,
+    status: &str,
+    run_id: &str,
+    ibh: Option<Digest>,
+    reason: &DirtyReason,
+    ms: f64,
+) -> String {
     let v = serde_json::json!({
         "time": manifest::now_rfc3339(),
         "target": node.key,
@@ -464,29 +619,36 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     };
 
     // 1. Only the output file is off: restore it from the store.
-    if job.reason.output_only() {
-        if let Some(rec) = ctx.old.get(&node.key) {
-            match ctx.store.get(&rec.output_digest) {
-                ObjectRead::Found(bytes) => {
-                    if let Err(e) = write_output(ctx, node, &bytes, rec.output_digest) {
-                        return fail(e.to_string(), warnings, None);
-                    }
-                    let ms = started.elapsed().as_secs_f64() * 1e3;
-                    return JobResult {
-                        node: job.node,
-                        outcome: Outcome::Restored,
-                        record: Some(record_for(rec.ibh, rec.output_digest, &rec.run_id)),
-                        warnings,
-                        history: Some(history_line(node, "restored", &rec.run_id, Some(rec.ibh), &job.reason, ms)),
-                    };
+    if job.reason.output_only()
+        && let Some(rec) = ctx.old.get(&node.key)
+    {
+        match ctx.store.get(&rec.output_digest) {
+            ObjectRead::Found(bytes) => {
+                if let Err(e) = write_output(ctx, node, &bytes, rec.output_digest) {
+                    return fail(e.to_string(), warnings, None);
                 }
-                ObjectRead::Corrupt => warnings.push(format!(
-                    "store object {} (output of `{}`) was corrupt and has been removed; rebuilding",
-                    rec.output_digest.short(),
-                    node.key
-                )),
-                ObjectRead::Missing => {}
+                let ms = started.elapsed().as_secs_f64() * 1e3;
+                return JobResult {
+                    node: job.node,
+                    outcome: Outcome::Restored,
+                    record: Some(record_for(rec.ibh, rec.output_digest, &rec.run_id)),
+                    warnings,
+                    history: Some(history_line(
+                        node,
+                        "restored",
+                        &rec.run_id,
+                        Some(rec.ibh),
+                        &job.reason,
+                        ms,
+                    )),
+                };
             }
+            ObjectRead::Corrupt => warnings.push(format!(
+                "store object {} (output of `{}`) was corrupt and has been removed; rebuilding",
+                rec.output_digest.short(),
+                node.key
+            )),
+            ObjectRead::Missing => {}
         }
     }
 
@@ -507,7 +669,9 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
             let v = if i.is_glob {
                 let mut list = Vec::new();
                 for p in &i.paths {
-                    list.push(minijinja::context! { path => p, content => read_text(ctx.files, p)? });
+                    list.push(
+                        minijinja::context! { path => p, content => read_text(ctx.files, p)? },
+                    );
                 }
                 Value::from(list)
             } else {
@@ -540,7 +704,14 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
             }
         }
         let item = match &node.item {
-            Some(p) => item_value(p, if node.uses_item { Some(read_text(ctx.files, p)?) } else { None }),
+            Some(p) => item_value(
+                p,
+                if node.uses_item {
+                    Some(read_text(ctx.files, p)?)
+                } else {
+                    None
+                },
+            ),
             None => Value::UNDEFINED,
         };
         let context = if node.item.is_some() {
@@ -575,7 +746,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     // 3. The action cache.
     if !ctx.force {
         match ctx.store.ac_get(&ibh) {
-            Ok(Some(m)) => match ctx.store.get(&m.outputs[0].digest) {
+            AcRead::Found(m) => match ctx.store.get(&m.outputs[0].digest) {
                 ObjectRead::Found(bytes) => {
                     if let Err(e) = write_output(ctx, node, &bytes, m.outputs[0].digest) {
                         return fail(e.to_string(), warnings, None);
@@ -596,8 +767,8 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                 )),
                 ObjectRead::Missing => {}
             },
-            Ok(None) => {}
-            Err(()) => warnings.push(format!(
+            AcRead::Missing => {}
+            AcRead::Corrupt => warnings.push(format!(
                 "action cache entry {} (for `{}`) was corrupt and has been removed; running the model again",
                 ibh.0.short(),
                 node.key
@@ -617,24 +788,57 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         run_id: run_id.clone(),
         target: node.key.clone(),
         input_bundle_hash: ibh,
-        template: FileDigest { path: node.template.clone(), digest: digest_of(&node.template) },
-        partials: node.partials.iter().map(|p| FileDigest { path: p.clone(), digest: digest_of(p) }).collect(),
-        verbatim: node.verbatim.iter().map(|p| FileDigest { path: p.clone(), digest: digest_of(p) }).collect(),
-        item: node.item.as_ref().map(|p| FileDigest { path: p.clone(), digest: digest_of(p) }),
+        template: FileDigest {
+            path: node.template.clone(),
+            digest: digest_of(&node.template),
+        },
+        partials: node
+            .partials
+            .iter()
+            .map(|p| FileDigest {
+                path: p.clone(),
+                digest: digest_of(p),
+            })
+            .collect(),
+        verbatim: node
+            .verbatim
+            .iter()
+            .map(|p| FileDigest {
+                path: p.clone(),
+                digest: digest_of(p),
+            })
+            .collect(),
+        item: node.item.as_ref().map(|p| FileDigest {
+            path: p.clone(),
+            digest: digest_of(p),
+        }),
         inputs: node
             .inputs
             .iter()
             .flat_map(|i| i.paths.iter().map(move |p| (i.name.clone(), p)))
-            .map(|(name, p)| InputRecord { name, path: p.clone(), digest: digest_of(p) })
+            .map(|(name, p)| InputRecord {
+                name,
+                path: p.clone(),
+                digest: digest_of(p),
+            })
             .collect(),
         upstream: job.upstream.clone(),
         prompt_digest,
-        model: ModelRecord { name: decl.model.name.clone(), provider: decl.model.provider.as_str().into(), params },
+        model: ModelRecord {
+            name: decl.model.name.clone(),
+            provider: decl.model.provider.as_str().into(),
+            params,
+        },
         outputs: Vec::new(),
         status: RunStatus::Ok,
         error: None,
         usage: None,
-        timing: Timing { started_at, finished_at: manifest::now_rfc3339(), compile_ms, process_ms },
+        timing: Timing {
+            started_at,
+            finished_at: manifest::now_rfc3339(),
+            compile_ms,
+            process_ms,
+        },
         tool_version: env!("CARGO_PKG_VERSION").into(),
     };
     let stored = (|| -> Result<Digest> {
@@ -642,7 +846,11 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         match response {
             Ok(resp) => {
                 let d = ctx.store.put(&resp.output)?;
-                m.outputs.push(OutputRecord { path: node.output.clone(), digest: d, bytes: resp.output.len() as u64 });
+                m.outputs.push(OutputRecord {
+                    path: node.output.clone(),
+                    digest: d,
+                    bytes: resp.output.len() as u64,
+                });
                 m.usage = resp.usage;
                 ctx.store.put_run(&m)?;
                 ctx.store.ac_put(&m)?;
@@ -661,10 +869,19 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     match stored {
         Ok(d) => JobResult {
             node: job.node,
-            outcome: Outcome::Ran { run_id: run_id.clone() },
+            outcome: Outcome::Ran {
+                run_id: run_id.clone(),
+            },
             record: Some(record_for(ibh.0, d, &run_id)),
             warnings,
-            history: Some(history_line(node, "ran", &run_id, Some(ibh.0), &job.reason, ms)),
+            history: Some(history_line(
+                node,
+                "ran",
+                &run_id,
+                Some(ibh.0),
+                &job.reason,
+                ms,
+            )),
         },
         Err(Error::Interrupted(_)) => {
             let h = history_line(node, "failed", &run_id, Some(ibh.0), &job.reason, ms);

@@ -154,7 +154,12 @@ impl Project {
         Location::at_offset(PROJECT_FILE, &self.source, span.start)
     }
 
-    pub fn error(&self, span: &Range<usize>, msg: impl Into<String>, help: Option<String>) -> Error {
+    pub fn error(
+        &self,
+        span: &Range<usize>,
+        msg: impl Into<String>,
+        help: Option<String>,
+    ) -> Error {
         Error::invalid(self.loc(span), msg, help)
     }
 
@@ -196,16 +201,16 @@ impl Project {
     pub fn load_cached(root: &Utf8Path, cache: &Utf8Path) -> Result<(Project, Option<Vec<u8>>)> {
         let source = Project::read_source(root)?;
         let key = Digest::of(source.as_bytes());
-        if let Ok(bytes) = std::fs::read(cache) {
-            if let Some((models, targets)) = decode_cache(&bytes, &key) {
-                let p = Project {
-                    root: root.to_owned(),
-                    source,
-                    models,
-                    targets,
-                };
-                return Ok((p, None));
-            }
+        if let Ok(bytes) = std::fs::read(cache)
+            && let Some((models, targets)) = decode_cache(&bytes, &key)
+        {
+            let p = Project {
+                root: root.to_owned(),
+                source,
+                models,
+                targets,
+            };
+            return Ok((p, None));
         }
         let p = Project::parse(root, source)?;
         let bytes = encode_cache(&p, &key);
@@ -346,11 +351,18 @@ impl Project {
             let offset = e.span().map_or(0, |s| s.start);
             let msg = e.message().trim_end().to_string();
             let help = if msg.contains("unknown field") {
-                Some("remove or rename the key; see the `prompts.toml` reference in README.md".to_string())
+                Some(
+                    "remove or rename the key; see the `prompts.toml` reference in README.md"
+                        .to_string(),
+                )
             } else {
                 None
             };
-            Error::invalid(Location::at_offset(PROJECT_FILE, &source, offset), msg, help)
+            Error::invalid(
+                Location::at_offset(PROJECT_FILE, &source, offset),
+                msg,
+                help,
+            )
         })?;
         let mut project = Project {
             root: root.to_owned(),
@@ -480,14 +492,18 @@ fn check_model_settings(project: &Project, m: &ModelConfig, span: &Range<usize>)
                     ));
                 }
             }
-            if let Some(fmt) = s.stdin.as_deref() {
-                if fmt != "text" && fmt != "json" {
-                    return Err(project.error(
-                        span,
-                        format!("model `{}`: `stdin` must be \"text\" or \"json\", not \"{fmt}\"", m.name),
-                        None,
-                    ));
-                }
+            if let Some(fmt) = s.stdin.as_deref()
+                && fmt != "text"
+                && fmt != "json"
+            {
+                return Err(project.error(
+                    span,
+                    format!(
+                        "model `{}`: `stdin` must be \"text\" or \"json\", not \"{fmt}\"",
+                        m.name
+                    ),
+                    None,
+                ));
             }
         }
     }
@@ -510,7 +526,10 @@ pub fn check_project_path(
         Err(project.error(
             span,
             format!("{what} `{value}` {why}"),
-            Some("paths in `prompts.toml` are relative to the project root and must stay inside it".into()),
+            Some(
+                "paths in `prompts.toml` are relative to the project root and must stay inside it"
+                    .into(),
+            ),
         ))
     };
     if value.is_empty() {
@@ -541,7 +560,12 @@ fn resolve_target(project: &Project, name: &Spanned<String>, raw: RawTarget) -> 
     let name = name.get_ref().clone();
     check_name(project, &name, &name_span, "target")?;
 
-    let template = check_project_path(project, raw.template.get_ref(), &raw.template.span(), "template")?;
+    let template = check_project_path(
+        project,
+        raw.template.get_ref(),
+        &raw.template.span(),
+        "template",
+    )?;
     if is_glob(&template) {
         return Err(project.error(
             &raw.template.span(),
@@ -563,7 +587,10 @@ fn resolve_target(project: &Project, name: &Spanned<String>, raw: RawTarget) -> 
     }
 
     let foreach = match &raw.foreach {
-        Some(f) => Some((check_project_path(project, f.get_ref(), &f.span(), "foreach glob")?, f.span())),
+        Some(f) => Some((
+            check_project_path(project, f.get_ref(), &f.span(), "foreach glob")?,
+            f.span(),
+        )),
         None => None,
     };
 
@@ -722,7 +749,10 @@ mod tests {
     #[test]
     fn unknown_key_names_its_line_and_column() {
         let e = err("[targets.a]\ntemplate = \"t.md\"\noutput = \"o.md\"\ntemplat = \"x\"\n");
-        assert!(e.starts_with("prompts.toml:4:1: unknown field `templat`"), "{e}");
+        assert!(
+            e.starts_with("prompts.toml:4:1: unknown field `templat`"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -743,7 +773,9 @@ mod tests {
     #[test]
     fn escaping_paths_are_refused() {
         for bad in ["../x.md", "/etc/passwd", "a/../../x", ".mkt/objects/x"] {
-            let e = err(&format!("[targets.a]\ntemplate = \"{bad}\"\noutput = \"o.md\"\n"));
+            let e = err(&format!(
+                "[targets.a]\ntemplate = \"{bad}\"\noutput = \"o.md\"\n"
+            ));
             assert!(e.starts_with("prompts.toml:2:12: template"), "{bad}: {e}");
         }
     }
@@ -766,7 +798,10 @@ mod tests {
         let e = err("[models.m]\nprovider = \"command\"\n");
         assert!(e.contains("model `m` needs a non-empty `command`"), "{e}");
         let e = err("[models.m]\nprovider = \"mock\"\ncommand = [\"cat\"]\n");
-        assert!(e.contains("`command` is not a setting of the `mock` provider"), "{e}");
+        assert!(
+            e.contains("`command` is not a setting of the `mock` provider"),
+            "{e}"
+        );
         let e = err("[models.m]\nprovider = \"gpt\"\n");
         assert!(e.contains("unknown provider `gpt`"), "{e}");
     }
@@ -776,6 +811,9 @@ mod tests {
         let e = err("[targets.a]\ntemplate = \"t.md\"\noutput = \"o.md\"\nforeach = \"d/*.md\"\n");
         assert!(e.contains("is the same for every `foreach` file"), "{e}");
         let e = err("[targets.a]\ntemplate = \"t.md\"\noutput = \"o/{stem}.md\"\n");
-        assert!(e.contains("uses a placeholder but the target has no `foreach`"), "{e}");
+        assert!(
+            e.contains("uses a placeholder but the target has no `foreach`"),
+            "{e}"
+        );
     }
 }

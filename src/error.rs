@@ -46,7 +46,9 @@ fn help_line(h: &Option<String>) -> String {
 /// invalid-project family, 1 for the rest (see [`Error::exit_code`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no `prompts.toml` in `{dir}` or any parent directory\n  help: run `mkt init` to start a project here")]
+    #[error(
+        "no `prompts.toml` in `{dir}` or any parent directory\n  help: run `mkt init` to start a project here"
+    )]
     NoProject { dir: Utf8PathBuf },
 
     /// Something in `prompts.toml` or a template is wrong; `loc` points at it.
@@ -79,7 +81,9 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    #[error("another `mkt` holds the lock on `{path}`\n  help: wait for it to finish, or drop `--no-wait` to wait for it")]
+    #[error(
+        "another `mkt` holds the lock on `{path}`\n  help: wait for it to finish, or drop `--no-wait` to wait for it"
+    )]
     Locked { path: Utf8PathBuf },
 
     #[error("{0}")]

@@ -39,7 +39,8 @@ pub struct ProjectFiles {
 
 impl ProjectFiles {
     pub fn new(root: &Utf8Path, old: HashMap<String, StatEntry>) -> ProjectFiles {
-        let root_canon = std::fs::canonicalize(root).unwrap_or_else(|_| root.as_std_path().to_owned());
+        let root_canon =
+            std::fs::canonicalize(root).unwrap_or_else(|_| root.as_std_path().to_owned());
         ProjectFiles {
             root_dir: std::fs::File::open(root).ok(),
             root: root.to_owned(),
@@ -161,10 +162,11 @@ impl ProjectFiles {
         let Some(stat) = self.stat(rel)? else {
             return Ok(None);
         };
-        if let Some(old) = self.old.get(rel) {
-            if old.stat == stat && !old.racy {
-                return Ok(Some(*old));
-            }
+        if let Some(old) = self.old.get(rel)
+            && old.stat == stat
+            && !old.racy
+        {
+            return Ok(Some(*old));
         }
         let bytes = std::fs::read(self.abs(rel)).map_err(|e| FileError::Io(rel.to_string(), e))?;
         Ok(Some(StatEntry::new(stat, Digest::of(&bytes), now_ns())))
@@ -173,7 +175,8 @@ impl ProjectFiles {
     fn record(&self, rel: &str, entry: StatEntry) {
         let mut seen = self.seen.lock().unwrap();
         if self.old.get(rel) != Some(&entry) {
-            self.changed.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.changed
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         seen.insert(rel.to_string(), entry);
     }
@@ -184,7 +187,11 @@ impl ProjectFiles {
     pub fn digest_all(&self, paths: &[&str]) {
         let todo: Vec<&str> = {
             let seen = self.seen.lock().unwrap();
-            paths.iter().copied().filter(|p| !seen.contains_key(*p)).collect()
+            paths
+                .iter()
+                .copied()
+                .filter(|p| !seen.contains_key(*p))
+                .collect()
         };
         let found: Vec<(&str, StatEntry)> = todo
             .par_iter()
@@ -193,7 +200,8 @@ impl ProjectFiles {
         let mut seen = self.seen.lock().unwrap();
         for (p, e) in found {
             if self.old.get(p) != Some(&e) {
-                self.changed.store(true, std::sync::atomic::Ordering::Relaxed);
+                self.changed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
             seen.insert(p.to_string(), e);
         }
@@ -255,7 +263,9 @@ pub fn glob_files(root: &Utf8Path, pattern: &str) -> Result<Vec<String>, globset
     }
     let base = base.join("/");
     let start = root.join(&base);
-    let mut walk = walkdir::WalkDir::new(&start).min_depth(1).sort_by_file_name();
+    let mut walk = walkdir::WalkDir::new(&start)
+        .min_depth(1)
+        .sort_by_file_name();
     if !deep {
         walk = walk.max_depth(1);
     }
@@ -267,7 +277,9 @@ pub fn glob_files(root: &Utf8Path, pattern: &str) -> Result<Vec<String>, globset
         if entry.file_type().is_dir() {
             continue;
         }
-        let Some(name) = entry.file_name().to_str() else { continue };
+        let Some(name) = entry.file_name().to_str() else {
+            continue;
+        };
         let rel = match entry.path().strip_prefix(root.as_std_path()) {
             Ok(r) => match r.to_str() {
                 Some(s) => s.to_string(),
@@ -292,14 +304,26 @@ mod tests {
     fn glob_matches_below_its_prefix_only() {
         let t = tempfile::tempdir().unwrap();
         let root = Utf8Path::from_path(t.path()).unwrap();
-        for f in ["docs/a.md", "docs/b.txt", "docs/sub/c.md", "other/d.md", ".hidden/e.md"] {
+        for f in [
+            "docs/a.md",
+            "docs/b.txt",
+            "docs/sub/c.md",
+            "other/d.md",
+            ".hidden/e.md",
+        ] {
             let p = root.join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, "x").unwrap();
         }
         assert_eq!(glob_files(root, "docs/*.md").unwrap(), ["docs/a.md"]);
-        assert_eq!(glob_files(root, "docs/**/*.md").unwrap(), ["docs/a.md", "docs/sub/c.md"]);
-        assert_eq!(glob_files(root, "**/*.md").unwrap(), ["docs/a.md", "docs/sub/c.md", "other/d.md"]);
+        assert_eq!(
+            glob_files(root, "docs/**/*.md").unwrap(),
+            ["docs/a.md", "docs/sub/c.md"]
+        );
+        assert_eq!(
+            glob_files(root, "**/*.md").unwrap(),
+            ["docs/a.md", "docs/sub/c.md", "other/d.md"]
+        );
         assert_eq!(glob_files(root, "*/d.md").unwrap(), ["other/d.md"]);
     }
 
@@ -315,7 +339,10 @@ mod tests {
         std::os::unix::fs::symlink(root.join("real"), root.join("inside")).unwrap();
         let files = ProjectFiles::new(root, HashMap::default());
         assert!(matches!(files.digest("link"), Err(FileError::Escapes(_))));
-        assert!(matches!(files.digest("dir/secret"), Err(FileError::Escapes(_))));
+        assert!(matches!(
+            files.digest("dir/secret"),
+            Err(FileError::Escapes(_))
+        ));
         assert_eq!(files.digest("inside").unwrap(), Some(Digest::of(b"r")));
         assert_eq!(files.digest("missing").unwrap(), None);
     }

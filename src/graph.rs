@@ -60,14 +60,18 @@ impl Node {
     pub fn source_files(&self) -> Vec<(DepKind, &str)> {
         let mut v = vec![(DepKind::Template, self.template.as_str())];
         v.extend(self.partials.iter().map(|p| (DepKind::Partial, p.as_str())));
-        v.extend(self.verbatim.iter().map(|p| (DepKind::Verbatim, p.as_str())));
+        v.extend(
+            self.verbatim
+                .iter()
+                .map(|p| (DepKind::Verbatim, p.as_str())),
+        );
         for i in &self.inputs {
             v.extend(i.paths.iter().map(|p| (DepKind::Input, p.as_str())));
         }
-        if self.uses_item {
-            if let Some(item) = &self.item {
-                v.push((DepKind::Item, item.as_str()));
-            }
+        if self.uses_item
+            && let Some(item) = &self.item
+        {
+            v.push((DepKind::Item, item.as_str()));
         }
         v
     }
@@ -85,7 +89,11 @@ pub struct Graph {
 }
 
 fn file_error(project: &Project, span: &Range<usize>, e: FileError) -> Error {
-    project.error(span, e.to_string(), Some("every file a target uses must be a regular file inside the project".into()))
+    project.error(
+        span,
+        e.to_string(),
+        Some("every file a target uses must be a regular file inside the project".into()),
+    )
 }
 
 fn expand_output(pattern: &str, item: &str) -> String {
@@ -93,8 +101,14 @@ fn expand_output(pattern: &str, item: &str) -> String {
     let name = p.file_name().unwrap_or(item);
     let stem = p.file_stem().unwrap_or(name);
     let dir = p.parent().map_or("", |d| d.as_str());
-    let s = pattern.replace("{stem}", stem).replace("{name}", name).replace("{dir}", dir);
-    s.split('/').filter(|c| !c.is_empty() && *c != ".").collect::<Vec<_>>().join("/")
+    let s = pattern
+        .replace("{stem}", stem)
+        .replace("{name}", name)
+        .replace("{dir}", dir);
+    s.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 struct Analyser<'a> {
@@ -154,15 +168,22 @@ fn reach(an: &Analyser<'_>, project: &Project, decl: &TargetDecl) -> Result<Reac
     while let Some((file, refs)) = stack.pop() {
         out.all_inputs |= refs.all_inputs;
         out.uses_item |= refs.uses_item;
-        out.inputs.extend(refs.inputs.iter().map(|r| (file.clone(), r.clone())));
-        out.targets.extend(refs.targets.iter().map(|r| (file.clone(), r.clone())));
-        out.verbatim.extend(refs.verbatim.iter().map(|r| (file.clone(), r.clone())));
+        out.inputs
+            .extend(refs.inputs.iter().map(|r| (file.clone(), r.clone())));
+        out.targets
+            .extend(refs.targets.iter().map(|r| (file.clone(), r.clone())));
+        out.verbatim
+            .extend(refs.verbatim.iter().map(|r| (file.clone(), r.clone())));
         for p in &refs.partials {
             let name = normalise_ref(&file, p, "partial")?;
             if out.partials.insert(name.clone()) {
                 let prefs = an.refs(&name, |why| {
                     Error::invalid(
-                        Location { file: file.clone().into(), line: p.line as usize, col: 1 },
+                        Location {
+                            file: file.clone().into(),
+                            line: p.line as usize,
+                            col: 1,
+                        },
                         format!("partial `{name}` {why}"),
                         Some("partial names are paths relative to the project root".into()),
                     )
@@ -178,9 +199,16 @@ fn reach(an: &Analyser<'_>, project: &Project, decl: &TargetDecl) -> Result<Reac
 fn normalise_ref(file: &str, r: &Ref, what: &str) -> Result<String> {
     let bad = |why: &str| {
         Error::invalid(
-            Location { file: file.into(), line: r.line as usize, col: 1 },
+            Location {
+                file: file.into(),
+                line: r.line as usize,
+                col: 1,
+            },
             format!("{what} `{}` {why}", r.name),
-            Some("paths in templates are relative to the project root and must stay inside it".into()),
+            Some(
+                "paths in templates are relative to the project root and must stay inside it"
+                    .into(),
+            ),
         )
     };
     if r.name.starts_with('/') || Utf8Path::new(&r.name).is_absolute() {
@@ -268,7 +296,10 @@ pub fn analyse_project(
         };
         for item in items {
             let (key, output) = match &item {
-                Some(i) => (format!("{}[{i}]", decl.name), expand_output(&decl.output, i)),
+                Some(i) => (
+                    format!("{}[{i}]", decl.name),
+                    expand_output(&decl.output, i),
+                ),
                 None => (decl.name.clone(), decl.output.clone()),
             };
             if let Some(&other) = outputs.get(&output) {
@@ -298,7 +329,10 @@ pub fn analyse_project(
     }
     let mut by_target: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, n) in nodes.iter().enumerate() {
-        by_target.entry(project.targets[n.target].name.clone()).or_default().push(i);
+        by_target
+            .entry(project.targets[n.target].name.clone())
+            .or_default()
+            .push(i);
     }
 
     // 2. analyse each target's template (once per target, shared by its
@@ -322,7 +356,15 @@ pub fn analyse_project(
     for (ti, decl) in project.targets.iter().enumerate() {
         let reach = reach(&an, project, decl)?;
         let ref_error = |file: &str, r: &Ref, msg: String, help: String| {
-            Error::invalid(Location { file: file.into(), line: r.line as usize, col: 1 }, msg, Some(help))
+            Error::invalid(
+                Location {
+                    file: file.into(),
+                    line: r.line as usize,
+                    col: 1,
+                },
+                msg,
+                Some(help),
+            )
         };
         // inputs: declared, existing, not someone's output
         let mut used: BTreeSet<&str> = BTreeSet::new();
@@ -331,8 +373,14 @@ pub fn analyse_project(
                 return Err(ref_error(
                     file,
                     r,
-                    format!("`inputs.{}` is not declared for target `{}`", r.name, decl.name),
-                    format!("add `{} = \"path\"` to `inputs` of `[targets.{}]` in `prompts.toml`", r.name, decl.name),
+                    format!(
+                        "`inputs.{}` is not declared for target `{}`",
+                        r.name, decl.name
+                    ),
+                    format!(
+                        "add `{} = \"path\"` to `inputs` of `[targets.{}]` in `prompts.toml`",
+                        r.name, decl.name
+                    ),
                 ));
             }
             used.insert(&r.name);
@@ -340,8 +388,9 @@ pub fn analyse_project(
         let mut inputs = Vec::new();
         for i in &decl.inputs {
             let paths = if i.is_glob {
-                glob_files(root, &i.pattern)
-                    .map_err(|e| project.error(&i.span, format!("invalid glob `{}`: {e}", i.pattern), None))?
+                glob_files(root, &i.pattern).map_err(|e| {
+                    project.error(&i.span, format!("invalid glob `{}`: {e}", i.pattern), None)
+                })?
             } else {
                 vec![i.pattern.clone()]
             };
@@ -349,7 +398,10 @@ pub fn analyse_project(
                 if let Some(&o) = outputs.get(p) {
                     return Err(project.error(
                         &i.span,
-                        format!("input `{}` of `{}` is the output of `{}`", p, decl.name, nodes[o].key),
+                        format!(
+                            "input `{}` of `{}` is the output of `{}`",
+                            p, decl.name, nodes[o].key
+                        ),
                         Some(format!(
                             "use `targets.{}` in the template instead, so mkt knows the order",
                             project.targets[nodes[o].target].name
@@ -361,7 +413,10 @@ pub fn analyse_project(
                     Ok(None) => {
                         return Err(project.error(
                             &i.span,
-                            format!("input `{}` of target `{}`: `{p}` not found", i.name, decl.name),
+                            format!(
+                                "input `{}` of target `{}`: `{p}` not found",
+                                i.name, decl.name
+                            ),
                             Some("create the file or fix the path".into()),
                         ));
                     }
@@ -369,7 +424,11 @@ pub fn analyse_project(
                 }
             }
             if reach.all_inputs || used.contains(i.name.as_str()) {
-                inputs.push(ResolvedInput { name: i.name.clone(), is_glob: i.is_glob, paths });
+                inputs.push(ResolvedInput {
+                    name: i.name.clone(),
+                    is_glob: i.is_glob,
+                    paths,
+                });
             }
         }
         // verbatim files
@@ -379,17 +438,36 @@ pub fn analyse_project(
             match files.digest(&p) {
                 Ok(Some(_)) => {}
                 Ok(None) => {
-                    return Err(ref_error(file, r, format!("verbatim file `{p}` not found"), "create the file or fix the path".into()));
+                    return Err(ref_error(
+                        file,
+                        r,
+                        format!("verbatim file `{p}` not found"),
+                        "create the file or fix the path".into(),
+                    ));
                 }
-                Err(e) => return Err(ref_error(file, r, e.to_string(), "keep verbatim files inside the project".into())),
+                Err(e) => {
+                    return Err(ref_error(
+                        file,
+                        r,
+                        e.to_string(),
+                        "keep verbatim files inside the project".into(),
+                    ));
+                }
             }
             verbatim.insert(p);
         }
         if reach.uses_item && decl.foreach.is_none() {
             let (file, line) = (decl.template.to_string(), 1);
             return Err(Error::invalid(
-                Location { file: file.into(), line, col: 1 },
-                format!("the template of `{}` uses `item`, but the target has no `foreach`", decl.name),
+                Location {
+                    file: file.into(),
+                    line,
+                    col: 1,
+                },
+                format!(
+                    "the template of `{}` uses `item`, but the target has no `foreach`",
+                    decl.name
+                ),
                 Some("add `foreach = \"GLOB\"` to the target, or remove `item`".into()),
             ));
         }
@@ -405,7 +483,8 @@ pub fn analyse_project(
                     upstream.insert(r.name.clone(), Vec::new());
                 }
                 None => {
-                    let known: Vec<&str> = project.targets.iter().map(|t| t.name.as_str()).collect();
+                    let known: Vec<&str> =
+                        project.targets.iter().map(|t| t.name.as_str()).collect();
                     return Err(ref_error(
                         file,
                         r,
@@ -445,10 +524,24 @@ pub fn analyse_project(
     }
     let order = match petgraph::algo::toposort(&g, None) {
         Ok(o) => o.into_iter().map(|ix| g[ix]).collect(),
-        Err(cycle) => return Err(Error::Cycle { path: cycle_path(&nodes, project, g[cycle.node_id()]) }),
+        Err(cycle) => {
+            return Err(Error::Cycle {
+                path: cycle_path(&nodes, project, g[cycle.node_id()]),
+            });
+        }
     };
-    let by_key = nodes.iter().enumerate().map(|(i, n)| (n.key.clone(), i)).collect();
-    Ok(Graph { nodes, order, by_key, by_target, analysis: an.new.into_inner().unwrap() })
+    let by_key = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.key.clone(), i))
+        .collect();
+    Ok(Graph {
+        nodes,
+        order,
+        by_key,
+        by_target,
+        analysis: an.new.into_inner().unwrap(),
+    })
 }
 
 /// A cycle through `start`, as target names (`a -> b -> a`).
@@ -488,7 +581,11 @@ impl Graph {
                 stack.extend(v.iter().copied());
             } else if let Some(&i) = self.by_key.get(name.as_str()) {
                 stack.push(i);
-            } else if let Some(i) = self.nodes.iter().position(|n| n.output == name.trim_start_matches("./")) {
+            } else if let Some(i) = self
+                .nodes
+                .iter()
+                .position(|n| n.output == name.trim_start_matches("./"))
+            {
                 stack.push(i);
             } else if project.targets.iter().any(|t| &t.name == name) {
                 // a foreach target with no files: nothing to build
@@ -510,13 +607,24 @@ impl Graph {
     }
 
     /// The current fingerprint's file part for a node.
-    pub fn source_deps(&self, node: &Node, files: &ProjectFiles) -> std::result::Result<Vec<Dep>, FileError> {
+    pub fn source_deps(
+        &self,
+        node: &Node,
+        files: &ProjectFiles,
+    ) -> std::result::Result<Vec<Dep>, FileError> {
         let mut deps = Vec::new();
         for (kind, path) in node.source_files() {
             let digest = files.digest(path)?.ok_or_else(|| {
-                FileError::Io(path.to_string(), std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+                FileError::Io(
+                    path.to_string(),
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"),
+                )
             })?;
-            deps.push(Dep { kind, path: path.to_string(), digest });
+            deps.push(Dep {
+                kind,
+                path: path.to_string(),
+                digest,
+            });
         }
         Ok(deps)
     }
@@ -529,7 +637,10 @@ mod tests {
     #[test]
     fn output_placeholders() {
         assert_eq!(expand_output("out/{stem}.md", "docs/a.txt"), "out/a.md");
-        assert_eq!(expand_output("out/{dir}/{name}", "docs/x/a.txt"), "out/docs/x/a.txt");
+        assert_eq!(
+            expand_output("out/{dir}/{name}", "docs/x/a.txt"),
+            "out/docs/x/a.txt"
+        );
         assert_eq!(expand_output("out/{dir}/{stem}.md", "a.txt"), "out/a.md");
     }
 }

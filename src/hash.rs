@@ -93,7 +93,8 @@ impl Serialize for Digest {
 impl<'de> Deserialize<'de> for Digest {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        Digest::from_hex(&s).ok_or_else(|| serde::de::Error::custom("expected a 64-digit hex BLAKE3 digest"))
+        Digest::from_hex(&s)
+            .ok_or_else(|| serde::de::Error::custom("expected a 64-digit hex BLAKE3 digest"))
     }
 }
 

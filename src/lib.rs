@@ -3,14 +3,14 @@
 //! The library core never prints or exits; `src/main.rs` and `src/cli/`
 //! parse arguments and render what the core returns.
 
+pub mod build;
 pub mod config;
 pub mod error;
+pub mod exec;
+pub mod files;
+pub mod graph;
 pub mod hash;
-pub mod template;
 pub mod manifest;
 pub mod state;
 pub mod store;
-pub mod files;
-pub mod graph;
-pub mod build;
-pub mod exec;
+pub mod template;

@@ -123,7 +123,10 @@ impl RunManifest {
     fn validate(&self) -> bool {
         self.schema == MANIFEST_SCHEMA
             && !self.run_id.is_empty()
-            && self.run_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && self
+                .run_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && match self.status {
                 RunStatus::Ok => self.outputs.len() == 1 && self.error.is_none(),
                 RunStatus::Failed => self.error.is_some(),
@@ -144,7 +147,11 @@ pub fn new_run_id() -> String {
         .map_or(0, |d| d.as_nanos());
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
     let salt = Digest::of(format!("{nanos}-{}-{seq}", std::process::id()).as_bytes());
-    format!("{}-{}", &compact[..compact.len().min(17)], &salt.to_hex()[..8])
+    format!(
+        "{}-{}",
+        &compact[..compact.len().min(17)],
+        &salt.to_hex()[..8]
+    )
 }
 
 pub fn now_rfc3339() -> String {
@@ -162,19 +169,40 @@ pub(crate) mod tests {
             run_id: "20261125000102345-0a1b2c3d".into(),
             target: "summarize[docs/a.md]".into(),
             input_bundle_hash: InputBundleHash(Digest::of(b"ibh")),
-            template: FileDigest { path: "templates/s.md".into(), digest: d },
-            partials: vec![FileDigest { path: "partials/style.md".into(), digest: d }],
+            template: FileDigest {
+                path: "templates/s.md".into(),
+                digest: d,
+            },
+            partials: vec![FileDigest {
+                path: "partials/style.md".into(),
+                digest: d,
+            }],
             verbatim: vec![],
-            item: Some(FileDigest { path: "docs/a.md".into(), digest: d }),
-            inputs: vec![InputRecord { name: "glossary".into(), path: "docs/glossary.md".into(), digest: d }],
-            upstream: vec![UpstreamRecord { target: "outline".into(), run_id: "20261125000101000-00000000".into(), output_digest: d }],
+            item: Some(FileDigest {
+                path: "docs/a.md".into(),
+                digest: d,
+            }),
+            inputs: vec![InputRecord {
+                name: "glossary".into(),
+                path: "docs/glossary.md".into(),
+                digest: d,
+            }],
+            upstream: vec![UpstreamRecord {
+                target: "outline".into(),
+                run_id: "20261125000101000-00000000".into(),
+                output_digest: d,
+            }],
             prompt_digest: Digest::of(b"prompt"),
             model: ModelRecord {
                 name: "default".into(),
                 provider: "mock".into(),
                 params: BTreeMap::new(),
             },
-            outputs: vec![OutputRecord { path: "out/a.md".into(), digest: d, bytes: 12 }],
+            outputs: vec![OutputRecord {
+                path: "out/a.md".into(),
+                digest: d,
+                bytes: 12,
+            }],
             status: RunStatus::Ok,
             error: None,
             usage: None,
@@ -219,6 +247,9 @@ pub(crate) mod tests {
         let a = new_run_id();
         let b = new_run_id();
         assert_ne!(a, b);
-        assert!(a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'), "{a}");
+        assert!(
+            a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'),
+            "{a}"
+        );
     }
 }

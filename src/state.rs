@@ -15,8 +15,9 @@
 //!
 //! **Stat cache.** File digests come from a cache of (size, mtime, ctime,
 //! inode) → digest, like git's index, so a no-op build costs one `lstat` per
-//! file. An entry is "racy" when the file's mtime was within [`RACY_NS`] of
-//! the moment it was hashed (a second write within the same timestamp tick
+//! file. An entry is "racy" when the file's mtime was within [`RACY_FINE_NS`]
+//! ([`RACY_NS`] on file systems with whole-second timestamps) of the moment
+//! it was hashed (a second write within the same timestamp tick
 //! would be invisible); racy entries are re-hashed every time until they
 //! age out.
 //!
@@ -51,8 +52,12 @@ use std::fmt;
 
 pub const STATE_MAGIC: &[u8; 8] = b"MKTSTATE";
 pub const STATE_VERSION: u32 = 1;
-/// Two seconds covers file systems with one- and two-second timestamps.
+/// Two seconds covers file systems with one- and two-second timestamps
+/// (a file whose mtime has no sub-second part is assumed to be on one).
 pub const RACY_NS: i64 = 2_000_000_000;
+/// On file systems with nanosecond timestamps the kernel still stamps files
+/// from a clock that ticks every 1-10 ms; 50 ms is a safe margin.
+pub const RACY_FINE_NS: i64 = 50_000_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStat {
@@ -89,9 +94,14 @@ pub fn now_ns() -> i64 {
 
 impl StatEntry {
     pub fn new(stat: FileStat, digest: Digest, hashed_at_ns: i64) -> StatEntry {
+        let window = if stat.mtime_ns % 1_000_000_000 == 0 {
+            RACY_NS
+        } else {
+            RACY_FINE_NS
+        };
         StatEntry {
             stat,
-            racy: hashed_at_ns - stat.mtime_ns < RACY_NS,
+            racy: hashed_at_ns - stat.mtime_ns < window,
             digest,
         }
     }
@@ -183,12 +193,20 @@ impl fmt::Display for DirtyReason {
             DirtyReason::PreviousRunFailed => write!(f, "previous run failed"),
             DirtyReason::ModelChanged => write!(f, "model parameters changed"),
             DirtyReason::ConfigChanged => write!(f, "target definition in `prompts.toml` changed"),
-            DirtyReason::FileChanged { kind, path } => write!(f, "{} `{path}` changed", kind.word()),
+            DirtyReason::FileChanged { kind, path } => {
+                write!(f, "{} `{path}` changed", kind.word())
+            }
             DirtyReason::FileAdded { kind, path } => write!(f, "{} `{path}` added", kind.word()),
-            DirtyReason::FileRemoved { kind, path } => write!(f, "{} `{path}` removed", kind.word()),
-            DirtyReason::UpstreamChanged { target } => write!(f, "upstream `{target}` output changed"),
+            DirtyReason::FileRemoved { kind, path } => {
+                write!(f, "{} `{path}` removed", kind.word())
+            }
+            DirtyReason::UpstreamChanged { target } => {
+                write!(f, "upstream `{target}` output changed")
+            }
             DirtyReason::OutputMissing { path } => write!(f, "output `{path}` missing"),
-            DirtyReason::OutputModified { path } => write!(f, "output `{path}` edited since it was built"),
+            DirtyReason::OutputModified { path } => {
+                write!(f, "output `{path}` edited since it was built")
+            }
         }
     }
 }
@@ -197,7 +215,10 @@ impl DirtyReason {
     /// True when only the output file needs restoring: the stored result is
     /// still right, no compilation or model call is needed.
     pub fn output_only(&self) -> bool {
-        matches!(self, DirtyReason::OutputMissing { .. } | DirtyReason::OutputModified { .. })
+        matches!(
+            self,
+            DirtyReason::OutputMissing { .. } | DirtyReason::OutputModified { .. }
+        )
     }
 }
 
@@ -223,39 +244,70 @@ pub fn dirty_reason(
         return Some(DirtyReason::ConfigChanged);
     }
     if was.deps != now.deps {
-        let old: HashMap<(DepKind, &str), Digest> =
-            was.deps.iter().map(|d| ((d.kind, d.path.as_str()), d.digest)).collect();
+        let old: HashMap<(DepKind, &str), Digest> = was
+            .deps
+            .iter()
+            .map(|d| ((d.kind, d.path.as_str()), d.digest))
+            .collect();
         for d in &now.deps {
             match old.get(&(d.kind, d.path.as_str())) {
-                None => return Some(DirtyReason::FileAdded { kind: d.kind, path: d.path.clone() }),
+                None => {
+                    return Some(DirtyReason::FileAdded {
+                        kind: d.kind,
+                        path: d.path.clone(),
+                    });
+                }
                 Some(o) if *o != d.digest => {
-                    return Some(DirtyReason::FileChanged { kind: d.kind, path: d.path.clone() });
+                    return Some(DirtyReason::FileChanged {
+                        kind: d.kind,
+                        path: d.path.clone(),
+                    });
                 }
                 _ => {}
             }
         }
-        let new: HashMap<(DepKind, &str), ()> =
-            now.deps.iter().map(|d| ((d.kind, d.path.as_str()), ())).collect();
-        if let Some(d) = was.deps.iter().find(|d| !new.contains_key(&(d.kind, d.path.as_str()))) {
-            return Some(DirtyReason::FileRemoved { kind: d.kind, path: d.path.clone() });
+        let new: HashMap<(DepKind, &str), ()> = now
+            .deps
+            .iter()
+            .map(|d| ((d.kind, d.path.as_str()), ()))
+            .collect();
+        if let Some(d) = was
+            .deps
+            .iter()
+            .find(|d| !new.contains_key(&(d.kind, d.path.as_str())))
+        {
+            return Some(DirtyReason::FileRemoved {
+                kind: d.kind,
+                path: d.path.clone(),
+            });
         }
         return Some(DirtyReason::ConfigChanged); // same files, other order
     }
     if was.upstream != now.upstream {
-        let old: HashMap<&str, Digest> = was.upstream.iter().map(|(k, d)| (k.as_str(), *d)).collect();
+        let old: HashMap<&str, Digest> =
+            was.upstream.iter().map(|(k, d)| (k.as_str(), *d)).collect();
         let changed = now
             .upstream
             .iter()
             .find(|(k, d)| old.get(k.as_str()) != Some(d))
-            .map_or_else(|| now.upstream.first().map_or(String::new(), |u| u.0.clone()), |u| u.0.clone());
+            .map_or_else(
+                || now.upstream.first().map_or(String::new(), |u| u.0.clone()),
+                |u| u.0.clone(),
+            );
         return Some(DirtyReason::UpstreamChanged { target: changed });
     }
     if rec.output != output_path {
-        return Some(DirtyReason::OutputMissing { path: output_path.to_string() });
+        return Some(DirtyReason::OutputMissing {
+            path: output_path.to_string(),
+        });
     }
     match output_digest {
-        None => Some(DirtyReason::OutputMissing { path: output_path.to_string() }),
-        Some(d) if d != rec.output_digest => Some(DirtyReason::OutputModified { path: output_path.to_string() }),
+        None => Some(DirtyReason::OutputMissing {
+            path: output_path.to_string(),
+        }),
+        Some(d) if d != rec.output_digest => Some(DirtyReason::OutputModified {
+            path: output_path.to_string(),
+        }),
         Some(_) => None,
     }
 }
@@ -344,7 +396,10 @@ impl<'a> Reader<'a> {
         let n = self.count(8)?;
         let mut v = Vec::with_capacity(n);
         for _ in 0..n {
-            v.push(Ref { name: self.str()?, line: self.u32()? });
+            v.push(Ref {
+                name: self.str()?,
+                line: self.u32()?,
+            });
         }
         Some(v)
     }
@@ -352,7 +407,9 @@ impl<'a> Reader<'a> {
 
 impl State {
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::with_capacity(64 + self.files.len() * 100 + self.targets.len() * 200));
+        let mut w = Writer(Vec::with_capacity(
+            64 + self.files.len() * 100 + self.targets.len() * 200,
+        ));
         w.u32(self.files.len() as u32);
         for (path, e) in &self.files {
             w.str(path);
@@ -468,7 +525,12 @@ impl State {
                 upstream.push((r.str()?, r.digest()?));
             }
             let rec = TargetRecord {
-                fingerprint: Fingerprint { config, model, deps, upstream },
+                fingerprint: Fingerprint {
+                    config,
+                    model,
+                    deps,
+                    upstream,
+                },
                 ibh: r.digest()?,
                 output: r.str()?,
                 output_digest: r.digest()?,
@@ -488,13 +550,25 @@ mod tests {
     fn sample() -> State {
         let mut st = State::default();
         let d = Digest::of(b"a");
-        let stat = FileStat { size: 3, mtime_ns: 1_700_000_000_000_000_000, ctime_ns: 5, ino: 42 };
-        st.files.insert("docs/a.md".into(), StatEntry::new(stat, d, now_ns()));
+        let stat = FileStat {
+            size: 3,
+            mtime_ns: 1_700_000_000_000_000_000,
+            ctime_ns: 5,
+            ino: 42,
+        };
+        st.files
+            .insert("docs/a.md".into(), StatEntry::new(stat, d, now_ns()));
         st.analysis.insert(
             d,
             TemplateRefs {
-                inputs: vec![Ref { name: "doc".into(), line: 3 }],
-                targets: vec![Ref { name: "outline".into(), line: 1 }],
+                inputs: vec![Ref {
+                    name: "doc".into(),
+                    line: 3,
+                }],
+                targets: vec![Ref {
+                    name: "outline".into(),
+                    line: 1,
+                }],
                 uses_item: true,
                 ..Default::default()
             },
@@ -505,7 +579,11 @@ mod tests {
                 fingerprint: Fingerprint {
                     config: d,
                     model: d,
-                    deps: vec![Dep { kind: DepKind::Input, path: "docs/a.md".into(), digest: d }],
+                    deps: vec![Dep {
+                        kind: DepKind::Input,
+                        path: "docs/a.md".into(),
+                        digest: d,
+                    }],
                     upstream: vec![("outline".into(), d)],
                 },
                 ibh: d,
@@ -541,9 +619,17 @@ mod tests {
 
     #[test]
     fn racy_entries_are_marked() {
-        let stat = FileStat { size: 1, mtime_ns: now_ns(), ctime_ns: 0, ino: 1 };
+        let stat = FileStat {
+            size: 1,
+            mtime_ns: now_ns(),
+            ctime_ns: 0,
+            ino: 1,
+        };
         assert!(StatEntry::new(stat, Digest::default(), now_ns()).racy);
-        let old = FileStat { mtime_ns: now_ns() - 10 * RACY_NS, ..stat };
+        let old = FileStat {
+            mtime_ns: now_ns() - 10 * RACY_NS,
+            ..stat
+        };
         assert!(!StatEntry::new(old, Digest::default(), now_ns()).racy);
     }
 
@@ -554,38 +640,60 @@ mod tests {
         let mut now = rec.unwrap().fingerprint.clone();
         let out = Some(Digest::of(b"a"));
         assert_eq!(dirty_reason(rec, &now, "out/s.md", out), None);
-        assert_eq!(dirty_reason(None, &now, "out/s.md", out), Some(DirtyReason::NeverBuilt));
         assert_eq!(
-            dirty_reason(rec, &now, "out/s.md", None).unwrap().to_string(),
+            dirty_reason(None, &now, "out/s.md", out),
+            Some(DirtyReason::NeverBuilt)
+        );
+        assert_eq!(
+            dirty_reason(rec, &now, "out/s.md", None)
+                .unwrap()
+                .to_string(),
             "output `out/s.md` missing"
         );
         assert_eq!(
-            dirty_reason(rec, &now, "out/s.md", Some(Digest::of(b"b"))).unwrap().to_string(),
+            dirty_reason(rec, &now, "out/s.md", Some(Digest::of(b"b")))
+                .unwrap()
+                .to_string(),
             "output `out/s.md` edited since it was built"
         );
         now.upstream[0].1 = Digest::of(b"new");
         assert_eq!(
-            dirty_reason(rec, &now, "out/s.md", out).unwrap().to_string(),
+            dirty_reason(rec, &now, "out/s.md", out)
+                .unwrap()
+                .to_string(),
             "upstream `outline` output changed"
         );
         now.deps[0].digest = Digest::of(b"new");
         assert_eq!(
-            dirty_reason(rec, &now, "out/s.md", out).unwrap().to_string(),
+            dirty_reason(rec, &now, "out/s.md", out)
+                .unwrap()
+                .to_string(),
             "input `docs/a.md` changed"
         );
-        now.deps.push(Dep { kind: DepKind::Partial, path: "p.md".into(), digest: Digest::default() });
+        now.deps.push(Dep {
+            kind: DepKind::Partial,
+            path: "p.md".into(),
+            digest: Digest::default(),
+        });
         now.deps[0].digest = Digest::of(b"a");
         assert_eq!(
-            dirty_reason(rec, &now, "out/s.md", out).unwrap().to_string(),
+            dirty_reason(rec, &now, "out/s.md", out)
+                .unwrap()
+                .to_string(),
             "partial `p.md` added"
         );
         now.deps.remove(1);
         now.deps.remove(0);
         assert_eq!(
-            dirty_reason(rec, &now, "out/s.md", out).unwrap().to_string(),
+            dirty_reason(rec, &now, "out/s.md", out)
+                .unwrap()
+                .to_string(),
             "input `docs/a.md` removed"
         );
         now.model = Digest::of(b"m2");
-        assert_eq!(dirty_reason(rec, &now, "out/s.md", out), Some(DirtyReason::ModelChanged));
+        assert_eq!(
+            dirty_reason(rec, &now, "out/s.md", out),
+            Some(DirtyReason::ModelChanged)
+        );
     }
 }

@@ -46,6 +46,15 @@ pub struct StoreLock {
     _file: File,
 }
 
+/// What an action-cache lookup found.
+#[derive(Debug, PartialEq)]
+pub enum AcRead {
+    Found(Box<RunManifest>),
+    Missing,
+    /// An entry was there but is not a valid manifest for this hash.
+    Corrupt,
+}
+
 /// What reading an object found.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ObjectRead {
@@ -89,7 +98,10 @@ impl ObjectStore {
             b"Signature: 8a477f597d28d172789f06886806bc55\n# This file marks mkt's store (.mkt/) as a cache directory.\n",
         )?;
         self.write_atomic(&self.dir.join(".gitignore"), b"*\n")?;
-        self.write_atomic(&self.dir.join("VERSION"), format!("{STORE_VERSION}\n").as_bytes())
+        self.write_atomic(
+            &self.dir.join("VERSION"),
+            format!("{STORE_VERSION}\n").as_bytes(),
+        )
     }
 
     pub fn dir(&self) -> &Utf8Path {
@@ -127,16 +139,20 @@ impl ObjectStore {
             Ok(t) => t,
             Err(_) => {
                 fs::create_dir_all(&tmp_dir).map_err(|e| Error::io("create", &tmp_dir, e))?;
-                tempfile::NamedTempFile::new_in(&tmp_dir).map_err(|e| Error::io("create a temp file in", &tmp_dir, e))?
+                tempfile::NamedTempFile::new_in(&tmp_dir)
+                    .map_err(|e| Error::io("create a temp file in", &tmp_dir, e))?
             }
         };
-        tmp.write_all(bytes).map_err(|e| Error::io("write", path, e))?;
-        if let Some(parent) = path.parent() {
-            if !parent.as_str().is_empty() && !parent.is_dir() {
-                fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
-            }
+        tmp.write_all(bytes)
+            .map_err(|e| Error::io("write", path, e))?;
+        if let Some(parent) = path.parent()
+            && !parent.as_str().is_empty()
+            && !parent.is_dir()
+        {
+            fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
         }
-        tmp.persist(path).map_err(|e| Error::io("write", path, e.error))?;
+        tmp.persist(path)
+            .map_err(|e| Error::io("write", path, e.error))?;
         Ok(())
     }
 
@@ -176,21 +192,28 @@ impl ObjectStore {
 
     fn ac_path(&self, ibh: &InputBundleHash) -> Utf8PathBuf {
         let hex = ibh.0.to_hex();
-        self.dir.join("ac").join(&hex[..2]).join(format!("{hex}.json"))
+        self.dir
+            .join("ac")
+            .join(&hex[..2])
+            .join(format!("{hex}.json"))
     }
 
-    /// Looks up the manifest of the run that produced `ibh`. `Err(())` means
-    /// an entry was there but could not be believed (it is deleted).
-    pub fn ac_get(&self, ibh: &InputBundleHash) -> Result<Option<RunManifest>, ()> {
+    /// Looks up the manifest of the run that produced `ibh`. An entry that
+    /// cannot be believed is deleted and reported as [`AcRead::Corrupt`].
+    pub fn ac_get(&self, ibh: &InputBundleHash) -> AcRead {
         let path = self.ac_path(ibh);
         let Ok(bytes) = fs::read(&path) else {
-            return Ok(None);
+            return AcRead::Missing;
         };
         match RunManifest::from_json(&bytes) {
-            Some(m) if m.input_bundle_hash == *ibh && m.status == crate::manifest::RunStatus::Ok => Ok(Some(m)),
+            Some(m)
+                if m.input_bundle_hash == *ibh && m.status == crate::manifest::RunStatus::Ok =>
+            {
+                AcRead::Found(Box::new(m))
+            }
             _ => {
                 let _ = fs::remove_file(&path);
-                Err(())
+                AcRead::Corrupt
             }
         }
     }
@@ -200,7 +223,10 @@ impl ObjectStore {
     }
 
     pub fn put_run(&self, m: &RunManifest) -> Result<()> {
-        self.write_atomic(&self.dir.join("runs").join(format!("{}.json", m.run_id)), &m.to_json())
+        self.write_atomic(
+            &self.dir.join("runs").join(format!("{}.json", m.run_id)),
+            &m.to_json(),
+        )
     }
 
     /// Appends lines to `history.jsonl` in one write.
@@ -214,7 +240,8 @@ impl ObjectStore {
             .append(true)
             .open(&path)
             .map_err(|e| Error::io("open", &path, e))?;
-        f.write_all(lines.as_bytes()).map_err(|e| Error::io("write", &path, e))
+        f.write_all(lines.as_bytes())
+            .map_err(|e| Error::io("write", &path, e))
     }
 
     /// Flushes everything written so far to disk (one `syncfs`).
@@ -225,7 +252,11 @@ impl ObjectStore {
             use std::os::fd::AsRawFd;
             // SAFETY: syncfs only reads the descriptor, which `f` keeps open.
             if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-                return Err(Error::io("sync", &self.dir, std::io::Error::last_os_error()));
+                return Err(Error::io(
+                    "sync",
+                    &self.dir,
+                    std::io::Error::last_os_error(),
+                ));
             }
         }
         #[cfg(not(target_os = "linux"))]
@@ -252,7 +283,11 @@ mod tests {
         assert_eq!(s.get(&d), ObjectRead::Found(b"hello".to_vec()));
         fs::write(s.object_path(&d), b"hellp").unwrap();
         assert_eq!(s.get(&d), ObjectRead::Corrupt);
-        assert_eq!(s.get(&d), ObjectRead::Missing, "a corrupt object is removed");
+        assert_eq!(
+            s.get(&d),
+            ObjectRead::Missing,
+            "a corrupt object is removed"
+        );
         // every truncation of an object is detected
         let d = s.put(b"some longer object text").unwrap();
         for cut in 0..23 {
@@ -265,11 +300,17 @@ mod tests {
     fn store_marks_itself_and_refuses_unknown_versions() {
         let (t, s) = store();
         assert!(s.dir().join("CACHEDIR.TAG").is_file());
-        assert_eq!(fs::read_to_string(s.dir().join(".gitignore")).unwrap(), "*\n");
+        assert_eq!(
+            fs::read_to_string(s.dir().join(".gitignore")).unwrap(),
+            "*\n"
+        );
         fs::write(s.dir().join("VERSION"), "99\n").unwrap();
         let root = Utf8Path::from_path(t.path()).unwrap();
         let e = ObjectStore::open(root).err().unwrap().to_string();
-        assert!(e.contains("has format version 99, this mkt reads version 1"), "{e}");
+        assert!(
+            e.contains("has format version 99, this mkt reads version 1"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -285,13 +326,16 @@ mod tests {
         let (_t, s) = store();
         let m = crate::manifest::tests::sample();
         s.ac_put(&m).unwrap();
-        assert_eq!(s.ac_get(&m.input_bundle_hash), Ok(Some(m.clone())));
+        assert_eq!(
+            s.ac_get(&m.input_bundle_hash),
+            AcRead::Found(Box::new(m.clone()))
+        );
         // a forged entry: a valid manifest copied under another name
         let other = InputBundleHash(Digest::of(b"other"));
         let p = s.ac_path(&other);
         fs::create_dir_all(p.parent().unwrap()).unwrap();
         fs::write(&p, m.to_json()).unwrap();
-        assert_eq!(s.ac_get(&other), Err(()));
-        assert_eq!(s.ac_get(&other), Ok(None));
+        assert_eq!(s.ac_get(&other), AcRead::Corrupt);
+        assert_eq!(s.ac_get(&other), AcRead::Missing);
     }
 }

@@ -120,8 +120,13 @@ pub fn analyse(path: &Utf8Path, source: &str) -> Result<TemplateRefs> {
     let source = preprocess(source);
     let source = source.as_ref();
     // A full parse first: syntax errors are reported with their position.
-    minijinja::machinery::parse(source, path.as_str(), Default::default(), Default::default())
-        .map_err(|e| syntax_error(path, source, &e))?;
+    minijinja::machinery::parse(
+        source,
+        path.as_str(),
+        Default::default(),
+        Default::default(),
+    )
+    .map_err(|e| syntax_error(path, source, &e))?;
 
     let mut toks = Vec::new();
     for t in tokenize(source, false, Default::default(), Default::default()) {
@@ -205,7 +210,8 @@ pub fn analyse(path: &Utf8Path, source: &str) -> Result<TemplateRefs> {
                         _ => None,
                     },
                     Some(Token::BracketOpen) => {
-                        let closed = matches!(toks.get(i + 3).map(|t| &t.0), Some(Token::BracketClose));
+                        let closed =
+                            matches!(toks.get(i + 3).map(|t| &t.0), Some(Token::BracketClose));
                         str_at(i + 2).filter(|_| closed)
                     }
                     _ => None,
@@ -253,10 +259,10 @@ impl CompiledPrompt {
     /// The prompt as plain text: a single user message as is, otherwise
     /// role lines followed by each message's text.
     pub fn to_text(&self) -> String {
-        if let [m] = self.messages.as_slice() {
-            if m.role == "user" {
-                return m.content.clone();
-            }
+        if let [m] = self.messages.as_slice()
+            && m.role == "user"
+        {
+            return m.content.clone();
         }
         let mut s = String::new();
         for m in &self.messages {
@@ -348,14 +354,17 @@ pub fn compile(input: &RenderInput<'_>) -> Result<CompiledPrompt> {
             .map_err(|e| syntax_error(Utf8Path::new(name), src, &e))?;
     }
     let verbatim = input.verbatim.clone();
-    env.add_function("verbatim", move |path: String| -> Result<String, minijinja::Error> {
-        verbatim.get(&path).map(|s| s.to_string()).ok_or_else(|| {
-            minijinja::Error::new(
-                minijinja::ErrorKind::InvalidOperation,
-                format!("`verbatim(\"{path}\")` was not found by analysis"),
-            )
-        })
-    });
+    env.add_function(
+        "verbatim",
+        move |path: String| -> Result<String, minijinja::Error> {
+            verbatim.get(&path).map(|s| s.to_string()).ok_or_else(|| {
+                minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    format!("`verbatim(\"{path}\")` was not found by analysis"),
+                )
+            })
+        },
+    );
     let nonce = marker_nonce();
     env.add_function(ROLE_FN, move |role: String| {
         format!("\u{1}mkt-role-{nonce}:{role}\u{1}")
@@ -416,9 +425,17 @@ mod tests {
             "t.md:2:12: `include` must name its partial with a string literal\n  help: write the path relative to the project root, e.g. `{% include \"partials/style.md\" %}`"
         );
         let e = analyse(Utf8Path::new("t.md"), "{% for t in targets %}{% endfor %}").unwrap_err();
-        assert!(e.to_string().starts_with("t.md:1:13: `targets` must be used as `targets.NAME`"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("t.md:1:13: `targets` must be used as `targets.NAME`"),
+            "{e}"
+        );
         let e = analyse(Utf8Path::new("t.md"), "{{ verbatim(p) }}").unwrap_err();
-        assert!(e.to_string().contains("`verbatim` takes one string literal"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("`verbatim` takes one string literal"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -440,8 +457,18 @@ mod tests {
 
     #[test]
     fn plain_text_is_one_user_message_byte_for_byte() {
-        let p = render("Hi {{ inputs.x }}\n\n", minijinja::context! { inputs => minijinja::context!{ x => "there" } }).unwrap();
-        assert_eq!(p.messages, vec![Message { role: "user".into(), content: "Hi there\n\n".into() }]);
+        let p = render(
+            "Hi {{ inputs.x }}\n\n",
+            minijinja::context! { inputs => minijinja::context!{ x => "there" } },
+        )
+        .unwrap();
+        assert_eq!(
+            p.messages,
+            vec![Message {
+                role: "user".into(),
+                content: "Hi there\n\n".into()
+            }]
+        );
     }
 
     #[test]
@@ -452,9 +479,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(p.messages.len(), 2);
-        assert_eq!(p.messages[0], Message { role: "system".into(), content: "Be brief.".into() });
+        assert_eq!(
+            p.messages[0],
+            Message {
+                role: "system".into(),
+                content: "Be brief.".into()
+            }
+        );
         assert_eq!(p.messages[1].content, "user:\nnot a role");
-        assert_eq!(p.to_text(), "system:\nBe brief.\n\nuser:\nuser:\nnot a role\n");
+        assert_eq!(
+            p.to_text(),
+            "system:\nBe brief.\n\nuser:\nuser:\nnot a role\n"
+        );
     }
 
     #[test]

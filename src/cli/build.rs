@@ -49,6 +49,16 @@ impl Printer {
         let _ = writeln!(err, "{text}");
     }
 
+    /// The command's product (the `--dry-run` list) goes to stdout.
+    fn stdout(&self, text: &str) {
+        let mut shown = self.status_shown.lock().unwrap();
+        if *shown {
+            let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
+            *shown = false;
+        }
+        println!("{text}");
+    }
+
     fn status(&self, text: &str) {
         if self.quiet || !self.tty {
             return;
@@ -62,19 +72,33 @@ impl Printer {
 
     fn event(&self, e: Event<'_>) {
         match e {
-            Event::WaitingForLock => self.line("mkt: waiting for another mkt build of this project to finish..."),
+            Event::WaitingForLock => {
+                self.line("mkt: waiting for another mkt build of this project to finish...")
+            }
             Event::Planned { .. } => {}
             Event::Started { key, .. } => self.status(&format!("running {key}")),
             Event::Warning(w) => self.line(&format!("warning: {w}")),
-            Event::Finished { key, outcome, reason, done, total } => {
+            Event::Finished {
+                key,
+                outcome,
+                reason,
+                done,
+                total,
+            } => {
                 let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
                 match outcome {
-                    Outcome::Failed { error } => self.line(&format!("error: `{key}` failed{why}:\n{}", indent(error))),
-                    Outcome::Skipped { because } if !self.quiet => self.line(&format!("skipped {key}: {because}")),
+                    Outcome::Failed { error } => {
+                        self.line(&format!("error: `{key}` failed{why}:\n{}", indent(error)))
+                    }
+                    Outcome::Skipped { because } if !self.quiet => {
+                        self.line(&format!("skipped {key}: {because}"))
+                    }
                     Outcome::Ran { .. } if !self.quiet => self.line(&format!("ran {key}{why}")),
-                    Outcome::Cached { .. } if !self.quiet => self.line(&format!("cached {key}{why}")),
+                    Outcome::Cached { .. } if !self.quiet => {
+                        self.line(&format!("cached {key}{why}"))
+                    }
                     Outcome::Restored if !self.quiet => self.line(&format!("restored {key}{why}")),
-                    Outcome::WouldRun => self.line(&format!("would run {key}{why}")),
+                    Outcome::WouldRun => self.stdout(&format!("would run {key}{why}")),
                     _ => {}
                 }
                 if done < total {
@@ -86,7 +110,10 @@ impl Printer {
 }
 
 fn indent(s: &str) -> String {
-    s.lines().map(|l| format!("  {l}")).collect::<Vec<_>>().join("\n")
+    s.lines()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
@@ -98,7 +125,11 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
         keep_going: args.keep_going,
         wait_for_lock: !args.no_wait,
     };
-    let printer = Printer { quiet: args.quiet, tty: std::io::stderr().is_terminal(), status_shown: Mutex::new(false) };
+    let printer = Printer {
+        quiet: args.quiet,
+        tty: std::io::stderr().is_terminal(),
+        status_shown: Mutex::new(false),
+    };
     let started = std::time::Instant::now();
     let result = build(root, &opts, &|e| printer.event(e));
     printer.status("");
@@ -110,7 +141,11 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
         Ok(r) => {
             if opts.dry_run {
                 if !args.quiet {
-                    printer.line(&format!("{} of {} targets would run", r.would_run.len(), r.total));
+                    printer.line(&format!(
+                        "{} of {} targets would run",
+                        r.would_run.len(),
+                        r.total
+                    ));
                 }
                 return 0;
             }

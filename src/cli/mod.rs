@@ -9,7 +9,11 @@ use markitect::config::Project;
 use markitect::error::Error;
 
 #[derive(Parser)]
-#[command(name = "mkt", version, about = "A build system for LLM prompt pipelines")]
+#[command(
+    name = "mkt",
+    version,
+    about = "A build system for LLM prompt pipelines"
+)]
 struct Cli {
     /// Run as if started in DIR.
     #[arg(short = 'C', long = "directory", global = true, value_name = "DIR")]

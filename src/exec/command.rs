@@ -40,7 +40,11 @@ fn tail(stderr: &[u8]) -> String {
 
 impl ModelAdapter for Command {
     fn call(&self, prompt: &CompiledPrompt, root: &Utf8Path) -> Result<ModelResponse, ModelError> {
-        let input = if self.json { prompt.canonical_json() } else { prompt.to_text().into_bytes() };
+        let input = if self.json {
+            prompt.canonical_json()
+        } else {
+            prompt.to_text().into_bytes()
+        };
         let prog = &self.argv[0];
         let mut child = std::process::Command::new(prog)
             .args(&self.argv[1..])
@@ -102,6 +106,9 @@ impl ModelAdapter for Command {
             }
             return Err(ModelError(msg));
         }
-        Ok(ModelResponse { output: out.stdout, usage: None })
+        Ok(ModelResponse {
+            output: out.stdout,
+            usage: None,
+        })
     }
 }

@@ -55,9 +55,20 @@ mod tests {
 
     #[test]
     fn output_is_deterministic_and_names_the_prompt() {
-        let p = CompiledPrompt { messages: vec![Message { role: "user".into(), content: "Hi".into() }] };
+        let p = CompiledPrompt {
+            messages: vec![Message {
+                role: "user".into(),
+                content: "Hi".into(),
+            }],
+        };
         let a = mock_output("m", &p);
         assert_eq!(a, mock_output("m", &p));
-        assert_eq!(a, format!("[mock `m` | prompt {} | 1 message(s)]\nHi\n", p.digest().short()));
+        assert_eq!(
+            a,
+            format!(
+                "[mock `m` | prompt {} | 1 message(s)]\nHi\n",
+                p.digest().short()
+            )
+        );
     }
 }
