@@ -121,9 +121,28 @@ impl BuildReport {
 
 #[derive(Clone)]
 struct Done {
-    ok: bool,
     output_digest: Digest,
     run_id: String,
+    /// For a node that failed or was skipped: the failed node to blame.
+    blame: Option<String>,
+}
+
+impl Done {
+    fn ok(output_digest: Digest, run_id: String) -> Done {
+        Done {
+            output_digest,
+            run_id,
+            blame: None,
+        }
+    }
+
+    fn failed(blame: String) -> Done {
+        Done {
+            output_digest: Digest::default(),
+            run_id: String::new(),
+            blame: Some(blame),
+        }
+    }
 }
 
 struct Job {
@@ -147,7 +166,8 @@ struct Ctx<'a> {
     files: &'a ProjectFiles,
     store: &'a ObjectStore,
     old: &'a HashMap<String, TargetRecord>,
-    force: bool,
+    /// `--force`: which nodes skip the action cache.
+    forced: Vec<bool>,
 }
 
 pub fn load_state(store: &ObjectStore) -> State {
@@ -182,7 +202,7 @@ pub fn build(
     } = state;
     let files = ProjectFiles::new(root, old_files);
     let graph = analyse_project(&project, &files, &old_analysis)?;
-    let selected = graph.select(&project, &opts.targets)?;
+    let (selected, named) = graph.select(&project, &opts.targets)?;
     let total = selected.iter().filter(|s| **s).count();
     report(Event::Planned { total });
 
@@ -208,7 +228,7 @@ pub fn build(
         files: &files,
         store: &store,
         old: &old_targets,
-        force: opts.force,
+        forced: named.iter().map(|&n| n && opts.force).collect(),
     };
     let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); graph.nodes.len()];
     let mut waiting: Vec<usize> = vec![0; graph.nodes.len()];
@@ -235,6 +255,7 @@ pub fn build(
     };
     let mut reasons: HashMap<usize, DirtyReason> = HashMap::default();
     let mut stop = false;
+    let mut first_failure: Option<String> = None;
     let mut done = 0usize;
 
     let (job_tx, job_rx) = mpsc::channel::<Job>();
@@ -279,16 +300,12 @@ pub fn build(
         loop {
             while let Some(i) = ready.pop_front() {
                 let node = &graph.nodes[i];
-                let failed_up = node
+                let blame = node
                     .upstream_nodes()
-                    .find(|&u| !results[u].as_ref().is_some_and(|d| d.ok));
-                if let Some(u) = failed_up {
-                    let because = format!("`{}` failed", graph.nodes[u].key);
-                    let d = Done {
-                        ok: false,
-                        output_digest: Digest::default(),
-                        run_id: String::new(),
-                    };
+                    .find_map(|u| results[u].as_ref().and_then(|d| d.blame.clone()));
+                if let Some(blame) = blame {
+                    let because = format!("`{blame}` failed");
+                    let d = Done::failed(blame);
                     complete(
                         i,
                         Outcome::Skipped { because },
@@ -300,12 +317,8 @@ pub fn build(
                     );
                     continue;
                 }
-                if stop {
-                    let d = Done {
-                        ok: false,
-                        output_digest: Digest::default(),
-                        run_id: String::new(),
-                    };
+                if let (true, Some(first)) = (stop, &first_failure) {
+                    let d = Done::failed(first.clone());
                     let because = "the build stopped after a failure (use `--keep-going` to go on)"
                         .to_string();
                     complete(
@@ -322,11 +335,8 @@ pub fn build(
                 let deps = match graph.source_deps(node, &files) {
                     Ok(d) => d,
                     Err(e) => {
-                        let d = Done {
-                            ok: false,
-                            output_digest: Digest::default(),
-                            run_id: String::new(),
-                        };
+                        let d = Done::failed(node.key.clone());
+                        first_failure.get_or_insert_with(|| node.key.clone());
                         complete(
                             i,
                             Outcome::Failed {
@@ -364,18 +374,14 @@ pub fn build(
                 };
                 let record = old_targets.get(&node.key);
                 let out_digest = files.digest(&node.output).ok().flatten();
-                let reason = if opts.force {
+                let reason = if opts.force && named[i] {
                     Some(DirtyReason::Forced)
                 } else {
                     dirty_reason(record, &fingerprint, &node.output, out_digest)
                 };
                 let Some(reason) = reason else {
                     let rec = record.expect("fresh implies a record");
-                    let d = Done {
-                        ok: true,
-                        output_digest: rec.output_digest,
-                        run_id: rec.run_id.clone(),
-                    };
+                    let d = Done::ok(rec.output_digest, rec.run_id.clone());
                     complete(
                         i,
                         Outcome::Fresh,
@@ -396,11 +402,7 @@ pub fn build(
                         (r, Some(rec)) if r.output_only() => rec.output_digest,
                         _ => Digest::default(),
                     };
-                    let d = Done {
-                        ok: true,
-                        output_digest: digest,
-                        run_id: String::new(),
-                    };
+                    let d = Done::ok(digest, String::new());
                     complete(
                         i,
                         Outcome::WouldRun,
@@ -456,19 +458,12 @@ pub fn build(
             }
             let key = graph.nodes[r.node].key.clone();
             let d = match &r.record {
-                Some(rec) if !rec.failed => Done {
-                    ok: true,
-                    output_digest: rec.output_digest,
-                    run_id: rec.run_id.clone(),
-                },
-                _ => Done {
-                    ok: false,
-                    output_digest: Digest::default(),
-                    run_id: String::new(),
-                },
+                Some(rec) if !rec.failed => Done::ok(rec.output_digest, rec.run_id.clone()),
+                _ => Done::failed(key.clone()),
             };
             if matches!(r.outcome, Outcome::Failed { .. }) {
                 stop |= !opts.keep_going;
+                first_failure.get_or_insert_with(|| key.clone());
             }
             if let Some(rec) = r.record {
                 new_records.insert(key, rec);
@@ -744,7 +739,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     let ibh = InputBundleHash::compute(prompt_digest, decl.model.provider.as_str(), &params);
 
     // 3. The action cache.
-    if !ctx.force {
+    if !ctx.forced[job.node] {
         match ctx.store.ac_get(&ibh) {
             AcRead::Found(m) => match ctx.store.get(&m.outputs[0].digest) {
                 ObjectRead::Found(bytes) => {

@@ -21,6 +21,27 @@ pub enum FileError {
     Io(String, std::io::Error),
 }
 
+impl FileError {
+    /// The message without the path, for callers that name the file
+    /// themselves ("template `x` is a symlink ...").
+    pub fn reason(&self) -> String {
+        match self {
+            FileError::Escapes(_) => "is a symlink that leads outside the project".to_string(),
+            FileError::NotAFile(_) => "is not a regular file".to_string(),
+            FileError::Io(_, e) => format!("cannot be read: {e}"),
+        }
+    }
+
+    /// What to do about it.
+    pub fn help(&self) -> &'static str {
+        match self {
+            FileError::Escapes(_) => "keep every file a target uses inside the project",
+            FileError::NotAFile(_) => "point the path at a regular file",
+            FileError::Io(..) => "check the file's permissions",
+        }
+    }
+}
+
 pub struct ProjectFiles {
     root: Utf8PathBuf,
     /// The root directory, open, so stats resolve paths relative to it
@@ -240,14 +261,19 @@ impl ProjectFiles {
     }
 }
 
+/// The matcher `glob_files` uses, for checking paths that do not exist yet.
+pub fn glob_matcher(pattern: &str) -> Result<globset::GlobMatcher, globset::Error> {
+    Ok(globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .build()?
+        .compile_matcher())
+}
+
 /// Files under the project root matching `pattern` (globset syntax, `*`
 /// does not cross `/`), sorted. Hidden directories (`.mkt`, `.git`, ...)
 /// are not searched.
 pub fn glob_files(root: &Utf8Path, pattern: &str) -> Result<Vec<String>, globset::Error> {
-    let glob = globset::GlobBuilder::new(pattern)
-        .literal_separator(true)
-        .build()?
-        .compile_matcher();
+    let glob = glob_matcher(pattern)?;
     // walk only below the pattern's literal prefix
     let mut base = Vec::new();
     let mut deep = false;

@@ -11,7 +11,7 @@
 
 use crate::config::{ModelConfig, Project, TargetDecl};
 use crate::error::{Error, Location, Result};
-use crate::files::{FileError, ProjectFiles, glob_files};
+use crate::files::{FileError, ProjectFiles, glob_files, glob_matcher};
 use crate::hash::Digest;
 use crate::state::{Dep, DepKind};
 use crate::template::{Ref, TemplateRefs, analyse};
@@ -120,11 +120,14 @@ struct Analyser<'a> {
 impl Analyser<'_> {
     /// The references of one template file, from the cache when its digest
     /// is known.
-    fn refs(&self, path: &str, missing: impl Fn(&str) -> Error) -> Result<TemplateRefs> {
+    /// `fail(reason, help)` makes the error for a file that cannot be used;
+    /// `help` is `None` for a missing file (the caller knows what to say).
+    fn refs(&self, path: &str, fail: impl Fn(&str, Option<&str>) -> Error) -> Result<TemplateRefs> {
+        let missing = |why: &str| fail(why, None);
         let digest = match self.files.digest(path) {
             Ok(Some(d)) => d,
             Ok(None) => return Err(missing("not found")),
-            Err(e) => return Err(missing(&e.to_string())),
+            Err(e) => return Err(fail(&e.reason(), Some(e.help()))),
         };
         if let Some(r) = self.new.lock().unwrap().get(&digest) {
             return Ok(r.clone());
@@ -132,7 +135,10 @@ impl Analyser<'_> {
         let refs = match self.old.get(&digest) {
             Some(r) => r.clone(),
             None => {
-                let bytes = self.files.read(path).map_err(|e| missing(&e.to_string()))?;
+                let bytes = self
+                    .files
+                    .read(path)
+                    .map_err(|e| fail(&e.reason(), Some(e.help())))?;
                 let text = String::from_utf8(bytes).map_err(|_| missing("is not UTF-8 text"))?;
                 analyse(Utf8Path::new(path), &text)?
             }
@@ -156,11 +162,14 @@ struct Reach {
 
 fn reach(an: &Analyser<'_>, project: &Project, decl: &TargetDecl) -> Result<Reach> {
     let template = decl.template.as_str().to_string();
-    let refs = an.refs(&template, |why| {
+    let refs = an.refs(&template, |why, help| {
         project.error(
             &decl.template_span,
             format!("template `{template}` {why}"),
-            Some("create the file or fix the `template` path".into()),
+            Some(
+                help.unwrap_or("create the file or fix the `template` path")
+                    .into(),
+            ),
         )
     })?;
     let mut out = Reach::default();
@@ -177,7 +186,7 @@ fn reach(an: &Analyser<'_>, project: &Project, decl: &TargetDecl) -> Result<Reac
         for p in &refs.partials {
             let name = normalise_ref(&file, p, "partial")?;
             if out.partials.insert(name.clone()) {
-                let prefs = an.refs(&name, |why| {
+                let prefs = an.refs(&name, |why, help| {
                     Error::invalid(
                         Location {
                             file: file.clone().into(),
@@ -185,7 +194,12 @@ fn reach(an: &Analyser<'_>, project: &Project, decl: &TargetDecl) -> Result<Reac
                             col: 1,
                         },
                         format!("partial `{name}` {why}"),
-                        Some("partial names are paths relative to the project root".into()),
+                        Some(match help {
+                            Some(h) => h.to_string(),
+                            None => {
+                                "partial names are paths relative to the project root".to_string()
+                            }
+                        }),
                     )
                 })?;
                 stack.push((name, prefs));
@@ -253,9 +267,11 @@ fn config_digest(
         put("");
     }
     put(item.unwrap_or(""));
-    for (name, v) in upstream {
+    // upstream *names* only: which nodes (and their outputs) a fan-in
+    // consumes is compared in the fingerprint's upstream list, which can
+    // say which node was added or removed
+    for (name, _) in upstream {
         put(name);
-        put(&v.len().to_string());
     }
     Digest(*h.finalize().as_bytes())
 }
@@ -325,6 +341,41 @@ pub fn analyse_project(
                 config_digest: Digest::default(),
                 model_digest: md,
             });
+        }
+    }
+    // A glob may not match any target's output, existing or not: that file
+    // would be read before (or while) it is written, and a `foreach` over
+    // its own outputs would grow by one level every build.
+    for decl in &project.targets {
+        let globs = decl
+            .foreach
+            .iter()
+            .map(|(g, span)| (g, span, "foreach glob"))
+            .chain(
+                decl.inputs
+                    .iter()
+                    .filter(|i| i.is_glob)
+                    .map(|i| (&i.pattern, &i.span, "input")),
+            );
+        for (pattern, span, what) in globs {
+            let m = glob_matcher(pattern)
+                .map_err(|e| project.error(span, format!("invalid glob `{pattern}`: {e}"), None))?;
+            if let Some(o) = nodes.iter().find(|n| m.is_match(&n.output)) {
+                let up = &project.targets[o.target].name;
+                let help = if what == "input" {
+                    format!("use `targets.{up}` in the template instead, so mkt knows the order")
+                } else {
+                    "narrow the glob or write the outputs elsewhere".to_string()
+                };
+                return Err(project.error(
+                    span,
+                    format!(
+                        "{what} `{}` of `{}` is the output of `{}`",
+                        o.output, decl.name, o.key
+                    ),
+                    Some(help),
+                ));
+            }
         }
     }
     let mut by_target: BTreeMap<String, Vec<usize>> = BTreeMap::new();
@@ -553,7 +604,8 @@ fn cycle_path(nodes: &[Node], project: &Project, start: usize) -> Vec<String> {
     while let Some((n, path)) = stack.pop() {
         for u in nodes[n].upstream_nodes() {
             if u == start {
-                let mut names: Vec<String> = path.iter().rev().map(|&i| name(i)).collect();
+                // `a -> b` reads "a uses the output of b"
+                let mut names: Vec<String> = path.iter().map(|&i| name(i)).collect();
                 names.push(name(start));
                 return names;
             }
@@ -569,11 +621,13 @@ fn cycle_path(nodes: &[Node], project: &Project, start: usize) -> Vec<String> {
 
 impl Graph {
     /// Resolves the names given on the command line (target names, node
-    /// keys or output paths) to nodes, plus everything they need.
-    pub fn select(&self, project: &Project, names: &[String]) -> Result<Vec<bool>> {
+    /// keys or output paths) to nodes. Returns the selection (the named
+    /// nodes plus everything they need) and the named nodes themselves;
+    /// with no names, every node is both.
+    pub fn select(&self, project: &Project, names: &[String]) -> Result<(Vec<bool>, Vec<bool>)> {
         let mut selected = vec![names.is_empty(); self.nodes.len()];
         if names.is_empty() {
-            return Ok(selected);
+            return Ok((selected.clone(), selected));
         }
         let mut stack = Vec::new();
         for name in names {
@@ -597,13 +651,17 @@ impl Graph {
                 });
             }
         }
+        let mut named = vec![false; self.nodes.len()];
+        for &i in &stack {
+            named[i] = true;
+        }
         while let Some(i) = stack.pop() {
             if !selected[i] {
                 selected[i] = true;
                 stack.extend(self.nodes[i].upstream_nodes());
             }
         }
-        Ok(selected)
+        Ok((selected, named))
     }
 
     /// The current fingerprint's file part for a node.

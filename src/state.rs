@@ -181,6 +181,8 @@ pub enum DirtyReason {
     FileAdded { kind: DepKind, path: String },
     FileRemoved { kind: DepKind, path: String },
     UpstreamChanged { target: String },
+    UpstreamAdded { target: String },
+    UpstreamRemoved { target: String },
     OutputMissing { path: String },
     OutputModified { path: String },
 }
@@ -203,6 +205,8 @@ impl fmt::Display for DirtyReason {
             DirtyReason::UpstreamChanged { target } => {
                 write!(f, "upstream `{target}` output changed")
             }
+            DirtyReason::UpstreamAdded { target } => write!(f, "upstream `{target}` added"),
+            DirtyReason::UpstreamRemoved { target } => write!(f, "upstream `{target}` removed"),
             DirtyReason::OutputMissing { path } => write!(f, "output `{path}` missing"),
             DirtyReason::OutputModified { path } => {
                 write!(f, "output `{path}` edited since it was built")
@@ -286,15 +290,24 @@ pub fn dirty_reason(
     if was.upstream != now.upstream {
         let old: HashMap<&str, Digest> =
             was.upstream.iter().map(|(k, d)| (k.as_str(), *d)).collect();
-        let changed = now
+        for (k, d) in &now.upstream {
+            match old.get(k.as_str()) {
+                None => return Some(DirtyReason::UpstreamAdded { target: k.clone() }),
+                Some(o) if o != d => {
+                    return Some(DirtyReason::UpstreamChanged { target: k.clone() });
+                }
+                _ => {}
+            }
+        }
+        let new: HashMap<&str, ()> = now.upstream.iter().map(|(k, _)| (k.as_str(), ())).collect();
+        if let Some((k, _)) = was
             .upstream
             .iter()
-            .find(|(k, d)| old.get(k.as_str()) != Some(d))
-            .map_or_else(
-                || now.upstream.first().map_or(String::new(), |u| u.0.clone()),
-                |u| u.0.clone(),
-            );
-        return Some(DirtyReason::UpstreamChanged { target: changed });
+            .find(|(k, _)| !new.contains_key(k.as_str()))
+        {
+            return Some(DirtyReason::UpstreamRemoved { target: k.clone() });
+        }
+        return Some(DirtyReason::ConfigChanged); // same upstreams, other order
     }
     if rec.output != output_path {
         return Some(DirtyReason::OutputMissing {
@@ -670,6 +683,24 @@ mod tests {
                 .to_string(),
             "input `docs/a.md` changed"
         );
+        now.deps[0].digest = Digest::of(b"a");
+        now.upstream[0].1 = Digest::of(b"a");
+        now.upstream
+            .push(("summary[b.md]".into(), Digest::default()));
+        assert_eq!(
+            dirty_reason(rec, &now, "out/s.md", out)
+                .unwrap()
+                .to_string(),
+            "upstream `summary[b.md]` added"
+        );
+        now.upstream.clear();
+        assert_eq!(
+            dirty_reason(rec, &now, "out/s.md", out)
+                .unwrap()
+                .to_string(),
+            "upstream `outline` removed"
+        );
+        now.upstream = rec.unwrap().fingerprint.upstream.clone();
         now.deps.push(Dep {
             kind: DepKind::Partial,
             path: "p.md".into(),

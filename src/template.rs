@@ -97,6 +97,12 @@ fn syntax_error(path: &Utf8Path, source: &str, err: &minijinja::Error) -> Error 
         _ => None,
     };
     let mut msg = err.detail().unwrap_or("template error").to_string();
+    if err.kind() == minijinja::ErrorKind::UndefinedError {
+        // minijinja does not name the undefined value; its span does
+        if let Some(expr) = err.range().and_then(|r| source.get(r)) {
+            msg = format!("`{}` is not defined", expr.trim());
+        }
+    }
     if let Some(kind) = kind_word(err.kind()) {
         msg = format!("{kind}: {msg}");
     }

@@ -14,7 +14,8 @@ pub struct BuildArgs {
     /// Concurrent model calls. The default suits slow network models.
     #[arg(short = 'j', long = "jobs", default_value_t = 16)]
     jobs: usize,
-    /// Re-run the selected targets even if they are up to date.
+    /// Re-run the named targets (all when none are named) even if they are
+    /// up to date; what they need is built only if stale.
     #[arg(long)]
     force: bool,
     /// Print only errors.
