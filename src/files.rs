@@ -42,6 +42,40 @@ impl FileError {
     }
 }
 
+/// `lstat` of `rel` relative to an open directory (no path walk from `/`);
+/// `None` when `rel` cannot be passed to the kernel (a NUL byte).
+pub fn lstat_at(dir: &std::fs::File, rel: &str) -> Option<std::io::Result<libc::stat>> {
+    use std::os::fd::AsRawFd;
+    let c = std::ffi::CString::new(if rel.is_empty() { "." } else { rel }).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `c` is a valid NUL-terminated string, `st` is written by
+    // fstatat before it is read, and `dir` keeps the descriptor open.
+    let rc = unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            st.as_mut_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    if rc != 0 {
+        return Some(Err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fstatat returned 0, so it filled `st`.
+    Some(Ok(unsafe { st.assume_init() }))
+}
+
+impl FileStat {
+    pub fn from_libc(st: &libc::stat) -> FileStat {
+        FileStat {
+            size: st.st_size as u64,
+            mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
+            ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
+            ino: st.st_ino,
+        }
+    }
+}
+
 pub struct ProjectFiles {
     root: Utf8PathBuf,
     /// The root directory, open, so stats resolve paths relative to it
@@ -54,6 +88,8 @@ pub struct ProjectFiles {
     seen: Mutex<HashMap<String, StatEntry>>,
     /// Directories already checked to be inside the project.
     dirs_ok: std::sync::RwLock<HashMap<Utf8PathBuf, bool>>,
+    /// Directories listed by globs: path, stat before listing, when.
+    walked: Mutex<Vec<WalkedDir>>,
     /// Set when an entry was (re)hashed, i.e. the state needs writing.
     changed: std::sync::atomic::AtomicBool,
 }
@@ -69,6 +105,7 @@ impl ProjectFiles {
             old,
             seen: Mutex::new(HashMap::default()),
             dirs_ok: Default::default(),
+            walked: Default::default(),
             changed: Default::default(),
         }
     }
@@ -106,12 +143,7 @@ impl ProjectFiles {
         if let Some(st) = self.fast_lstat(rel) {
             match st {
                 Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                    return Ok(Some(FileStat {
-                        size: st.st_size as u64,
-                        mtime_ns: st.st_mtime * 1_000_000_000 + st.st_mtime_nsec,
-                        ctime_ns: st.st_ctime * 1_000_000_000 + st.st_ctime_nsec,
-                        ino: st.st_ino,
-                    }));
+                    return Ok(Some(FileStat::from_libc(&st)));
                 }
                 Ok(_) => {} // a symlink or not a file: the slow path decides
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -140,28 +172,22 @@ impl ProjectFiles {
         Ok(Some(FileStat::from_metadata(&meta)))
     }
 
-    /// `lstat` relative to the open root directory; `None` when that is not
-    /// possible (no directory handle, or a path with a NUL byte).
     fn fast_lstat(&self, rel: &str) -> Option<std::io::Result<libc::stat>> {
-        use std::os::fd::AsRawFd;
-        let dir = self.root_dir.as_ref()?;
-        let c = std::ffi::CString::new(rel).ok()?;
-        let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
-        // SAFETY: `c` is a valid NUL-terminated string, `st` is written by
-        // fstatat before it is read, and `dir` keeps the descriptor open.
-        let rc = unsafe {
-            libc::fstatat(
-                dir.as_raw_fd(),
-                c.as_ptr(),
-                st.as_mut_ptr(),
-                libc::AT_SYMLINK_NOFOLLOW,
-            )
-        };
-        if rc != 0 {
-            return Some(Err(std::io::Error::last_os_error()));
-        }
-        // SAFETY: fstatat returned 0, so it filled `st`.
-        Some(Ok(unsafe { st.assume_init() }))
+        lstat_at(self.root_dir.as_ref()?, rel)
+    }
+
+    /// Lists the files matching a glob (see [`glob_walk`]), remembering the
+    /// directories looked at and their stat from before they were read.
+    pub fn glob(&self, pattern: &str) -> Result<Vec<String>, globset::Error> {
+        let (files, dirs) = glob_walk(&self.root, pattern)?;
+        self.walked.lock().unwrap().extend(dirs);
+        Ok(files)
+    }
+
+    /// The directories globs listed, with their stat (`None`: absent) and
+    /// when it was taken.
+    pub fn walked_dirs(&self) -> Vec<WalkedDir> {
+        self.walked.lock().unwrap().clone()
     }
 
     /// The digest of a project file, from the stat cache when the file's
@@ -251,6 +277,15 @@ impl ProjectFiles {
         self.seen.lock().unwrap().remove(rel);
     }
 
+    /// What this build knows of a file: its stat when it was hashed.
+    pub fn seen_entry(&self, rel: &str) -> Option<StatEntry> {
+        self.seen.lock().unwrap().get(rel).copied()
+    }
+
+    pub fn root_dir(&self) -> Option<&std::fs::File> {
+        self.root_dir.as_ref()
+    }
+
     pub fn changed(&self) -> bool {
         self.changed.load(std::sync::atomic::Ordering::Relaxed)
     }
@@ -273,6 +308,19 @@ pub fn glob_matcher(pattern: &str) -> Result<globset::GlobMatcher, globset::Erro
 /// does not cross `/`), sorted. Hidden directories (`.mkt`, `.git`, ...)
 /// are not searched.
 pub fn glob_files(root: &Utf8Path, pattern: &str) -> Result<Vec<String>, globset::Error> {
+    Ok(glob_walk(root, pattern)?.0)
+}
+
+/// [`glob_files`], plus the directories whose listing decided the result
+/// (relative; `""` is the root): a file added to or removed from any of
+/// them changes its mtime, which is how a no-op build notices new matches
+/// without walking again.
+pub type WalkedDir = (String, Option<FileStat>, i64);
+
+pub fn glob_walk(
+    root: &Utf8Path,
+    pattern: &str,
+) -> Result<(Vec<String>, Vec<WalkedDir>), globset::Error> {
     let glob = glob_matcher(pattern)?;
     // walk only below the pattern's literal prefix
     let mut base = Vec::new();
@@ -296,11 +344,27 @@ pub fn glob_files(root: &Utf8Path, pattern: &str) -> Result<Vec<String>, globset
         walk = walk.max_depth(1);
     }
     let mut out = Vec::new();
+    let dir_stat = |p: &std::path::Path| {
+        std::fs::symlink_metadata(p)
+            .ok()
+            .map(|m| FileStat::from_metadata(&m))
+    };
+    let mut dirs = vec![(base.clone(), dir_stat(start.as_std_path()), now_ns())];
     let iter = walk.into_iter().filter_entry(|e| {
         e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.'))
     });
     for entry in iter.flatten() {
         if entry.file_type().is_dir() {
+            if deep {
+                // stat before walkdir reads it (it yields a directory first)
+                if let Ok(Some(rel)) = entry
+                    .path()
+                    .strip_prefix(root.as_std_path())
+                    .map(|r| r.to_str())
+                {
+                    dirs.push((rel.to_string(), dir_stat(entry.path()), now_ns()));
+                }
+            }
             continue;
         }
         let Some(name) = entry.file_name().to_str() else {
@@ -319,7 +383,7 @@ pub fn glob_files(root: &Utf8Path, pattern: &str) -> Result<Vec<String>, globset
         }
     }
     out.sort();
-    Ok(out)
+    Ok((out, dirs))
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 
 use crate::config::{ModelConfig, Project, TargetDecl};
 use crate::error::{Error, Location, Result};
-use crate::files::{FileError, ProjectFiles, glob_files, glob_matcher};
+use crate::files::{FileError, ProjectFiles, glob_matcher};
 use crate::hash::Digest;
 use crate::state::{Dep, DepKind};
 use crate::template::{Ref, TemplateRefs, analyse};
@@ -26,6 +26,8 @@ use std::sync::Mutex;
 #[derive(Debug, Clone, Serialize)]
 pub struct ResolvedInput {
     pub name: String,
+    /// As declared in `prompts.toml` (a path or a glob).
+    pub pattern: String,
     pub is_glob: bool,
     pub paths: Vec<String>,
 }
@@ -260,11 +262,9 @@ fn config_digest(
     put(template);
     for i in inputs {
         put(&i.name);
-        put(if i.is_glob { "glob" } else { "file" });
-        for p in &i.paths {
-            put(p);
-        }
-        put("");
+        // the pattern, not the matched paths: those are file dependencies
+        // of their own, so a new match is reported as "input `x` added"
+        put(&i.pattern);
     }
     put(item.unwrap_or(""));
     // upstream *names* only: which nodes (and their outputs) a fan-in
@@ -287,7 +287,6 @@ pub fn analyse_project(
     files: &ProjectFiles,
     old_analysis: &HashMap<Digest, TemplateRefs>,
 ) -> Result<Graph> {
-    let root = project.root.as_path();
     // 1. expand foreach globs into nodes and resolve their outputs
     let mut nodes: Vec<Node> = Vec::new();
     let mut outputs: HashMap<String, usize> = HashMap::default();
@@ -303,7 +302,8 @@ pub fn analyse_project(
             }
         };
         let items: Vec<Option<String>> = match &decl.foreach {
-            Some((glob, span)) => glob_files(root, glob)
+            Some((glob, span)) => files
+                .glob(glob)
                 .map_err(|e| project.error(span, format!("invalid glob `{glob}`: {e}"), None))?
                 .into_iter()
                 .map(Some)
@@ -439,7 +439,7 @@ pub fn analyse_project(
         let mut inputs = Vec::new();
         for i in &decl.inputs {
             let paths = if i.is_glob {
-                glob_files(root, &i.pattern).map_err(|e| {
+                files.glob(&i.pattern).map_err(|e| {
                     project.error(&i.span, format!("invalid glob `{}`: {e}", i.pattern), None)
                 })?
             } else {
@@ -477,6 +477,7 @@ pub fn analyse_project(
             if reach.all_inputs || used.contains(i.name.as_str()) {
                 inputs.push(ResolvedInput {
                     name: i.name.clone(),
+                    pattern: i.pattern.clone(),
                     is_glob: i.is_glob,
                     paths,
                 });

@@ -11,6 +11,7 @@ pub mod files;
 pub mod graph;
 pub mod hash;
 pub mod manifest;
+pub mod stamp;
 pub mod state;
 pub mod store;
 pub mod template;

@@ -92,16 +92,22 @@ pub fn now_ns() -> i64 {
         .map_or(0, |d| d.as_nanos() as i64)
 }
 
+/// Whether a file seen at `seen_at_ns` could still change without its
+/// stat changing (module docs).
+pub fn is_racy(stat: &FileStat, seen_at_ns: i64) -> bool {
+    let window = if stat.mtime_ns % 1_000_000_000 == 0 {
+        RACY_NS
+    } else {
+        RACY_FINE_NS
+    };
+    seen_at_ns - stat.mtime_ns < window
+}
+
 impl StatEntry {
     pub fn new(stat: FileStat, digest: Digest, hashed_at_ns: i64) -> StatEntry {
-        let window = if stat.mtime_ns % 1_000_000_000 == 0 {
-            RACY_NS
-        } else {
-            RACY_FINE_NS
-        };
         StatEntry {
             stat,
-            racy: hashed_at_ns - stat.mtime_ns < window,
+            racy: is_racy(&stat, hashed_at_ns),
             digest,
         }
     }

@@ -1281,3 +1281,84 @@ fn repository_example_builds_and_then_is_up_to_date() {
         .success()
         .stderr_eq("0 ran, 0 cached, 5 up to date\n");
 }
+
+// ---------------------------------------------------------------------------
+// The no-op stamp (`.mkt/noop`): a build of everything whose files all have
+// the stats recorded after the last complete build answers from the stamp
+// alone. These tests check that nothing a full check would catch slips past it.
+
+/// Builds, then waits out the racy window and builds again, so the stamp
+/// gets written (entries seen within 50 ms of their mtime never are).
+fn stamped(p: &Project) {
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    p.mkt(&["build"]).success().nothing_ran();
+    assert!(
+        p.exists(".mkt/noop"),
+        "the stamp is written once files are old enough"
+    );
+}
+
+#[test]
+fn noop_stamp_answers_and_every_kind_of_change_gets_past_it() {
+    let p = project().fixture("foreach").build();
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    let calls = p.calls().len();
+    p.mkt(&["build"])
+        .success()
+        .stderr_eq("0 ran, 0 cached, 3 up to date\n");
+    assert_eq!(p.calls().len(), calls);
+
+    // a new file in a globbed directory
+    p.write("docs/c.md", "Gamma notes.\n");
+    p.mkt(&["build"])
+        .success()
+        .ran_keys(&["summary[docs/c.md]", "index"]);
+    stamped(&p);
+
+    // an edited input
+    p.append("docs/a.md", "More.\n");
+    p.mkt(&["build"])
+        .success()
+        .ran_keys(&["summary[docs/a.md]", "index"]);
+    stamped(&p);
+
+    // a deleted output
+    p.remove("out/index.md");
+    p.mkt(&["build"])
+        .success()
+        .restored(&["index (output `out/index.md` missing)"]);
+    stamped(&p);
+
+    // a touched file whose bytes did not change: the full check runs, finds
+    // nothing to do, and the stamp comes back
+    let text = p.read("templates/index.md");
+    p.write("templates/index.md", text);
+    p.mkt(&["build"]).success().nothing_ran();
+    stamped(&p);
+
+    // an edited prompts.toml
+    p.write("templates/extra.md", "# extra\n");
+    p.append(
+        "prompts.toml",
+        "\n[targets.extra]\ntemplate = \"templates/extra.md\"\noutput = \"out/extra.md\"\n",
+    );
+    p.mkt(&["build"]).success().ran_keys(&["extra"]);
+    stamped(&p);
+
+    // a removed globbed file
+    p.remove("docs/c.md");
+    p.mkt(&["build"]).success().ran_keys(&["index"]);
+}
+
+#[test]
+fn noop_stamp_is_not_used_for_named_targets_or_force() {
+    let p = project().fixture("foreach").build();
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    p.mkt(&["build", "--force", "index"])
+        .success()
+        .ran_keys(&["index"]);
+    assert!(!p.exists(".mkt/noop"), "a partial build removes the stamp");
+    p.mkt(&["build"]).success().nothing_ran();
+}
