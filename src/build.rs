@@ -926,7 +926,6 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                     bytes: resp.output.len() as u64,
                 });
                 m.usage = resp.usage;
-                ctx.store.put_run(&m)?;
                 ctx.store.ac_put(&m)?;
                 write_output(ctx, node, &resp.output, d)?;
                 Ok(d)

@@ -1,9 +1,9 @@
 //! RunManifest: the provenance record of one model run.
 //!
 //! A manifest is JSON (schema `mkt.run-manifest/1`, pinned by a snapshot
-//! test). It is written to `.mkt/runs/<run id>.json` for every run, and a
-//! successful run's manifest is also the action-cache entry
-//! `.mkt/ac/<xx>/<InputBundleHash>.json`. Nothing secret is ever stored:
+//! test). A successful run's manifest is its action-cache entry
+//! `.mkt/ac/<xx>/<InputBundleHash>.json`; a failed run's is written to
+//! `.mkt/runs/<run id>.json`. `history.jsonl` maps run ids to either. Nothing secret is ever stored:
 //! the model config holds only the settings from `prompts.toml`.
 //!
 //! A manifest read back from disk is believed only after [`RunManifest::validate`]:

@@ -8,14 +8,12 @@
 //!   lock                 held (flock) by the build that owns the store
 //!   objects/xx/<digest>  outputs and compiled prompts, named by BLAKE3
 //!   ac/xx/<ibh>.json     action cache: InputBundleHash -> RunManifest
-//!   runs/<run id>.json   every run's manifest, failed ones included
+//!   runs/<run id>.json   manifests of failed runs (a successful run's is its ac entry)
 //!   history.jsonl        one line per target per build: ran/cached/failed
 //!   state                the fast-path state (see `state.rs`)
-//!   tmp/                 temp files, renamed into place
 //! ```
 //!
-//! **Writes** are atomic: a temp file in `.mkt/tmp/` renamed over the final
-//! name, so a reader sees a whole file or none. Durability is batched like
+//! **Writes** are atomic: a temp file beside the final name renamed over it, so a reader sees a whole file or none. Durability is batched like
 //! git's `core.fsyncMethod=batch`: instead of an fsync per file (0.4 ms each
 //! here, which would double a 10,000-target build), [`ObjectStore::sync`]
 //! flushes the whole file system once at the end of a build. A crash before
@@ -89,7 +87,7 @@ impl ObjectStore {
     }
 
     fn init(&self) -> Result<()> {
-        for sub in ["objects", "ac", "runs", "tmp"] {
+        for sub in ["objects", "ac", "runs"] {
             let p = self.dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| Error::io("create", &p, e))?;
         }
@@ -130,27 +128,30 @@ impl ObjectStore {
         Ok(StoreLock { _file: file })
     }
 
-    /// Writes `bytes` to `path` through a temp file in `.mkt/tmp/`, so
-    /// `path` only ever holds a complete file. `path` must be on the same
-    /// file system as the store (anywhere in the project).
+    /// Writes `bytes` to `path` through a hidden temp file in the same
+    /// directory (`.mkt-tmp-*`), renamed over `path`, so `path` only ever
+    /// holds a complete file. Temp files sit beside their destination, not
+    /// in one shared directory: at 10,000 targets a single temp directory
+    /// made its inode lock the build's bottleneck.
     pub fn write_atomic(&self, path: &Utf8Path, bytes: &[u8]) -> Result<()> {
-        let tmp_dir = self.dir.join("tmp");
-        let mut tmp = match tempfile::NamedTempFile::new_in(&tmp_dir) {
+        let parent = match path.parent() {
+            Some(p) if !p.as_str().is_empty() => p,
+            _ => Utf8Path::new("."),
+        };
+        let new_temp = || {
+            tempfile::Builder::new()
+                .prefix(".mkt-tmp-")
+                .tempfile_in(parent)
+        };
+        let mut tmp = match new_temp() {
             Ok(t) => t,
             Err(_) => {
-                fs::create_dir_all(&tmp_dir).map_err(|e| Error::io("create", &tmp_dir, e))?;
-                tempfile::NamedTempFile::new_in(&tmp_dir)
-                    .map_err(|e| Error::io("create a temp file in", &tmp_dir, e))?
+                fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
+                new_temp().map_err(|e| Error::io("create a temp file in", parent, e))?
             }
         };
         tmp.write_all(bytes)
             .map_err(|e| Error::io("write", path, e))?;
-        if let Some(parent) = path.parent()
-            && !parent.as_str().is_empty()
-            && !parent.is_dir()
-        {
-            fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
-        }
         tmp.persist(path)
             .map_err(|e| Error::io("write", path, e.error))?;
         Ok(())
