@@ -21,7 +21,8 @@ use crate::manifest::{
 };
 use crate::stamp::NoopStamp;
 use crate::state::{
-    DepKind, DirtyReason, FileStat, Fingerprint, State, TargetRecord, dirty_reason, is_racy, now_ns,
+    DepKind, DirtyReason, FileStat, Fingerprint, State, StateDelta, StateFiles, TargetRecord,
+    dirty_reason, is_racy, now_ns,
 };
 use crate::store::STORE_DIR;
 use crate::store::{AcRead, ObjectRead, ObjectStore};
@@ -175,13 +176,6 @@ struct Ctx<'a> {
     forced: Vec<bool>,
 }
 
-pub fn load_state(store: &ObjectStore) -> State {
-    std::fs::read(store.dir().join("state"))
-        .ok()
-        .and_then(|b| State::decode(&b))
-        .unwrap_or_default()
-}
-
 /// Builds the selected targets of the project at `root` (module docs).
 pub fn build(
     root: &Utf8Path,
@@ -220,7 +214,7 @@ pub fn build(
     if let (Some(bytes), false) = (&new_cache, opts.dry_run) {
         store.write_atomic(&cache_path, bytes)?;
     }
-    let state = load_state(&store);
+    let (state_files, state) = StateFiles::load(store.dir());
     let State {
         files: old_files,
         analysis: old_analysis,
@@ -510,46 +504,61 @@ pub fn build(
     if opts.dry_run {
         return Ok(rep);
     }
-    // A complete, successful build of everything leaves a no-op stamp; any
-    // other build removes it (it may no longer hold).
+    // Save in this order: the state (what was learnt), the history, one
+    // sync, and the no-op stamp last, so it never claims what is not durable.
     let stamp = if opts.targets.is_empty() && rep.success() {
         noop_stamp(&graph, &files, project_stat)
     } else {
         None
     };
-    match &stamp {
-        Some(s) => store.write_atomic(&noop_path, &s.encode())?,
-        None => {
-            let _ = std::fs::remove_file(&noop_path);
+    let (old_files, seen) = files.into_parts();
+    let mut delta = StateDelta::default();
+    for (p, e) in &seen {
+        if old_files.get(p) != Some(e) {
+            delta.files.push((p.clone(), *e));
         }
     }
-    // Save what was learnt: the stat cache for every file the project
-    // uses, the analysis cache, and the target records.
-    let files_changed = files.changed();
-    let analysis_changed = graph.analysis.len() != old_analysis.len()
-        || graph.analysis.keys().any(|k| !old_analysis.contains_key(k));
-    if files_changed || analysis_changed || !new_records.is_empty() {
-        let (old_files, mut seen) = files.into_parts();
+    for (d, r) in &graph.analysis {
+        if !old_analysis.contains_key(d) {
+            delta.analysis.push((*d, r.clone()));
+        }
+    }
+    delta.targets = new_records
+        .iter()
+        .map(|(k, r)| (k.clone(), r.clone()))
+        .collect();
+    let wrote_state = !delta.is_empty();
+    let full = || {
+        // a snapshot keeps the stat cache of the files the project uses now
         let mut used: HashSet<&str> = HashSet::default();
         for n in &graph.nodes {
             used.extend(n.source_files().into_iter().map(|(_, p)| p));
             used.insert(&n.output);
         }
+        let mut files = seen;
         for (p, e) in old_files {
-            if used.contains(p.as_str()) && !seen.contains_key(&p) {
-                seen.insert(p, e);
+            if used.contains(p.as_str()) && !files.contains_key(&p) {
+                files.insert(p, e);
             }
         }
         let mut targets = old_targets;
         targets.extend(new_records);
-        let st = State {
-            files: seen,
-            analysis: graph.analysis,
+        State {
+            files,
+            analysis: graph.analysis.clone(),
             targets,
-        };
-        store.write_atomic(&store.dir().join("state"), &st.encode())?;
-        store.append_history(&history)?;
+        }
+    };
+    state_files.save(&delta, full, |p, b| store.write_atomic(p, b))?;
+    store.append_history(&history)?;
+    if wrote_state || !history.is_empty() {
         store.sync()?;
+    }
+    match &stamp {
+        Some(s) => store.write_atomic(&noop_path, &s.encode())?,
+        None => {
+            let _ = std::fs::remove_file(&noop_path);
+        }
     }
     Ok(rep)
 }

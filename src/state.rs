@@ -32,6 +32,9 @@
 //!
 //! # File format of `.mkt/state`
 //!
+//! A snapshot, extended by the journal `.mkt/state.log` (see [`StateFiles`]
+//! for its format): a build appends only what it changed.
+//!
 //! ```text
 //! "MKTSTATE" | u32 version (=1) | u64 body length | body | 32-byte BLAKE3 of body
 //! body := u32 count, FILE*   | u32 count, ANALYSIS* | u32 count, TARGET*
@@ -424,6 +427,112 @@ impl<'a> Reader<'a> {
     }
 }
 
+fn put_file(w: &mut Writer, path: &str, e: &StatEntry) {
+    w.str(path);
+    w.u64(e.stat.size);
+    w.u64(e.stat.mtime_ns as u64);
+    w.u64(e.stat.ctime_ns as u64);
+    w.u64(e.stat.ino);
+    w.u8(e.racy as u8);
+    w.digest(&e.digest);
+}
+
+fn get_file(r: &mut Reader<'_>) -> Option<(String, StatEntry)> {
+    let path = r.str()?;
+    let stat = FileStat {
+        size: r.u64()?,
+        mtime_ns: r.u64()? as i64,
+        ctime_ns: r.u64()? as i64,
+        ino: r.u64()?,
+    };
+    let racy = r.bool()?;
+    let digest = r.digest()?;
+    Some((path, StatEntry { stat, racy, digest }))
+}
+
+fn put_analysis(w: &mut Writer, d: &Digest, r: &TemplateRefs) {
+    w.digest(d);
+    w.refs(&r.inputs);
+    w.u8(r.all_inputs as u8);
+    w.refs(&r.targets);
+    w.refs(&r.partials);
+    w.refs(&r.verbatim);
+    w.u8(r.uses_item as u8);
+}
+
+fn get_analysis(r: &mut Reader<'_>) -> Option<(Digest, TemplateRefs)> {
+    let d = r.digest()?;
+    let refs = TemplateRefs {
+        inputs: r.refs()?,
+        all_inputs: r.bool()?,
+        targets: r.refs()?,
+        partials: r.refs()?,
+        verbatim: r.refs()?,
+        uses_item: r.bool()?,
+    };
+    Some((d, refs))
+}
+
+fn put_target(w: &mut Writer, key: &str, t: &TargetRecord) {
+    w.str(key);
+    w.digest(&t.fingerprint.config);
+    w.digest(&t.fingerprint.model);
+    w.u32(t.fingerprint.deps.len() as u32);
+    for d in &t.fingerprint.deps {
+        w.u8(d.kind.code());
+        w.str(&d.path);
+        w.digest(&d.digest);
+    }
+    w.u32(t.fingerprint.upstream.len() as u32);
+    for (k, d) in &t.fingerprint.upstream {
+        w.str(k);
+        w.digest(d);
+    }
+    w.digest(&t.ibh);
+    w.str(&t.output);
+    w.digest(&t.output_digest);
+    w.str(&t.run_id);
+    w.u8(t.failed as u8);
+}
+
+fn get_target(r: &mut Reader<'_>) -> Option<(String, TargetRecord)> {
+    let key = r.str()?;
+    let config = r.digest()?;
+    let model = r.digest()?;
+    let nd = r.count(1 + 4 + 32)?;
+    let mut deps = Vec::with_capacity(nd);
+    for _ in 0..nd {
+        deps.push(Dep {
+            kind: DepKind::from_code(r.u8()?)?,
+            path: r.str()?,
+            digest: r.digest()?,
+        });
+    }
+    let nu = r.count(4 + 32)?;
+    let mut upstream = Vec::with_capacity(nu);
+    for _ in 0..nu {
+        upstream.push((r.str()?, r.digest()?));
+    }
+    let rec = TargetRecord {
+        fingerprint: Fingerprint {
+            config,
+            model,
+            deps,
+            upstream,
+        },
+        ibh: r.digest()?,
+        output: r.str()?,
+        output_digest: r.digest()?,
+        run_id: r.str()?,
+        failed: r.bool()?,
+    };
+    Some((key, rec))
+}
+
+const FILE_MIN: usize = 4 + 8 * 4 + 1 + 32;
+const ANALYSIS_MIN: usize = 32 + 4 * 4 + 2;
+const TARGET_MIN: usize = 4 + 64 + 8 + 32 + 4 + 32 + 4 + 1;
+
 impl State {
     pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::with_capacity(
@@ -431,45 +540,15 @@ impl State {
         ));
         w.u32(self.files.len() as u32);
         for (path, e) in &self.files {
-            w.str(path);
-            w.u64(e.stat.size);
-            w.u64(e.stat.mtime_ns as u64);
-            w.u64(e.stat.ctime_ns as u64);
-            w.u64(e.stat.ino);
-            w.u8(e.racy as u8);
-            w.digest(&e.digest);
+            put_file(&mut w, path, e);
         }
         w.u32(self.analysis.len() as u32);
         for (d, r) in &self.analysis {
-            w.digest(d);
-            w.refs(&r.inputs);
-            w.u8(r.all_inputs as u8);
-            w.refs(&r.targets);
-            w.refs(&r.partials);
-            w.refs(&r.verbatim);
-            w.u8(r.uses_item as u8);
+            put_analysis(&mut w, d, r);
         }
         w.u32(self.targets.len() as u32);
         for (key, t) in &self.targets {
-            w.str(key);
-            w.digest(&t.fingerprint.config);
-            w.digest(&t.fingerprint.model);
-            w.u32(t.fingerprint.deps.len() as u32);
-            for d in &t.fingerprint.deps {
-                w.u8(d.kind.code());
-                w.str(&d.path);
-                w.digest(&d.digest);
-            }
-            w.u32(t.fingerprint.upstream.len() as u32);
-            for (k, d) in &t.fingerprint.upstream {
-                w.str(k);
-                w.digest(d);
-            }
-            w.digest(&t.ibh);
-            w.str(&t.output);
-            w.digest(&t.output_digest);
-            w.str(&t.run_id);
-            w.u8(t.failed as u8);
+            put_target(&mut w, key, t);
         }
         let body = w.0;
         let mut out = Vec::with_capacity(body.len() + 52);
@@ -496,70 +575,200 @@ impl State {
         }
         let mut r = Reader { buf: body, pos: 0 };
         let mut st = State::default();
-        let n = r.count(4 + 8 * 4 + 1 + 32)?;
+        let n = r.count(FILE_MIN)?;
         st.files.reserve(n);
         for _ in 0..n {
-            let path = r.str()?;
-            let stat = FileStat {
-                size: r.u64()?,
-                mtime_ns: r.u64()? as i64,
-                ctime_ns: r.u64()? as i64,
-                ino: r.u64()?,
-            };
-            let racy = r.bool()?;
-            let digest = r.digest()?;
-            st.files.insert(path, StatEntry { stat, racy, digest });
+            let (path, e) = get_file(&mut r)?;
+            st.files.insert(path, e);
         }
-        let n = r.count(32 + 4 * 4 + 2)?;
+        let n = r.count(ANALYSIS_MIN)?;
         for _ in 0..n {
-            let d = r.digest()?;
-            let refs = TemplateRefs {
-                inputs: r.refs()?,
-                all_inputs: r.bool()?,
-                targets: r.refs()?,
-                partials: r.refs()?,
-                verbatim: r.refs()?,
-                uses_item: r.bool()?,
-            };
+            let (d, refs) = get_analysis(&mut r)?;
             st.analysis.insert(d, refs);
         }
-        let n = r.count(4 + 64 + 8 + 32 + 4 + 32 + 4 + 1)?;
+        let n = r.count(TARGET_MIN)?;
         st.targets.reserve(n);
         for _ in 0..n {
-            let key = r.str()?;
-            let config = r.digest()?;
-            let model = r.digest()?;
-            let nd = r.count(1 + 4 + 32)?;
-            let mut deps = Vec::with_capacity(nd);
-            for _ in 0..nd {
-                deps.push(Dep {
-                    kind: DepKind::from_code(r.u8()?)?,
-                    path: r.str()?,
-                    digest: r.digest()?,
-                });
-            }
-            let nu = r.count(4 + 32)?;
-            let mut upstream = Vec::with_capacity(nu);
-            for _ in 0..nu {
-                upstream.push((r.str()?, r.digest()?));
-            }
-            let rec = TargetRecord {
-                fingerprint: Fingerprint {
-                    config,
-                    model,
-                    deps,
-                    upstream,
-                },
-                ibh: r.digest()?,
-                output: r.str()?,
-                output_digest: r.digest()?,
-                run_id: r.str()?,
-                failed: r.bool()?,
-            };
+            let (key, rec) = get_target(&mut r)?;
             st.targets.insert(key, rec);
         }
         (r.pos == body.len()).then_some(st)
     }
+}
+
+/// What one build learnt, to be added to the state: new or changed stat
+/// cache entries, analyses and target records.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct StateDelta {
+    pub files: Vec<(String, StatEntry)>,
+    pub analysis: Vec<(Digest, TemplateRefs)>,
+    pub targets: Vec<(String, TargetRecord)>,
+}
+
+impl StateDelta {
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.analysis.is_empty() && self.targets.is_empty()
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut w = Writer(Vec::new());
+        for (p, e) in &self.files {
+            w.u8(1);
+            put_file(&mut w, p, e);
+        }
+        for (d, r) in &self.analysis {
+            w.u8(2);
+            put_analysis(&mut w, d, r);
+        }
+        for (k, t) in &self.targets {
+            w.u8(3);
+            put_target(&mut w, k, t);
+        }
+        w.0
+    }
+
+    /// Applies an encoded delta; `None` if it is not one.
+    fn apply(st: &mut State, body: &[u8]) -> Option<()> {
+        let mut r = Reader { buf: body, pos: 0 };
+        let mut out = State::default();
+        while r.pos < body.len() {
+            match r.u8()? {
+                1 => {
+                    let (p, e) = get_file(&mut r)?;
+                    out.files.insert(p, e);
+                }
+                2 => {
+                    let (d, a) = get_analysis(&mut r)?;
+                    out.analysis.insert(d, a);
+                }
+                3 => {
+                    let (k, t) = get_target(&mut r)?;
+                    out.targets.insert(k, t);
+                }
+                _ => return None,
+            }
+        }
+        // all or nothing: a record is applied only once it decoded whole
+        st.files.extend(out.files);
+        st.analysis.extend(out.analysis);
+        st.targets.extend(out.targets);
+        Some(())
+    }
+}
+
+/// The state on disk: a snapshot (`state`) plus a journal of deltas
+/// (`state.log`) appended by later builds, so that a build which changed
+/// one target writes a few hundred bytes, not the whole snapshot.
+///
+/// `state.log` := `"MKTSLOG1"` | 32-byte checksum of the snapshot it extends
+/// | RECORD* ; RECORD := u64 length | delta | 32-byte BLAKE3 of the delta.
+/// Reading stops at the first record that is cut short or fails its
+/// checksum; the next append first truncates the log there. A log whose
+/// header names another snapshot is ignored. When the log grows past half
+/// the snapshot's size, the next save writes a new snapshot and drops it.
+pub struct StateFiles {
+    dir: camino::Utf8PathBuf,
+    /// Checksum of the snapshot read (zero when there was none).
+    base_id: Digest,
+    base_len: u64,
+    /// Bytes of the log that decoded cleanly (0: no usable log).
+    log_len: u64,
+}
+
+const LOG_MAGIC: &[u8; 8] = b"MKTSLOG1";
+
+impl StateFiles {
+    /// Reads the snapshot and its log from `dir` (`.mkt/`). Anything
+    /// unreadable yields an empty state, never an error.
+    pub fn load(dir: &camino::Utf8Path) -> (StateFiles, State) {
+        let mut files = StateFiles {
+            dir: dir.to_owned(),
+            base_id: Digest::default(),
+            base_len: 0,
+            log_len: 0,
+        };
+        let base = std::fs::read(dir.join("state")).unwrap_or_default();
+        let Some(mut st) = State::decode(&base) else {
+            return (files, State::default());
+        };
+        files.base_len = base.len() as u64;
+        files.base_id = Digest(
+            base[base.len() - 32..]
+                .try_into()
+                .expect("decoded state ends in a checksum"),
+        );
+        if let Ok(log) = std::fs::read(dir.join("state.log")) {
+            files.log_len = replay_log(&log, &files.base_id, &mut st);
+        }
+        (files, st)
+    }
+
+    /// Saves what a build learnt: appends `delta` to the log, or, when
+    /// there is no snapshot or the log has grown large, writes the full
+    /// state from `full()` as a new snapshot. `write_atomic` writes a whole
+    /// file atomically (the store's).
+    pub fn save(
+        &self,
+        delta: &StateDelta,
+        full: impl FnOnce() -> State,
+        write_atomic: impl Fn(&camino::Utf8Path, &[u8]) -> crate::error::Result<()>,
+    ) -> crate::error::Result<()> {
+        use std::io::{Seek, Write};
+        if delta.is_empty() {
+            return Ok(());
+        }
+        let body = delta.encode();
+        let log_path = self.dir.join("state.log");
+        let compact = self.base_len == 0
+            || (self.log_len + body.len() as u64) * 2 > self.base_len.max(64 * 1024);
+        if compact {
+            write_atomic(&self.dir.join("state"), &full().encode())?;
+            let _ = std::fs::remove_file(&log_path);
+            return Ok(());
+        }
+        let io = |e| crate::error::Error::io("write", &log_path, e);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&log_path)
+            .map_err(io)?;
+        let mut rec = Vec::with_capacity(body.len() + 48 + 40);
+        if self.log_len == 0 {
+            f.set_len(0).map_err(io)?;
+            rec.extend_from_slice(LOG_MAGIC);
+            rec.extend_from_slice(&self.base_id.0);
+        } else {
+            // drop a torn tail left by an interrupted append
+            f.set_len(self.log_len).map_err(io)?;
+        }
+        f.seek(std::io::SeekFrom::End(0)).map_err(io)?;
+        rec.extend_from_slice(&(body.len() as u64).to_le_bytes());
+        rec.extend_from_slice(&body);
+        rec.extend_from_slice(&Digest::of(&body).0);
+        f.write_all(&rec).map_err(io)
+    }
+}
+
+/// Applies the log's intact records to `st`; returns how many bytes of it
+/// are intact (0 if the header is wrong).
+fn replay_log(log: &[u8], base_id: &Digest, st: &mut State) -> u64 {
+    let mut r = Reader { buf: log, pos: 0 };
+    match (r.take(8), r.digest()) {
+        (Some(m), Some(id)) if m == LOG_MAGIC && id == *base_id => {}
+        _ => return 0,
+    }
+    let mut good = r.pos;
+    while let Some(len) = r.u64().and_then(|l| usize::try_from(l).ok()) {
+        let (Some(body), Some(sum)) = (r.take(len), r.digest()) else {
+            break;
+        };
+        if Digest::of(body) != sum || StateDelta::apply(st, body).is_none() {
+            break;
+        }
+        good = r.pos;
+    }
+    good as u64
 }
 
 #[cfg(test)]
@@ -613,6 +822,73 @@ mod tests {
             },
         );
         st
+    }
+
+    fn write(p: &camino::Utf8Path, b: &[u8]) -> crate::error::Result<()> {
+        std::fs::write(p, b).map_err(|e| crate::error::Error::io("write", p, e))
+    }
+
+    fn delta(key: &str) -> StateDelta {
+        let mut rec = sample().targets["summary"].clone();
+        rec.run_id = format!("run-{key}");
+        StateDelta {
+            targets: vec![(key.to_string(), rec)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn journal_appends_and_replays_and_survives_every_truncation() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = camino::Utf8Path::from_path(t.path()).unwrap();
+        // no snapshot yet: the first save writes one
+        let (sf, st) = StateFiles::load(dir);
+        assert_eq!(st, State::default());
+        sf.save(&delta("x"), sample, write).unwrap();
+        assert!(dir.join("state").is_file() && !dir.join("state.log").exists());
+        let (base_files, base) = StateFiles::load(dir);
+        assert_eq!(base, sample());
+        // small deltas go to the log
+        base_files
+            .save(&delta("a"), || unreachable!("no compaction"), write)
+            .unwrap();
+        let (sf, st) = StateFiles::load(dir);
+        sf.save(&delta("b"), || unreachable!("no compaction"), write)
+            .unwrap();
+        let (_, st2) = StateFiles::load(dir);
+        assert_eq!(st2.targets.len(), 3);
+        assert_eq!(st2.targets["a"].run_id, "run-a");
+        assert_eq!(st.targets.len(), 2);
+
+        // every cut of the log gives the snapshot plus the whole records
+        // before the cut, never a panic
+        let log = std::fs::read(dir.join("state.log")).unwrap();
+        let first_end = log.len() - (log.len() - 40) / 2; // two equal-size records
+        for cut in 0..log.len() {
+            std::fs::write(dir.join("state.log"), &log[..cut]).unwrap();
+            let (_, st) = StateFiles::load(dir);
+            let want = if cut == log.len() {
+                3
+            } else if cut >= first_end {
+                2
+            } else {
+                1
+            };
+            assert_eq!(st.targets.len(), want, "cut at {cut}");
+        }
+        // an append after a torn tail drops the tail first
+        std::fs::write(dir.join("state.log"), &log[..first_end + 7]).unwrap();
+        let (sf, _) = StateFiles::load(dir);
+        sf.save(&delta("c"), || unreachable!(), write).unwrap();
+        let (_, st) = StateFiles::load(dir);
+        let mut keys: Vec<_> = st.targets.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["a", "c", "summary"]);
+        // a log written for another snapshot is ignored
+        let mut other = log.clone();
+        other[8] ^= 1;
+        std::fs::write(dir.join("state.log"), &other).unwrap();
+        assert_eq!(StateFiles::load(dir).1, sample());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!   ac/xx/<ibh>.json     action cache: InputBundleHash -> RunManifest
 //!   runs/<run id>.json   manifests of failed runs (a successful run's is its ac entry)
 //!   history.jsonl        one line per target per build: ran/cached/failed
-//!   state                the fast-path state (see `state.rs`)
+//!   state, state.log     the fast-path state and its journal (see `state.rs`)
 //! ```
 //!
 //! **Writes** are atomic: a temp file beside the final name renamed over it, so a reader sees a whole file or none. Durability is batched like
