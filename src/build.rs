@@ -19,7 +19,7 @@ use crate::manifest::{
     self, FileDigest, InputRecord, ModelRecord, OutputRecord, RunManifest, RunStatus, Timing,
     UpstreamRecord,
 };
-use crate::stamp::NoopStamp;
+use crate::stamp::{EntryKind, NoopStamp, StampEntry};
 use crate::state::{
     DepKind, DirtyReason, FileStat, Fingerprint, State, StateDelta, StateFiles, TargetRecord,
     dirty_reason, is_racy, now_ns,
@@ -189,7 +189,7 @@ pub fn build(
             .ok()
             .and_then(|b| NoopStamp::decode(&b));
         if let (Some(stamp), Ok(dir)) = (stamp, std::fs::File::open(root))
-            && stamp.still_holds(&dir)
+            && stamp.changed(&dir).is_empty()
         {
             let n = stamp.nodes as usize;
             report(Event::Planned { total: n });
@@ -507,7 +507,7 @@ pub fn build(
     // Save in this order: the state (what was learnt), the history, one
     // sync, and the no-op stamp last, so it never claims what is not durable.
     let stamp = if opts.targets.is_empty() && rep.success() {
-        noop_stamp(&graph, &files, project_stat)
+        noop_stamp(&project, &graph, &files, project_stat)
     } else {
         None
     };
@@ -564,38 +564,52 @@ pub fn build(
 }
 
 /// The stamp for the build that just finished, or `None` when some entry
-/// is racy or unknown (the next build then takes the full path).
+/// is unknown (the next build then takes the full path).
 fn noop_stamp(
+    project: &Project,
     graph: &Graph,
     files: &ProjectFiles,
-    project: Option<(FileStat, i64)>,
+    project_stat: Option<(FileStat, i64)>,
 ) -> Option<NoopStamp> {
-    let (pstat, seen_at) = project?;
-    if is_racy(&pstat, seen_at) {
-        return None;
-    }
-    let mut entries = vec![(PROJECT_FILE.to_string(), Some(pstat))];
+    let (pstat, seen_at) = project_stat?;
+    let mut entries = vec![StampEntry {
+        path: PROJECT_FILE.to_string(),
+        kind: EntryKind::Project,
+        stat: Some(pstat),
+        racy: is_racy(&pstat, seen_at),
+        digest: Digest::of(project.source.as_bytes()),
+    }];
     let mut seen = HashSet::default();
     for n in &graph.nodes {
-        for (_, p) in n
-            .source_files()
-            .into_iter()
-            .chain([(DepKind::Template, n.output.as_str())])
-        {
+        let paths = n.source_files().into_iter().map(|(k, p)| {
+            let kind = match k {
+                DepKind::Template | DepKind::Partial => EntryKind::Structure,
+                DepKind::Input | DepKind::Item | DepKind::Verbatim => EntryKind::Content,
+            };
+            (kind, p)
+        });
+        for (kind, p) in paths.chain([(EntryKind::Output, n.output.as_str())]) {
             if seen.insert(p) {
                 let e = files.seen_entry(p)?;
-                if e.racy {
-                    return None;
-                }
-                entries.push((p.to_string(), Some(e.stat)));
+                entries.push(StampEntry {
+                    path: p.to_string(),
+                    kind,
+                    stat: Some(e.stat),
+                    racy: e.racy,
+                    digest: e.digest,
+                });
             }
         }
     }
-    for (dir, st, at) in files.walked_dirs() {
-        if st.as_ref().is_some_and(|st| is_racy(st, at)) {
-            return None;
-        }
-        entries.push((dir, st));
+    for (dir, stat, at) in files.walked_dirs() {
+        let racy = stat.as_ref().is_some_and(|st| is_racy(st, at));
+        entries.push(StampEntry {
+            path: dir,
+            kind: EntryKind::Dir,
+            stat,
+            racy,
+            digest: Digest::default(),
+        });
     }
     Some(NoopStamp {
         nodes: graph.nodes.len() as u32,

@@ -65,6 +65,24 @@ pub fn lstat_at(dir: &std::fs::File, rel: &str) -> Option<std::io::Result<libc::
     Some(Ok(unsafe { st.assume_init() }))
 }
 
+/// Opens `rel` for reading relative to an open directory, without
+/// following a final symlink.
+pub fn open_at(dir: &std::fs::File, rel: &str) -> Option<std::fs::File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let c = std::ffi::CString::new(rel).ok()?;
+    // SAFETY: `c` is NUL-terminated and `dir` keeps its descriptor open; a
+    // non-negative result is a new descriptor that we own from here on.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        )
+    };
+    // SAFETY: see above; `fd` is open and owned by nobody else.
+    (fd >= 0).then(|| unsafe { std::fs::File::from_raw_fd(fd) })
+}
+
 impl FileStat {
     pub fn from_libc(st: &libc::stat) -> FileStat {
         FileStat {

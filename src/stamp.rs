@@ -3,23 +3,28 @@
 //!
 //! After a successful build of every target, `.mkt/noop` lists every path
 //! the result depends on (`prompts.toml`, each template, partial, verbatim
-//! file, input, `foreach` file and output) and every directory a glob
-//! listed, each with the stat seen when its content was hashed (or, for a
-//! directory, before it was listed). The next `mkt build` with no target
-//! names and no `--force` stats them all; if every stat is identical the
-//! build is a no-op and nothing else is read. Any difference (an edit, a
-//! touch, a new file in a globbed directory, a deleted output) falls back
-//! to the full freshness check (`state.rs`), which never trusts this file.
+//! file, input, `foreach` file and output) with its stat and BLAKE3 digest
+//! when its content was hashed, and every directory a glob listed with its
+//! stat from before the listing. The next `mkt build` with no target names
+//! and no `--force` stats them all; if nothing changed the build is a no-op
+//! and nothing else is read. Any difference (an edit, a touch, a new file
+//! in a globbed directory, a deleted output) falls back to the full
+//! freshness check (`state.rs`), which never trusts this file.
 //!
-//! The stamp is written only when no entry is racy (modified within the
-//! file system's timestamp granularity of the moment it was seen), so a
-//! second write within the same tick cannot hide behind an equal stat.
+//! An entry seen within the file system's timestamp granularity of its
+//! mtime is "racy" (git's term): a second write in the same tick would
+//! leave the stat unchanged, so a racy file is re-hashed and compared by
+//! digest instead. A racy directory cannot be checked that way and always
+//! counts as changed.
 //!
 //! # File format of `.mkt/noop`
 //!
 //! ```text
-//! "MKTNOOP1" | str mkt version | u32 nodes | u32 n | n × ENTRY | BLAKE3 of all before
-//! ENTRY := str path | u8 present | u64 size | u64 mtime_ns | u64 ctime_ns | u64 ino
+//! "MKTNOOP2" | str mkt version | u32 nodes | u32 n | n × ENTRY | BLAKE3 of all before
+//! ENTRY := str path | u8 kind | u8 present | u8 racy | u64 size | u64 mtime_ns
+//!          | u64 ctime_ns | u64 ino | 32-byte digest
+//! kind  := 0 prompts.toml | 1 template or partial | 2 input, item or verbatim
+//!          | 3 output | 4 directory
 //! ```
 //!
 //! (`str` and integers as in `state.rs`.) A directory that did not exist is
@@ -30,43 +35,77 @@ use crate::hash::Digest;
 use crate::state::{FileStat, Reader, Writer};
 use rayon::prelude::*;
 
-const MAGIC: &[u8; 8] = b"MKTNOOP1";
+const MAGIC: &[u8; 8] = b"MKTNOOP2";
+
+/// What an entry is to the build: only `Project`, `Structure` and `Dir`
+/// entries can change the shape of the graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    Project,
+    Structure,
+    Content,
+    Output,
+    Dir,
+}
+
+impl EntryKind {
+    fn code(self) -> u8 {
+        self as u8
+    }
+
+    fn from_code(c: u8) -> Option<EntryKind> {
+        Some(match c {
+            0 => EntryKind::Project,
+            1 => EntryKind::Structure,
+            2 => EntryKind::Content,
+            3 => EntryKind::Output,
+            4 => EntryKind::Dir,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StampEntry {
+    pub path: String,
+    pub kind: EntryKind,
+    /// `None`: the path did not exist (directories only).
+    pub stat: Option<FileStat>,
+    pub racy: bool,
+    /// The content digest (files; zero for directories).
+    pub digest: Digest,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoopStamp {
     /// How many nodes the build had (for the summary line).
     pub nodes: u32,
-    pub entries: Vec<(String, Option<FileStat>)>,
+    pub entries: Vec<StampEntry>,
 }
 
 impl NoopStamp {
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::with_capacity(16 + self.entries.len() * 56));
+        let mut w = Writer(Vec::with_capacity(16 + self.entries.len() * 96));
         w.0.extend_from_slice(MAGIC);
         w.str(env!("CARGO_PKG_VERSION"));
         w.u32(self.nodes);
         w.u32(self.entries.len() as u32);
-        for (path, st) in &self.entries {
-            w.str(path);
-            let st = match st {
-                Some(st) => {
-                    w.u8(1);
-                    *st
-                }
-                None => {
-                    w.u8(0);
-                    FileStat {
-                        size: 0,
-                        mtime_ns: 0,
-                        ctime_ns: 0,
-                        ino: 0,
-                    }
-                }
-            };
+        for e in &self.entries {
+            w.str(&e.path);
+            w.u8(e.kind.code());
+            w.u8(e.stat.is_some() as u8);
+            w.u8(e.racy as u8);
+            let st = e.stat.unwrap_or(FileStat {
+                size: 0,
+                mtime_ns: 0,
+                ctime_ns: 0,
+                ino: 0,
+            });
             w.u64(st.size);
             w.u64(st.mtime_ns as u64);
             w.u64(st.ctime_ns as u64);
             w.u64(st.ino);
+            w.digest(&e.digest);
         }
         let sum = Digest::of(&w.0);
         w.digest(&sum);
@@ -83,31 +122,63 @@ impl NoopStamp {
             return None;
         }
         let nodes = r.u32()?;
-        let n = r.count(4 + 1 + 32)?;
+        let n = r.count(4 + 3 + 32 + 32)?;
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
             let path = r.str()?;
+            let kind = EntryKind::from_code(r.u8()?)?;
             let present = r.bool()?;
+            let racy = r.bool()?;
             let st = FileStat {
                 size: r.u64()?,
                 mtime_ns: r.u64()? as i64,
                 ctime_ns: r.u64()? as i64,
                 ino: r.u64()?,
             };
-            entries.push((path, present.then_some(st)));
+            let digest = r.digest()?;
+            entries.push(StampEntry {
+                path,
+                kind,
+                stat: present.then_some(st),
+                racy,
+                digest,
+            });
         }
         (r.pos == body.len()).then_some(NoopStamp { nodes, entries })
     }
 
-    /// True when every entry's stat is what the stamp recorded.
-    pub fn still_holds(&self, root: &std::fs::File) -> bool {
+    /// The entries that changed since the stamp was written (empty: the
+    /// build is a no-op).
+    pub fn changed(&self, root: &std::fs::File) -> Vec<&StampEntry> {
         self.entries
             .par_iter()
-            .all(|(path, want)| match lstat_at(root, path) {
-                Some(Ok(st)) => want.as_ref() == Some(&FileStat::from_libc(&st)),
-                Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => want.is_none(),
-                _ => false,
-            })
+            .filter(|e| !e.unchanged(root))
+            .collect()
+    }
+}
+
+impl StampEntry {
+    fn unchanged(&self, root: &std::fs::File) -> bool {
+        let now = match lstat_at(root, &self.path) {
+            Some(Ok(st)) => Some(FileStat::from_libc(&st)),
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
+            _ => return false,
+        };
+        if now != self.stat {
+            return false;
+        }
+        if !self.racy || self.stat.is_none() {
+            return true;
+        }
+        if self.kind == EntryKind::Dir {
+            return false;
+        }
+        // racy: the same stat does not prove the same bytes
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        let read = crate::files::open_at(root, &self.path)
+            .and_then(|mut f| f.read_to_end(&mut bytes).ok());
+        read.is_some() && Digest::of(&bytes) == self.digest
     }
 }
 
@@ -119,16 +190,25 @@ mod tests {
         NoopStamp {
             nodes: 2,
             entries: vec![
-                (
-                    "prompts.toml".into(),
-                    Some(FileStat {
+                StampEntry {
+                    path: "prompts.toml".into(),
+                    kind: EntryKind::Project,
+                    stat: Some(FileStat {
                         size: 10,
                         mtime_ns: 5,
                         ctime_ns: 6,
                         ino: 7,
                     }),
-                ),
-                ("docs".into(), None),
+                    racy: false,
+                    digest: Digest::of(b"p"),
+                },
+                StampEntry {
+                    path: "docs".into(),
+                    kind: EntryKind::Dir,
+                    stat: None,
+                    racy: false,
+                    digest: Digest::default(),
+                },
             ],
         }
     }
@@ -147,26 +227,58 @@ mod tests {
         }
     }
 
+    fn entry(
+        root: &std::fs::File,
+        path: &str,
+        kind: EntryKind,
+        racy: bool,
+        content: &[u8],
+    ) -> StampEntry {
+        let stat = lstat_at(root, path)
+            .unwrap()
+            .ok()
+            .map(|s| FileStat::from_libc(&s));
+        StampEntry {
+            path: path.into(),
+            kind,
+            stat,
+            racy,
+            digest: Digest::of(content),
+        }
+    }
+
     #[test]
-    fn still_holds_notices_edits_and_new_directories() {
+    fn changes_are_noticed_and_racy_files_are_checked_by_content() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a"), "x").unwrap();
         let root = std::fs::File::open(t.path()).unwrap();
-        let st = |p: &str| {
-            lstat_at(&root, p)
-                .unwrap()
-                .ok()
-                .map(|s| FileStat::from_libc(&s))
-        };
         let stamp = NoopStamp {
             nodes: 1,
-            entries: vec![("a".into(), st("a")), ("d".into(), None)],
+            entries: vec![
+                entry(&root, "a", EntryKind::Content, false, b"x"),
+                entry(&root, "d", EntryKind::Dir, false, b""),
+            ],
         };
-        assert!(stamp.still_holds(&root));
+        assert!(stamp.changed(&root).is_empty());
         std::fs::create_dir(t.path().join("d")).unwrap();
-        assert!(!stamp.still_holds(&root));
+        assert_eq!(stamp.changed(&root)[0].path, "d");
         std::fs::remove_dir(t.path().join("d")).unwrap();
         std::fs::write(t.path().join("a"), "yy").unwrap();
-        assert!(!stamp.still_holds(&root));
+        assert_eq!(stamp.changed(&root)[0].path, "a");
+
+        // a racy entry whose stat still matches is compared by digest
+        let mut racy = NoopStamp {
+            nodes: 1,
+            entries: vec![entry(&root, "a", EntryKind::Content, true, b"yy")],
+        };
+        assert!(racy.changed(&root).is_empty());
+        racy.entries[0].digest = Digest::of(b"zz"); // as if rewritten within the same tick
+        assert_eq!(racy.changed(&root).len(), 1);
+        // a racy directory always counts as changed
+        let dir = NoopStamp {
+            nodes: 1,
+            entries: vec![entry(&root, "", EntryKind::Dir, true, b"")],
+        };
+        assert_eq!(dir.changed(&root).len(), 1);
     }
 }
