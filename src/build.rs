@@ -127,6 +127,8 @@ impl BuildReport {
 
 #[derive(Clone)]
 struct Done {
+    /// Up to date without any work (the output did not change).
+    fresh: bool,
     output_digest: Digest,
     run_id: String,
     /// For a node that failed or was skipped: the failed node to blame.
@@ -136,6 +138,7 @@ struct Done {
 impl Done {
     fn ok(output_digest: Digest, run_id: String) -> Done {
         Done {
+            fresh: false,
             output_digest,
             run_id,
             blame: None,
@@ -144,6 +147,7 @@ impl Done {
 
     fn failed(blame: String) -> Done {
         Done {
+            fresh: false,
             output_digest: Digest::default(),
             run_id: String::new(),
             blame: Some(blame),
@@ -182,22 +186,33 @@ pub fn build(
     opts: &BuildOptions,
     report: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<BuildReport> {
-    // The no-op fast path: one lstat per file (see `stamp.rs`).
+    // The no-op fast path: one lstat per file (see `stamp.rs`). When only
+    // inputs or outputs changed, the stamp also vouches for every file it
+    // did not see change, and the graph can come from its cache.
     let noop_path = root.join(STORE_DIR).join("noop");
+    let graph_path = root.join(STORE_DIR).join("graph");
+    let mut prior: Option<(NoopStamp, HashSet<String>)> = None;
+    let mut checked_at = 0;
     if opts.targets.is_empty() && !opts.force {
         let stamp = std::fs::read(&noop_path)
             .ok()
             .and_then(|b| NoopStamp::decode(&b));
-        if let (Some(stamp), Ok(dir)) = (stamp, std::fs::File::open(root))
-            && stamp.changed(&dir).is_empty()
-        {
-            let n = stamp.nodes as usize;
-            report(Event::Planned { total: n });
-            return Ok(BuildReport {
-                total: n,
-                fresh: n,
-                ..Default::default()
-            });
+        if let (Some(stamp), Ok(dir)) = (stamp, std::fs::File::open(root)) {
+            let changed = stamp.changed(&dir);
+            checked_at = now_ns();
+            if changed.is_empty() {
+                let n = stamp.nodes as usize;
+                report(Event::Planned { total: n });
+                return Ok(BuildReport {
+                    total: n,
+                    fresh: n,
+                    ..Default::default()
+                });
+            }
+            if !changed.iter().any(|e| e.changes_structure(&dir)) {
+                let paths = changed.iter().map(|e| e.path.clone()).collect();
+                prior = Some((stamp, paths));
+            }
         }
     }
     let project_stat = std::fs::symlink_metadata(root.join(PROJECT_FILE))
@@ -221,7 +236,22 @@ pub fn build(
         targets: old_targets,
     } = state;
     let files = ProjectFiles::new(root, old_files);
-    let graph = analyse_project(&project, &files, &old_analysis)?;
+    let cached = prior.as_ref().and_then(|(stamp, changed)| {
+        let bytes = std::fs::read(&graph_path).ok()?;
+        let graph = Graph::decode(&bytes, &stamp.structure_key(), &project)?;
+        files.trust_all(stamp.entries.iter().filter_map(|e| {
+            let skip = e.kind == EntryKind::Dir || changed.contains(&e.path);
+            e.stat
+                .filter(|_| !skip)
+                .map(|st| (e.path.as_str(), st, e.digest))
+        }));
+        Some(graph)
+    });
+    let graph_from_cache = cached.is_some();
+    let graph = match cached {
+        Some(g) => g,
+        None => analyse_project(&project, &files, &old_analysis)?,
+    };
     let (selected, named) = graph.select(&project, &opts.targets)?;
     let total = selected.iter().filter(|s| **s).count();
     report(Event::Planned { total });
@@ -352,6 +382,34 @@ pub fn build(
                     );
                     continue;
                 }
+                // With a stamp that lists what changed, a node that reads and
+                // writes none of it, below only untouched nodes, is up to date
+                // as recorded: the stamp was written after a complete,
+                // successful build whose records were saved first.
+                if let (Some((_, changed)), Some(rec)) = (&prior, old_targets.get(&node.key))
+                    && !rec.failed
+                    && node
+                        .upstream_nodes()
+                        .all(|u| results[u].as_ref().is_some_and(|d| d.fresh))
+                    && !changed.contains(&node.output)
+                    && !node
+                        .source_files()
+                        .iter()
+                        .any(|(_, p)| changed.contains(*p))
+                {
+                    let mut d = Done::ok(rec.output_digest, rec.run_id.clone());
+                    d.fresh = true;
+                    complete(
+                        i,
+                        Outcome::Fresh,
+                        d,
+                        &mut results,
+                        &mut ready,
+                        &reasons,
+                        &mut rep,
+                    );
+                    continue;
+                }
                 let deps = match graph.source_deps(node, &files) {
                     Ok(d) => d,
                     Err(e) => {
@@ -401,7 +459,8 @@ pub fn build(
                 };
                 let Some(reason) = reason else {
                     let rec = record.expect("fresh implies a record");
-                    let d = Done::ok(rec.output_digest, rec.run_id.clone());
+                    let mut d = Done::ok(rec.output_digest, rec.run_id.clone());
+                    d.fresh = true;
                     complete(
                         i,
                         Outcome::Fresh,
@@ -506,10 +565,18 @@ pub fn build(
     }
     // Save in this order: the state (what was learnt), the history, one
     // sync, and the no-op stamp last, so it never claims what is not durable.
-    let stamp = if opts.targets.is_empty() && rep.success() {
-        noop_stamp(&project, &graph, &files, project_stat)
-    } else {
+    // The next stamp: patched from the old one when the graph came from
+    // its cache (same entries, same order), else built from scratch.
+    let mut graph_key = None;
+    let stamp_bytes = if !(opts.targets.is_empty() && rep.success()) {
         None
+    } else if let (Some((old, _)), true) = (&prior, graph_from_cache) {
+        Some(patched_stamp(old, &files, checked_at))
+    } else {
+        noop_stamp(&project, &graph, &files, project_stat).map(|s| {
+            graph_key = Some(s.structure_key());
+            s.encode()
+        })
     };
     let (old_files, seen) = files.into_parts();
     let mut delta = StateDelta::default();
@@ -554,8 +621,13 @@ pub fn build(
     if wrote_state || !history.is_empty() {
         store.sync()?;
     }
-    match &stamp {
-        Some(s) => store.write_atomic(&noop_path, &s.encode())?,
+    match &stamp_bytes {
+        Some(bytes) => {
+            if let Some(key) = graph_key {
+                store.write_atomic(&graph_path, &graph.encode(&key))?;
+            }
+            store.write_atomic(&noop_path, bytes)?
+        }
         None => {
             let _ = std::fs::remove_file(&noop_path);
         }
@@ -615,6 +687,40 @@ fn noop_stamp(
         nodes: graph.nodes.len() as u32,
         entries,
     })
+}
+
+/// The old stamp brought up to date: every file this build looked at gets
+/// its current stat and digest. An entry that was racy but was verified by
+/// content at `checked_at` and has aged past the window since is no longer
+/// racy.
+fn patched_stamp(old: &NoopStamp, files: &ProjectFiles, checked_at: i64) -> Vec<u8> {
+    let patch: Vec<Option<StampEntry>> = files.with_seen(|seen| {
+        old.entries
+            .iter()
+            .map(|e| {
+                let now = match (e.kind, seen.get(e.path.as_str())) {
+                    (EntryKind::Dir, _) | (_, None) => None,
+                    (_, Some(s)) => Some(s),
+                };
+                match now {
+                    Some(s) if Some(s.stat) != e.stat || s.digest != e.digest => Some(StampEntry {
+                        stat: Some(s.stat),
+                        racy: s.racy,
+                        digest: s.digest,
+                        ..e.clone()
+                    }),
+                    _ if e.racy && e.stat.is_some_and(|st| !is_racy(&st, checked_at)) => {
+                        Some(StampEntry {
+                            racy: false,
+                            ..e.clone()
+                        })
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    });
+    old.encode_patched(&patch)
 }
 
 fn read_text(files: &ProjectFiles, path: &str) -> std::result::Result<String, String> {

@@ -83,9 +83,6 @@ pub struct Graph {
     pub nodes: Vec<Node>,
     /// Node indices in dependency order (upstream first).
     pub order: Vec<usize>,
-    pub by_key: HashMap<String, usize>,
-    /// Node indices of each target name.
-    pub by_target: BTreeMap<String, Vec<usize>>,
     /// Analysis results by template digest (what the next state keeps).
     pub analysis: HashMap<Digest, TemplateRefs>,
 }
@@ -582,16 +579,9 @@ pub fn analyse_project(
             });
         }
     };
-    let by_key = nodes
-        .iter()
-        .enumerate()
-        .map(|(i, n)| (n.key.clone(), i))
-        .collect();
     Ok(Graph {
         nodes,
         order,
-        by_key,
-        by_target,
         analysis: an.new.into_inner().unwrap(),
     })
 }
@@ -632,9 +622,12 @@ impl Graph {
         }
         let mut stack = Vec::new();
         for name in names {
-            if let Some(v) = self.by_target.get(name.as_str()) {
-                stack.extend(v.iter().copied());
-            } else if let Some(&i) = self.by_key.get(name.as_str()) {
+            let of_target: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| project.targets[self.nodes[i].target].name == *name)
+                .collect();
+            if !of_target.is_empty() {
+                stack.extend(of_target);
+            } else if let Some(i) = self.nodes.iter().position(|n| n.key == *name) {
                 stack.push(i);
             } else if let Some(i) = self
                 .nodes
@@ -688,6 +681,177 @@ impl Graph {
         Ok(deps)
     }
 }
+
+/// The graph cache `.mkt/graph`: the analysed graph of the last full
+/// analysis, reused when nothing that shapes the graph changed since
+/// (`prompts.toml`, templates, partials and globbed directories all have
+/// the stats the no-op stamp recorded; see `stamp.rs`). `key` is the
+/// digest of those stamp entries.
+///
+/// ```text
+/// "MKTGRPH1" | str mkt version | digest key | u32 n | n × NODE | u32 n × u32 order
+///            | BLAKE3 of all before
+/// NODE := str key | u32 target | u8 has_item [str item] | str output | str template
+///         | u32 n × (str name | str pattern | u8 glob | u32 n × str path)
+///         | u32 n × str partial | u32 n × str verbatim | u8 uses_item
+///         | u32 n × (str name | u32 n × u32 node) | digest config | digest model
+/// ```
+impl Graph {
+    pub fn encode(&self, key: &Digest) -> Vec<u8> {
+        use crate::state::Writer;
+        let mut w = Writer(Vec::with_capacity(64 + self.nodes.len() * 160));
+        w.0.extend_from_slice(GRAPH_MAGIC);
+        w.str(env!("CARGO_PKG_VERSION"));
+        w.digest(key);
+        let strs = |w: &mut Writer, v: &[String]| {
+            w.u32(v.len() as u32);
+            for s in v {
+                w.str(s);
+            }
+        };
+        w.u32(self.nodes.len() as u32);
+        for n in &self.nodes {
+            w.str(&n.key);
+            w.u32(n.target as u32);
+            match &n.item {
+                Some(i) => {
+                    w.u8(1);
+                    w.str(i);
+                }
+                None => w.u8(0),
+            }
+            w.str(&n.output);
+            w.str(&n.template);
+            w.u32(n.inputs.len() as u32);
+            for i in &n.inputs {
+                w.str(&i.name);
+                w.str(&i.pattern);
+                w.u8(i.is_glob as u8);
+                strs(&mut w, &i.paths);
+            }
+            strs(&mut w, &n.partials);
+            strs(&mut w, &n.verbatim);
+            w.u8(n.uses_item as u8);
+            w.u32(n.upstream.len() as u32);
+            for (name, v) in &n.upstream {
+                w.str(name);
+                w.u32(v.len() as u32);
+                for &u in v {
+                    w.u32(u as u32);
+                }
+            }
+            w.digest(&n.config_digest);
+            w.digest(&n.model_digest);
+        }
+        w.u32(self.order.len() as u32);
+        for &o in &self.order {
+            w.u32(o as u32);
+        }
+        let sum = Digest::of(&w.0);
+        w.digest(&sum);
+        w.0
+    }
+
+    /// Decodes a graph cache written for `key` and `project`; `None` for
+    /// anything else, including indices that do not fit the project.
+    pub fn decode(bytes: &[u8], key: &Digest, project: &Project) -> Option<Graph> {
+        use crate::state::Reader;
+        let body = bytes.get(..bytes.len().checked_sub(32)?)?;
+        if Digest::of(body).0 != bytes[body.len()..] {
+            return None;
+        }
+        let mut r = Reader { buf: body, pos: 0 };
+        if r.take(8)? != GRAPH_MAGIC || r.str()? != env!("CARGO_PKG_VERSION") || r.digest()? != *key
+        {
+            return None;
+        }
+        fn strs(r: &mut Reader<'_>) -> Option<Vec<String>> {
+            let n = r.count(4)?;
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push(r.str()?);
+            }
+            Some(v)
+        }
+        let n = r.count(8)?;
+        let mut nodes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let key = r.str()?;
+            let target = r.u32()? as usize;
+            if target >= project.targets.len() {
+                return None;
+            }
+            let item = match r.u8()? {
+                0 => None,
+                1 => Some(r.str()?),
+                _ => return None,
+            };
+            let output = r.str()?;
+            let template = r.str()?;
+            let ni = r.count(4)?;
+            let mut inputs = Vec::with_capacity(ni);
+            for _ in 0..ni {
+                inputs.push(ResolvedInput {
+                    name: r.str()?,
+                    pattern: r.str()?,
+                    is_glob: r.bool()?,
+                    paths: strs(&mut r)?,
+                });
+            }
+            let partials = strs(&mut r)?;
+            let verbatim = strs(&mut r)?;
+            let uses_item = r.bool()?;
+            let nu = r.count(8)?;
+            let mut upstream = Vec::with_capacity(nu);
+            for _ in 0..nu {
+                let name = r.str()?;
+                let m = r.count(4)?;
+                let mut v = Vec::with_capacity(m);
+                for _ in 0..m {
+                    let u = r.u32()? as usize;
+                    if u >= n {
+                        return None;
+                    }
+                    v.push(u);
+                }
+                upstream.push((name, v));
+            }
+            nodes.push(Node {
+                key,
+                target,
+                item,
+                output,
+                template,
+                inputs,
+                partials,
+                verbatim,
+                uses_item,
+                upstream,
+                config_digest: r.digest()?,
+                model_digest: r.digest()?,
+            });
+        }
+        let m = r.count(4)?;
+        let mut order = Vec::with_capacity(m);
+        for _ in 0..m {
+            let o = r.u32()? as usize;
+            if o >= n {
+                return None;
+            }
+            order.push(o);
+        }
+        if r.pos != body.len() || order.len() != n {
+            return None;
+        }
+        Some(Graph {
+            nodes,
+            order,
+            analysis: HashMap::default(),
+        })
+    }
+}
+
+const GRAPH_MAGIC: &[u8; 8] = b"MKTGRPH1";
 
 #[cfg(test)]
 mod tests {

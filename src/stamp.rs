@@ -85,31 +85,18 @@ pub struct NoopStamp {
 
 impl NoopStamp {
     pub fn encode(&self) -> Vec<u8> {
-        let mut w = Writer(Vec::with_capacity(16 + self.entries.len() * 96));
-        w.0.extend_from_slice(MAGIC);
-        w.str(env!("CARGO_PKG_VERSION"));
-        w.u32(self.nodes);
-        w.u32(self.entries.len() as u32);
-        for e in &self.entries {
-            w.str(&e.path);
-            w.u8(e.kind.code());
-            w.u8(e.stat.is_some() as u8);
-            w.u8(e.racy as u8);
-            let st = e.stat.unwrap_or(FileStat {
-                size: 0,
-                mtime_ns: 0,
-                ctime_ns: 0,
-                ino: 0,
-            });
-            w.u64(st.size);
-            w.u64(st.mtime_ns as u64);
-            w.u64(st.ctime_ns as u64);
-            w.u64(st.ino);
-            w.digest(&e.digest);
-        }
-        let sum = Digest::of(&w.0);
-        w.digest(&sum);
-        w.0
+        encode_entries(self.nodes, self.entries.len(), self.entries.iter())
+    }
+
+    /// This stamp with some entries replaced (`patch[i]` for entry `i`),
+    /// encoded without copying the rest.
+    pub fn encode_patched(&self, patch: &[Option<StampEntry>]) -> Vec<u8> {
+        let entries = self
+            .entries
+            .iter()
+            .zip(patch)
+            .map(|(old, new)| new.as_ref().unwrap_or(old));
+        encode_entries(self.nodes, self.entries.len(), entries)
     }
 
     pub fn decode(bytes: &[u8]) -> Option<NoopStamp> {
@@ -147,6 +134,35 @@ impl NoopStamp {
         (r.pos == body.len()).then_some(NoopStamp { nodes, entries })
     }
 
+    /// A digest of the entries that shape the graph (`prompts.toml`,
+    /// templates, partials, globbed directories): the key of the graph
+    /// cache (`Graph::encode`).
+    pub fn structure_key(&self) -> Digest {
+        let mut h = blake3::Hasher::new();
+        h.update(b"mkt.graph-key.v1");
+        for e in &self.entries {
+            if matches!(
+                e.kind,
+                EntryKind::Project | EntryKind::Structure | EntryKind::Dir
+            ) {
+                let st = e.stat.unwrap_or(FileStat {
+                    size: 0,
+                    mtime_ns: 0,
+                    ctime_ns: 0,
+                    ino: 0,
+                });
+                h.update(&(e.path.len() as u64).to_le_bytes());
+                h.update(e.path.as_bytes());
+                h.update(&[e.kind.code(), e.stat.is_some() as u8]);
+                for v in [st.size, st.mtime_ns as u64, st.ctime_ns as u64, st.ino] {
+                    h.update(&v.to_le_bytes());
+                }
+                h.update(&e.digest.0);
+            }
+        }
+        Digest(*h.finalize().as_bytes())
+    }
+
     /// The entries that changed since the stamp was written (empty: the
     /// build is a no-op).
     pub fn changed(&self, root: &std::fs::File) -> Vec<&StampEntry> {
@@ -157,7 +173,53 @@ impl NoopStamp {
     }
 }
 
+fn encode_entries<'a>(
+    nodes: u32,
+    n: usize,
+    entries: impl Iterator<Item = &'a StampEntry>,
+) -> Vec<u8> {
+    let mut w = Writer(Vec::with_capacity(16 + n * 96));
+    w.0.extend_from_slice(MAGIC);
+    w.str(env!("CARGO_PKG_VERSION"));
+    w.u32(nodes);
+    w.u32(n as u32);
+    for e in entries {
+        w.str(&e.path);
+        w.u8(e.kind.code());
+        w.u8(e.stat.is_some() as u8);
+        w.u8(e.racy as u8);
+        let st = e.stat.unwrap_or(FileStat {
+            size: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            ino: 0,
+        });
+        w.u64(st.size);
+        w.u64(st.mtime_ns as u64);
+        w.u64(st.ctime_ns as u64);
+        w.u64(st.ino);
+        w.digest(&e.digest);
+    }
+    let sum = Digest::of(&w.0);
+    w.digest(&sum);
+    w.0
+}
+
 impl StampEntry {
+    /// Whether a change to this entry can change the graph's shape: an
+    /// edit of `prompts.toml`, a template, a partial, a globbed directory,
+    /// or an input that is gone or no longer a plain file (analysis must
+    /// report that).
+    pub fn changes_structure(&self, root: &std::fs::File) -> bool {
+        match self.kind {
+            EntryKind::Project | EntryKind::Structure | EntryKind::Dir => true,
+            EntryKind::Content => {
+                !matches!(lstat_at(root, &self.path), Some(Ok(st)) if st.st_mode & libc::S_IFMT == libc::S_IFREG)
+            }
+            EntryKind::Output => false,
+        }
+    }
+
     fn unchanged(&self, root: &std::fs::File) -> bool {
         let now = match lstat_at(root, &self.path) {
             Some(Ok(st)) => Some(FileStat::from_libc(&st)),

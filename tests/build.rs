@@ -1362,3 +1362,36 @@ fn noop_stamp_is_not_used_for_named_targets_or_force() {
     assert!(!p.exists(".mkt/noop"), "a partial build removes the stamp");
     p.mkt(&["build"]).success().nothing_ran();
 }
+
+#[test]
+fn stamp_with_only_content_changes_reuses_the_graph_and_stays_exact() {
+    let p = project().fixture("command").build();
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    assert!(p.exists(".mkt/graph"), "the analysed graph is cached");
+    // an input edit: the graph comes from the cache; exactly the cone runs
+    p.append("topic.txt", "More topic.\n");
+    p.mkt(&["build"]).success().ran(&[
+        "outline (input `topic.txt` changed)",
+        "summary (upstream `outline` output changed)",
+        "final (upstream `summary` output changed)",
+    ]);
+    // the stamp written after that build holds at once (racy entries are
+    // checked by content)
+    p.mkt(&["build"])
+        .success()
+        .stderr_eq("0 ran, 0 cached, 4 up to date\n");
+    // an input that disappears is still reported by analysis, exit code 2
+    stamped(&p);
+    p.remove("aside.txt");
+    p.mkt(&["build"])
+        .code(2)
+        .stderr_contains("input `aside` of target `side`: `aside.txt` not found");
+    // and an input replaced by a symlink out of the project is refused
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("aside.txt"), "secret\n").unwrap();
+    p.symlink("aside.txt", outside.path().join("aside.txt"));
+    p.mkt(&["build"])
+        .code(2)
+        .stderr_contains("leads outside the project");
+}
