@@ -1395,3 +1395,105 @@ fn stamp_with_only_content_changes_reuses_the_graph_and_stays_exact() {
         .code(2)
         .stderr_contains("leads outside the project");
 }
+
+// ---------------------------------------------------------------------------
+// The project lock, and a state or action cache that cannot be believed
+
+/// Starts `mkt build` in the background on a project whose one target
+/// takes `ms` milliseconds, and waits until it holds the lock.
+fn slow_build_in_background(p: &Project, ms: u64) -> std::process::Child {
+    p.write(
+        "prompts.toml",
+        format!("[models.default]\nprovider = \"mock\"\nlatency_ms = {ms}\n\n[targets.a]\ntemplate = \"t.md\"\noutput = \"out/a.md\"\n"),
+    );
+    let child = std::process::Command::new(support::mkt_bin())
+        .args(["build", "-q"])
+        .current_dir(p.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // the lock file appears once the build holds it; then give it a moment
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !p.exists(".mkt/lock") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child
+}
+
+#[test]
+fn a_second_build_waits_for_the_lock_or_fails_with_no_wait() {
+    let p = project().file("t.md", "Hello\n").build();
+    let mut first = slow_build_in_background(&p, 2500);
+    let run = p.mkt(&["build", "--no-wait"]);
+    run.code(1)
+        .stderr_contains("error: another `mkt` holds the lock on `");
+    let run = p.mkt(&["build"]);
+    run.success()
+        .stderr_contains("mkt: waiting for another mkt build of this project to finish...\n")
+        .stderr_contains("0 ran, 0 cached, 1 up to date");
+    assert!(first.wait().unwrap().success());
+}
+
+#[test]
+fn a_corrupt_state_costs_time_but_no_model_call() {
+    let p = built_command_project();
+    let calls = p.calls().len();
+    let mut state = p.read_bytes(".mkt/state");
+    let mid = state.len() / 2;
+    state[mid] ^= 0xff;
+    p.write(".mkt/state", state);
+    p.remove(".mkt/noop");
+    p.mkt(&["build"])
+        .success()
+        .cached_keys(&["outline", "summary", "final", "side"])
+        .summary("0 ran, 4 cached, 0 up to date");
+    assert_eq!(p.calls().len(), calls, "served from the action cache");
+    // a truncated state is no different
+    let state = p.read_bytes(".mkt/state");
+    p.write(".mkt/state", &state[..state.len() - 1]);
+    p.remove(".mkt/noop");
+    p.mkt(&["build"])
+        .success()
+        .summary("0 ran, 4 cached, 0 up to date");
+}
+
+#[test]
+fn a_forged_action_cache_entry_is_refused_and_rebuilt() {
+    let p = built_command_project();
+    let calls = p.calls().len();
+    // copy side's manifest over outline's: valid JSON, wrong InputBundleHash
+    let mut entries: Vec<std::path::PathBuf> = Vec::new();
+    for dir in std::fs::read_dir(p.path(".mkt/ac")).unwrap() {
+        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
+            entries.push(f.unwrap().path());
+        }
+    }
+    assert_eq!(entries.len(), 4);
+    let side = entries
+        .iter()
+        .find(|e| {
+            std::fs::read_to_string(e)
+                .unwrap()
+                .contains("\"target\": \"side\"")
+        })
+        .unwrap()
+        .clone();
+    for e in &entries {
+        if *e != side {
+            std::fs::copy(&side, e).unwrap();
+        }
+    }
+    let outline = p.read("out/outline.md");
+    p.remove("out");
+    p.remove(".mkt/state");
+    let _ = std::fs::remove_file(p.path(".mkt/state.log"));
+    let run = p.mkt(&["build"]);
+    run.success()
+        .stderr_contains("was corrupt and has been removed; running the model again")
+        .summary("3 ran, 1 cached, 0 up to date");
+    assert_eq!(p.calls().len(), calls + 3);
+    assert_eq!(p.read("out/outline.md"), outline);
+}
