@@ -248,7 +248,7 @@ pub fn build(
         Some(graph)
     });
     let graph_from_cache = cached.is_some();
-    let graph = match cached {
+    let mut graph = match cached {
         Some(g) => g,
         None => analyse_project(&project, &files, &old_analysis)?,
     };
@@ -582,20 +582,20 @@ pub fn build(
     let mut delta = StateDelta::default();
     for (p, e) in &seen {
         if old_files.get(p) != Some(e) {
-            delta.files.push((p.clone(), *e));
+            delta.files.push((p, e));
         }
     }
     for (d, r) in &graph.analysis {
         if !old_analysis.contains_key(d) {
-            delta.analysis.push((*d, r.clone()));
+            delta.analysis.push((d, r));
         }
     }
-    delta.targets = new_records
-        .iter()
-        .map(|(k, r)| (k.clone(), r.clone()))
-        .collect();
+    delta.targets = new_records.iter().map(|(k, r)| (k.as_str(), r)).collect();
     let wrote_state = !delta.is_empty();
-    let full = || {
+    // a first build writes a snapshot: no need to encode its delta too
+    let appended =
+        wrote_state && !state_files.needs_snapshot() && state_files.append(&delta.encode())?;
+    if wrote_state && !appended {
         // a snapshot keeps the stat cache of the files the project uses now
         let mut used: HashSet<&str> = HashSet::default();
         for n in &graph.nodes {
@@ -610,13 +610,19 @@ pub fn build(
         }
         let mut targets = old_targets;
         targets.extend(new_records);
-        State {
+        // a graph from the cache carries no analyses: keep the old ones
+        let analysis = if graph_from_cache {
+            old_analysis
+        } else {
+            std::mem::take(&mut graph.analysis)
+        };
+        let st = State {
             files,
-            analysis: graph.analysis.clone(),
+            analysis,
             targets,
-        }
-    };
-    state_files.save(&delta, full, |p, b| store.write_atomic(p, b))?;
+        };
+        state_files.snapshot(&st, |p, b| store.write_atomic(p, b))?;
+    }
     store.append_history(&history)?;
     if wrote_state || !history.is_empty() {
         store.sync()?;

@@ -598,19 +598,20 @@ impl State {
 
 /// What one build learnt, to be added to the state: new or changed stat
 /// cache entries, analyses and target records.
+/// It borrows: a build's delta can be most of the state.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct StateDelta {
-    pub files: Vec<(String, StatEntry)>,
-    pub analysis: Vec<(Digest, TemplateRefs)>,
-    pub targets: Vec<(String, TargetRecord)>,
+pub struct StateDelta<'a> {
+    pub files: Vec<(&'a str, &'a StatEntry)>,
+    pub analysis: Vec<(&'a Digest, &'a TemplateRefs)>,
+    pub targets: Vec<(&'a str, &'a TargetRecord)>,
 }
 
-impl StateDelta {
+impl StateDelta<'_> {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.analysis.is_empty() && self.targets.is_empty()
     }
 
-    fn encode(&self) -> Vec<u8> {
+    pub fn encode(&self) -> Vec<u8> {
         let mut w = Writer(Vec::new());
         for (p, e) in &self.files {
             w.u8(1);
@@ -703,29 +704,22 @@ impl StateFiles {
         (files, st)
     }
 
-    /// Saves what a build learnt: appends `delta` to the log, or, when
-    /// there is no snapshot or the log has grown large, writes the full
-    /// state from `full()` as a new snapshot. `write_atomic` writes a whole
-    /// file atomically (the store's).
-    pub fn save(
-        &self,
-        delta: &StateDelta,
-        full: impl FnOnce() -> State,
-        write_atomic: impl Fn(&camino::Utf8Path, &[u8]) -> crate::error::Result<()>,
-    ) -> crate::error::Result<()> {
+    /// Whether the next save must be a snapshot (there is none to extend).
+    pub fn needs_snapshot(&self) -> bool {
+        self.base_len == 0
+    }
+
+    /// Appends an encoded [`StateDelta`] to the log. `Ok(false)` means a
+    /// snapshot is due instead (there is none yet, or the log would pass
+    /// half the snapshot's size): call [`StateFiles::snapshot`].
+    pub fn append(&self, body: &[u8]) -> crate::error::Result<bool> {
         use std::io::{Seek, Write};
-        if delta.is_empty() {
-            return Ok(());
+        if self.base_len == 0
+            || (self.log_len + body.len() as u64) * 2 > self.base_len.max(64 * 1024)
+        {
+            return Ok(false);
         }
-        let body = delta.encode();
         let log_path = self.dir.join("state.log");
-        let compact = self.base_len == 0
-            || (self.log_len + body.len() as u64) * 2 > self.base_len.max(64 * 1024);
-        if compact {
-            write_atomic(&self.dir.join("state"), &full().encode())?;
-            let _ = std::fs::remove_file(&log_path);
-            return Ok(());
-        }
         let io = |e| crate::error::Error::io("write", &log_path, e);
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -744,9 +738,21 @@ impl StateFiles {
         }
         f.seek(std::io::SeekFrom::End(0)).map_err(io)?;
         rec.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        rec.extend_from_slice(&body);
-        rec.extend_from_slice(&Digest::of(&body).0);
-        f.write_all(&rec).map_err(io)
+        rec.extend_from_slice(body);
+        rec.extend_from_slice(&Digest::of(body).0);
+        f.write_all(&rec).map_err(io)?;
+        Ok(true)
+    }
+
+    /// Writes `st` as the new snapshot and drops the log.
+    pub fn snapshot(
+        &self,
+        st: &State,
+        write_atomic: impl Fn(&camino::Utf8Path, &[u8]) -> crate::error::Result<()>,
+    ) -> crate::error::Result<()> {
+        write_atomic(&self.dir.join("state"), &st.encode())?;
+        let _ = std::fs::remove_file(self.dir.join("state.log"));
+        Ok(())
     }
 }
 
@@ -828,12 +834,17 @@ mod tests {
         std::fs::write(p, b).map_err(|e| crate::error::Error::io("write", p, e))
     }
 
-    fn delta(key: &str) -> StateDelta {
+    /// Saves one target record the way a build does: appended, or as a
+    /// snapshot of `full()` when one is due.
+    fn save(sf: &StateFiles, key: &str, full: impl FnOnce() -> State) {
         let mut rec = sample().targets["summary"].clone();
         rec.run_id = format!("run-{key}");
-        StateDelta {
-            targets: vec![(key.to_string(), rec)],
+        let delta = StateDelta {
+            targets: vec![(key, &rec)],
             ..Default::default()
+        };
+        if !sf.append(&delta.encode()).unwrap() {
+            sf.snapshot(&full(), write).unwrap();
         }
     }
 
@@ -844,17 +855,14 @@ mod tests {
         // no snapshot yet: the first save writes one
         let (sf, st) = StateFiles::load(dir);
         assert_eq!(st, State::default());
-        sf.save(&delta("x"), sample, write).unwrap();
+        save(&sf, "x", sample);
         assert!(dir.join("state").is_file() && !dir.join("state.log").exists());
         let (base_files, base) = StateFiles::load(dir);
         assert_eq!(base, sample());
         // small deltas go to the log
-        base_files
-            .save(&delta("a"), || unreachable!("no compaction"), write)
-            .unwrap();
+        save(&base_files, "a", || unreachable!("no compaction"));
         let (sf, st) = StateFiles::load(dir);
-        sf.save(&delta("b"), || unreachable!("no compaction"), write)
-            .unwrap();
+        save(&sf, "b", || unreachable!("no compaction"));
         let (_, st2) = StateFiles::load(dir);
         assert_eq!(st2.targets.len(), 3);
         assert_eq!(st2.targets["a"].run_id, "run-a");
@@ -879,7 +887,7 @@ mod tests {
         // an append after a torn tail drops the tail first
         std::fs::write(dir.join("state.log"), &log[..first_end + 7]).unwrap();
         let (sf, _) = StateFiles::load(dir);
-        sf.save(&delta("c"), || unreachable!(), write).unwrap();
+        save(&sf, "c", || unreachable!());
         let (_, st) = StateFiles::load(dir);
         let mut keys: Vec<_> = st.targets.keys().cloned().collect();
         keys.sort();
