@@ -201,6 +201,13 @@ pub fn build(
             let changed = stamp.changed(&dir);
             checked_at = now_ns();
             if changed.is_empty() {
+                // Racy entries were just verified by content; once they have
+                // aged past the window they need not be read again.
+                if !opts.dry_run
+                    && let Some(bytes) = stamp.aged(checked_at)
+                {
+                    let _ = write_beside(&noop_path, &bytes);
+                }
                 let n = stamp.nodes as usize;
                 report(Event::Planned { total: n });
                 return Ok(BuildReport {
@@ -693,6 +700,19 @@ fn noop_stamp(
         nodes: graph.nodes.len() as u32,
         entries,
     })
+}
+
+/// Replaces `path` atomically with `bytes` (temp file beside it, renamed),
+/// without opening the store.
+fn write_beside(path: &Utf8Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Utf8Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".mkt-tmp-")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 /// The old stamp brought up to date: every file this build looked at gets

@@ -134,6 +134,32 @@ impl NoopStamp {
         (r.pos == body.len()).then_some(NoopStamp { nodes, entries })
     }
 
+    /// When racy entries that [`NoopStamp::changed`] verified at
+    /// `checked_at` are no longer racy, this stamp with their flags
+    /// cleared; `None` when there is nothing to clear.
+    pub fn aged(&self, checked_at: i64) -> Option<Vec<u8>> {
+        let ages = |e: &StampEntry| {
+            e.racy
+                && e.kind != EntryKind::Dir
+                && e.stat
+                    .is_some_and(|st| !crate::state::is_racy(&st, checked_at))
+        };
+        if !self.entries.iter().any(ages) {
+            return None;
+        }
+        let patch: Vec<Option<StampEntry>> = self
+            .entries
+            .iter()
+            .map(|e| {
+                ages(e).then(|| StampEntry {
+                    racy: false,
+                    ..e.clone()
+                })
+            })
+            .collect();
+        Some(self.encode_patched(&patch))
+    }
+
     /// A digest of the entries that shape the graph (`prompts.toml`,
     /// templates, partials, globbed directories): the key of the graph
     /// cache (`Graph::encode`).
@@ -309,6 +335,16 @@ mod tests {
         }
     }
 
+    fn racy_settled(root: &std::fs::File) -> Vec<u8> {
+        let stamp = NoopStamp {
+            nodes: 1,
+            entries: vec![entry(root, "a", EntryKind::Content, true, b"yy")],
+        };
+        let mtime = stamp.entries[0].stat.unwrap().mtime_ns;
+        assert_eq!(stamp.aged(mtime), None, "still within the window");
+        stamp.aged(mtime + crate::state::RACY_NS).expect("aged out")
+    }
+
     #[test]
     fn changes_are_noticed_and_racy_files_are_checked_by_content() {
         let t = tempfile::tempdir().unwrap();
@@ -336,6 +372,9 @@ mod tests {
         assert!(racy.changed(&root).is_empty());
         racy.entries[0].digest = Digest::of(b"zz"); // as if rewritten within the same tick
         assert_eq!(racy.changed(&root).len(), 1);
+        // once past the window, a verified racy entry is stamped as settled
+        let aged = NoopStamp::decode(&racy_settled(&root)).unwrap();
+        assert!(!aged.entries[0].racy);
         // a racy directory always counts as changed
         let dir = NoopStamp {
             nodes: 1,
