@@ -236,6 +236,7 @@ pub fn build(
     if let (Some(bytes), false) = (&new_cache, opts.dry_run) {
         store.write_atomic(&cache_path, bytes)?;
     }
+    release_free_memory(); // a first build's TOML parse tree is gone
     let (state_files, state) = StateFiles::load(store.dir());
     let State {
         files: old_files,
@@ -541,6 +542,11 @@ pub fn build(
             }
             if let Some(h) = r.history {
                 history.push_str(&h);
+                // written as the build goes: bounded memory, and finished
+                // runs are on record even if the build is interrupted
+                if history.len() > 64 * 1024 && store.append_history(&history).is_ok() {
+                    history.clear();
+                }
             }
             let key = graph.nodes[r.node].key.clone();
             let d = match &r.record {
@@ -572,6 +578,7 @@ pub fn build(
     }
     // Save in this order: the state (what was learnt), the history, one
     // sync, and the no-op stamp last, so it never claims what is not durable.
+    release_free_memory(); // the compile jobs' garbage is gone
     // The next stamp: patched from the old one when the graph came from
     // its cache (same entries, same order), else built from scratch.
     let mut graph_key = None;
@@ -700,6 +707,17 @@ fn noop_stamp(
         nodes: graph.nodes.len() as u32,
         entries,
     })
+}
+
+/// Hands freed heap pages back to the system. glibc keeps them (and its
+/// per-thread arenas fragment), so without this the peak RSS of a large
+/// build counts memory that was freed long before.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Replaces `path` atomically with `bytes` (temp file beside it, renamed),

@@ -387,6 +387,7 @@ impl Project {
             project.models.insert(name.clone(), model);
         }
 
+        project.targets.reserve_exact(raw.targets.len());
         for (name, target) in raw.targets {
             let decl = resolve_target(&project, &name, target.into_inner())?;
             project.targets.push(decl);
