@@ -515,45 +515,49 @@ pub fn is_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?', '[', '{'])
 }
 
-/// Checks a path or glob written in `prompts.toml`: relative, inside the
-/// project, no `..`. Returns it normalised (no `./`, `/` separators).
+/// Normalises a path or glob named in `prompts.toml` or a template:
+/// relative, inside the project, no `..`, not in `.mkt/`. Returns it with
+/// `/` separators and no `.` components, or why it is refused.
+pub fn normalise_project_path(value: &str) -> std::result::Result<String, &'static str> {
+    if value.is_empty() {
+        return Err("is empty");
+    }
+    if value.starts_with('/') || value.starts_with('\\') || Utf8Path::new(value).is_absolute() {
+        return Err("is absolute");
+    }
+    let mut parts = Vec::new();
+    for part in value.split(['/', '\\']) {
+        match part {
+            "" | "." => {}
+            ".." => return Err("leaves the project (`..`)"),
+            p => parts.push(p),
+        }
+    }
+    match parts.first() {
+        None => Err("names no file"),
+        Some(&".mkt") => Err("is inside mkt's store `.mkt/`"),
+        Some(_) => Ok(parts.join("/")),
+    }
+}
+
+/// [`normalise_project_path`] for a value in `prompts.toml`, with its
+/// position in the error.
 pub fn check_project_path(
     project: &Project,
     value: &str,
     span: &Range<usize>,
     what: &str,
 ) -> Result<String> {
-    let refuse = |why: &str| {
-        Err(project.error(
+    normalise_project_path(value).map_err(|why| {
+        project.error(
             span,
             format!("{what} `{value}` {why}"),
             Some(
                 "paths in `prompts.toml` are relative to the project root and must stay inside it"
                     .into(),
             ),
-        ))
-    };
-    if value.is_empty() {
-        return refuse("is empty");
-    }
-    if value.starts_with('/') || value.starts_with('\\') || Utf8Path::new(value).is_absolute() {
-        return refuse("is absolute");
-    }
-    let mut parts = Vec::new();
-    for part in value.split(['/', '\\']) {
-        match part {
-            "" | "." => {}
-            ".." => return refuse("leaves the project (`..`)"),
-            p => parts.push(p),
-        }
-    }
-    if parts.is_empty() {
-        return refuse("names no file");
-    }
-    if parts[0] == ".mkt" {
-        return refuse("is inside mkt's store `.mkt/`");
-    }
-    Ok(parts.join("/"))
+        )
+    })
 }
 
 fn resolve_target(project: &Project, name: &Spanned<String>, raw: RawTarget) -> Result<TargetDecl> {

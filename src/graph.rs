@@ -210,7 +210,7 @@ fn reach(an: &Analyser<'_>, project: &Project, decl: &TargetDecl) -> Result<Reac
 
 /// Checks a path named in a template the way `prompts.toml` paths are.
 fn normalise_ref(file: &str, r: &Ref, what: &str) -> Result<String> {
-    let bad = |why: &str| {
+    crate::config::normalise_project_path(&r.name).map_err(|why| {
         Error::invalid(
             Location {
                 file: file.into(),
@@ -223,22 +223,7 @@ fn normalise_ref(file: &str, r: &Ref, what: &str) -> Result<String> {
                     .into(),
             ),
         )
-    };
-    if r.name.starts_with('/') || Utf8Path::new(&r.name).is_absolute() {
-        return Err(bad("is absolute"));
-    }
-    let mut parts = Vec::new();
-    for part in r.name.split('/') {
-        match part {
-            "" | "." => {}
-            ".." => return Err(bad("leaves the project (`..`)")),
-            p => parts.push(p),
-        }
-    }
-    if parts.is_empty() {
-        return Err(bad("names no file"));
-    }
-    Ok(parts.join("/"))
+    })
 }
 
 /// The target-definition part of a node's fingerprint: an internal
