@@ -145,12 +145,103 @@ impl Done {
         }
     }
 
+    fn fresh(output_digest: Digest, run_id: String) -> Done {
+        Done {
+            fresh: true,
+            ..Done::ok(output_digest, run_id)
+        }
+    }
+
     fn failed(blame: String) -> Done {
         Done {
             fresh: false,
             output_digest: Digest::default(),
             run_id: String::new(),
             blame: Some(blame),
+        }
+    }
+}
+
+/// The scheduler's bookkeeping: what each node came to, what is ready to
+/// go, the counts for the summary.
+struct Progress<'g> {
+    graph: &'g Graph,
+    downstream: Vec<Vec<usize>>,
+    /// Unfinished upstream nodes of each node.
+    waiting: Vec<usize>,
+    ready: VecDeque<usize>,
+    results: Vec<Option<Done>>,
+    reasons: HashMap<usize, DirtyReason>,
+    rep: BuildReport,
+    done: usize,
+}
+
+impl<'g> Progress<'g> {
+    fn new(graph: &'g Graph, selected: &[bool], total: usize) -> Progress<'g> {
+        let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); graph.nodes.len()];
+        let mut waiting: Vec<usize> = vec![0; graph.nodes.len()];
+        for &i in &graph.order {
+            if selected[i] {
+                for u in graph.nodes[i].upstream_nodes() {
+                    downstream[u].push(i);
+                    waiting[i] += 1;
+                }
+            }
+        }
+        let ready = graph
+            .order
+            .iter()
+            .copied()
+            .filter(|&i| selected[i] && waiting[i] == 0)
+            .collect();
+        Progress {
+            graph,
+            downstream,
+            waiting,
+            ready,
+            results: vec![None; graph.nodes.len()],
+            reasons: HashMap::default(),
+            rep: BuildReport {
+                total,
+                ..Default::default()
+            },
+            done: 0,
+        }
+    }
+
+    /// Records what node `i` came to, reports it, and readies the nodes
+    /// that were waiting only for it.
+    fn complete(
+        &mut self,
+        i: usize,
+        outcome: Outcome,
+        d: Done,
+        report: &(dyn Fn(Event<'_>) + Sync),
+    ) {
+        let rep = &mut self.rep;
+        match &outcome {
+            Outcome::Fresh => rep.fresh += 1,
+            Outcome::Restored => rep.restored += 1,
+            Outcome::Cached { .. } => rep.cached += 1,
+            Outcome::Ran { .. } => rep.ran += 1,
+            Outcome::Failed { .. } => rep.failed += 1,
+            Outcome::Skipped { .. } => rep.skipped += 1,
+            Outcome::WouldRun => {}
+        }
+        self.results[i] = Some(d);
+        self.done += 1;
+        report(Event::Finished {
+            key: &self.graph.nodes[i].key,
+            outcome: &outcome,
+            reason: self.reasons.get(&i),
+            done: self.done,
+            total: self.rep.total,
+        });
+        for &dn in &self.downstream[i] {
+            self.waiting[dn] -= 1;
+            if self.waiting[dn] == 0 {
+                self.ready.push_back(dn);
+            }
         }
     }
 }
@@ -288,33 +379,11 @@ pub fn build(
         old: &old_targets,
         forced: named.iter().map(|&n| n && opts.force).collect(),
     };
-    let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); graph.nodes.len()];
-    let mut waiting: Vec<usize> = vec![0; graph.nodes.len()];
-    for &i in &graph.order {
-        if selected[i] {
-            for u in graph.nodes[i].upstream_nodes() {
-                downstream[u].push(i);
-                waiting[i] += 1;
-            }
-        }
-    }
-    let mut ready: VecDeque<usize> = graph
-        .order
-        .iter()
-        .copied()
-        .filter(|&i| selected[i] && waiting[i] == 0)
-        .collect();
-    let mut results: Vec<Option<Done>> = vec![None; graph.nodes.len()];
+    let mut prog = Progress::new(&graph, &selected, total);
     let mut new_records: HashMap<String, TargetRecord> = HashMap::default();
     let mut history = String::new();
-    let mut rep = BuildReport {
-        total,
-        ..Default::default()
-    };
-    let mut reasons: HashMap<usize, DirtyReason> = HashMap::default();
     let mut stop = false;
     let mut first_failure: Option<String> = None;
-    let mut done = 0usize;
 
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = Arc::new(Mutex::new(job_rx));
@@ -323,71 +392,23 @@ pub fn build(
     std::thread::scope(|scope| {
         let mut workers = 0usize;
         let mut in_flight = 0usize;
-        let mut complete = |i: usize,
-                            outcome: Outcome,
-                            d: Done,
-                            results: &mut Vec<Option<Done>>,
-                            ready: &mut VecDeque<usize>,
-                            reasons: &HashMap<usize, DirtyReason>,
-                            rep: &mut BuildReport| {
-            match &outcome {
-                Outcome::Fresh => rep.fresh += 1,
-                Outcome::Restored => rep.restored += 1,
-                Outcome::Cached { .. } => rep.cached += 1,
-                Outcome::Ran { .. } => rep.ran += 1,
-                Outcome::Failed { .. } => rep.failed += 1,
-                Outcome::Skipped { .. } => rep.skipped += 1,
-                Outcome::WouldRun => {}
-            }
-            results[i] = Some(d);
-            done += 1;
-            report(Event::Finished {
-                key: &graph.nodes[i].key,
-                outcome: &outcome,
-                reason: reasons.get(&i),
-                done,
-                total,
-            });
-            for &dn in &downstream[i] {
-                waiting[dn] -= 1;
-                if waiting[dn] == 0 {
-                    ready.push_back(dn);
-                }
-            }
-        };
         loop {
-            while let Some(i) = ready.pop_front() {
+            while let Some(i) = prog.ready.pop_front() {
                 let node = &graph.nodes[i];
                 let blame = node
                     .upstream_nodes()
-                    .find_map(|u| results[u].as_ref().and_then(|d| d.blame.clone()));
+                    .find_map(|u| prog.results[u].as_ref().and_then(|d| d.blame.clone()));
                 if let Some(blame) = blame {
                     let because = format!("`{blame}` failed");
                     let d = Done::failed(blame);
-                    complete(
-                        i,
-                        Outcome::Skipped { because },
-                        d,
-                        &mut results,
-                        &mut ready,
-                        &reasons,
-                        &mut rep,
-                    );
+                    prog.complete(i, Outcome::Skipped { because }, d, report);
                     continue;
                 }
                 if let (true, Some(first)) = (stop, &first_failure) {
                     let d = Done::failed(first.clone());
                     let because = "the build stopped after a failure (use `--keep-going` to go on)"
                         .to_string();
-                    complete(
-                        i,
-                        Outcome::Skipped { because },
-                        d,
-                        &mut results,
-                        &mut ready,
-                        &reasons,
-                        &mut rep,
-                    );
+                    prog.complete(i, Outcome::Skipped { because }, d, report);
                     continue;
                 }
                 // With a stamp that lists what changed, a node that reads and
@@ -398,24 +419,15 @@ pub fn build(
                     && !rec.failed
                     && node
                         .upstream_nodes()
-                        .all(|u| results[u].as_ref().is_some_and(|d| d.fresh))
+                        .all(|u| prog.results[u].as_ref().is_some_and(|d| d.fresh))
                     && !changed.contains(&node.output)
                     && !node
                         .source_files()
                         .iter()
                         .any(|(_, p)| changed.contains(*p))
                 {
-                    let mut d = Done::ok(rec.output_digest, rec.run_id.clone());
-                    d.fresh = true;
-                    complete(
-                        i,
-                        Outcome::Fresh,
-                        d,
-                        &mut results,
-                        &mut ready,
-                        &reasons,
-                        &mut rep,
-                    );
+                    let d = Done::fresh(rec.output_digest, rec.run_id.clone());
+                    prog.complete(i, Outcome::Fresh, d, report);
                     continue;
                 }
                 let deps = match graph.source_deps(node, &files) {
@@ -423,16 +435,13 @@ pub fn build(
                     Err(e) => {
                         let d = Done::failed(node.key.clone());
                         first_failure.get_or_insert_with(|| node.key.clone());
-                        complete(
+                        prog.complete(
                             i,
                             Outcome::Failed {
                                 error: e.to_string(),
                             },
                             d,
-                            &mut results,
-                            &mut ready,
-                            &reasons,
-                            &mut rep,
+                            report,
                         );
                         stop |= !opts.keep_going;
                         continue;
@@ -441,7 +450,7 @@ pub fn build(
                 let upstream: Vec<UpstreamRecord> = node
                     .upstream_nodes()
                     .map(|u| {
-                        let d = results[u].as_ref().expect("upstream finished first");
+                        let d = prog.results[u].as_ref().expect("upstream finished first");
                         UpstreamRecord {
                             target: graph.nodes[u].key.clone(),
                             run_id: d.run_id.clone(),
@@ -467,22 +476,13 @@ pub fn build(
                 };
                 let Some(reason) = reason else {
                     let rec = record.expect("fresh implies a record");
-                    let mut d = Done::ok(rec.output_digest, rec.run_id.clone());
-                    d.fresh = true;
-                    complete(
-                        i,
-                        Outcome::Fresh,
-                        d,
-                        &mut results,
-                        &mut ready,
-                        &reasons,
-                        &mut rep,
-                    );
+                    let d = Done::fresh(rec.output_digest, rec.run_id.clone());
+                    prog.complete(i, Outcome::Fresh, d, report);
                     continue;
                 };
-                reasons.insert(i, reason.clone());
+                prog.reasons.insert(i, reason.clone());
                 if opts.dry_run {
-                    rep.would_run.push((node.key.clone(), reason.clone()));
+                    prog.rep.would_run.push((node.key.clone(), reason.clone()));
                     // an output-only repair keeps the recorded digest; anything
                     // else may change it, which downstream must assume
                     let digest = match (&reason, record) {
@@ -490,15 +490,7 @@ pub fn build(
                         _ => Digest::default(),
                     };
                     let d = Done::ok(digest, String::new());
-                    complete(
-                        i,
-                        Outcome::WouldRun,
-                        d,
-                        &mut results,
-                        &mut ready,
-                        &reasons,
-                        &mut rep,
-                    );
+                    prog.complete(i, Outcome::WouldRun, d, report);
                     continue;
                 }
                 report(Event::Started {
@@ -560,18 +552,11 @@ pub fn build(
             if let Some(rec) = r.record {
                 new_records.insert(key, rec);
             }
-            complete(
-                r.node,
-                r.outcome,
-                d,
-                &mut results,
-                &mut ready,
-                &reasons,
-                &mut rep,
-            );
+            prog.complete(r.node, r.outcome, d, report);
         }
         drop(job_tx);
     });
+    let rep = prog.rep;
 
     if opts.dry_run {
         return Ok(rep);
