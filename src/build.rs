@@ -289,8 +289,8 @@ pub fn build(
             .ok()
             .and_then(|b| NoopStamp::decode(&b));
         if let (Some(stamp), Ok(dir)) = (stamp, std::fs::File::open(root)) {
+            checked_at = now_ns(); // before any stat: see the racy rule
             let changed = stamp.changed(&dir);
-            checked_at = now_ns();
             if changed.is_empty() {
                 // Racy entries were just verified by content; once they have
                 // aged past the window they need not be read again.
@@ -338,12 +338,15 @@ pub fn build(
     let cached = prior.as_ref().and_then(|(stamp, changed)| {
         let bytes = std::fs::read(&graph_path).ok()?;
         let graph = Graph::decode(&bytes, &stamp.structure_key(), &project)?;
-        files.trust_all(stamp.entries.iter().filter_map(|e| {
-            let skip = e.kind == EntryKind::Dir || changed.contains(&e.path);
-            e.stat
-                .filter(|_| !skip)
-                .map(|st| (e.path.as_str(), st, e.digest))
-        }));
+        files.trust_all(
+            checked_at,
+            stamp.entries.iter().filter_map(|e| {
+                let skip = e.kind == EntryKind::Dir || changed.contains(&e.path);
+                e.stat
+                    .filter(|_| !skip)
+                    .map(|st| (e.path.as_str(), st, e.digest))
+            }),
+        );
         Some(graph)
     });
     let graph_from_cache = cached.is_some();
@@ -656,7 +659,9 @@ fn noop_stamp(
         racy: is_racy(&pstat, seen_at),
         digest: Digest::of(project.source.as_bytes()),
     }];
-    let mut seen = HashSet::default();
+    // a path with several roles (a template that is also an input) is
+    // stamped with the one that matters most: structure before content
+    let mut index: HashMap<&str, usize> = HashMap::default();
     for n in &graph.nodes {
         let paths = n.source_files().into_iter().map(|(k, p)| {
             let kind = match k {
@@ -666,7 +671,12 @@ fn noop_stamp(
             (kind, p)
         });
         for (kind, p) in paths.chain([(EntryKind::Output, n.output.as_str())]) {
-            if seen.insert(p) {
+            if let Some(&i) = index.get(p) {
+                if kind.outranks(entries[i].kind) {
+                    entries[i].kind = kind;
+                }
+            } else {
+                index.insert(p, entries.len());
                 let e = files.seen_entry(p)?;
                 entries.push(StampEntry {
                     path: p.to_string(),
@@ -752,8 +762,20 @@ fn patched_stamp(old: &NoopStamp, files: &ProjectFiles, checked_at: i64) -> Vec<
     old.encode_patched(&patch)
 }
 
-fn read_text(files: &ProjectFiles, path: &str) -> std::result::Result<String, String> {
+/// Reads a source file for compilation and checks it still has the digest
+/// its fingerprint recorded: the prompt must be built from exactly the
+/// bytes the record will claim.
+fn read_text(
+    files: &ProjectFiles,
+    expected: &HashMap<&str, Digest>,
+    path: &str,
+) -> std::result::Result<String, String> {
     let bytes = files.read(path).map_err(|e| e.to_string())?;
+    if expected.get(path).is_some_and(|d| *d != Digest::of(&bytes)) {
+        return Err(format!(
+            "`{path}` changed while the build was running; run `mkt build` again"
+        ));
+    }
     String::from_utf8(bytes).map_err(|_| format!("`{path}` is not UTF-8 text"))
 }
 
@@ -887,14 +909,26 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     // 2. Compilation.
     let decl = &ctx.project.targets[node.target];
     let compiled = (|| -> std::result::Result<_, String> {
-        let template_source = read_text(ctx.files, &node.template)?;
+        let expected: HashMap<&str, Digest> = job
+            .fingerprint
+            .deps
+            .iter()
+            .map(|d| (d.path.as_str(), d.digest))
+            .collect();
+        let template_source = read_text(ctx.files, &expected, &node.template)?;
         let mut partials = BTreeMap::new();
         for p in &node.partials {
-            partials.insert(p.clone(), Arc::<str>::from(read_text(ctx.files, p)?));
+            partials.insert(
+                p.clone(),
+                Arc::<str>::from(read_text(ctx.files, &expected, p)?),
+            );
         }
         let mut verbatim = BTreeMap::new();
         for p in &node.verbatim {
-            verbatim.insert(p.clone(), Arc::<str>::from(read_text(ctx.files, p)?));
+            verbatim.insert(
+                p.clone(),
+                Arc::<str>::from(read_text(ctx.files, &expected, p)?),
+            );
         }
         let mut inputs = BTreeMap::new();
         for i in &node.inputs {
@@ -902,19 +936,20 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                 let mut list = Vec::new();
                 for p in &i.paths {
                     list.push(
-                        minijinja::context! { path => p, content => read_text(ctx.files, p)? },
+                        minijinja::context! { path => p, content => read_text(ctx.files, &expected, p)? },
                     );
                 }
                 Value::from(list)
             } else {
-                Value::from(read_text(ctx.files, &i.paths[0])?)
+                Value::from(read_text(ctx.files, &expected, &i.paths[0])?)
             };
             inputs.insert(i.name.clone(), v);
         }
         let mut targets = BTreeMap::new();
         let mut up = job.upstream.iter();
         for (name, nodes) in &node.upstream {
-            let is_foreach = ctx.project.is_foreach(name);
+            // a plain target is exactly one node without an item
+            let is_foreach = nodes.len() != 1 || ctx.graph.nodes[nodes[0]].item.is_some();
             let mut list = Vec::new();
             for &u in nodes {
                 let rec = up.next().expect("one upstream record per upstream node");
@@ -939,7 +974,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
             Some(p) => item_value(
                 p,
                 if node.uses_item {
-                    Some(read_text(ctx.files, p)?)
+                    Some(read_text(ctx.files, &expected, p)?)
                 } else {
                     None
                 },

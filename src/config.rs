@@ -197,7 +197,8 @@ impl Project {
     /// str version, u32 n, n × str (model JSON), u32 n, n × TARGET, where
     /// TARGET := str name, span, str template, span, u32 n × (str name,
     /// str pattern, u8 glob, span), str output, span, u32 model index,
-    /// u8 has_foreach [str glob, span]; span := u64 start, u64 end.
+    /// u8 has_foreach [str glob, span], then the BLAKE3 of all before;
+    /// span := u64 start, u64 end.
     pub fn load_cached(root: &Utf8Path, cache: &Utf8Path) -> Result<(Project, Option<Vec<u8>>)> {
         let source = Project::read_source(root)?;
         let key = Digest::of(source.as_bytes());
@@ -274,6 +275,8 @@ fn encode_cache(p: &Project, key: &Digest) -> Vec<u8> {
             None => w.u8(0),
         }
     }
+    let sum = Digest::of(&w.0);
+    w.digest(&sum);
     w.0
 }
 
@@ -281,6 +284,10 @@ type Decoded = (BTreeMap<String, ModelConfig>, Vec<TargetDecl>);
 
 fn decode_cache(bytes: &[u8], key: &Digest) -> Option<Decoded> {
     use crate::state::Reader;
+    let (bytes, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
+    if Digest::of(bytes).0 != sum {
+        return None;
+    }
     let mut r = Reader { buf: bytes, pos: 0 };
     if r.take(8)? != CACHE_MAGIC || r.digest()? != *key || r.str()? != env!("CARGO_PKG_VERSION") {
         return None;
@@ -393,13 +400,6 @@ impl Project {
             project.targets.push(decl);
         }
         Ok(project)
-    }
-
-    /// Whether `name` is a `foreach` target.
-    pub fn is_foreach(&self, name: &str) -> bool {
-        self.targets
-            .iter()
-            .any(|t| t.name == name && t.foreach.is_some())
     }
 }
 
@@ -739,6 +739,12 @@ mod tests {
                 decode_cache(&bytes[..cut], &Digest::of(r.source.as_bytes())).is_none(),
                 "cut at {cut}"
             );
+        }
+        let key = Digest::of(r.source.as_bytes());
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 1;
+            assert!(decode_cache(&b, &key).is_none(), "flip at {i}");
         }
         std::fs::write(&cache, b"{garbage").unwrap();
         assert!(Project::load_cached(root, &cache).unwrap().1.is_some());

@@ -143,12 +143,35 @@ impl ProjectFiles {
         if let Some(ok) = self.dirs_ok.read().unwrap().get(rel_dir) {
             return *ok;
         }
-        let ok = match std::fs::canonicalize(self.root.join(rel_dir)) {
-            Ok(c) => c.starts_with(&self.root_canon),
-            Err(_) => true, // a missing directory leads nowhere
+        // A directory that does not exist yet is judged by its nearest
+        // existing ancestor (a missing `out/x` under a symlinked `out`).
+        let mut probe = Some(rel_dir);
+        let ok = loop {
+            let Some(dir) = probe.filter(|d| !d.as_str().is_empty()) else {
+                break true;
+            };
+            match std::fs::canonicalize(self.root.join(dir)) {
+                Ok(c) => {
+                    break c.starts_with(&self.root_canon)
+                        && !c.starts_with(self.root_canon.join(crate::store::STORE_DIR));
+                }
+                Err(_) => probe = dir.parent(),
+            }
         };
         self.dirs_ok.write().unwrap().insert(rel_dir.to_owned(), ok);
         ok
+    }
+
+    /// Checks that writing `rel` stays in the project: its directory, or
+    /// the nearest one that exists, resolves inside the root and outside
+    /// `.mkt/`.
+    pub fn check_writable(&self, rel: &str) -> Result<(), FileError> {
+        let dir = Utf8Path::new(rel).parent().unwrap_or(Utf8Path::new(""));
+        if self.dir_inside(dir) {
+            Ok(())
+        } else {
+            Err(FileError::Escapes(rel.to_string()))
+        }
     }
 
     /// `lstat`s a project file; `Ok(None)` when it does not exist. Follows a
@@ -224,6 +247,9 @@ impl ProjectFiles {
     /// Stats (and, when the cache cannot answer, hashes) a file without
     /// touching shared state, so many can run in parallel.
     fn lookup(&self, rel: &str) -> Result<Option<StatEntry>, FileError> {
+        // the racy rule compares the mtime with when we looked, taken
+        // before the stat and the read
+        let seen_at = now_ns();
         let Some(stat) = self.stat(rel)? else {
             return Ok(None);
         };
@@ -234,7 +260,7 @@ impl ProjectFiles {
             return Ok(Some(*old));
         }
         let bytes = std::fs::read(self.abs(rel)).map_err(|e| FileError::Io(rel.to_string(), e))?;
-        Ok(Some(StatEntry::new(stat, Digest::of(&bytes), now_ns())))
+        Ok(Some(StatEntry::new(stat, Digest::of(&bytes), seen_at)))
     }
 
     fn record(&self, rel: &str, entry: StatEntry) {
@@ -285,8 +311,9 @@ impl ProjectFiles {
 
     /// Notes a file mkt itself just wrote, whose digest it knows.
     pub fn wrote(&self, rel: &str, digest: Digest) {
+        let seen_at = now_ns();
         if let Ok(Some(stat)) = self.stat(rel) {
-            self.record(rel, StatEntry::new(stat, digest, now_ns()));
+            self.record(rel, StatEntry::new(stat, digest, seen_at));
         }
     }
 
@@ -299,8 +326,12 @@ impl ProjectFiles {
     /// known, so the files are not stat-ed again. An entry the stat cache
     /// already holds with the same stat and digest is kept as it is, so
     /// trusting it does not count as a change to save.
-    pub fn trust_all<'a>(&self, entries: impl Iterator<Item = (&'a str, FileStat, Digest)>) {
-        let now = now_ns();
+    pub fn trust_all<'a>(
+        &self,
+        verified_at: i64,
+        entries: impl Iterator<Item = (&'a str, FileStat, Digest)>,
+    ) {
+        let now = verified_at;
         let mut seen = self.seen.lock().unwrap();
         let mut changed = false;
         for (rel, stat, digest) in entries {
@@ -383,50 +414,41 @@ pub fn glob_walk(
         }
     }
     let base = base.join("/");
-    let start = root.join(&base);
-    let mut walk = walkdir::WalkDir::new(&start)
-        .min_depth(1)
-        .sort_by_file_name();
-    if !deep {
-        walk = walk.max_depth(1);
-    }
     let mut out = Vec::new();
-    let dir_stat = |p: &std::path::Path| {
-        std::fs::symlink_metadata(p)
+    let mut dirs = Vec::new();
+    let mut stack = vec![base];
+    while let Some(rel_dir) = stack.pop() {
+        let abs = root.join(&rel_dir);
+        // time, then stat, then list: a file added after the listing
+        // changes the directory's mtime after this stat, and one added in
+        // the same tick is caught by the racy rule
+        let seen_at = now_ns();
+        let stat = std::fs::symlink_metadata(&abs)
             .ok()
-            .map(|m| FileStat::from_metadata(&m))
-    };
-    let mut dirs = vec![(base.clone(), dir_stat(start.as_std_path()), now_ns())];
-    let iter = walk.into_iter().filter_entry(|e| {
-        e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.'))
-    });
-    for entry in iter.flatten() {
-        if entry.file_type().is_dir() {
-            if deep {
-                // stat before walkdir reads it (it yields a directory first)
-                if let Ok(Some(rel)) = entry
-                    .path()
-                    .strip_prefix(root.as_std_path())
-                    .map(|r| r.to_str())
-                {
-                    dirs.push((rel.to_string(), dir_stat(entry.path()), now_ns()));
-                }
+            .filter(|m| m.is_dir())
+            .map(|m| FileStat::from_metadata(&m));
+        dirs.push((rel_dir.clone(), stat, seen_at));
+        let Ok(listing) = std::fs::read_dir(&abs) else {
+            continue;
+        };
+        for entry in listing.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if name.starts_with('.') {
+                continue;
             }
-            continue;
-        }
-        let Some(name) = entry.file_name().to_str() else {
-            continue;
-        };
-        let rel = match entry.path().strip_prefix(root.as_std_path()) {
-            Ok(r) => match r.to_str() {
-                Some(s) => s.to_string(),
-                None => continue,
-            },
-            Err(_) => continue,
-        };
-        let _ = name;
-        if glob.is_match(&rel) {
-            out.push(rel);
+            let rel = if rel_dir.is_empty() {
+                name
+            } else {
+                format!("{rel_dir}/{name}")
+            };
+            match entry.file_type() {
+                Ok(t) if t.is_dir() && deep => stack.push(rel),
+                Ok(t) if t.is_dir() => {}
+                Ok(_) if glob.is_match(&rel) => out.push(rel),
+                _ => {}
+            }
         }
     }
     out.sort();

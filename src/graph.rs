@@ -138,6 +138,13 @@ impl Analyser<'_> {
                     .files
                     .read(path)
                     .map_err(|e| fail(&e.reason(), Some(e.help())))?;
+                // analyse the very bytes the digest names
+                if Digest::of(&bytes) != digest {
+                    return Err(fail(
+                        "changed while mkt was reading it",
+                        Some("run `mkt build` again once the file is saved"),
+                    ));
+                }
                 let text = String::from_utf8(bytes).map_err(|_| missing("is not UTF-8 text"))?;
                 analyse(Utf8Path::new(path), &text)?
             }
@@ -159,8 +166,26 @@ struct Reach {
     uses_item: bool,
 }
 
-fn reach(an: &Analyser<'_>, project: &Project, decl: &TargetDecl) -> Result<Reach> {
+/// `output_of(path)` names the node that writes `path`, if any: a template,
+/// partial or verbatim file may not be one (it would be read while it is
+/// being written, with no edge to order the two).
+fn reach(
+    an: &Analyser<'_>,
+    project: &Project,
+    decl: &TargetDecl,
+    output_of: &dyn Fn(&str) -> Option<String>,
+) -> Result<Reach> {
     let template = decl.template.as_str().to_string();
+    if let Some(by) = output_of(&template) {
+        return Err(project.error(
+            &decl.template_span,
+            format!(
+                "template `{template}` of `{}` is the output of `{by}`",
+                decl.name
+            ),
+            Some("a template must be a source file; mkt does not generate templates".into()),
+        ));
+    }
     let refs = an.refs(&template, |why, help| {
         project.error(
             &decl.template_span,
@@ -184,6 +209,20 @@ fn reach(an: &Analyser<'_>, project: &Project, decl: &TargetDecl) -> Result<Reac
             .extend(refs.verbatim.iter().map(|r| (file.clone(), r.clone())));
         for p in &refs.partials {
             let name = normalise_ref(&file, p, "partial")?;
+            if let Some(by) = output_of(&name) {
+                return Err(Error::invalid(
+                    Location {
+                        file: file.clone().into(),
+                        line: p.line as usize,
+                        col: 1,
+                    },
+                    format!("partial `{name}` is the output of `{by}`"),
+                    Some(
+                        "a partial must be a source file; to use an output, write `targets.NAME`"
+                            .into(),
+                    ),
+                ));
+            }
             if out.partials.insert(name.clone()) {
                 let prefs = an.refs(&name, |why, help| {
                     Error::invalid(
@@ -233,7 +272,7 @@ fn config_digest(
     template: &str,
     inputs: &[ResolvedInput],
     item: Option<&str>,
-    upstream: &[(String, Vec<usize>)],
+    upstream: &[(&str, Option<&str>)],
 ) -> Digest {
     let mut h = blake3::Hasher::new();
     let mut put = |s: &str| {
@@ -249,11 +288,13 @@ fn config_digest(
         put(&i.pattern);
     }
     put(item.unwrap_or(""));
-    // upstream *names* only: which nodes (and their outputs) a fan-in
-    // consumes is compared in the fingerprint's upstream list, which can
-    // say which node was added or removed
-    for (name, _) in upstream {
+    // upstream names, and for a `foreach` upstream its output pattern: a
+    // fan-in template sees each output's path. Which nodes (and outputs)
+    // it consumes is compared in the fingerprint's upstream list, which
+    // can say which node was added or removed.
+    for (name, output_pattern) in upstream {
         put(name);
+        put(output_pattern.unwrap_or(""));
     }
     Digest(*h.finalize().as_bytes())
 }
@@ -306,6 +347,13 @@ pub fn analyse_project(
                     &decl.output_span,
                     format!("`{key}` and `{}` both write `{output}`", o.key),
                     Some("give every target its own output path".into()),
+                ));
+            }
+            if files.check_writable(&output).is_err() {
+                return Err(project.error(
+                    &decl.output_span,
+                    format!("output `{output}` of `{key}` would be written outside the project (through a symlinked directory) or into `.mkt/`"),
+                    Some("write outputs to a directory inside the project".into()),
                 ));
             }
             outputs.insert(output.clone(), nodes.len());
@@ -386,8 +434,15 @@ pub fn analyse_project(
         old: old_analysis,
         new: Mutex::new(HashMap::default()),
     };
+    let decl_index: HashMap<&str, usize> = project
+        .targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
     for (ti, decl) in project.targets.iter().enumerate() {
-        let reach = reach(&an, project, decl)?;
+        let output_of = |p: &str| outputs.get(p).map(|&o| nodes[o].key.clone());
+        let reach = reach(&an, project, decl, &output_of)?;
         let ref_error = |file: &str, r: &Ref, msg: String, help: String| {
             Error::invalid(
                 Location {
@@ -469,6 +524,17 @@ pub fn analyse_project(
         let mut verbatim = BTreeSet::new();
         for (file, r) in &reach.verbatim {
             let p = normalise_ref(file, r, "verbatim file")?;
+            if let Some(by) = output_of(&p) {
+                return Err(ref_error(
+                    file,
+                    r,
+                    format!("verbatim file `{p}` is the output of `{by}`"),
+                    format!(
+                        "use `targets.{}` instead, so mkt knows the order",
+                        project.targets[nodes[outputs[&p]].target].name
+                    ),
+                ));
+            }
             match files.digest(&p) {
                 Ok(Some(_)) => {}
                 Ok(None) => {
@@ -529,6 +595,16 @@ pub fn analyse_project(
             }
         }
         let upstream: Vec<(String, Vec<usize>)> = upstream.into_iter().collect();
+        let upstream_shape: Vec<(&str, Option<&str>)> = upstream
+            .iter()
+            .map(|(name, _)| {
+                let up = decl_index.get(name.as_str()).map(|&i| &project.targets[i]);
+                let pattern = up
+                    .filter(|t| t.foreach.is_some())
+                    .map(|t| t.output.as_str());
+                (name.as_str(), pattern)
+            })
+            .collect();
         let partials: Vec<String> = reach.partials.into_iter().collect();
         let verbatim: Vec<String> = verbatim.into_iter().collect();
         for &ni in by_target.get(&decl.name).into_iter().flatten() {
@@ -537,7 +613,7 @@ pub fn analyse_project(
                 &n.template,
                 &inputs,
                 n.item.as_deref().filter(|_| reach.uses_item),
-                &upstream,
+                &upstream_shape,
             );
             n.inputs = inputs.clone();
             n.partials = partials.clone();

@@ -49,6 +49,12 @@ pub enum EntryKind {
 }
 
 impl EntryKind {
+    /// Whether a path with both roles should be stamped as `self`: what
+    /// can change the graph's shape wins over content, content over output.
+    pub fn outranks(self, other: EntryKind) -> bool {
+        self.code() < other.code()
+    }
+
     fn code(self) -> u8 {
         self as u8
     }

@@ -138,9 +138,12 @@ impl ObjectStore {
             Some(p) if !p.as_str().is_empty() => p,
             _ => Utf8Path::new("."),
         };
+        // 0666 less the umask, like any file a program creates (tempfile's
+        // default 0600 would leave outputs unreadable to others)
         let new_temp = || {
             tempfile::Builder::new()
                 .prefix(".mkt-tmp-")
+                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
                 .tempfile_in(parent)
         };
         let mut tmp = match new_temp() {

@@ -359,10 +359,17 @@ pub fn compile(input: &RenderInput<'_>) -> Result<CompiledPrompt> {
         env.add_template(name, src)
             .map_err(|e| syntax_error(Utf8Path::new(name), src, &e))?;
     }
+    // names in templates are project paths, normalised as analysis did
+    // (`./p.md` is `p.md`)
+    env.set_path_join_callback(|name, _parent| {
+        crate::config::normalise_project_path(name)
+            .map_or_else(|_| name.to_string().into(), Into::into)
+    });
     let verbatim = input.verbatim.clone();
     env.add_function(
         "verbatim",
         move |path: String| -> Result<String, minijinja::Error> {
+            let path = crate::config::normalise_project_path(&path).unwrap_or(path);
             verbatim.get(&path).map(|s| s.to_string()).ok_or_else(|| {
                 minijinja::Error::new(
                     minijinja::ErrorKind::InvalidOperation,

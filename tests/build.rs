@@ -1497,3 +1497,163 @@ fn a_forged_action_cache_entry_is_refused_and_rebuilt() {
     assert_eq!(p.calls().len(), calls + 3);
     assert_eq!(p.read("out/outline.md"), outline);
 }
+
+#[test]
+fn an_input_edited_during_the_build_is_not_recorded_as_the_old_one() {
+    // `a`'s model rewrites `x.txt`, which `b` reads, after mkt hashed it
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[models.editor]\nprovider = \"command\"\ncommand = [\"sh\", \"-c\", \"cat; echo edited > x.txt\"]\n\n\
+             [targets.a]\ntemplate = \"a.md\"\noutput = \"out/a.md\"\nmodel = \"editor\"\n\n\
+             [targets.b]\ntemplate = \"b.md\"\ninputs = { x = \"x.txt\" }\noutput = \"out/b.md\"\n",
+        )
+        .file("a.md", "A\n")
+        .file("b.md", "{{ targets.a }}x: {{ inputs.x }}")
+        .file("x.txt", "original\n")
+        .build();
+    p.mkt(&["build"]).code(1).stderr_contains(
+        "error: `b` failed (never built):\n  `x.txt` changed while the build was running; run `mkt build` again\n",
+    );
+    p.mkt(&["build"])
+        .success()
+        .ran(&["b (previous run failed)"]);
+    assert!(
+        p.read("out/b.md").ends_with("x: edited\n"),
+        "{}",
+        p.read("out/b.md")
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Found in review
+
+#[test]
+fn outputs_are_not_written_through_a_symlinked_directory() {
+    let outside = tempfile::tempdir().unwrap();
+    let p = inline("[targets.a]\ntemplate = \"t.md\"\noutput = \"gen/sub/a.md\"\n")
+        .file("t.md", "A\n")
+        .symlink("gen", outside.path())
+        .build();
+    assert_invalid(
+        &p,
+        "prompts.toml:3:10: output `gen/sub/a.md` of `a` would be written outside the project (through a symlinked directory) or into `.mkt/`\n  help: write outputs to a directory inside the project",
+    );
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn outputs_get_the_usual_file_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = project().fixture("chain").build();
+    p.mkt(&["build"]).success();
+    let mode = std::fs::metadata(p.path("out/final.md"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    // 0666 less the umask: at least readable by the group and others when
+    // the umask allows (the common 022 gives 0644)
+    // SAFETY: reading the umask by setting it and putting it back.
+    let umask = unsafe {
+        let m = libc::umask(0o022);
+        libc::umask(m);
+        m
+    };
+    assert_eq!(mode, 0o666 & !(umask as u32), "mode {mode:o}");
+}
+
+#[test]
+fn sources_that_are_outputs_are_refused() {
+    let p = inline(
+        "[targets.a]\ntemplate = \"t/a.md\"\noutput = \"gen/b.md\"\n\n\
+         [targets.b]\ntemplate = \"gen/b.md\"\noutput = \"out/b.md\"\n",
+    )
+    .file("t/a.md", "A\n")
+    .build();
+    assert_invalid(
+        &p,
+        "prompts.toml:6:12: template `gen/b.md` of `b` is the output of `a`\n  help: a template must be a source file; mkt does not generate templates",
+    );
+    let p = inline(
+        "[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.txt\"\n\n\
+         [targets.c]\ntemplate = \"t/c.md\"\noutput = \"out/c.md\"\n",
+    )
+    .file("t/a.md", "A\n")
+    .file("t/c.md", "C\n{{ verbatim(\"out/a.txt\") }}\n")
+    .build();
+    assert_invalid(
+        &p,
+        "t/c.md:2:1: verbatim file `out/a.txt` is the output of `a`\n  help: use `targets.a` instead, so mkt knows the order",
+    );
+}
+
+#[test]
+fn dot_slash_names_in_templates_work() {
+    let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n")
+        .file(
+            "t/a.md",
+            "{% include \"./t/p.md\" %}{{ verbatim(\"./t/v.txt\") }}",
+        )
+        .file("t/p.md", "partial\n")
+        .file("t/v.txt", "{{ raw }}\n")
+        .build();
+    p.mkt(&["build"]).success();
+    assert!(
+        p.read("out/a.md").ends_with("partial\n{{ raw }}\n"),
+        "{}",
+        p.read("out/a.md")
+    );
+}
+
+#[test]
+fn a_template_that_is_also_an_input_is_stamped_as_a_template() {
+    // `audit` reads `sum`'s template as an input; an edit that adds a
+    // reference must still be analysed, even with a no-op stamp in place
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[targets.audit]\ntemplate = \"t/audit.md\"\ninputs = { prompt = \"t/sum.md\" }\noutput = \"out/audit.md\"\n\n\
+             [targets.other]\ntemplate = \"t/other.md\"\noutput = \"out/other.md\"\n\n\
+             [targets.sum]\ntemplate = \"t/sum.md\"\noutput = \"out/sum.md\"\n",
+        )
+        .file("t/audit.md", "Audit: {{ inputs.prompt }}")
+        .file("t/other.md", "Other\n")
+        .file("t/sum.md", "Summarise.\n")
+        .build();
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    p.write("t/sum.md", "Summarise with {{ targets.other }}");
+    p.mkt(&["build"]).success().ran_keys(&["sum", "audit"]);
+    assert!(
+        p.read("out/sum.md").contains("Summarise with"),
+        "{}",
+        p.read("out/sum.md")
+    );
+    assert!(
+        p.read("out/sum.md").contains("Other"),
+        "{}",
+        p.read("out/sum.md")
+    );
+}
+
+#[test]
+fn a_fan_in_that_shows_output_paths_reruns_when_they_move() {
+    let p = project().fixture("foreach").build();
+    p.write(
+        "templates/index.md",
+        "# index\n{% for s in targets.summary %}- {{ s.path }}\n{% endfor %}",
+    );
+    p.mkt(&["build"]).success();
+    p.replace(
+        "prompts.toml",
+        "output = \"out/summaries/{stem}.md\"",
+        "output = \"out/s2/{stem}.md\"",
+    );
+    p.mkt(&["build"]).success().ran_keys(&["index"]);
+    assert!(
+        p.read("out/index.md").contains("out/s2/a.md"),
+        "{}",
+        p.read("out/index.md")
+    );
+}
