@@ -328,16 +328,22 @@ pub fn build(
         store.write_atomic(&cache_path, bytes)?;
     }
     release_free_memory(); // a first build's TOML parse tree is gone
-    let (state_files, state) = StateFiles::load(store.dir());
+    // The state and the graph cache are independent: read them together.
+    let ((state_files, state), cached) = rayon::join(
+        || StateFiles::load(store.dir()),
+        || {
+            let (stamp, _) = prior.as_ref()?;
+            let bytes = std::fs::read(&graph_path).ok()?;
+            Graph::decode(&bytes, &stamp.structure_key(), &project)
+        },
+    );
     let State {
         files: old_files,
         analysis: old_analysis,
         targets: old_targets,
     } = state;
     let files = ProjectFiles::new(root, old_files);
-    let cached = prior.as_ref().and_then(|(stamp, changed)| {
-        let bytes = std::fs::read(&graph_path).ok()?;
-        let graph = Graph::decode(&bytes, &stamp.structure_key(), &project)?;
+    if let (Some((stamp, changed)), Some(_)) = (&prior, &cached) {
         files.trust_all(
             checked_at,
             stamp.entries.iter().filter_map(|e| {
@@ -347,8 +353,7 @@ pub fn build(
                     .map(|st| (e.path.as_str(), st, e.digest))
             }),
         );
-        Some(graph)
-    });
+    }
     let graph_from_cache = cached.is_some();
     let mut graph = match cached {
         Some(g) => g,
