@@ -316,7 +316,11 @@ pub fn build(
     let project_stat = std::fs::symlink_metadata(root.join(PROJECT_FILE))
         .ok()
         .map(|m| (FileStat::from_metadata(&m), now_ns()));
-    let store = ObjectStore::open(root)?;
+    let store = if opts.dry_run {
+        ObjectStore::open_read_only(root)?
+    } else {
+        ObjectStore::open(root)?
+    };
     let cache_path = store.dir().join("project-cache.json");
     let (project, new_cache) = Project::load_cached(root, &cache_path)?;
     let _lock = if opts.dry_run {

@@ -65,6 +65,17 @@ pub enum ObjectRead {
 impl ObjectStore {
     /// Opens (creating if needed) the store of the project at `root`.
     pub fn open(root: &Utf8Path) -> Result<ObjectStore> {
+        ObjectStore::open_with(root, true)
+    }
+
+    /// Opens the store for reading only: a missing store is not created
+    /// (every read then finds nothing). For `--dry-run`, which writes
+    /// nothing.
+    pub fn open_read_only(root: &Utf8Path) -> Result<ObjectStore> {
+        ObjectStore::open_with(root, false)
+    }
+
+    fn open_with(root: &Utf8Path, create: bool) -> Result<ObjectStore> {
         let dir = root.join(STORE_DIR);
         let store = ObjectStore { dir };
         let version = store.dir.join("VERSION");
@@ -81,7 +92,8 @@ impl ObjectStore {
                     help: Some("use the mkt that wrote it, or delete `.mkt/` to start over".into()),
                 });
             }
-            Err(_) => store.init()?,
+            Err(_) if create => store.init()?,
+            Err(_) => {}
         }
         Ok(store)
     }

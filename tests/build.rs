@@ -1543,6 +1543,14 @@ fn outputs_are_not_written_through_a_symlinked_directory() {
 }
 
 #[test]
+fn a_dry_run_of_a_new_project_writes_nothing() {
+    let p = project().fixture("chain").build();
+    p.mkt(&["build", "--dry-run"]).success();
+    assert!(!p.exists(".mkt"), "no store is created");
+    assert!(!p.exists("out"));
+}
+
+#[test]
 fn outputs_get_the_usual_file_mode() {
     use std::os::unix::fs::PermissionsExt;
     let p = project().fixture("chain").build();
