@@ -13,9 +13,10 @@ Shapes (the same as ../shared/bench/gen.py, so figures compare):
           consumes the outputs of (k-1, p) and (k-1, (p+1) % W), through
           `cksum` so outputs stay small
 
-Models: `mock` (provider mock, no latency) and `command` (`cat` for fan,
-`cksum` for layers: the compiled prompt is byte-for-byte what ninja's
-`cat` reads, so both tools do the same work per target).
+Models: `mock` (provider mock, no latency; fan only, since it echoes its
+prompt and layers prompts contain both parents' outputs) and `command`
+(`cat` for fan, `cksum` for layers: the compiled prompt is byte-for-byte
+what ninja's `cat` reads, so both tools do the same work per target).
 
 Each phase is a fresh process: wall time from the clock, peak RSS from
 wait4(). no-op and incremental are medians over --runs runs (at least 3).
@@ -157,7 +158,11 @@ def main():
     for shape in a.shapes.split(","):
         for n in map(int, a.sizes.split(",")):
             results = {}
-            tools = [("mkt", m) for m in a.models.split(",")] + ([("ninja", "-")] if have_ninja else [])
+            # the mock echoes its prompt, and a layers prompt holds both
+            # parents' outputs: sizes would double every layer (the peers
+            # and the command model use cksum for the same reason)
+            models = [m for m in a.models.split(",") if not (shape == "layers" and m == "mock")]
+            tools = [("mkt", m) for m in models] + ([("ninja", "-")] if have_ninja else [])
             for tool, model in tools:
                 root = f"{a.work}/{shape}-{n}/{tool}-{model}"
                 gen(root, tool, model, shape, n)
