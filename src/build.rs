@@ -7,6 +7,13 @@
 //! prompt, computes the InputBundleHash, serves the action cache's result
 //! when there is one, and only then calls the model. A failed run is
 //! recorded in `runs/` but never in the action cache.
+//!
+//! Before any of that, a build of everything consults the no-op stamp
+//! (`stamp.rs`): if no file changed it is done; if only inputs or outputs
+//! changed, the graph comes from its cache and nodes that touch none of
+//! the changes are taken as recorded. Anything else gets the full check.
+//! At the end the state is saved first, then the history, one sync, and
+//! the new stamp last, so the stamp never vouches for what is not on disk.
 
 use crate::config::PROJECT_FILE;
 use crate::config::Project;
