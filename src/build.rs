@@ -353,18 +353,20 @@ pub fn build(
         analysis: old_analysis,
         targets: old_targets,
     } = state;
-    let files = ProjectFiles::new(root, old_files);
+    let mut files = ProjectFiles::new(root, old_files);
     if let (Some((stamp, changed)), Some(_)) = (&prior, &cached) {
-        files.trust_all(
+        files.vouch(
+            changed.clone(),
             checked_at,
             stamp.entries.iter().filter_map(|e| {
-                let skip = e.kind == EntryKind::Dir || changed.contains(&e.path);
+                let file = e.kind != EntryKind::Dir;
                 e.stat
-                    .filter(|_| !skip)
+                    .filter(|_| file)
                     .map(|st| (e.path.as_str(), st, e.digest))
             }),
         );
     }
+    let files = files;
     let graph_from_cache = cached.is_some();
     let mut graph = match cached {
         Some(g) => g,

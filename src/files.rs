@@ -7,7 +7,7 @@ use crate::hash::Digest;
 use crate::state::{FileStat, StatEntry, now_ns};
 use camino::{Utf8Path, Utf8PathBuf};
 use rayon::prelude::*;
-use rustc_hash::FxHashMap as HashMap;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
@@ -106,6 +106,9 @@ pub struct ProjectFiles {
     seen: Mutex<HashMap<String, StatEntry>>,
     /// Directories already checked to be inside the project.
     dirs_ok: std::sync::RwLock<HashMap<Utf8PathBuf, bool>>,
+    /// Set when the no-op stamp has just verified every file except these:
+    /// the stat cache's entries for the others are then taken as they are.
+    vouched_except: Option<HashSet<String>>,
     /// Directories listed by globs: path, stat before listing, when.
     walked: Mutex<Vec<WalkedDir>>,
     /// Set when an entry was (re)hashed, i.e. the state needs writing.
@@ -124,6 +127,7 @@ impl ProjectFiles {
             seen: Mutex::new(HashMap::default()),
             dirs_ok: Default::default(),
             walked: Default::default(),
+            vouched_except: None,
             changed: Default::default(),
         }
     }
@@ -234,7 +238,7 @@ impl ProjectFiles {
     /// The digest of a project file, from the stat cache when the file's
     /// stat is unchanged and the entry is not racy.
     pub fn digest(&self, rel: &str) -> Result<Option<Digest>, FileError> {
-        if let Some(e) = self.seen.lock().unwrap().get(rel) {
+        if let Some(e) = self.known(rel) {
             return Ok(Some(e.digest));
         }
         let entry = self.lookup(rel)?;
@@ -242,6 +246,18 @@ impl ProjectFiles {
             self.record(rel, e);
         }
         Ok(entry.map(|e| e.digest))
+    }
+
+    /// What this build already knows of a file without looking at it: an
+    /// entry it saw, or one the stamp vouched for.
+    fn known(&self, rel: &str) -> Option<StatEntry> {
+        if let Some(e) = self.seen.lock().unwrap().get(rel) {
+            return Some(*e);
+        }
+        match &self.vouched_except {
+            Some(except) if !except.contains(rel) => self.old.get(rel).copied(),
+            _ => None,
+        }
     }
 
     /// Stats (and, when the cache cannot answer, hashes) a file without
@@ -276,14 +292,11 @@ impl ProjectFiles {
     /// Errors are not reported here: the later `digest` of the same path
     /// meets them again where there is context to report them.
     pub fn digest_all(&self, paths: &[&str]) {
-        let todo: Vec<&str> = {
-            let seen = self.seen.lock().unwrap();
-            paths
-                .iter()
-                .copied()
-                .filter(|p| !seen.contains_key(*p))
-                .collect()
-        };
+        let todo: Vec<&str> = paths
+            .iter()
+            .copied()
+            .filter(|p| self.known(p).is_none())
+            .collect();
         let found: Vec<(&str, StatEntry)> = todo
             .par_iter()
             .filter_map(|p| self.lookup(p).ok().flatten().map(|e| (*p, e)))
@@ -322,32 +335,37 @@ impl ProjectFiles {
         self.seen.lock().unwrap().remove(rel);
     }
 
-    /// Takes digests verified elsewhere (the no-op stamp, just now) as
-    /// known, so the files are not stat-ed again. An entry the stat cache
-    /// already holds with the same stat and digest is kept as it is, so
-    /// trusting it does not count as a change to save.
-    pub fn trust_all<'a>(
-        &self,
+    /// Takes the no-op stamp's word, just verified, for every file but
+    /// `changed`: their stat cache entries are used without a stat. Where
+    /// the stamp's entry differs from the stat cache's (the state was saved
+    /// by a build whose stamp was not), the stamp's is recorded.
+    pub fn vouch<'a>(
+        &mut self,
+        changed: HashSet<String>,
         verified_at: i64,
         entries: impl Iterator<Item = (&'a str, FileStat, Digest)>,
     ) {
-        let now = verified_at;
-        let mut seen = self.seen.lock().unwrap();
-        let mut changed = false;
-        for (rel, stat, digest) in entries {
-            let entry = match self.old.get(rel) {
-                Some(old) if old.stat == stat && old.digest == digest => *old,
-                _ => {
-                    changed = true;
-                    StatEntry::new(stat, digest, now)
+        let mut differ = false;
+        {
+            let seen = self.seen.get_mut().unwrap();
+            for (rel, stat, digest) in entries {
+                if changed.contains(rel) {
+                    continue;
                 }
-            };
-            seen.insert(rel.to_string(), entry);
+                match self.old.get(rel) {
+                    Some(old) if old.stat == stat && old.digest == digest => {}
+                    _ => {
+                        differ = true;
+                        seen.insert(rel.to_string(), StatEntry::new(stat, digest, verified_at));
+                    }
+                }
+            }
         }
-        if changed {
+        if differ {
             self.changed
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        self.vouched_except = Some(changed);
     }
 
     /// Runs `f` over everything this build knows of its files.
@@ -357,7 +375,7 @@ impl ProjectFiles {
 
     /// What this build knows of a file: its stat when it was hashed.
     pub fn seen_entry(&self, rel: &str) -> Option<StatEntry> {
-        self.seen.lock().unwrap().get(rel).copied()
+        self.known(rel)
     }
 
     pub fn root_dir(&self) -> Option<&std::fs::File> {
