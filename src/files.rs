@@ -378,10 +378,6 @@ impl ProjectFiles {
         self.known(rel)
     }
 
-    pub fn root_dir(&self) -> Option<&std::fs::File> {
-        self.root_dir.as_ref()
-    }
-
     pub fn changed(&self) -> bool {
         self.changed.load(std::sync::atomic::Ordering::Relaxed)
     }
