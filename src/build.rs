@@ -122,6 +122,8 @@ pub struct BuildReport {
     pub ran: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// Stopped by Ctrl-C or SIGTERM (what finished is saved).
+    pub interrupted: bool,
     /// `--dry-run`: each node that would be rebuilt and why.
     pub would_run: Vec<(String, DirtyReason)>,
 }
@@ -416,6 +418,16 @@ pub fn build(
         loop {
             while let Some(i) = prog.ready.pop_front() {
                 let node = &graph.nodes[i];
+                if crate::exec::interrupted() {
+                    let because = "the build was interrupted".to_string();
+                    prog.complete(
+                        i,
+                        Outcome::Skipped { because },
+                        Done::failed(node.key.clone()),
+                        report,
+                    );
+                    continue;
+                }
                 let blame = node
                     .upstream_nodes()
                     .find_map(|u| prog.results[u].as_ref().and_then(|d| d.blame.clone()));
@@ -577,7 +589,8 @@ pub fn build(
         }
         drop(job_tx);
     });
-    let rep = prog.rep;
+    let mut rep = prog.rep;
+    rep.interrupted = crate::exec::interrupted();
 
     if opts.dry_run {
         return Ok(rep);

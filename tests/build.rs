@@ -1665,3 +1665,64 @@ fn a_fan_in_that_shows_output_paths_reruns_when_they_move() {
         p.read("out/index.md")
     );
 }
+
+#[test]
+fn ctrl_c_stops_the_build_kills_model_commands_and_keeps_what_finished() {
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[models.slow]\nprovider = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >/dev/null; echo $$ > pid.txt; exec sleep 30\"]\n\n\
+             [targets.quick]\ntemplate = \"q.md\"\noutput = \"out/q.md\"\n\n\
+             [targets.slow]\ntemplate = \"s.md\"\noutput = \"out/s.md\"\nmodel = \"slow\"\n\n\
+             [targets.after]\ntemplate = \"a.md\"\noutput = \"out/a.md\"\n",
+        )
+        .file("q.md", "quick\n")
+        .file("s.md", "slow\n")
+        .file("a.md", "after {{ targets.slow }}")
+        .build();
+    let child = std::process::Command::new(support::mkt_bin())
+        .args(["build", "-j", "2"])
+        .current_dir(p.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !p.exists("pid.txt") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    // SAFETY: sending SIGINT to the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "stopped promptly"
+    );
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(
+        stderr.contains("mkt: interrupted; targets that finished are saved"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("skipped after: the build was interrupted"),
+        "{stderr}"
+    );
+    let pid: i32 = p.read("pid.txt").trim().parse().unwrap();
+    // SAFETY: signal 0 only checks whether the process exists.
+    assert_ne!(
+        unsafe { libc::kill(pid, 0) },
+        0,
+        "the model command was killed"
+    );
+    // what finished stays built; the next build runs the rest
+    assert!(p.exists("out/q.md"));
+    p.replace("prompts.toml", "exec sleep 30", "cat s.md");
+    p.mkt(&["build"])
+        .success()
+        .ran_keys(&["slow", "after"])
+        .summary("2 ran, 0 cached, 1 up to date");
+}

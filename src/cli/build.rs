@@ -131,6 +131,14 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
         tty: std::io::stderr().is_terminal(),
         status_shown: Mutex::new(false),
     };
+    // Ctrl-C / SIGTERM: stop the build (killing running model commands)
+    // and save what finished; a second one exits at once.
+    let _ = ctrlc::set_handler(|| {
+        if markitect::exec::interrupted() {
+            std::process::exit(130);
+        }
+        markitect::exec::interrupt();
+    });
     let started = std::time::Instant::now();
     let result = build(root, &opts, &|e| printer.event(e));
     printer.status("");
@@ -165,6 +173,10 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
                 }
                 s.push_str(&format!(" ({:.2} s)", started.elapsed().as_secs_f64()));
                 printer.line(&s);
+            }
+            if r.interrupted {
+                printer.line("mkt: interrupted; targets that finished are saved, `mkt build` goes on from there");
+                return 130;
             }
             if r.success() { 0 } else { 1 }
         }

@@ -68,6 +68,7 @@ impl ModelAdapter for Command {
             }))
         };
         let pid = child.id() as i32;
+        let _group = super::RunningGroup::register(pid);
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let watchdog = self.timeout.map(|t| {
             std::thread::spawn(move || {
@@ -86,6 +87,11 @@ impl ModelAdapter for Command {
             let _ = w.join();
         }
         let out = out.map_err(|e| ModelError(format!("`{prog}` failed: {e}")))?;
+        if super::interrupted() {
+            return Err(ModelError(format!(
+                "`{prog}` was stopped: the build was interrupted"
+            )));
+        }
         if timed_out {
             return Err(ModelError(format!(
                 "`{prog}` did not finish within {} s (`timeout_s`) and was killed",

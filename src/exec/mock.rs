@@ -38,8 +38,13 @@ pub fn mock_output(model: &str, prompt: &CompiledPrompt) -> String {
 
 impl ModelAdapter for Mock {
     fn call(&self, prompt: &CompiledPrompt, _root: &Utf8Path) -> Result<ModelResponse, ModelError> {
-        if self.latency_ms > 0 {
-            std::thread::sleep(std::time::Duration::from_millis(self.latency_ms));
+        // sleep in slices so an interrupted build does not wait it out
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(self.latency_ms);
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            if super::interrupted() {
+                return Err(ModelError("the build was interrupted".into()));
+            }
+            std::thread::sleep(left.min(std::time::Duration::from_millis(20)));
         }
         Ok(ModelResponse {
             output: mock_output(&self.name, prompt).into_bytes(),
