@@ -865,17 +865,7 @@ impl Graph {
             let nu = r.count(8)?;
             let mut upstream = Vec::with_capacity(nu);
             for _ in 0..nu {
-                let name = r.str()?;
-                let m = r.count(4)?;
-                let mut v = Vec::with_capacity(m);
-                for _ in 0..m {
-                    let u = r.u32()? as usize;
-                    if u >= n {
-                        return None;
-                    }
-                    v.push(u);
-                }
-                upstream.push((name, v));
+                upstream.push((r.str()?, node_indices(&mut r, n)?));
             }
             nodes.push(Node {
                 key,
@@ -892,15 +882,7 @@ impl Graph {
                 model_digest: r.digest()?,
             });
         }
-        let m = r.count(4)?;
-        let mut order = Vec::with_capacity(m);
-        for _ in 0..m {
-            let o = r.u32()? as usize;
-            if o >= n {
-                return None;
-            }
-            order.push(o);
-        }
+        let order = node_indices(&mut r, n)?;
         if r.pos != body.len() || order.len() != n {
             return None;
         }
@@ -914,9 +896,23 @@ impl Graph {
 
 const GRAPH_MAGIC: &[u8; 8] = b"MKTGRPH1";
 
+/// A counted list of node indices, each below `n`.
+fn node_indices(r: &mut crate::state::Reader<'_>, n: usize) -> Option<Vec<usize>> {
+    let m = r.count(4)?;
+    let mut v = Vec::with_capacity(m);
+    for _ in 0..m {
+        let i = r.u32()? as usize;
+        if i >= n {
+            return None;
+        }
+        v.push(i);
+    }
+    Some(v)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::expand_output;
+    use super::*;
 
     #[test]
     fn output_placeholders() {
@@ -926,5 +922,55 @@ mod tests {
             "out/docs/x/a.txt"
         );
         assert_eq!(expand_output("out/{dir}/{stem}.md", "a.txt"), "out/a.md");
+    }
+
+    #[test]
+    fn graph_cache_round_trips_and_rejects_every_cut_and_flip() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        for (f, text) in [
+            ("docs/a.md", "A"),
+            ("docs/b.md", "B"),
+            ("t/s.md", "{{ item.content }}"),
+            (
+                "t/i.md",
+                "{% for s in targets.s %}{{ s.content }}{% endfor %}",
+            ),
+        ] {
+            std::fs::create_dir_all(root.join(f).parent().unwrap()).unwrap();
+            std::fs::write(root.join(f), text).unwrap();
+        }
+        let project = Project::parse(
+            root,
+            "[targets.s]\nforeach = \"docs/*.md\"\ntemplate = \"t/s.md\"\noutput = \"out/{stem}.md\"\n\
+             [targets.i]\ntemplate = \"t/i.md\"\noutput = \"out/index.md\"\n"
+                .to_string(),
+        )
+        .unwrap();
+        let files = ProjectFiles::new(root, HashMap::default());
+        let g = analyse_project(&project, &files, &HashMap::default()).unwrap();
+        let key = Digest::of(b"key");
+        let bytes = g.encode(&key);
+        let back = Graph::decode(&bytes, &key, &project).unwrap();
+        let keys = |g: &Graph| {
+            g.nodes
+                .iter()
+                .map(|n| (n.key.clone(), n.output.clone(), n.upstream.clone()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(keys(&back), keys(&g));
+        assert_eq!(back.order, g.order);
+        assert!(Graph::decode(&bytes, &Digest::of(b"other"), &project).is_none());
+        for cut in 0..bytes.len() {
+            assert!(
+                Graph::decode(&bytes[..cut], &key, &project).is_none(),
+                "cut at {cut}"
+            );
+        }
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 1;
+            assert!(Graph::decode(&b, &key, &project).is_none(), "flip at {i}");
+        }
     }
 }
