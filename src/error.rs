@@ -47,7 +47,7 @@ fn help_line(h: &Option<String>) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "no `prompts.toml` in `{dir}` or any parent directory\n  help: run `mkt init` to start a project here"
+        "no `prompts.toml` in `{dir}` or any parent directory\n  help: run mkt inside a project, pass `-C DIR`, or create a `prompts.toml` (see README.md)"
     )]
     NoProject { dir: Utf8PathBuf },
 

@@ -583,13 +583,11 @@ pub fn analyse_project(
                     upstream.insert(r.name.clone(), Vec::new());
                 }
                 None => {
-                    let known: Vec<&str> =
-                        project.targets.iter().map(|t| t.name.as_str()).collect();
                     return Err(ref_error(
                         file,
                         r,
                         format!("`targets.{}` names no target in `prompts.toml`", r.name),
-                        format!("known targets: {}", known.join(", ")),
+                        known_targets(project),
                     ));
                 }
             }
@@ -647,6 +645,15 @@ pub fn analyse_project(
     })
 }
 
+/// The help line listing a project's targets.
+fn known_targets(project: &Project) -> String {
+    if project.targets.is_empty() {
+        return "`prompts.toml` defines no targets yet".to_string();
+    }
+    let known: Vec<&str> = project.targets.iter().map(|t| t.name.as_str()).collect();
+    format!("known targets: {}", known.join(", "))
+}
+
 /// A cycle through `start`, as target names (`a -> b -> a`).
 fn cycle_path(nodes: &[Node], project: &Project, start: usize) -> Vec<String> {
     // depth-first search from `start` along upstream edges back to `start`
@@ -699,10 +706,9 @@ impl Graph {
             } else if project.targets.iter().any(|t| &t.name == name) {
                 // a foreach target with no files: nothing to build
             } else {
-                let known: Vec<&str> = project.targets.iter().map(|t| t.name.as_str()).collect();
                 return Err(Error::UnknownTarget {
                     name: name.clone(),
-                    help: Some(format!("known targets: {}", known.join(", "))),
+                    help: Some(known_targets(project)),
                 });
             }
         }

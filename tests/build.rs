@@ -1204,9 +1204,21 @@ fn no_project_file() {
     run.code(2)
         .stderr_contains("error: no `prompts.toml` in `")
         .stderr_contains(
-            "` or any parent directory\n  help: run `mkt init` to start a project here\n",
+            "` or any parent directory\n  help: run mkt inside a project, pass `-C DIR`, or create a `prompts.toml` (see README.md)\n",
         );
     assert!(!p.exists(".mkt"));
+}
+
+#[test]
+fn an_unknown_target_on_the_command_line_lists_the_known_ones() {
+    let p = project().fixture("chain").build();
+    p.mkt(&["build", "nope"]).code(2).stderr_eq(
+        "error: unknown target `nope`\n  help: known targets: final, outline, summary\n",
+    );
+    let p = project().file("prompts.toml", "").build();
+    p.mkt(&["build", "nope"])
+        .code(2)
+        .stderr_eq("error: unknown target `nope`\n  help: `prompts.toml` defines no targets yet\n");
 }
 
 #[test]
