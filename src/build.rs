@@ -17,7 +17,7 @@
 
 use crate::config::PROJECT_FILE;
 use crate::config::Project;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::exec::adapter_for;
 use crate::files::ProjectFiles;
 use crate::graph::{Graph, Node, analyse_project};
@@ -1139,7 +1139,9 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         },
         tool_version: env!("CARGO_PKG_VERSION").into(),
     };
-    let stored = (|| -> Result<Digest> {
+    // Ok(Some(digest)): stored; Ok(None): the model failed (recorded in
+    // `runs/`); Err: the store could not be written
+    let stored = (|| -> Result<Option<Digest>> {
         ctx.store.put(&prompt_json)?;
         match response {
             Ok(resp) => {
@@ -1152,19 +1154,19 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                 m.usage = resp.usage;
                 ctx.store.ac_put(&m)?;
                 write_output(ctx, node, &resp.output, d)?;
-                Ok(d)
+                Ok(Some(d))
             }
             Err(e) => {
                 m.status = RunStatus::Failed;
                 m.error = Some(e.0.clone());
                 ctx.store.put_run(&m)?;
-                Err(Error::Interrupted("model failed"))
+                Ok(None)
             }
         }
     })();
     let ms = started.elapsed().as_secs_f64() * 1e3;
     match stored {
-        Ok(d) => JobResult {
+        Ok(Some(d)) => JobResult {
             node: job.node,
             outcome: Outcome::Ran {
                 run_id: run_id.clone(),
@@ -1180,7 +1182,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                 ms,
             )),
         },
-        Err(Error::Interrupted(_)) => {
+        Ok(None) => {
             let h = history_line(node, "failed", &run_id, Some(ibh.0), &job.reason, ms);
             fail(m.error.clone().unwrap_or_default(), warnings, Some(h))
         }

@@ -178,10 +178,6 @@ impl Project {
         })
     }
 
-    pub fn load(root: &Utf8Path) -> Result<Project> {
-        Project::parse(root, Project::read_source(root)?)
-    }
-
     pub fn read_source(root: &Utf8Path) -> Result<String> {
         let path = root.join(PROJECT_FILE);
         std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))

@@ -85,9 +85,6 @@ pub enum Error {
         "another `mkt` holds the lock on `{path}`\n  help: wait for it to finish, or drop `--no-wait` to wait for it"
     )]
     Locked { path: Utf8PathBuf },
-
-    #[error("{0}")]
-    Interrupted(&'static str),
 }
 
 impl Error {

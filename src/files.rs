@@ -397,13 +397,8 @@ pub fn glob_matcher(pattern: &str) -> Result<globset::GlobMatcher, globset::Erro
 }
 
 /// Files under the project root matching `pattern` (globset syntax, `*`
-/// does not cross `/`), sorted. Hidden directories (`.mkt`, `.git`, ...)
-/// are not searched.
-pub fn glob_files(root: &Utf8Path, pattern: &str) -> Result<Vec<String>, globset::Error> {
-    Ok(glob_walk(root, pattern)?.0)
-}
-
-/// [`glob_files`], plus the directories whose listing decided the result
+/// does not cross `/`), sorted, hidden directories (`.mkt`, `.git`, ...)
+/// not searched; plus the directories whose listing decided the result
 /// (relative; `""` is the root): a file added to or removed from any of
 /// them changes its mtime, which is how a no-op build notices new matches
 /// without walking again.
@@ -488,16 +483,16 @@ mod tests {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, "x").unwrap();
         }
-        assert_eq!(glob_files(root, "docs/*.md").unwrap(), ["docs/a.md"]);
+        assert_eq!(glob_walk(root, "docs/*.md").unwrap().0, ["docs/a.md"]);
         assert_eq!(
-            glob_files(root, "docs/**/*.md").unwrap(),
+            glob_walk(root, "docs/**/*.md").unwrap().0,
             ["docs/a.md", "docs/sub/c.md"]
         );
         assert_eq!(
-            glob_files(root, "**/*.md").unwrap(),
+            glob_walk(root, "**/*.md").unwrap().0,
             ["docs/a.md", "docs/sub/c.md", "other/d.md"]
         );
-        assert_eq!(glob_files(root, "*/d.md").unwrap(), ["other/d.md"]);
+        assert_eq!(glob_walk(root, "*/d.md").unwrap().0, ["other/d.md"]);
     }
 
     #[test]
