@@ -22,9 +22,10 @@ use crate::exec::adapter_for;
 use crate::files::ProjectFiles;
 use crate::graph::{Graph, Node, analyse_project};
 use crate::hash::{Digest, InputBundleHash};
+use crate::history::{HistoryEntry, RunKind};
 use crate::manifest::{
     self, FileDigest, InputRecord, ModelRecord, OutputRecord, RunManifest, RunStatus, Timing,
-    UpstreamRecord,
+    UpstreamRecord, Usage,
 };
 use crate::stamp::{EntryKind, NoopStamp, StampEntry};
 use crate::state::{
@@ -142,6 +143,8 @@ struct Done {
     run_id: String,
     /// For a node that failed or was skipped: the failed node to blame.
     blame: Option<String>,
+    /// `--dry-run`: would run, so its output may still change.
+    pending: bool,
 }
 
 impl Done {
@@ -151,6 +154,7 @@ impl Done {
             output_digest,
             run_id,
             blame: None,
+            pending: false,
         }
     }
 
@@ -167,6 +171,7 @@ impl Done {
             output_digest: Digest::default(),
             run_id: String::new(),
             blame: Some(blame),
+            pending: false,
         }
     }
 }
@@ -271,10 +276,7 @@ struct JobResult {
 }
 
 struct Ctx<'a> {
-    project: &'a Project,
-    graph: &'a Graph,
-    files: &'a ProjectFiles,
-    store: &'a ObjectStore,
+    src: Sources<'a>,
     old: &'a HashMap<String, TargetRecord>,
     /// `--force`: which nodes skip the action cache.
     forced: Vec<bool>,
@@ -395,10 +397,12 @@ pub fn build(
     files.digest_all(&paths);
 
     let ctx = Ctx {
-        project: &project,
-        graph: &graph,
-        files: &files,
-        store: &store,
+        src: Sources {
+            project: &project,
+            graph: &graph,
+            files: &files,
+            store: &store,
+        },
         old: &old_targets,
         forced: named.iter().map(|&n| n && opts.force).collect(),
     };
@@ -502,11 +506,21 @@ pub fn build(
                 };
                 let record = old_targets.get(&node.key);
                 let out_digest = files.digest(&node.output).ok().flatten();
-                let reason = if opts.force && named[i] {
+                let mut reason = if opts.force && named[i] {
                     Some(DirtyReason::Forced)
                 } else {
                     dirty_reason(record, &fingerprint, &node.output, out_digest)
                 };
+                // a dry run cannot know what a stale upstream will produce
+                if let Some(DirtyReason::UpstreamChanged { target }) = &reason
+                    && node.upstream_nodes().any(|u| {
+                        graph.nodes[u].key == *target
+                            && prog.results[u].as_ref().is_some_and(|d| d.pending)
+                    })
+                {
+                    let target = target.clone();
+                    reason = Some(DirtyReason::UpstreamStale { target });
+                }
                 let Some(reason) = reason else {
                     let rec = record.expect("fresh implies a record");
                     let d = Done::fresh(rec.output_digest, rec.run_id.clone());
@@ -522,7 +536,10 @@ pub fn build(
                         (r, Some(rec)) if r.output_only() => rec.output_digest,
                         _ => Digest::default(),
                     };
-                    let d = Done::ok(digest, String::new());
+                    let d = Done {
+                        pending: !reason.output_only(),
+                        ..Done::ok(digest, String::new())
+                    };
                     prog.complete(i, Outcome::WouldRun, d, report);
                     continue;
                 }
@@ -793,6 +810,106 @@ fn patched_stamp(old: &NoopStamp, files: &ProjectFiles, checked_at: i64) -> Vec<
     old.encode_patched(&patch)
 }
 
+/// What compilation reads from: the project, its graph, its files and
+/// the store (for upstream outputs).
+pub(crate) struct Sources<'a> {
+    pub project: &'a Project,
+    pub graph: &'a Graph,
+    pub files: &'a ProjectFiles,
+    pub store: &'a ObjectStore,
+}
+
+/// Renders `node`'s compiled prompt. Every source file must still have the
+/// digest in `expected` (when listed there); `upstream` gives, in the
+/// node's upstream order, the output each upstream node has now.
+pub(crate) fn compile_node(
+    src: &Sources<'_>,
+    node: &Node,
+    expected: &HashMap<&str, Digest>,
+    upstream: &[UpstreamRecord],
+) -> std::result::Result<crate::template::CompiledPrompt, String> {
+    let template_source = read_text(src.files, expected, &node.template)?;
+    let mut partials = BTreeMap::new();
+    for p in &node.partials {
+        partials.insert(
+            p.clone(),
+            Arc::<str>::from(read_text(src.files, expected, p)?),
+        );
+    }
+    let mut verbatim = BTreeMap::new();
+    for p in &node.verbatim {
+        verbatim.insert(
+            p.clone(),
+            Arc::<str>::from(read_text(src.files, expected, p)?),
+        );
+    }
+    let mut inputs = BTreeMap::new();
+    for i in &node.inputs {
+        let v = if i.is_glob {
+            let mut list = Vec::new();
+            for p in &i.paths {
+                list.push(
+                    minijinja::context! { path => p, content => read_text(src.files, expected, p)? },
+                );
+            }
+            Value::from(list)
+        } else {
+            Value::from(read_text(src.files, expected, &i.paths[0])?)
+        };
+        inputs.insert(i.name.clone(), v);
+    }
+    let mut targets = BTreeMap::new();
+    let mut up = upstream.iter();
+    for (name, nodes) in &node.upstream {
+        // a plain target is exactly one node without an item
+        let is_foreach = nodes.len() != 1 || src.graph.nodes[nodes[0]].item.is_some();
+        let mut list = Vec::new();
+        for &u in nodes {
+            let rec = up.next().expect("one upstream record per upstream node");
+            let un = &src.graph.nodes[u];
+            let text = upstream_text(src, un, rec.output_digest)?;
+            if is_foreach {
+                list.push(minijinja::context! {
+                    path => un.output.clone(),
+                    content => text,
+                    item => un.item.clone(),
+                    stem => un.item.as_deref().and_then(|i| Utf8Path::new(i).file_stem()).unwrap_or(""),
+                });
+            } else {
+                targets.insert(name.clone(), Value::from(text));
+            }
+        }
+        if is_foreach {
+            targets.insert(name.clone(), Value::from(list));
+        }
+    }
+    let item = match &node.item {
+        Some(p) => item_value(
+            p,
+            if node.uses_item {
+                Some(read_text(src.files, expected, p)?)
+            } else {
+                None
+            },
+        ),
+        None => Value::UNDEFINED,
+    };
+    let context = if node.item.is_some() {
+        minijinja::context! { inputs => inputs, targets => targets, item => item }
+    } else {
+        minijinja::context! { inputs => inputs, targets => targets }
+    };
+    let prompt = compile(&RenderInput {
+        template_path: Utf8Path::new(&node.template),
+        template_source: &template_source,
+        partials: &partials,
+        verbatim: &verbatim,
+        context,
+    })
+    .map_err(|e| e.to_string())?;
+    Ok(prompt)
+}
+
 /// Reads a source file for compilation and checks it still has the digest
 /// its fingerprint recorded: the prompt must be built from exactly the
 /// bytes the record will claim.
@@ -813,14 +930,14 @@ fn read_text(
 /// The text of an upstream output: from the store (verified), else from
 /// the output file when it still has the expected digest.
 fn upstream_text(
-    ctx: &Ctx<'_>,
+    src: &Sources<'_>,
     node: &Node,
     digest: Digest,
 ) -> std::result::Result<String, String> {
-    let bytes = match ctx.store.get(&digest) {
+    let bytes = match src.store.get(&digest) {
         ObjectRead::Found(b) => b,
         _ => {
-            let b = ctx.files.read(&node.output).map_err(|e| e.to_string())?;
+            let b = src.files.read(&node.output).map_err(|e| e.to_string())?;
             if Digest::of(&b) != digest {
                 return Err(format!(
                     "the output of `{}` changed during the build",
@@ -846,39 +963,45 @@ fn item_value(path: &str, content: Option<String>) -> Value {
 }
 
 fn write_output(ctx: &Ctx<'_>, node: &Node, bytes: &[u8], digest: Digest) -> Result<()> {
-    if ctx.files.digest(&node.output).ok().flatten() == Some(digest) {
+    if ctx.src.files.digest(&node.output).ok().flatten() == Some(digest) {
         return Ok(());
     }
-    ctx.files.forget(&node.output);
-    ctx.store
-        .write_atomic(&ctx.files.abs(&node.output), bytes)?;
-    ctx.files.wrote(&node.output, digest);
+    ctx.src.files.forget(&node.output);
+    ctx.src
+        .store
+        .write_atomic(&ctx.src.files.abs(&node.output), bytes)?;
+    ctx.src.files.wrote(&node.output, digest);
     Ok(())
 }
 
+/// The history line of a job that ends now (format: `history.rs`).
 fn history_line(
     node: &Node,
-    status: &str,
-    run_id: &str,
-    ibh: Option<Digest>,
-    reason: &DirtyReason,
-    ms: f64,
+    job: &Job,
+    model: &str,
+    started: Instant,
+    (status, run_id, ibh, usage): (RunKind, &str, Option<Digest>, Option<Usage>),
 ) -> String {
-    let v = serde_json::json!({
-        "time": manifest::now_rfc3339(),
-        "target": node.key,
-        "status": status,
-        "run_id": run_id,
-        "input_bundle_hash": ibh.map(|d| d.to_hex()),
-        "reason": reason.to_string(),
-        "duration_ms": (ms * 1000.0).round() / 1000.0,
-    });
-    format!("{v}\n")
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    HistoryEntry {
+        time: manifest::now_rfc3339(),
+        target: node.key.clone(),
+        status,
+        run_id: run_id.to_string(),
+        input_bundle_hash: ibh,
+        model: model.to_string(),
+        reason: job.reason.to_string(),
+        duration_ms: (ms * 1000.0).round() / 1000.0,
+        usage,
+    }
+    .to_line()
 }
 
 fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
-    let node = &ctx.graph.nodes[job.node];
+    let node = &ctx.src.graph.nodes[job.node];
+    let decl = &ctx.src.project.targets[node.target];
     let started = Instant::now();
+    let hist = |line| Some(history_line(node, &job, &decl.model.name, started, line));
     let mut warnings = Vec::new();
     let fail = |error: String, warnings: Vec<String>, history: Option<String>| JobResult {
         node: job.node,
@@ -907,25 +1030,17 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     if job.reason.output_only()
         && let Some(rec) = ctx.old.get(&node.key)
     {
-        match ctx.store.get(&rec.output_digest) {
+        match ctx.src.store.get(&rec.output_digest) {
             ObjectRead::Found(bytes) => {
                 if let Err(e) = write_output(ctx, node, &bytes, rec.output_digest) {
                     return fail(e.to_string(), warnings, None);
                 }
-                let ms = started.elapsed().as_secs_f64() * 1e3;
                 return JobResult {
                     node: job.node,
                     outcome: Outcome::Restored,
                     record: Some(record_for(rec.ibh, rec.output_digest, &rec.run_id)),
                     warnings,
-                    history: Some(history_line(
-                        node,
-                        "restored",
-                        &rec.run_id,
-                        Some(rec.ibh),
-                        &job.reason,
-                        ms,
-                    )),
+                    history: hist((RunKind::Restored, &rec.run_id, Some(rec.ibh), None)),
                 };
             }
             ObjectRead::Corrupt => warnings.push(format!(
@@ -938,101 +1053,18 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     }
 
     // 2. Compilation.
-    let decl = &ctx.project.targets[node.target];
-    let compiled = (|| -> std::result::Result<_, String> {
-        let expected: HashMap<&str, Digest> = job
-            .fingerprint
-            .deps
-            .iter()
-            .map(|d| (d.path.as_str(), d.digest))
-            .collect();
-        let template_source = read_text(ctx.files, &expected, &node.template)?;
-        let mut partials = BTreeMap::new();
-        for p in &node.partials {
-            partials.insert(
-                p.clone(),
-                Arc::<str>::from(read_text(ctx.files, &expected, p)?),
-            );
-        }
-        let mut verbatim = BTreeMap::new();
-        for p in &node.verbatim {
-            verbatim.insert(
-                p.clone(),
-                Arc::<str>::from(read_text(ctx.files, &expected, p)?),
-            );
-        }
-        let mut inputs = BTreeMap::new();
-        for i in &node.inputs {
-            let v = if i.is_glob {
-                let mut list = Vec::new();
-                for p in &i.paths {
-                    list.push(
-                        minijinja::context! { path => p, content => read_text(ctx.files, &expected, p)? },
-                    );
-                }
-                Value::from(list)
-            } else {
-                Value::from(read_text(ctx.files, &expected, &i.paths[0])?)
-            };
-            inputs.insert(i.name.clone(), v);
-        }
-        let mut targets = BTreeMap::new();
-        let mut up = job.upstream.iter();
-        for (name, nodes) in &node.upstream {
-            // a plain target is exactly one node without an item
-            let is_foreach = nodes.len() != 1 || ctx.graph.nodes[nodes[0]].item.is_some();
-            let mut list = Vec::new();
-            for &u in nodes {
-                let rec = up.next().expect("one upstream record per upstream node");
-                let un = &ctx.graph.nodes[u];
-                let text = upstream_text(ctx, un, rec.output_digest)?;
-                if is_foreach {
-                    list.push(minijinja::context! {
-                        path => un.output.clone(),
-                        content => text,
-                        item => un.item.clone(),
-                        stem => un.item.as_deref().and_then(|i| Utf8Path::new(i).file_stem()).unwrap_or(""),
-                    });
-                } else {
-                    targets.insert(name.clone(), Value::from(text));
-                }
-            }
-            if is_foreach {
-                targets.insert(name.clone(), Value::from(list));
-            }
-        }
-        let item = match &node.item {
-            Some(p) => item_value(
-                p,
-                if node.uses_item {
-                    Some(read_text(ctx.files, &expected, p)?)
-                } else {
-                    None
-                },
-            ),
-            None => Value::UNDEFINED,
-        };
-        let context = if node.item.is_some() {
-            minijinja::context! { inputs => inputs, targets => targets, item => item }
-        } else {
-            minijinja::context! { inputs => inputs, targets => targets }
-        };
-        let prompt = compile(&RenderInput {
-            template_path: Utf8Path::new(&node.template),
-            template_source: &template_source,
-            partials: &partials,
-            verbatim: &verbatim,
-            context,
-        })
-        .map_err(|e| e.to_string())?;
-        Ok(prompt)
-    })();
+    let expected: HashMap<&str, Digest> = job
+        .fingerprint
+        .deps
+        .iter()
+        .map(|d| (d.path.as_str(), d.digest))
+        .collect();
+    let compiled = compile_node(&ctx.src, node, &expected, &job.upstream);
     let prompt = match compiled {
         Ok(p) => p,
         Err(e) => {
-            let ms = started.elapsed().as_secs_f64() * 1e3;
-            let h = history_line(node, "failed", "", None, &job.reason, ms);
-            return fail(e, warnings, Some(h));
+            let h = hist((RunKind::Failed, "", None, None));
+            return fail(e, warnings, h);
         }
     };
     let compile_ms = started.elapsed().as_secs_f64() * 1e3;
@@ -1043,19 +1075,18 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
 
     // 3. The action cache.
     if !ctx.forced[job.node] {
-        match ctx.store.ac_get(&ibh) {
-            AcRead::Found(m) => match ctx.store.get(&m.outputs[0].digest) {
+        match ctx.src.store.ac_get(&ibh) {
+            AcRead::Found(m) => match ctx.src.store.get(&m.outputs[0].digest) {
                 ObjectRead::Found(bytes) => {
                     if let Err(e) = write_output(ctx, node, &bytes, m.outputs[0].digest) {
                         return fail(e.to_string(), warnings, None);
                     }
-                    let ms = started.elapsed().as_secs_f64() * 1e3;
                     return JobResult {
                         node: job.node,
                         outcome: Outcome::Cached { run_id: m.run_id.clone() },
                         record: Some(record_for(ibh.0, m.outputs[0].digest, &m.run_id)),
                         warnings,
-                        history: Some(history_line(node, "cached", &m.run_id, Some(ibh.0), &job.reason, ms)),
+                        history: hist((RunKind::Cached, &m.run_id, Some(ibh.0), None)),
                     };
                 }
                 ObjectRead::Corrupt => warnings.push(format!(
@@ -1077,10 +1108,10 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     // 4. Processing.
     let started_at = manifest::now_rfc3339();
     let t_process = Instant::now();
-    let response = adapter_for(&decl.model).call(&prompt, ctx.files.root());
+    let response = adapter_for(&decl.model).call(&prompt, ctx.src.files.root());
     let process_ms = t_process.elapsed().as_secs_f64() * 1e3;
     let run_id = manifest::new_run_id();
-    let digest_of = |p: &str| ctx.files.digest(p).ok().flatten().unwrap_or_default();
+    let digest_of = |p: &str| ctx.src.files.digest(p).ok().flatten().unwrap_or_default();
     let mut m = RunManifest {
         schema: manifest::MANIFEST_SCHEMA.into(),
         run_id: run_id.clone(),
@@ -1142,29 +1173,28 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     // Ok(Some(digest)): stored; Ok(None): the model failed (recorded in
     // `runs/`); Err: the store could not be written
     let stored = (|| -> Result<Option<Digest>> {
-        ctx.store.put(&prompt_json)?;
+        ctx.src.store.put(&prompt_json)?;
         match response {
             Ok(resp) => {
-                let d = ctx.store.put(&resp.output)?;
+                let d = ctx.src.store.put(&resp.output)?;
                 m.outputs.push(OutputRecord {
                     path: node.output.clone(),
                     digest: d,
                     bytes: resp.output.len() as u64,
                 });
                 m.usage = resp.usage;
-                ctx.store.ac_put(&m)?;
+                ctx.src.store.ac_put(&m)?;
                 write_output(ctx, node, &resp.output, d)?;
                 Ok(Some(d))
             }
             Err(e) => {
                 m.status = RunStatus::Failed;
                 m.error = Some(e.0.clone());
-                ctx.store.put_run(&m)?;
+                ctx.src.store.put_run(&m)?;
                 Ok(None)
             }
         }
     })();
-    let ms = started.elapsed().as_secs_f64() * 1e3;
     match stored {
         Ok(Some(d)) => JobResult {
             node: job.node,
@@ -1173,18 +1203,11 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
             },
             record: Some(record_for(ibh.0, d, &run_id)),
             warnings,
-            history: Some(history_line(
-                node,
-                "ran",
-                &run_id,
-                Some(ibh.0),
-                &job.reason,
-                ms,
-            )),
+            history: hist((RunKind::Ran, &run_id, Some(ibh.0), m.usage.clone())),
         },
         Ok(None) => {
-            let h = history_line(node, "failed", &run_id, Some(ibh.0), &job.reason, ms);
-            fail(m.error.clone().unwrap_or_default(), warnings, Some(h))
+            let h = hist((RunKind::Failed, &run_id, Some(ibh.0), m.usage.clone()));
+            fail(m.error.clone().unwrap_or_default(), warnings, h)
         }
         Err(e) => fail(e.to_string(), warnings, None),
     }

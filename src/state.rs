@@ -186,14 +186,38 @@ pub enum DirtyReason {
     PreviousRunFailed,
     ModelChanged,
     ConfigChanged,
-    FileChanged { kind: DepKind, path: String },
-    FileAdded { kind: DepKind, path: String },
-    FileRemoved { kind: DepKind, path: String },
-    UpstreamChanged { target: String },
-    UpstreamAdded { target: String },
-    UpstreamRemoved { target: String },
-    OutputMissing { path: String },
-    OutputModified { path: String },
+    FileChanged {
+        kind: DepKind,
+        path: String,
+    },
+    FileAdded {
+        kind: DepKind,
+        path: String,
+    },
+    FileRemoved {
+        kind: DepKind,
+        path: String,
+    },
+    UpstreamChanged {
+        target: String,
+    },
+    /// `--dry-run` and `status` only: an upstream target would be rebuilt,
+    /// so this one may have to be too.
+    UpstreamStale {
+        target: String,
+    },
+    UpstreamAdded {
+        target: String,
+    },
+    UpstreamRemoved {
+        target: String,
+    },
+    OutputMissing {
+        path: String,
+    },
+    OutputModified {
+        path: String,
+    },
 }
 
 impl fmt::Display for DirtyReason {
@@ -213,6 +237,9 @@ impl fmt::Display for DirtyReason {
             }
             DirtyReason::UpstreamChanged { target } => {
                 write!(f, "upstream `{target}` output changed")
+            }
+            DirtyReason::UpstreamStale { target } => {
+                write!(f, "upstream `{target}` is out of date")
             }
             DirtyReason::UpstreamAdded { target } => write!(f, "upstream `{target}` added"),
             DirtyReason::UpstreamRemoved { target } => write!(f, "upstream `{target}` removed"),

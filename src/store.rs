@@ -37,6 +37,9 @@ pub const STORE_VERSION: &str = "1";
 
 pub struct ObjectStore {
     dir: Utf8PathBuf,
+    /// Opened read-only: nothing is written or deleted, not even a corrupt
+    /// entry (it is still reported as corrupt and never served).
+    read_only: bool,
 }
 
 /// The held project lock; released when dropped.
@@ -77,7 +80,10 @@ impl ObjectStore {
 
     fn open_with(root: &Utf8Path, create: bool) -> Result<ObjectStore> {
         let dir = root.join(STORE_DIR);
-        let store = ObjectStore { dir };
+        let store = ObjectStore {
+            dir,
+            read_only: !create,
+        };
         let version = store.dir.join("VERSION");
         match fs::read_to_string(&version) {
             Ok(v) if v.trim() == STORE_VERSION => {}
@@ -199,7 +205,7 @@ impl ObjectStore {
         match fs::read(&path) {
             Ok(bytes) if Digest::of(&bytes) == *d => ObjectRead::Found(bytes),
             Ok(_) => {
-                let _ = fs::remove_file(&path);
+                self.remove(&path);
                 ObjectRead::Corrupt
             }
             Err(_) => ObjectRead::Missing,
@@ -228,9 +234,16 @@ impl ObjectStore {
                 AcRead::Found(Box::new(m))
             }
             _ => {
-                let _ = fs::remove_file(&path);
+                self.remove(&path);
                 AcRead::Corrupt
             }
+        }
+    }
+
+    /// Deletes a corrupt entry so it is not read again, unless read-only.
+    fn remove(&self, path: &Utf8Path) {
+        if !self.read_only {
+            let _ = fs::remove_file(path);
         }
     }
 
@@ -245,12 +258,22 @@ impl ObjectStore {
         )
     }
 
+    /// Reads the manifest of failed run `run_id` from `runs/`; `None` when
+    /// it is missing, or not a valid failed-run manifest of that id.
+    pub fn run_get(&self, run_id: &str) -> Option<RunManifest> {
+        if !crate::provenance::is_run_id(run_id) {
+            return None;
+        }
+        let bytes = fs::read(self.dir.join("runs").join(format!("{run_id}.json"))).ok()?;
+        RunManifest::from_json(&bytes).filter(|m| m.run_id == run_id)
+    }
+
     /// Appends lines to `history.jsonl` in one write.
     pub fn append_history(&self, lines: &str) -> Result<()> {
         if lines.is_empty() {
             return Ok(());
         }
-        let path = self.dir.join("history.jsonl");
+        let path = self.dir.join(crate::history::HISTORY_FILE);
         let mut f = OpenOptions::new()
             .create(true)
             .append(true)

@@ -422,7 +422,7 @@ fn dry_run_lists_what_would_run_and_runs_nothing() {
         .success()
         .would_run(&[
             "summary (input `notes.txt` changed)",
-            "final (upstream `summary` output changed)",
+            "final (upstream `summary` is out of date)",
             "side (output `out/side.md` missing)",
         ])
         .summary("3 of 4 targets would run");
