@@ -81,6 +81,11 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// Something asked for is not on record (an output never built, a
+    /// run whose manifest is gone).
+    #[error("{what}{}", help_line(.help))]
+    NotAvailable { what: String, help: Option<String> },
+
     #[error(
         "another `mkt` holds the lock on `{path}`\n  help: wait for it to finish, or drop `--no-wait` to wait for it"
     )]

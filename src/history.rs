@@ -107,6 +107,36 @@ pub fn read(store_dir: &camino::Utf8Path) -> std::io::Result<Vec<HistoryEntry>> 
     }
 }
 
+/// Which history entries `mkt runs` shows.
+#[derive(Debug, Clone, Default)]
+pub struct RunsFilter {
+    /// Target names or node keys (see [`HistoryEntry::is_for`]); all when empty.
+    pub targets: Vec<String>,
+    pub failed_only: bool,
+    /// At most this many, newest first; all when `None`.
+    pub limit: Option<usize>,
+}
+
+/// The history entries that pass `filter`, newest first, and how many
+/// passed before the limit cut the list.
+pub fn runs(
+    store_dir: &camino::Utf8Path,
+    filter: &RunsFilter,
+) -> std::io::Result<(Vec<HistoryEntry>, usize)> {
+    let all = read(store_dir)?;
+    let mut matching: Vec<HistoryEntry> = all
+        .into_iter()
+        .rev()
+        .filter(|e| !filter.failed_only || e.status == RunKind::Failed)
+        .filter(|e| filter.targets.is_empty() || filter.targets.iter().any(|t| e.is_for(t)))
+        .collect();
+    let total = matching.len();
+    if let Some(n) = filter.limit {
+        matching.truncate(n);
+    }
+    Ok((matching, total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,15 +14,17 @@
 //! (`--force`) has had its action-cache entry replaced by the newer run's;
 //! it is reported as gone, never confused with the newer one.
 
+use crate::build::{Sources, compile_node};
 use crate::config::Project;
 use crate::error::{Error, Result};
 use crate::files::ProjectFiles;
 use crate::graph::{Graph, Node, analyse_project};
 use crate::hash::InputBundleHash;
 use crate::history::{self, HistoryEntry, RunKind};
-use crate::manifest::RunManifest;
+use crate::manifest::{RunManifest, UpstreamRecord};
 use crate::state::{StateFiles, TargetRecord};
 use crate::store::{AcRead, ObjectStore};
+use crate::template::CompiledPrompt;
 use camino::{Utf8Path, Utf8PathBuf};
 use rustc_hash::FxHashMap as HashMap;
 
@@ -129,6 +131,43 @@ impl Snapshot {
             };
         }
         manifest_of(&self.store, &InputBundleHash(rec.ibh), &rec.run_id)
+    }
+}
+
+impl Snapshot {
+    /// The upstream outputs node `i` would be compiled with now: each
+    /// upstream node's output on record. `Err` names the first upstream
+    /// node with no output yet.
+    pub fn upstream_now(&self, i: usize) -> std::result::Result<Vec<UpstreamRecord>, String> {
+        self.node(i)
+            .upstream_nodes()
+            .map(|u| {
+                let key = &self.node(u).key;
+                match self.records.get(key).filter(|r| !r.failed) {
+                    Some(r) => Ok(UpstreamRecord {
+                        target: key.clone(),
+                        run_id: r.run_id.clone(),
+                        output_digest: r.output_digest,
+                    }),
+                    None => Err(key.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// Node `i`'s compiled prompt from the files as they are now and the
+    /// upstream outputs on record, in memory.
+    pub fn compile_now(&self, i: usize) -> std::result::Result<CompiledPrompt, String> {
+        let upstream = self.upstream_now(i).map_err(|key| {
+            format!("upstream `{key}` has no output yet; run `mkt build {key}` first")
+        })?;
+        let src = Sources {
+            project: &self.project,
+            graph: &self.graph,
+            files: &self.files,
+            store: &self.store,
+        };
+        compile_node(&src, self.node(i), &HashMap::default(), &upstream)
     }
 }
 

@@ -116,7 +116,8 @@ impl StatEntry {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DepKind {
     Template,
     Partial,
@@ -179,7 +180,10 @@ pub struct TargetRecord {
 
 /// Why a target must be (re)built: produced by [`dirty_reason`], rendered by
 /// `Display`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Serialised (for `--json`) as `{"cause": "file-changed", "kind":
+/// "input", "path": "docs/a.md"}` and the like.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "cause", rename_all = "kebab-case")]
 pub enum DirtyReason {
     NeverBuilt,
     Forced,

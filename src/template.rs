@@ -262,6 +262,11 @@ impl CompiledPrompt {
         serde_json::to_vec(self).expect("serialising strings cannot fail")
     }
 
+    /// Reads back what [`CompiledPrompt::canonical_json`] wrote.
+    pub fn from_canonical_json(bytes: &[u8]) -> Option<CompiledPrompt> {
+        serde_json::from_slice(bytes).ok()
+    }
+
     /// The prompt as plain text: a single user message as is, otherwise
     /// role lines followed by each message's text.
     pub fn to_text(&self) -> String {

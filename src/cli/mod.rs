@@ -2,6 +2,10 @@
 //! made in the library.
 
 mod build;
+mod explain;
+mod runs;
+mod show;
+mod status;
 
 use camino::Utf8PathBuf;
 use clap::{Parser, Subcommand};
@@ -26,6 +30,14 @@ struct Cli {
 enum Command {
     /// Build targets (all by default) and what they need.
     Build(build::BuildArgs),
+    /// List the targets that are not fresh, and why (exit code 1 if any).
+    Status(status::StatusArgs),
+    /// Say what changed since the run that built a target.
+    Explain(explain::ExplainArgs),
+    /// Print a target's or a run's compiled prompt, output or manifest.
+    Show(show::ShowArgs),
+    /// List the run history, newest first.
+    Runs(runs::RunsArgs),
 }
 
 /// Prints an error the way every command does, returning its exit code.
@@ -52,5 +64,9 @@ pub fn run() -> i32 {
     };
     match cli.command {
         Command::Build(args) => build::run(&root, args),
+        Command::Status(args) => status::run(&root, args),
+        Command::Explain(args) => explain::run(&root, args),
+        Command::Show(args) => show::run(&root, args),
+        Command::Runs(args) => runs::run(&root, args),
     }
 }

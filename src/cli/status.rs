@@ -1,0 +1,71 @@
+//! `mkt status`: what is not fresh, and why.
+
+use camino::Utf8Path;
+use clap::Args;
+use markitect::status::{NodeState, status};
+
+#[derive(Args)]
+pub struct StatusArgs {
+    /// Targets to check (and what they need); all when none are given.
+    targets: Vec<String>,
+    /// Print JSON (schema `mkt.status/1`, see README) instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Exit code 0 when everything is fresh, 1 when something is not, 2 when
+/// the project is invalid.
+pub fn run(root: &Utf8Path, args: StatusArgs) -> i32 {
+    let rep = match status(root, &args.targets) {
+        Ok(r) => r,
+        Err(e) => return super::report_error(&e),
+    };
+    if args.json {
+        let targets: Vec<serde_json::Value> = rep
+            .not_fresh
+            .iter()
+            .map(|(key, st)| {
+                serde_json::json!({
+                    "target": key,
+                    "state": st.word(),
+                    "reason": st.reason(),
+                    "cause": match st {
+                        NodeState::Stale(r) => serde_json::to_value(r).ok(),
+                        _ => None,
+                    },
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "schema": "mkt.status/1",
+            "total": rep.total,
+            "fresh": rep.total - rep.not_fresh.len(),
+            "targets": targets,
+        });
+        println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+    } else {
+        let width = rep
+            .not_fresh
+            .iter()
+            .map(|(k, _)| k.chars().count())
+            .max()
+            .unwrap_or(0);
+        for (key, st) in &rep.not_fresh {
+            let reason = match st {
+                NodeState::Broken(e) => format!("cannot be built: {e}"),
+                st => st.reason().unwrap_or_default(),
+            };
+            println!("{key:width$}  {reason}");
+        }
+        if rep.all_fresh() {
+            eprintln!("all {} targets are fresh", rep.total);
+        } else {
+            eprintln!(
+                "{} of {} targets are not fresh",
+                rep.not_fresh.len(),
+                rep.total
+            );
+        }
+    }
+    if rep.all_fresh() { 0 } else { 1 }
+}
