@@ -18,6 +18,8 @@ prompt and layers prompts contain both parents' outputs) and `command`
 (`cat` for fan, `cksum` for layers: the compiled prompt is byte-for-byte
 what ninja's `cat` reads, so both tools do the same work per target).
 
+Phases: full, noop, status (`mkt status` / `ninja -n` with nothing
+changed), status-edited (the same after one input edit), incremental.
 Each phase is a fresh process: wall time from the clock, peak RSS from
 wait4(). no-op and incremental are medians over --runs runs (at least 3).
 Prints one CSV row per (tool, model, shape, n, phase) and, per size, the
@@ -95,7 +97,7 @@ def gen(root, tool, model, shape, n):
 TIME = "/usr/bin/time" if os.path.exists("/usr/bin/time") else None
 
 
-def timed(cmd, cwd):
+def timed(cmd, cwd, ok=(0,)):
     """Wall time, and peak RSS in kB from GNU time (a child forked from
     Python would report Python's own RSS through wait4), or NA."""
     rss_file = os.path.join(cwd, ".bench-rss")
@@ -103,7 +105,7 @@ def timed(cmd, cwd):
     t0 = time.perf_counter()
     p = subprocess.run(full, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - t0
-    if p.returncode != 0:
+    if p.returncode not in ok:
         sys.exit(f"{' '.join(cmd)} failed in {cwd} ({p.returncode}):\n{p.stderr.decode(errors='replace')}")
     rss = "NA"
     if TIME:
@@ -118,7 +120,7 @@ def edit(root, k):
         f.write(f"Edited ({k}).\n")
 
 
-def measure(cmd, root, runs):
+def measure(cmd, root, runs, status_cmd):
     rows = {}
     rows["full"] = timed(cmd, root)
     rss = 0
@@ -129,6 +131,17 @@ def measure(cmd, root, runs):
         walls.append(w)
         rss = r if r == "NA" else max(rss, r)
     rows["noop"] = (statistics.median(walls), rss)
+    # what will run, with nothing changed (mkt status; ninja -n), then with
+    # one input edited (exit code 1 for mkt: something is stale)
+    for phase, ok in (("status", (0,)), ("status-edited", (0, 1))):
+        if phase == "status-edited":
+            edit(root, "status")
+        walls, rss = [], 0
+        for _ in range(runs):
+            w, r = timed(status_cmd, root, ok)
+            walls.append(w)
+            rss = r if r == "NA" else max(rss, r)
+        rows[phase] = (statistics.median(walls), rss)
     walls, rss = [], 0
     for k in range(max(3, runs // 2)):
         edit(root, k)
@@ -167,13 +180,14 @@ def main():
                 root = f"{a.work}/{shape}-{n}/{tool}-{model}"
                 gen(root, tool, model, shape, n)
                 cmd = [a.ninja, "-j", str(a.jobs), "--quiet"] if tool == "ninja" else [a.mkt, "build", "-j", str(a.jobs), "-q"]
-                rows = measure(cmd, root, a.runs)
+                status_cmd = [a.ninja, "-n", "--quiet"] if tool == "ninja" else [a.mkt, "status"]
+                rows = measure(cmd, root, a.runs, status_cmd)
                 results[(tool, model)] = rows
                 for phase, (wall, rss) in rows.items():
                     print(f"{tool},{model},{shape},{n},{phase},{wall:.4f},{rss}", file=out, flush=True)
             if have_ninja and ("mkt", "command") in results:
                 nj, mk = results[("ninja", "-")], results[("mkt", "command")]
-                ratios = ", ".join(f"{ph} {mk[ph][0] / nj[ph][0]:.2f}" for ph in ("full", "noop", "incremental"))
+                ratios = ", ".join(f"{ph} {mk[ph][0] / nj[ph][0]:.2f}" for ph in ("full", "noop", "incremental", "status"))
                 print(f"# {shape} n={n}: mkt(command)/ninja wall ratio: {ratios}", file=sys.stderr, flush=True)
 
 

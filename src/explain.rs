@@ -90,6 +90,14 @@ pub fn explain(root: &Utf8Path, name: &str) -> Result<Explanation> {
     compare_model(&snap, i, &m, &mut ex.changes);
     compare_files(&snap, i, &m, &mut ex.changes);
     let complete = compare_upstream(&snap, i, &m, &mut ex);
+    for u in snap.node(i).upstream_nodes() {
+        let key = &snap.node(u).key;
+        if let Some(why) = st.state_of(key).reason() {
+            ex.notes.push(format!(
+                "upstream `{key}` is not fresh ({why}): its output may change when it is rebuilt"
+            ));
+        }
+    }
     let node = snap.node(i);
     if let Some(rec) = snap.records.get(&ex.key)
         && !rec.failed

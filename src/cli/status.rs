@@ -21,27 +21,38 @@ pub fn run(root: &Utf8Path, args: StatusArgs) -> i32 {
         Err(e) => return super::report_error(&e),
     };
     if args.json {
-        let targets: Vec<serde_json::Value> = rep
-            .not_fresh
-            .iter()
-            .map(|(key, st)| {
-                serde_json::json!({
-                    "target": key,
-                    "state": st.word(),
-                    "reason": st.reason(),
-                    "cause": match st {
-                        NodeState::Stale(r) => serde_json::to_value(r).ok(),
+        #[derive(serde::Serialize)]
+        struct Target<'a> {
+            target: &'a str,
+            state: &'static str,
+            reason: Option<String>,
+            cause: Option<&'a markitect::state::DirtyReason>,
+        }
+        #[derive(serde::Serialize)]
+        struct Status<'a> {
+            schema: &'static str,
+            total: usize,
+            fresh: usize,
+            targets: Vec<Target<'a>>,
+        }
+        let v = Status {
+            schema: "mkt.status/1",
+            total: rep.total,
+            fresh: rep.total - rep.not_fresh.len(),
+            targets: rep
+                .not_fresh
+                .iter()
+                .map(|(key, st)| Target {
+                    target: key,
+                    state: st.word(),
+                    reason: st.reason(),
+                    cause: match st {
+                        NodeState::Stale(r) => Some(r),
                         _ => None,
                     },
                 })
-            })
-            .collect();
-        let v = serde_json::json!({
-            "schema": "mkt.status/1",
-            "total": rep.total,
-            "fresh": rep.total - rep.not_fresh.len(),
-            "targets": targets,
-        });
+                .collect(),
+        };
         println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
     } else {
         let width = rep
