@@ -18,3 +18,4 @@ pub mod state;
 pub mod status;
 pub mod store;
 pub mod template;
+pub mod view;

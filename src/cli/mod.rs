@@ -2,6 +2,7 @@
 //! made in the library.
 
 mod build;
+mod graph;
 
 use camino::Utf8PathBuf;
 use clap::{Parser, Subcommand};
@@ -26,6 +27,9 @@ struct Cli {
 enum Command {
     /// Build targets (all by default) and what they need.
     Build(build::BuildArgs),
+    /// Print the pipeline (or, with --provenance, what produced the
+    /// current outputs) as Graphviz DOT, Mermaid or JSON.
+    Graph(graph::GraphArgs),
 }
 
 /// Prints an error the way every command does, returning its exit code.
@@ -52,5 +56,6 @@ pub fn run() -> i32 {
     };
     match cli.command {
         Command::Build(args) => build::run(&root, args),
+        Command::Graph(args) => graph::run(&root, args),
     }
 }
