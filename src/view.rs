@@ -1070,7 +1070,11 @@ impl View {
             )
         };
         for (ci, c) in self.clusters.iter().enumerate() {
-            let label = format!("{} (foreach {}, {} nodes)", c.target, c.foreach, c.members);
+            let plural = if c.members == 1 { "" } else { "s" };
+            let label = format!(
+                "{} (foreach {}, {} node{plural})",
+                c.target, c.foreach, c.members
+            );
             let _ = writeln!(out, "  subgraph cluster_{ci} {{");
             let _ = writeln!(
                 out,
