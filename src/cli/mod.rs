@@ -3,6 +3,7 @@
 
 mod build;
 mod explain;
+mod graph;
 mod runs;
 mod show;
 mod status;
@@ -38,6 +39,9 @@ enum Command {
     Show(show::ShowArgs),
     /// List the run history, newest first.
     Runs(runs::RunsArgs),
+    /// Print the pipeline (or, with --provenance, what produced the
+    /// current outputs) as Graphviz DOT, Mermaid or JSON.
+    Graph(graph::GraphArgs),
 }
 
 /// Prints an error the way every command does, returning its exit code.
@@ -68,5 +72,6 @@ pub fn run() -> i32 {
         Command::Explain(args) => explain::run(&root, args),
         Command::Show(args) => show::run(&root, args),
         Command::Runs(args) => runs::run(&root, args),
+        Command::Graph(args) => graph::run(&root, args),
     }
 }
