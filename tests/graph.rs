@@ -1,5 +1,8 @@
 //! `mkt graph`: the pipeline and provenance pictures, rendered by the real
-//! Graphviz `dot` (CI installs it; without it these tests fail and say so).
+//! Graphviz `dot`. CI installs it and sets `MKT_REQUIRE_DOT=1`, so there a
+//! missing `dot` fails the tests. On a machine without it (a newcomer's
+//! `cargo test`) the render step is skipped with a warning and the
+//! assertions run on the DOT text, which carries the same labels.
 
 mod support;
 use serde_json::Value;
@@ -8,10 +11,23 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use support::*;
 
+/// Whether Graphviz `dot` can be run here.
+fn have_dot() -> bool {
+    Command::new("dot").arg("-V").output().is_ok()
+}
+
 /// Renders DOT with the real `dot -Tsvg` and returns the SVG; panics when
-/// `dot` rejects the input, or is not installed.
+/// `dot` rejects the input. Without `dot` (and outside CI, see the module
+/// docs) returns the DOT text itself.
 #[track_caller]
 fn svg(dot_text: &str) -> String {
+    if !have_dot() && std::env::var_os("MKT_REQUIRE_DOT").is_none() {
+        eprintln!(
+            "warning: Graphviz `dot` is not installed, so the DOT output is not rendered \
+             (`apt-get install graphviz`; CI installs it)"
+        );
+        return dot_text.to_string();
+    }
     let mut child = match Command::new("dot")
         .arg("-Tsvg")
         .stdin(Stdio::piped())
@@ -399,13 +415,18 @@ fn any_file_name_survives_dot_mermaid_and_json() {
     node(&v, &format!("target:t[{WEIRD}]"));
     let dot = p.mkt(&["graph"]);
     let out = svg(&dot.stdout);
-    // the SVG is XML: the name comes back with its XML escapes
-    let xml = WEIRD
-        .replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-        .replace('\'', "&#39;");
+    // the SVG is XML: the name comes back with its XML escapes (without
+    // `dot`, `out` is the DOT text: quotes and backslashes escaped)
+    let xml = if !have_dot() {
+        WEIRD.replace('\\', "\\\\").replace('"', "\\\"")
+    } else {
+        WEIRD
+            .replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+            .replace('\'', "&#39;")
+    };
     assert!(out.contains(&xml), "the SVG lacks `{xml}`:\n{out}");
     let prov = p.mkt(&["graph", "--provenance"]);
     svg(&prov.stdout);
