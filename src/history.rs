@@ -130,6 +130,9 @@ pub fn runs(
         .filter(|e| !filter.failed_only || e.status == RunKind::Failed)
         .filter(|e| filter.targets.is_empty() || filter.targets.iter().any(|t| e.is_for(t)))
         .collect();
+    // a parallel build appends lines as its jobs are collected, which can
+    // differ from the order they ended in by a few milliseconds
+    matching.sort_by(|a, b| b.time.cmp(&a.time));
     let total = matching.len();
     if let Some(n) = filter.limit {
         matching.truncate(n);

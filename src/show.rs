@@ -32,7 +32,7 @@ enum Resolved {
 }
 
 fn resolve(root: &Utf8Path, spec: &str) -> Result<Resolved> {
-    if is_run_id(spec) && spec.bytes().next().is_some_and(|b| b.is_ascii_digit()) {
+    if looks_like_run_id(spec) {
         let store = ObjectStore::open_read_only(root)?;
         match find_run(&store, spec) {
             RunLookup::Found(m) => return Ok(Resolved::Run(m)),
@@ -47,9 +47,12 @@ fn resolve(root: &Utf8Path, spec: &str) -> Result<Resolved> {
     }
     let snap = Snapshot::load(root)?;
     let node = snap.one_node(spec).map_err(|e| match e {
-        Error::UnknownTarget { name, help: None } if is_run_id(&name) => Error::UnknownTarget {
+        Error::UnknownTarget { name, help } if looks_like_run_id(&name) => Error::UnknownTarget {
+            help: Some(format!(
+                "it is not a run id in the history either (`mkt runs` lists them){}",
+                help.map(|h| format!("; {h}")).unwrap_or_default()
+            )),
             name,
-            help: Some("not a target, nor a run id in the history (see `mkt runs`)".into()),
         },
         e => e,
     })?;
@@ -57,6 +60,11 @@ fn resolve(root: &Utf8Path, spec: &str) -> Result<Resolved> {
         snap: Box::new(snap),
         node,
     })
+}
+
+/// Run ids start with the date (`20261125...-salt`); target names rarely do.
+fn looks_like_run_id(s: &str) -> bool {
+    is_run_id(s) && s.bytes().next().is_some_and(|b| b.is_ascii_digit())
 }
 
 /// The manifest of the run `spec` names (a run id, or the run that

@@ -69,7 +69,10 @@ pub fn run(root: &Utf8Path, args: StatusArgs) -> i32 {
             println!("{key:width$}  {reason}");
         }
         if rep.all_fresh() {
-            eprintln!("all {} targets are fresh", rep.total);
+            match rep.total {
+                1 => eprintln!("the 1 target is fresh"),
+                n => eprintln!("all {n} targets are fresh"),
+            }
         } else {
             eprintln!(
                 "{} of {} targets are not fresh",
