@@ -1738,3 +1738,33 @@ fn ctrl_c_stops_the_build_kills_model_commands_and_keeps_what_finished() {
         .ran_keys(&["slow", "after"])
         .summary("2 ran, 0 cached, 1 up to date");
 }
+
+/// A model command that exits without reading its stdin fails its run; the
+/// closed pipe must not take mkt down with it (SIGPIPE), with a prompt that
+/// fits the pipe buffer or not.
+#[test]
+fn a_command_that_does_not_read_its_prompt_fails_only_its_run() {
+    for size in [10, 200_000] {
+        let p = project()
+            .file(
+                "prompts.toml",
+                r#"
+[models.default]
+provider = "command"
+command = ["sh", "-c", "exit 3"]
+
+[targets.t]
+template = "t.md"
+inputs = { doc = "doc.txt" }
+output = "out/t.md"
+"#,
+            )
+            .file("t.md", "{{ inputs.doc }}")
+            .file("doc.txt", "x".repeat(size))
+            .build();
+        p.mkt(&["build"])
+            .code(1)
+            .stderr_contains("`sh` exited with code 3")
+            .summary("0 ran, 0 cached, 0 up to date, 1 failed");
+    }
+}

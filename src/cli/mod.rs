@@ -7,6 +7,7 @@ mod graph;
 mod runs;
 mod show;
 mod status;
+mod watch;
 
 use camino::Utf8PathBuf;
 use clap::{Parser, Subcommand};
@@ -42,6 +43,8 @@ enum Command {
     /// Print the pipeline (or, with --provenance, what produced the
     /// current outputs) as Graphviz DOT, Mermaid or JSON.
     Graph(graph::GraphArgs),
+    /// Build, then rebuild what a saved change affects, until Ctrl-C.
+    Watch(watch::WatchArgs),
 }
 
 /// Prints an error the way every command does, returning its exit code.
@@ -66,12 +69,23 @@ pub fn run() -> i32 {
         Ok(r) => r,
         Err(e) => return report_error(&e),
     };
+    // Like every Unix tool, the commands that only print end quietly when
+    // a pipe closes (`mkt runs | head`) instead of panicking. Not `build`
+    // and `watch`: they write prompts to model commands' stdin, and a
+    // command that exits without reading must fail its run, not kill mkt.
+    if !matches!(cli.command, Command::Build(_) | Command::Watch(_)) {
+        // SAFETY: setting a signal disposition before any thread exists.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Build(args) => build::run(&root, args),
         Command::Status(args) => status::run(&root, args),
         Command::Explain(args) => explain::run(&root, args),
         Command::Show(args) => show::run(&root, args),
         Command::Runs(args) => runs::run(&root, args),
+        Command::Watch(args) => watch::run(&root, args),
         Command::Graph(args) => graph::run(&root, args),
     }
 }
