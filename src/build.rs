@@ -51,6 +51,9 @@ pub struct BuildOptions {
     pub dry_run: bool,
     pub keep_going: bool,
     pub wait_for_lock: bool,
+    /// Report the files and directories the build depends on
+    /// ([`BuildReport::watch_set`]), for `mkt watch`.
+    pub want_watch_set: bool,
 }
 
 impl Default for BuildOptions {
@@ -62,6 +65,7 @@ impl Default for BuildOptions {
             dry_run: false,
             keep_going: false,
             wait_for_lock: true,
+            want_watch_set: false,
         }
     }
 }
@@ -127,6 +131,38 @@ pub struct BuildReport {
     pub interrupted: bool,
     /// `--dry-run`: each node that would be rebuilt and why.
     pub would_run: Vec<(String, DirtyReason)>,
+    /// With [`BuildOptions::want_watch_set`]: what the build depends on.
+    pub watch_set: Option<WatchSet>,
+}
+
+/// The project paths a build depends on: a change to anything else cannot
+/// change what it does (see `watch.rs`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WatchSet {
+    /// Files it reads: `prompts.toml`, templates, partials, verbatim files,
+    /// inputs, `foreach` files.
+    pub reads: HashSet<String>,
+    /// Files it writes (a change to one is repaired by the next build, but
+    /// mkt's own writes must not trigger one).
+    pub outputs: HashSet<String>,
+    /// Directories globs list: a file created or removed in one can add or
+    /// remove an input or a `foreach` node.
+    pub dirs: HashSet<String>,
+}
+
+impl WatchSet {
+    fn from_stamp(stamp: &NoopStamp) -> WatchSet {
+        let mut w = WatchSet::default();
+        for e in &stamp.entries {
+            let set = match e.kind {
+                EntryKind::Output => &mut w.outputs,
+                EntryKind::Dir => &mut w.dirs,
+                _ => &mut w.reads,
+            };
+            set.insert(e.path.clone());
+        }
+        w
+    }
 }
 
 impl BuildReport {
@@ -315,6 +351,7 @@ pub fn build(
                 return Ok(BuildReport {
                     total: n,
                     fresh: n,
+                    watch_set: opts.want_watch_set.then(|| WatchSet::from_stamp(&stamp)),
                     ..Default::default()
                 });
             }
@@ -608,6 +645,28 @@ pub fn build(
     });
     let mut rep = prog.rep;
     rep.interrupted = crate::exec::interrupted();
+    if opts.want_watch_set {
+        let mut w = match &prior {
+            // a graph from its cache walked no directory: the stamp has them
+            Some((stamp, _)) if graph_from_cache => WatchSet {
+                dirs: WatchSet::from_stamp(stamp).dirs,
+                ..Default::default()
+            },
+            _ => WatchSet {
+                dirs: files.walked_dirs().into_iter().map(|d| d.0).collect(),
+                ..Default::default()
+            },
+        };
+        w.reads.insert(PROJECT_FILE.to_string());
+        for (i, n) in graph.nodes.iter().enumerate() {
+            if selected[i] {
+                w.reads
+                    .extend(n.source_files().into_iter().map(|(_, p)| p.to_string()));
+                w.outputs.insert(n.output.clone());
+            }
+        }
+        rep.watch_set = Some(w);
+    }
 
     if opts.dry_run {
         return Ok(rep);

@@ -21,3 +21,4 @@ pub mod status;
 pub mod store;
 pub mod template;
 pub mod view;
+pub mod watch;

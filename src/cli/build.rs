@@ -2,7 +2,7 @@
 
 use camino::Utf8Path;
 use clap::Args;
-use markitect::build::{BuildOptions, Event, Outcome, build};
+use markitect::build::{BuildOptions, BuildReport, Event, Outcome, build};
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
@@ -32,7 +32,8 @@ pub struct BuildArgs {
     no_wait: bool,
 }
 
-struct Printer {
+/// Prints build events: shared by `build` and `watch`.
+pub(super) struct Printer {
     quiet: bool,
     tty: bool,
     /// Whether a progress line is on screen (to be cleared before output).
@@ -40,7 +41,15 @@ struct Printer {
 }
 
 impl Printer {
-    fn line(&self, text: &str) {
+    pub(super) fn new(quiet: bool) -> Printer {
+        Printer {
+            quiet,
+            tty: std::io::stderr().is_terminal(),
+            status_shown: Mutex::new(false),
+        }
+    }
+
+    pub(super) fn line(&self, text: &str) {
         let mut shown = self.status_shown.lock().unwrap();
         let mut err = std::io::stderr().lock();
         if *shown {
@@ -60,7 +69,7 @@ impl Printer {
         println!("{text}");
     }
 
-    fn status(&self, text: &str) {
+    pub(super) fn status(&self, text: &str) {
         if self.quiet || !self.tty {
             return;
         }
@@ -71,7 +80,7 @@ impl Printer {
         *shown = true;
     }
 
-    fn event(&self, e: Event<'_>) {
+    pub(super) fn event(&self, e: Event<'_>) {
         match e {
             Event::WaitingForLock => {
                 self.line("mkt: waiting for another mkt build of this project to finish...")
@@ -125,20 +134,10 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
         dry_run: args.dry_run,
         keep_going: args.keep_going,
         wait_for_lock: !args.no_wait,
+        want_watch_set: false,
     };
-    let printer = Printer {
-        quiet: args.quiet,
-        tty: std::io::stderr().is_terminal(),
-        status_shown: Mutex::new(false),
-    };
-    // Ctrl-C / SIGTERM: stop the build (killing running model commands)
-    // and save what finished; a second one exits at once.
-    let _ = ctrlc::set_handler(|| {
-        if markitect::exec::interrupted() {
-            std::process::exit(130);
-        }
-        markitect::exec::interrupt();
-    });
+    let printer = Printer::new(args.quiet);
+    install_interrupt_handler();
     let started = std::time::Instant::now();
     let result = build(root, &opts, &|e| printer.event(e));
     printer.status("");
@@ -159,20 +158,7 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
                 return 0;
             }
             if !args.quiet || !r.success() {
-                let mut s = format!(
-                    "{} ran, {} cached, {} up to date",
-                    r.ran,
-                    r.cached + r.restored,
-                    r.fresh
-                );
-                if r.failed > 0 {
-                    s.push_str(&format!(", {} failed", r.failed));
-                }
-                if r.skipped > 0 {
-                    s.push_str(&format!(", {} skipped", r.skipped));
-                }
-                s.push_str(&format!(" ({:.2} s)", started.elapsed().as_secs_f64()));
-                printer.line(&s);
+                printer.line(&summary_line(&r, started.elapsed()));
             }
             if r.interrupted {
                 printer.line("mkt: interrupted; targets that finished are saved, `mkt build` goes on from there");
@@ -181,4 +167,33 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
             if r.success() { 0 } else { 1 }
         }
     }
+}
+
+/// `3 ran, 1 cached, 12 up to date[, 1 failed][, 2 skipped] (0.84 s)`.
+pub(super) fn summary_line(r: &BuildReport, elapsed: std::time::Duration) -> String {
+    let mut s = format!(
+        "{} ran, {} cached, {} up to date",
+        r.ran,
+        r.cached + r.restored,
+        r.fresh
+    );
+    if r.failed > 0 {
+        s.push_str(&format!(", {} failed", r.failed));
+    }
+    if r.skipped > 0 {
+        s.push_str(&format!(", {} skipped", r.skipped));
+    }
+    s.push_str(&format!(" ({:.2} s)", elapsed.as_secs_f64()));
+    s
+}
+
+/// Ctrl-C / SIGTERM: stop the build (killing running model commands) and
+/// save what finished; a second one exits at once.
+pub(super) fn install_interrupt_handler() {
+    let _ = ctrlc::set_handler(|| {
+        if markitect::exec::interrupted() {
+            std::process::exit(130);
+        }
+        markitect::exec::interrupt();
+    });
 }
