@@ -131,7 +131,9 @@ pub struct BuildReport {
     pub interrupted: bool,
     /// `--dry-run`: each node that would be rebuilt and why.
     pub would_run: Vec<(String, DirtyReason)>,
-    /// With [`BuildOptions::want_watch_set`]: what the build depends on.
+    /// With [`BuildOptions::want_watch_set`]: what the build depends on;
+    /// `None` from a [`build_in`] whose session graph did not change (what
+    /// the last build reported still holds).
     pub watch_set: Option<WatchSet>,
 }
 
@@ -318,12 +320,59 @@ struct Ctx<'a> {
     forced: Vec<bool>,
 }
 
+/// What a long-running caller (`mkt watch`) keeps between builds, so that
+/// a rebuild costs what its changes cost rather than what the project's
+/// size costs: the last no-op stamp, the project, the state and the graph,
+/// as the last build left them on disk. A session is dropped as soon as
+/// any other process writes the store (the stamp or the state files no
+/// longer have the stat this session left them with): it then reloads
+/// from disk, as a new process would.
+#[derive(Default)]
+pub struct Session {
+    stamp: Option<NoopStamp>,
+    project: Option<Project>,
+    state: Option<(StateFiles, State)>,
+    /// The graph the stamp's structure entries describe.
+    graph: Option<Graph>,
+    /// The stat of `.mkt/noop`, `state` and `state.log` after our last save.
+    disk: Option<[Option<FileStat>; 3]>,
+}
+
+impl Session {
+    fn disk_now(root: &Utf8Path) -> [Option<FileStat>; 3] {
+        let dir = root.join(STORE_DIR);
+        ["noop", "state", "state.log"].map(|f| {
+            std::fs::symlink_metadata(dir.join(f))
+                .ok()
+                .map(|m| FileStat::from_metadata(&m))
+        })
+    }
+}
+
 /// Builds the selected targets of the project at `root` (module docs).
 pub fn build(
     root: &Utf8Path,
     opts: &BuildOptions,
     report: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<BuildReport> {
+    build_in(root, opts, &mut Session::default(), None, report)
+}
+
+/// [`build`], reusing what `session` kept from the last build in this
+/// process. `changed`, when given, holds every project path that can have
+/// changed since that build (a file watcher's report): then only those
+/// are checked against the no-op stamp.
+pub fn build_in(
+    root: &Utf8Path,
+    opts: &BuildOptions,
+    session: &mut Session,
+    changed: Option<&HashSet<String>>,
+    report: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<BuildReport> {
+    if session.disk.is_some() && session.disk != Some(Session::disk_now(root)) {
+        *session = Session::default(); // someone else wrote the store
+    }
+    let hint = changed.filter(|_| session.stamp.is_some());
     // The no-op fast path: one lstat per file (see `stamp.rs`). When only
     // inputs or outputs changed, the stamp also vouches for every file it
     // did not see change, and the graph can come from its cache.
@@ -331,27 +380,36 @@ pub fn build(
     let graph_path = root.join(STORE_DIR).join("graph");
     let mut prior: Option<(NoopStamp, HashSet<String>)> = None;
     let mut checked_at = 0;
+    let mut stamp_from_session = false;
     if opts.targets.is_empty() && !opts.force {
-        let stamp = std::fs::read(&noop_path)
-            .ok()
-            .and_then(|b| NoopStamp::decode(&b));
-        if let (Some(stamp), Ok(dir)) = (stamp, std::fs::File::open(root)) {
+        let kept = session.stamp.take();
+        stamp_from_session = kept.is_some();
+        let stamp = kept.or_else(|| {
+            std::fs::read(&noop_path)
+                .ok()
+                .and_then(|b| NoopStamp::decode(&b))
+        });
+        if let (Some(mut stamp), Ok(dir)) = (stamp, std::fs::File::open(root)) {
             checked_at = now_ns(); // before any stat: see the racy rule
-            let changed = stamp.changed(&dir);
+            let changed = match hint {
+                Some(h) => stamp.changed_among(&dir, h),
+                None => stamp.changed(&dir),
+            };
             if changed.is_empty() {
                 // Racy entries were just verified by content; once they have
                 // aged past the window they need not be read again.
-                if !opts.dry_run
-                    && let Some(bytes) = stamp.aged(checked_at)
-                {
-                    let _ = write_beside(&noop_path, &bytes);
+                if !opts.dry_run && stamp.age(checked_at) {
+                    let _ = write_beside(&noop_path, &stamp.encode());
+                    session.disk = Some(Session::disk_now(root));
                 }
                 let n = stamp.nodes as usize;
                 report(Event::Planned { total: n });
+                let watch_set = opts.want_watch_set.then(|| WatchSet::from_stamp(&stamp));
+                session.stamp = Some(stamp);
                 return Ok(BuildReport {
                     total: n,
                     fresh: n,
-                    watch_set: opts.want_watch_set.then(|| WatchSet::from_stamp(&stamp)),
+                    watch_set,
                     ..Default::default()
                 });
             }
@@ -370,7 +428,12 @@ pub fn build(
         ObjectStore::open(root)?
     };
     let cache_path = store.dir().join("project-cache.json");
-    let (project, new_cache) = Project::load_cached(root, &cache_path)?;
+    // with a stamp that saw no structural change, `prompts.toml` is as the
+    // session's project was read from
+    let (project, new_cache) = match (session.project.take(), &prior) {
+        (Some(p), Some(_)) => (p, None),
+        _ => Project::load_cached(root, &cache_path)?,
+    };
     let _lock = if opts.dry_run {
         None
     } else {
@@ -379,11 +442,21 @@ pub fn build(
     if let (Some(bytes), false) = (&new_cache, opts.dry_run) {
         store.write_atomic(&cache_path, bytes)?;
     }
-    release_free_memory(); // a first build's TOML parse tree is gone
     // The state and the graph cache are independent: read them together.
-    let ((state_files, state), cached) = rayon::join(
-        || StateFiles::load(store.dir()),
+    let session_graph = session.graph.take().filter(|_| prior.is_some());
+    let session_state = session.state.take();
+    // the state and stamp this process saved last agree on every file
+    let in_session = stamp_from_session && session_state.is_some();
+    let graph_from_session = session_graph.is_some();
+    if !in_session {
+        release_free_memory(); // a first build's TOML parse tree is gone
+    }
+    let ((mut state_files, state), cached) = rayon::join(
+        || session_state.unwrap_or_else(|| StateFiles::load(store.dir())),
         || {
+            if session_graph.is_some() {
+                return session_graph;
+            }
             let (stamp, _) = prior.as_ref()?;
             let bytes = std::fs::read(&graph_path).ok()?;
             Graph::decode(&bytes, &stamp.structure_key(), &project)
@@ -396,10 +469,11 @@ pub fn build(
     } = state;
     let mut files = ProjectFiles::new(root, old_files);
     if let (Some((stamp, changed)), Some(_)) = (&prior, &cached) {
+        let entries = stamp.entries.iter().filter(|_| !in_session);
         files.vouch(
             changed.clone(),
             checked_at,
-            stamp.entries.iter().filter_map(|e| {
+            entries.filter_map(|e| {
                 let file = e.kind != EntryKind::Dir;
                 e.stat
                     .filter(|_| file)
@@ -419,16 +493,22 @@ pub fn build(
 
     // Stat (and where needed hash) every file the selected nodes read or
     // write, in parallel: on a no-op build this is nearly all the work.
+    // With a stamp that vouches for the rest, only what it saw change.
     let mut paths: Vec<&str> = Vec::new();
-    let mut seen_paths = HashSet::default();
-    for (i, n) in graph.nodes.iter().enumerate() {
-        if selected[i] {
-            for (_, p) in n.source_files() {
-                if seen_paths.insert(p) {
-                    paths.push(p);
+    match (&prior, graph_from_cache) {
+        (Some((_, changed)), true) => paths.extend(changed.iter().map(String::as_str)),
+        _ => {
+            let mut seen_paths = HashSet::default();
+            for (i, n) in graph.nodes.iter().enumerate() {
+                if selected[i] {
+                    for (_, p) in n.source_files() {
+                        if seen_paths.insert(p) {
+                            paths.push(p);
+                        }
+                    }
+                    paths.push(&n.output);
                 }
             }
-            paths.push(&n.output);
         }
     }
     files.digest_all(&paths);
@@ -645,7 +725,8 @@ pub fn build(
     });
     let mut rep = prog.rep;
     rep.interrupted = crate::exec::interrupted();
-    if opts.want_watch_set {
+    // (a graph kept by the session depends on what it did last time)
+    if opts.want_watch_set && !graph_from_session {
         let mut w = match &prior {
             // a graph from its cache walked no directory: the stamp has them
             Some((stamp, _)) if graph_from_cache => WatchSet {
@@ -673,38 +754,45 @@ pub fn build(
     }
     // Save in this order: the state (what was learnt), the history, one
     // sync, and the no-op stamp last, so it never claims what is not durable.
-    release_free_memory(); // the compile jobs' garbage is gone
+    if !in_session {
+        release_free_memory(); // the compile jobs' garbage is gone
+    }
     // The next stamp: patched from the old one when the graph came from
     // its cache (same entries, same order), else built from scratch.
     let mut graph_key = None;
-    let stamp_bytes = if !(opts.targets.is_empty() && rep.success()) {
+    let new_stamp = if !(opts.targets.is_empty() && rep.success()) {
         None
-    } else if let (Some((old, _)), true) = (&prior, graph_from_cache) {
-        Some(patched_stamp(old, &files, checked_at))
+    } else if let (Some((mut old, _)), true) = (prior.take(), graph_from_cache) {
+        patch_stamp(&mut old, &files, checked_at);
+        Some(old)
     } else {
-        noop_stamp(&project, &graph, &files, project_stat).map(|s| {
-            graph_key = Some(s.structure_key());
-            s.encode()
-        })
+        noop_stamp(&project, &graph, &files, project_stat)
+            .inspect(|s| graph_key = Some(s.structure_key()))
     };
-    let (old_files, seen) = files.into_parts();
-    let mut delta = StateDelta::default();
-    for (p, e) in &seen {
-        if old_files.get(p) != Some(e) {
-            delta.files.push((p, e));
+    let (mut old_files, seen) = files.into_parts();
+    let (wrote_state, appended) = {
+        let mut delta = StateDelta::default();
+        for (p, e) in &seen {
+            if old_files.get(p) != Some(e) {
+                delta.files.push((p, e));
+            }
         }
-    }
-    for (d, r) in &graph.analysis {
-        if !old_analysis.contains_key(d) {
-            delta.analysis.push((d, r));
+        for (d, r) in &graph.analysis {
+            if !old_analysis.contains_key(d) {
+                delta.analysis.push((d, r));
+            }
         }
-    }
-    delta.targets = new_records.iter().map(|(k, r)| (k.as_str(), r)).collect();
-    let wrote_state = !delta.is_empty();
-    // a first build writes a snapshot: no need to encode its delta too
-    let appended =
-        wrote_state && !state_files.needs_snapshot() && state_files.append(&delta.encode())?;
-    if wrote_state && !appended {
+        delta.targets = new_records.iter().map(|(k, r)| (k.as_str(), r)).collect();
+        let wrote = !delta.is_empty();
+        // a first build writes a snapshot: no need to encode its delta too
+        let appended =
+            wrote && !state_files.needs_snapshot() && state_files.append(&delta.encode())?;
+        (wrote, appended)
+    };
+    let mut targets = old_targets;
+    targets.extend(new_records);
+    // the state as it now stands on disk, for the next build of a session
+    let state_now = if wrote_state && !appended {
         // a snapshot keeps the stat cache of the files the project uses now
         let mut used: HashSet<&str> = HashSet::default();
         for n in &graph.nodes {
@@ -717,8 +805,6 @@ pub fn build(
                 files.insert(p, e);
             }
         }
-        let mut targets = old_targets;
-        targets.extend(new_records);
         // a graph from the cache carries no analyses: keep the old ones
         let analysis = if graph_from_cache {
             old_analysis
@@ -731,22 +817,38 @@ pub fn build(
             targets,
         };
         state_files.snapshot(&st, |p, b| store.write_atomic(p, b))?;
-    }
+        st
+    } else {
+        old_files.extend(seen);
+        let mut analysis = old_analysis;
+        analysis.extend(std::mem::take(&mut graph.analysis));
+        State {
+            files: old_files,
+            analysis,
+            targets,
+        }
+    };
     store.append_history(&history)?;
     if wrote_state || !history.is_empty() {
         store.sync()?;
     }
-    match &stamp_bytes {
-        Some(bytes) => {
+    match &new_stamp {
+        Some(stamp) => {
             if let Some(key) = graph_key {
                 store.write_atomic(&graph_path, &graph.encode(&key))?;
             }
-            store.write_atomic(&noop_path, bytes)?
+            store.write_atomic(&noop_path, &stamp.encode())?
         }
         None => {
             let _ = std::fs::remove_file(&noop_path);
         }
     }
+    drop(_lock);
+    session.graph = new_stamp.is_some().then_some(graph);
+    session.stamp = new_stamp;
+    session.project = Some(project);
+    session.state = Some((state_files, state_now));
+    session.disk = Some(Session::disk_now(root));
     Ok(rep)
 }
 
@@ -835,38 +937,30 @@ fn write_beside(path: &Utf8Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The old stamp brought up to date: every file this build looked at gets
-/// its current stat and digest. An entry that was racy but was verified by
-/// content at `checked_at` and has aged past the window since is no longer
-/// racy.
-fn patched_stamp(old: &NoopStamp, files: &ProjectFiles, checked_at: i64) -> Vec<u8> {
-    let patch: Vec<Option<StampEntry>> = files.with_seen(|seen| {
-        old.entries
-            .iter()
-            .map(|e| {
-                let now = match (e.kind, seen.get(e.path.as_str())) {
-                    (EntryKind::Dir, _) | (_, None) => None,
-                    (_, Some(s)) => Some(s),
-                };
-                match now {
-                    Some(s) if Some(s.stat) != e.stat || s.digest != e.digest => Some(StampEntry {
-                        stat: Some(s.stat),
-                        racy: s.racy,
-                        digest: s.digest,
-                        ..e.clone()
-                    }),
-                    _ if e.racy && e.stat.is_some_and(|st| !is_racy(&st, checked_at)) => {
-                        Some(StampEntry {
-                            racy: false,
-                            ..e.clone()
-                        })
-                    }
-                    _ => None,
+/// Brings the old stamp up to date in place: every file this build looked
+/// at gets its current stat and digest. An entry that was racy but was
+/// verified by content at `checked_at` and has aged past the window since
+/// is no longer racy.
+fn patch_stamp(stamp: &mut NoopStamp, files: &ProjectFiles, checked_at: i64) {
+    files.with_seen(|seen| {
+        for e in &mut stamp.entries {
+            let now = match (e.kind, seen.get(e.path.as_str())) {
+                (EntryKind::Dir, _) | (_, None) => None,
+                (_, Some(s)) => Some(s),
+            };
+            match now {
+                Some(s) if Some(s.stat) != e.stat || s.digest != e.digest => {
+                    e.stat = Some(s.stat);
+                    e.racy = s.racy;
+                    e.digest = s.digest;
                 }
-            })
-            .collect()
+                _ if e.racy && e.stat.is_some_and(|st| !is_racy(&st, checked_at)) => {
+                    e.racy = false;
+                }
+                _ => {}
+            }
+        }
     });
-    old.encode_patched(&patch)
 }
 
 /// What compilation reads from: the project, its graph, its files and

@@ -91,18 +91,31 @@ pub struct NoopStamp {
 
 impl NoopStamp {
     pub fn encode(&self) -> Vec<u8> {
-        encode_entries(self.nodes, self.entries.len(), self.entries.iter())
-    }
-
-    /// This stamp with some entries replaced (`patch[i]` for entry `i`),
-    /// encoded without copying the rest.
-    pub fn encode_patched(&self, patch: &[Option<StampEntry>]) -> Vec<u8> {
-        let entries = self
-            .entries
-            .iter()
-            .zip(patch)
-            .map(|(old, new)| new.as_ref().unwrap_or(old));
-        encode_entries(self.nodes, self.entries.len(), entries)
+        let mut w = Writer(Vec::with_capacity(16 + self.entries.len() * 96));
+        w.0.extend_from_slice(MAGIC);
+        w.str(env!("CARGO_PKG_VERSION"));
+        w.u32(self.nodes);
+        w.u32(self.entries.len() as u32);
+        for e in &self.entries {
+            w.str(&e.path);
+            w.u8(e.kind.code());
+            w.u8(e.stat.is_some() as u8);
+            w.u8(e.racy as u8);
+            let st = e.stat.unwrap_or(FileStat {
+                size: 0,
+                mtime_ns: 0,
+                ctime_ns: 0,
+                ino: 0,
+            });
+            w.u64(st.size);
+            w.u64(st.mtime_ns as u64);
+            w.u64(st.ctime_ns as u64);
+            w.u64(st.ino);
+            w.digest(&e.digest);
+        }
+        let sum = Digest::of(&w.0);
+        w.digest(&sum);
+        w.0
     }
 
     pub fn decode(bytes: &[u8]) -> Option<NoopStamp> {
@@ -138,32 +151,6 @@ impl NoopStamp {
             });
         }
         (r.pos == body.len()).then_some(NoopStamp { nodes, entries })
-    }
-
-    /// When racy entries that [`NoopStamp::changed`] verified at
-    /// `checked_at` are no longer racy, this stamp with their flags
-    /// cleared; `None` when there is nothing to clear.
-    pub fn aged(&self, checked_at: i64) -> Option<Vec<u8>> {
-        let ages = |e: &StampEntry| {
-            e.racy
-                && e.kind != EntryKind::Dir
-                && e.stat
-                    .is_some_and(|st| !crate::state::is_racy(&st, checked_at))
-        };
-        if !self.entries.iter().any(ages) {
-            return None;
-        }
-        let patch: Vec<Option<StampEntry>> = self
-            .entries
-            .iter()
-            .map(|e| {
-                ages(e).then(|| StampEntry {
-                    racy: false,
-                    ..e.clone()
-                })
-            })
-            .collect();
-        Some(self.encode_patched(&patch))
     }
 
     /// A digest of the entries that shape the graph (`prompts.toml`,
@@ -203,38 +190,45 @@ impl NoopStamp {
             .filter(|e| !e.unchanged(root))
             .collect()
     }
-}
 
-fn encode_entries<'a>(
-    nodes: u32,
-    n: usize,
-    entries: impl Iterator<Item = &'a StampEntry>,
-) -> Vec<u8> {
-    let mut w = Writer(Vec::with_capacity(16 + n * 96));
-    w.0.extend_from_slice(MAGIC);
-    w.str(env!("CARGO_PKG_VERSION"));
-    w.u32(nodes);
-    w.u32(n as u32);
-    for e in entries {
-        w.str(&e.path);
-        w.u8(e.kind.code());
-        w.u8(e.stat.is_some() as u8);
-        w.u8(e.racy as u8);
-        let st = e.stat.unwrap_or(FileStat {
-            size: 0,
-            mtime_ns: 0,
-            ctime_ns: 0,
-            ino: 0,
-        });
-        w.u64(st.size);
-        w.u64(st.mtime_ns as u64);
-        w.u64(st.ctime_ns as u64);
-        w.u64(st.ino);
-        w.digest(&e.digest);
+    /// [`NoopStamp::changed`] for a caller that knows which paths can have
+    /// changed (`mkt watch`: every path its file watcher reported): only
+    /// those entries, the directories that hold them and racy entries are
+    /// checked; every other entry is taken as unchanged.
+    pub fn changed_among(
+        &self,
+        root: &std::fs::File,
+        paths: &rustc_hash::FxHashSet<String>,
+    ) -> Vec<&StampEntry> {
+        let parent = |p: &str| p.rsplit_once('/').map_or("", |(d, _)| d).to_string();
+        let dirs: rustc_hash::FxHashSet<String> = paths.iter().map(|p| parent(p)).collect();
+        self.entries
+            .iter()
+            .filter(|e| {
+                e.racy
+                    || paths.contains(&e.path)
+                    || (e.kind == EntryKind::Dir && dirs.contains(&e.path))
+            })
+            .filter(|e| !e.unchanged(root))
+            .collect()
     }
-    let sum = Digest::of(&w.0);
-    w.digest(&sum);
-    w.0
+
+    /// Clears the racy flag of entries [`NoopStamp::changed`] verified at
+    /// `checked_at` that have aged past the window since; true if any did.
+    pub fn age(&mut self, checked_at: i64) -> bool {
+        let mut any = false;
+        for e in &mut self.entries {
+            if e.racy
+                && e.kind != EntryKind::Dir
+                && e.stat
+                    .is_some_and(|st| !crate::state::is_racy(&st, checked_at))
+            {
+                e.racy = false;
+                any = true;
+            }
+        }
+        any
+    }
 }
 
 impl StampEntry {
@@ -342,13 +336,14 @@ mod tests {
     }
 
     fn racy_settled(root: &std::fs::File) -> Vec<u8> {
-        let stamp = NoopStamp {
+        let mut stamp = NoopStamp {
             nodes: 1,
             entries: vec![entry(root, "a", EntryKind::Content, true, b"yy")],
         };
         let mtime = stamp.entries[0].stat.unwrap().mtime_ns;
-        assert_eq!(stamp.aged(mtime), None, "still within the window");
-        stamp.aged(mtime + crate::state::RACY_NS).expect("aged out")
+        assert!(!stamp.age(mtime), "still within the window");
+        assert!(stamp.age(mtime + crate::state::RACY_NS), "aged out");
+        stamp.encode()
     }
 
     #[test]
@@ -381,6 +376,25 @@ mod tests {
         // once past the window, a verified racy entry is stamped as settled
         let aged = NoopStamp::decode(&racy_settled(&root)).unwrap();
         assert!(!aged.entries[0].racy);
+        // told which paths can have changed, only those are checked
+        std::fs::write(t.path().join("b"), "b").unwrap();
+        let two = NoopStamp {
+            nodes: 1,
+            entries: vec![
+                entry(&root, "a", EntryKind::Content, false, b"yy"),
+                entry(&root, "b", EntryKind::Content, false, b"b"),
+            ],
+        };
+        std::fs::write(t.path().join("a"), "zzz").unwrap();
+        std::fs::write(t.path().join("b"), "bbbb").unwrap();
+        let only_b: rustc_hash::FxHashSet<String> = ["b".to_string()].into_iter().collect();
+        let got: Vec<&str> = two
+            .changed_among(&root, &only_b)
+            .iter()
+            .map(|e| e.path.as_str())
+            .collect();
+        assert_eq!(got, ["b"]);
+        assert_eq!(two.changed(&root).len(), 2);
         // a racy directory always counts as changed
         let dir = NoopStamp {
             nodes: 1,

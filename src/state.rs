@@ -747,7 +747,7 @@ impl StateFiles {
     /// Appends an encoded [`StateDelta`] to the log. `Ok(false)` means a
     /// snapshot is due instead (there is none yet, or the log would pass
     /// half the snapshot's size): call [`StateFiles::snapshot`].
-    pub fn append(&self, body: &[u8]) -> crate::error::Result<bool> {
+    pub fn append(&mut self, body: &[u8]) -> crate::error::Result<bool> {
         use std::io::{Seek, Write};
         if self.base_len == 0
             || (self.log_len + body.len() as u64) * 2 > self.base_len.max(64 * 1024)
@@ -776,17 +776,23 @@ impl StateFiles {
         rec.extend_from_slice(body);
         rec.extend_from_slice(&Digest::of(body).0);
         f.write_all(&rec).map_err(io)?;
+        self.log_len += rec.len() as u64;
         Ok(true)
     }
 
     /// Writes `st` as the new snapshot and drops the log.
     pub fn snapshot(
-        &self,
+        &mut self,
         st: &State,
         write_atomic: impl Fn(&camino::Utf8Path, &[u8]) -> crate::error::Result<()>,
     ) -> crate::error::Result<()> {
-        write_atomic(&self.dir.join("state"), &st.encode())?;
+        let bytes = st.encode();
+        write_atomic(&self.dir.join("state"), &bytes)?;
         let _ = std::fs::remove_file(self.dir.join("state.log"));
+        // the next append extends this snapshot
+        self.base_id = Digest(bytes[bytes.len() - 32..].try_into().expect("checksum"));
+        self.base_len = bytes.len() as u64;
+        self.log_len = 0;
         Ok(())
     }
 }
@@ -871,7 +877,7 @@ mod tests {
 
     /// Saves one target record the way a build does: appended, or as a
     /// snapshot of `full()` when one is due.
-    fn save(sf: &StateFiles, key: &str, full: impl FnOnce() -> State) {
+    fn save(sf: &mut StateFiles, key: &str, full: impl FnOnce() -> State) {
         let mut rec = sample().targets["summary"].clone();
         rec.run_id = format!("run-{key}");
         let delta = StateDelta {
@@ -883,21 +889,43 @@ mod tests {
         }
     }
 
+    /// A long-running process (`mkt watch`) keeps one `StateFiles` across
+    /// saves: each append and snapshot must leave it describing the files
+    /// as they now are.
+    #[test]
+    fn one_state_files_serves_many_saves() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = camino::Utf8Path::from_path(t.path()).unwrap();
+        let (mut sf, _) = StateFiles::load(dir);
+        save(&mut sf, "x", sample); // a snapshot
+        for k in ["a", "b", "c"] {
+            save(&mut sf, k, || unreachable!("no compaction"));
+        }
+        let (_, st) = StateFiles::load(dir);
+        let mut keys: Vec<_> = st.targets.keys().cloned().collect();
+        keys.sort();
+        assert_eq!(keys, ["a", "b", "c", "summary"]);
+        // a snapshot, then more appends on top of it
+        sf.snapshot(&st, write).unwrap();
+        save(&mut sf, "d", || unreachable!("no compaction"));
+        assert_eq!(StateFiles::load(dir).1.targets.len(), 5);
+    }
+
     #[test]
     fn journal_appends_and_replays_and_survives_every_truncation() {
         let t = tempfile::tempdir().unwrap();
         let dir = camino::Utf8Path::from_path(t.path()).unwrap();
         // no snapshot yet: the first save writes one
-        let (sf, st) = StateFiles::load(dir);
+        let (mut sf, st) = StateFiles::load(dir);
         assert_eq!(st, State::default());
-        save(&sf, "x", sample);
+        save(&mut sf, "x", sample);
         assert!(dir.join("state").is_file() && !dir.join("state.log").exists());
-        let (base_files, base) = StateFiles::load(dir);
+        let (mut base_files, base) = StateFiles::load(dir);
         assert_eq!(base, sample());
         // small deltas go to the log
-        save(&base_files, "a", || unreachable!("no compaction"));
-        let (sf, st) = StateFiles::load(dir);
-        save(&sf, "b", || unreachable!("no compaction"));
+        save(&mut base_files, "a", || unreachable!("no compaction"));
+        let (mut sf, st) = StateFiles::load(dir);
+        save(&mut sf, "b", || unreachable!("no compaction"));
         let (_, st2) = StateFiles::load(dir);
         assert_eq!(st2.targets.len(), 3);
         assert_eq!(st2.targets["a"].run_id, "run-a");
@@ -921,8 +949,8 @@ mod tests {
         }
         // an append after a torn tail drops the tail first
         std::fs::write(dir.join("state.log"), &log[..first_end + 7]).unwrap();
-        let (sf, _) = StateFiles::load(dir);
-        save(&sf, "c", || unreachable!());
+        let (mut sf, _) = StateFiles::load(dir);
+        save(&mut sf, "c", || unreachable!());
         let (_, st) = StateFiles::load(dir);
         let mut keys: Vec<_> = st.targets.keys().cloned().collect();
         keys.sort();

@@ -25,11 +25,21 @@
 //! a template syntax error) any event in a watched directory triggers one,
 //! so fixing the file recovers.
 //!
+//! **Cost.** The watcher keeps the project, its graph, its state and its
+//! no-op stamp in memory between builds (`build::Session`), and tells the
+//! engine which paths it saw change: only their stamp entries are stat-ed.
+//! A change to one target then costs about the same in a project of
+//! 10,000 targets as in one of 100. Every path an event names counts,
+//! relevant or not (an output edited by hand is checked, and repaired,
+//! when something else triggers the next build). A build after new
+//! directories were watched, and after a rescan, checks every file: a
+//! change made before its directory was watched has no event.
+//!
 //! **Coalescing.** The debouncer (notify-debouncer-full) waits for
 //! `debounce` of quiet per path; changes that arrive while a build runs
 //! queue up and are taken together into one follow-up build.
 
-use crate::build::{BuildOptions, BuildReport, Event, WatchSet, build};
+use crate::build::{BuildOptions, BuildReport, Event, Session, WatchSet, build_in};
 use crate::config::PROJECT_FILE;
 use crate::error::{Error, Result};
 use crate::store::STORE_DIR;
@@ -50,15 +60,22 @@ pub struct WatchOptions {
 /// What the watcher reports; the CLI decides what to print.
 #[derive(Debug)]
 pub enum WatchEvent<'a> {
-    /// A build starts: the first one (no changes), or one triggered by
-    /// `changes` (project-relative paths), or by lost events (`rescan`).
-    Rebuilding { changes: &'a [String], rescan: bool },
+    /// A build starts: the first one (no changes), one triggered by
+    /// `changes` (project-relative paths), one for lost events (`rescan`),
+    /// or a check of every file after new directories were watched
+    /// (`verify`: usually finds nothing to do).
+    Rebuilding {
+        changes: &'a [String],
+        rescan: bool,
+        verify: bool,
+    },
     /// Something the build reports.
     Build(Event<'a>),
     /// A build ended, after `elapsed`.
     Built {
         result: &'a Result<BuildReport>,
         elapsed: Duration,
+        verify: bool,
     },
     /// Watching, with this many directories, until the next change.
     Idle { dirs: usize },
@@ -116,20 +133,33 @@ pub fn watch(
         source: std::io::Error::other(e.to_string()),
     })?;
     let mut watched: HashSet<Utf8PathBuf> = HashSet::default();
+    let mut session = Session::default();
+    let own = own_output_files();
     let mut last_set: Option<WatchSet> = None;
+    // what triggers the next build, and every path seen to change since
+    // the last one (relevant or not: an output edited by hand must still
+    // be checked when something else triggers the build)
     let mut changes: Vec<String> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::default();
     let mut rescan = false;
+    // the first build, and any build after new directories were watched,
+    // checks every file: a change made before a watch existed has no event
+    let mut verify = false;
     loop {
-        // a build: the first one, or for what arrived since the last
         report(WatchEvent::Rebuilding {
             changes: &changes,
             rescan,
+            verify,
         });
         let started = Instant::now();
-        let result = build(root, &build_opts, &|e| report(WatchEvent::Build(e)));
+        let hint = (!rescan && !verify && !changes.is_empty()).then_some(&seen);
+        let result = build_in(root, &build_opts, &mut session, hint, &|e| {
+            report(WatchEvent::Build(e))
+        });
         report(WatchEvent::Built {
             result: &result,
             elapsed: started.elapsed(),
+            verify,
         });
         let mut want: Vec<Utf8PathBuf> = vec![root.to_owned()];
         let set = match &result {
@@ -153,12 +183,14 @@ pub fn watch(
             }
             want.extend(s.dirs.iter().map(|d| root.join(d)));
         }
+        let mut added = false;
         for dir in want {
             let dir = Utf8PathBuf::from(dir.as_str().trim_end_matches('/'));
             if !watched.contains(&dir) && dir.is_dir() {
                 match debouncer.watch(dir.as_std_path(), RecursiveMode::NonRecursive) {
                     Ok(()) => {
                         watched.insert(dir);
+                        added = true;
                     }
                     Err(e) => report(WatchEvent::Warning(format!("cannot watch `{dir}`: {e}"))),
                 }
@@ -171,15 +203,19 @@ pub fn watch(
         if crate::exec::interrupted() {
             return Ok(());
         }
+        changes.clear();
+        seen.clear();
+        rescan = false;
+        verify = added;
+        if verify {
+            continue;
+        }
         report(WatchEvent::Idle {
             dirs: watched.len(),
         });
 
         // wait for relevant changes; take everything queued with them
-        changes.clear();
-        rescan = false;
         let relevant_set = if failed { None } else { last_set.as_ref() };
-        let mut seen: HashSet<String> = HashSet::default();
         loop {
             let got = if changes.is_empty() && !rescan {
                 match rx.recv_timeout(Duration::from_millis(50)) {
@@ -203,7 +239,10 @@ pub fn watch(
                             let Some(rel) = relative(root, p) else {
                                 continue;
                             };
-                            if is_relevant(&rel, relevant_set) && seen.insert(rel.clone()) {
+                            if is_ignored(&rel) || is_own(&own, p) || !seen.insert(rel.clone()) {
+                                continue;
+                            }
+                            if is_relevant(&rel, relevant_set) {
                                 changes.push(rel);
                             }
                         }
@@ -224,6 +263,27 @@ pub fn watch(
         }
         changes.sort();
     }
+}
+
+/// The files this process's stdout and stderr are redirected to
+/// (`mkt watch 2> log.txt`): writing to them must not count as a change,
+/// or a watcher whose last build failed would rebuild for its own report.
+fn own_output_files() -> Vec<(u64, u64)> {
+    [1, 2]
+        .into_iter()
+        .filter_map(|fd| {
+            // SAFETY: fstat on a descriptor number; `st` is plain data it fills.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+            (ok && st.st_mode & libc::S_IFMT == libc::S_IFREG).then_some((st.st_dev, st.st_ino))
+        })
+        .collect()
+}
+
+fn is_own(own: &[(u64, u64)], path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    !own.is_empty()
+        && std::fs::symlink_metadata(path).is_ok_and(|m| own.contains(&(m.dev(), m.ino())))
 }
 
 fn relative(root: &Utf8Path, p: &std::path::Path) -> Option<String> {

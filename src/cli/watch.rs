@@ -37,7 +37,9 @@ pub fn run(root: &Utf8Path, args: WatchArgs) -> i32 {
     let printer = Printer::new(args.quiet);
     install_interrupt_handler();
     let result = watch(root, &opts, &|e| match e {
-        WatchEvent::Rebuilding { changes, rescan } => {
+        WatchEvent::Rebuilding {
+            changes, rescan, ..
+        } => {
             if rescan {
                 printer.line("mkt watch: file events were lost; checking every file");
             } else if !changes.is_empty() {
@@ -50,9 +52,15 @@ pub fn run(root: &Utf8Path, args: WatchArgs) -> i32 {
             }
         }
         WatchEvent::Build(ev) => printer.event(ev),
-        WatchEvent::Built { result, elapsed } => {
+        WatchEvent::Built {
+            result,
+            elapsed,
+            verify,
+        } => {
             printer.status("");
             match result {
+                // a check after new watches: silent unless it did something
+                Ok(r) if verify && r.fresh == r.total => {}
                 Ok(r) => printer.line(&summary_line(r, elapsed)),
                 Err(e) => printer.line(&format!("error: {e}")),
             }
