@@ -110,6 +110,18 @@ impl Printer {
     }
 }
 
+/// `1234 tokens, $0.0123`, or `None` when nothing was spent.
+fn spend_text(s: &markitect::build::Spend) -> Option<String> {
+    if s.tokens == 0 && s.cost_usd == 0.0 {
+        return None;
+    }
+    let mut t = format!("{} tokens", s.tokens);
+    if s.cost_usd > 0.0 {
+        t.push_str(&format!(", {}", markitect::build::format_usd(s.cost_usd)));
+    }
+    Some(t)
+}
+
 fn indent(s: &str) -> String {
     s.lines()
         .map(|l| format!("  {l}"))
@@ -170,6 +182,14 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
                 }
                 if r.skipped > 0 {
                     s.push_str(&format!(", {} skipped", r.skipped));
+                }
+                // only builds that called priced or token-reporting models
+                // say so: mock and command builds keep the plain line
+                if let Some(spend) = spend_text(&r.spent) {
+                    s.push_str(&format!("; spent {spend}"));
+                }
+                if let Some(spend) = spend_text(&r.saved) {
+                    s.push_str(&format!("; cache saved {spend}"));
                 }
                 s.push_str(&format!(" ({:.2} s)", started.elapsed().as_secs_f64()));
                 printer.line(&s);
