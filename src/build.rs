@@ -18,7 +18,6 @@
 use crate::config::PROJECT_FILE;
 use crate::config::Project;
 use crate::error::Result;
-use crate::exec::adapter_for;
 use crate::files::ProjectFiles;
 use crate::graph::{Graph, Node, analyse_project};
 use crate::hash::{Digest, InputBundleHash};
@@ -135,6 +134,13 @@ pub struct BuildReport {
     /// `None` from a [`build_in`] whose session graph did not change (what
     /// the last build reported still holds).
     pub watch_set: Option<WatchSet>,
+    /// Tokens the model calls of this build used, as the providers
+    /// reported them (failed calls included), and their cost in US dollars
+    /// where the model has prices.
+    pub spent: Spend,
+    /// What the runs served from the action cache had cost, priced with
+    /// the current prices.
+    pub saved: Spend,
 }
 
 /// The project paths a build depends on: a change to anything else cannot
@@ -164,6 +170,36 @@ impl WatchSet {
             set.insert(e.path.clone());
         }
         w
+    }
+}
+
+/// US dollars with enough digits to show a cheap call: `$1.23`,
+/// `$0.0042`, `$0.000015`.
+pub fn format_usd(v: f64) -> String {
+    if v >= 1.0 || v == 0.0 {
+        format!("${v:.2}")
+    } else {
+        // four significant digits at most, trailing zeros dropped
+        let digits = (-v.log10()).floor() as usize + 4;
+        let t = format!("{v:.digits$}");
+        let t = t.trim_end_matches('0');
+        format!("${t}")
+    }
+}
+
+/// Tokens (input + output) and their cost.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Spend {
+    pub tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl Spend {
+    fn add(&mut self, usage: Option<&Usage>, cost: Option<f64>) {
+        if let Some(u) = usage {
+            self.tokens += u.input_tokens + u.output_tokens;
+        }
+        self.cost_usd += cost.unwrap_or(0.0);
     }
 }
 
@@ -311,6 +347,10 @@ struct JobResult {
     record: Option<TargetRecord>,
     warnings: Vec<String>,
     history: Option<String>,
+    /// Usage and cost of the model call made (`spent`) or of the run
+    /// served from the action cache instead (`saved`).
+    spent: Option<(Usage, Option<f64>)>,
+    saved: Option<(Usage, Option<f64>)>,
 }
 
 struct Ctx<'a> {
@@ -376,6 +416,7 @@ pub fn build_in(
     // The no-op fast path: one lstat per file (see `stamp.rs`). When only
     // inputs or outputs changed, the stamp also vouches for every file it
     // did not see change, and the graph can come from its cache.
+    crate::exec::begin_build();
     let noop_path = root.join(STORE_DIR).join("noop");
     let graph_path = root.join(STORE_DIR).join("graph");
     let mut prior: Option<(NoopStamp, HashSet<String>)> = None;
@@ -696,6 +737,12 @@ pub fn build_in(
             }
             let r = res_rx.recv().expect("a worker answers every job");
             in_flight -= 1;
+            if let Some((u, c)) = &r.spent {
+                prog.rep.spent.add(Some(u), *c);
+            }
+            if let Some((u, c)) = &r.saved {
+                prog.rep.saved.add(Some(u), *c);
+            }
             for w in r.warnings {
                 report(Event::Warning(w));
             }
@@ -1133,7 +1180,13 @@ fn history_line(
     job: &Job,
     model: &str,
     started: Instant,
-    (status, run_id, ibh, usage): (RunKind, &str, Option<Digest>, Option<Usage>),
+    (status, run_id, ibh, usage, cost_usd): (
+        RunKind,
+        &str,
+        Option<Digest>,
+        Option<Usage>,
+        Option<f64>,
+    ),
 ) -> String {
     let ms = started.elapsed().as_secs_f64() * 1e3;
     HistoryEntry {
@@ -1146,6 +1199,7 @@ fn history_line(
         reason: job.reason.to_string(),
         duration_ms: (ms * 1000.0).round() / 1000.0,
         usage,
+        cost_usd,
     }
     .to_line()
 }
@@ -1169,6 +1223,8 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         }),
         warnings,
         history,
+        spent: None,
+        saved: None,
     };
     let record_for = |ibh: Digest, digest: Digest, run_id: &str| TargetRecord {
         fingerprint: job.fingerprint.clone(),
@@ -1193,7 +1249,9 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                     outcome: Outcome::Restored,
                     record: Some(record_for(rec.ibh, rec.output_digest, &rec.run_id)),
                     warnings,
-                    history: hist((RunKind::Restored, &rec.run_id, Some(rec.ibh), None)),
+                    history: hist((RunKind::Restored, &rec.run_id, Some(rec.ibh), None, None)),
+                    spent: None,
+                    saved: None,
                 };
             }
             ObjectRead::Corrupt => warnings.push(format!(
@@ -1216,7 +1274,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     let prompt = match compiled {
         Ok(p) => p,
         Err(e) => {
-            let h = hist((RunKind::Failed, "", None, None));
+            let h = hist((RunKind::Failed, "", None, None, None));
             return fail(e, warnings, h);
         }
     };
@@ -1239,7 +1297,13 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                         outcome: Outcome::Cached { run_id: m.run_id.clone() },
                         record: Some(record_for(ibh.0, m.outputs[0].digest, &m.run_id)),
                         warnings,
-                        history: hist((RunKind::Cached, &m.run_id, Some(ibh.0), None)),
+                        history: hist((RunKind::Cached, &m.run_id, Some(ibh.0), None, None)),
+                        spent: None,
+                        // what the run cost when it was made, at today's prices
+                        saved: m.usage.clone().map(|u| {
+                            let c = decl.model.settings.cost_usd(&u);
+                            (u, c)
+                        }),
                     };
                 }
                 ObjectRead::Corrupt => warnings.push(format!(
@@ -1261,7 +1325,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     // 4. Processing.
     let started_at = manifest::now_rfc3339();
     let t_process = Instant::now();
-    let response = adapter_for(&decl.model).call(&prompt, ctx.src.files.root());
+    let response = crate::exec::call(&decl.model, &prompt, ctx.src.files.root());
     let process_ms = t_process.elapsed().as_secs_f64() * 1e3;
     let run_id = manifest::new_run_id();
     let digest_of = |p: &str| ctx.src.files.digest(p).ok().flatten().unwrap_or_default();
@@ -1315,6 +1379,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         status: RunStatus::Ok,
         error: None,
         usage: None,
+        cost_usd: None,
         timing: Timing {
             started_at,
             finished_at: manifest::now_rfc3339(),
@@ -1335,6 +1400,10 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                     digest: d,
                     bytes: resp.output.len() as u64,
                 });
+                m.cost_usd = resp
+                    .usage
+                    .as_ref()
+                    .and_then(|u| decl.model.settings.cost_usd(u));
                 m.usage = resp.usage;
                 ctx.src.store.ac_put(&m)?;
                 write_output(ctx, node, &resp.output, d)?;
@@ -1342,12 +1411,18 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
             }
             Err(e) => {
                 m.status = RunStatus::Failed;
-                m.error = Some(e.0.clone());
+                m.error = Some(e.message.clone());
+                m.cost_usd = e
+                    .usage
+                    .as_ref()
+                    .and_then(|u| decl.model.settings.cost_usd(u));
+                m.usage = e.usage;
                 ctx.src.store.put_run(&m)?;
                 Ok(None)
             }
         }
     })();
+    let spent = m.usage.clone().map(|u| (u, m.cost_usd));
     match stored {
         Ok(Some(d)) => JobResult {
             node: job.node,
@@ -1356,12 +1431,32 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
             },
             record: Some(record_for(ibh.0, d, &run_id)),
             warnings,
-            history: hist((RunKind::Ran, &run_id, Some(ibh.0), m.usage.clone())),
+            history: hist((
+                RunKind::Ran,
+                &run_id,
+                Some(ibh.0),
+                m.usage.clone(),
+                m.cost_usd,
+            )),
+            spent,
+            saved: None,
         },
         Ok(None) => {
-            let h = hist((RunKind::Failed, &run_id, Some(ibh.0), m.usage.clone()));
-            fail(m.error.clone().unwrap_or_default(), warnings, h)
+            let h = hist((
+                RunKind::Failed,
+                &run_id,
+                Some(ibh.0),
+                m.usage.clone(),
+                m.cost_usd,
+            ));
+            JobResult {
+                spent,
+                ..fail(m.error.clone().unwrap_or_default(), warnings, h)
+            }
         }
-        Err(e) => fail(e.to_string(), warnings, None),
+        Err(e) => JobResult {
+            spent,
+            ..fail(e.to_string(), warnings, None)
+        },
     }
 }

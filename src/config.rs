@@ -34,9 +34,61 @@ pub struct ModelSettings {
     /// command: how the prompt is written to stdin: `text` (default) or `json`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
-    /// command: wall-clock limit in seconds (not part of the InputBundleHash).
+    /// command, openai, anthropic: wall-clock limit in seconds (not part
+    /// of the InputBundleHash).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<u64>,
+
+    // The HTTP providers (`openai`, `anthropic`). Only what decides the
+    // output enters the InputBundleHash (see `ModelConfig::hashed_params`).
+    /// The provider's model id, e.g. `gpt-4o-mini`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Where the API lives (not hashed: the same model behind another URL).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base_url: Option<String>,
+    /// The name of the environment variable holding the API key; the key
+    /// itself is never in the project, the store or any message.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key_env: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop: Option<Vec<String>>,
+    /// `text` (default) or `json`: the output must parse as JSON (and
+    /// match `schema` when given).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// A JSON Schema for `format = "json"`: a TOML table, or a string of JSON.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
+    /// Any string: changing it asks for a fresh sample of an unchanged prompt.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<String>,
+    /// Seconds to wait for the TCP (and TLS) connection (not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_timeout_s: Option<u64>,
+    /// Retries after 429/5xx/529 answers (not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<u32>,
+    /// Requests in flight to this model at most, whatever `-j` (not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Requests started per minute at most (not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    /// US dollars per million input tokens (not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_input_per_mtok: Option<f64>,
+    /// US dollars per million output tokens (not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_output_per_mtok: Option<f64>,
 }
 
 impl ModelSettings {
@@ -48,7 +100,43 @@ impl ModelSettings {
             command: over.command.clone().or_else(|| self.command.clone()),
             stdin: over.stdin.clone().or_else(|| self.stdin.clone()),
             timeout_s: over.timeout_s.or(self.timeout_s),
+            model: over.model.clone().or_else(|| self.model.clone()),
+            base_url: over.base_url.clone().or_else(|| self.base_url.clone()),
+            api_key_env: over
+                .api_key_env
+                .clone()
+                .or_else(|| self.api_key_env.clone()),
+            temperature: over.temperature.or(self.temperature),
+            top_p: over.top_p.or(self.top_p),
+            max_tokens: over.max_tokens.or(self.max_tokens),
+            seed: over.seed.or(self.seed),
+            stop: over.stop.clone().or_else(|| self.stop.clone()),
+            format: over.format.clone().or_else(|| self.format.clone()),
+            schema: over.schema.clone().or_else(|| self.schema.clone()),
+            sample: over.sample.clone().or_else(|| self.sample.clone()),
+            connect_timeout_s: over.connect_timeout_s.or(self.connect_timeout_s),
+            max_retries: over.max_retries.or(self.max_retries),
+            max_concurrency: over.max_concurrency.or(self.max_concurrency),
+            requests_per_minute: over.requests_per_minute.or(self.requests_per_minute),
+            price_input_per_mtok: over.price_input_per_mtok.or(self.price_input_per_mtok),
+            price_output_per_mtok: over.price_output_per_mtok.or(self.price_output_per_mtok),
         }
+    }
+
+    /// The cost in US dollars of `usage` at these prices; `None` when no
+    /// price is set. Tokens are priced as the API reported them: cached
+    /// input tokens are not discounted (OpenAI counts them in the input
+    /// tokens) and Anthropic's cache reads, which it counts apart, are not
+    /// priced.
+    pub fn cost_usd(&self, usage: &crate::manifest::Usage) -> Option<f64> {
+        if self.price_input_per_mtok.is_none() && self.price_output_per_mtok.is_none() {
+            return None;
+        }
+        let per = |tokens: u64, price: Option<f64>| tokens as f64 * price.unwrap_or(0.0) / 1e6;
+        Some(
+            per(usage.input_tokens, self.price_input_per_mtok)
+                + per(usage.output_tokens, self.price_output_per_mtok),
+        )
     }
 }
 
@@ -79,13 +167,78 @@ struct RawTarget {
 pub enum Provider {
     Mock,
     Command,
+    /// The OpenAI chat completions API (OpenAI, and local servers that
+    /// speak it: Ollama, llama.cpp, vLLM, LM Studio, LiteLLM).
+    Openai,
+    /// The Anthropic Messages API.
+    Anthropic,
 }
 
 impl Provider {
+    pub const ALL: [Provider; 4] = [
+        Provider::Mock,
+        Provider::Command,
+        Provider::Openai,
+        Provider::Anthropic,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Provider::Mock => "mock",
             Provider::Command => "command",
+            Provider::Openai => "openai",
+            Provider::Anthropic => "anthropic",
+        }
+    }
+
+    /// The settings a `[models.NAME]` table of this provider may have
+    /// (besides `provider`).
+    fn keys(self) -> &'static [&'static str] {
+        const HTTP: &[&str] = &[
+            "timeout_s",
+            "model",
+            "base_url",
+            "api_key_env",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "seed",
+            "stop",
+            "format",
+            "schema",
+            "sample",
+            "connect_timeout_s",
+            "max_retries",
+            "max_concurrency",
+            "requests_per_minute",
+            "price_input_per_mtok",
+            "price_output_per_mtok",
+        ];
+        // the Messages API has no `seed`
+        const ANTHROPIC: &[&str] = &[
+            "timeout_s",
+            "model",
+            "base_url",
+            "api_key_env",
+            "temperature",
+            "top_p",
+            "max_tokens",
+            "stop",
+            "format",
+            "schema",
+            "sample",
+            "connect_timeout_s",
+            "max_retries",
+            "max_concurrency",
+            "requests_per_minute",
+            "price_input_per_mtok",
+            "price_output_per_mtok",
+        ];
+        match self {
+            Provider::Mock => &["latency_ms"],
+            Provider::Command => &["command", "stdin", "timeout_s"],
+            Provider::Openai => HTTP,
+            Provider::Anthropic => ANTHROPIC,
         }
     }
 }
@@ -108,6 +261,15 @@ impl ModelConfig {
         s.provider = None;
         s.latency_ms = None; // simulated delay: same output
         s.timeout_s = None; // a time limit: same output when it succeeds
+        // where and how the request is sent, and what it costs: same output
+        s.base_url = None;
+        s.api_key_env = None;
+        s.connect_timeout_s = None;
+        s.max_retries = None;
+        s.max_concurrency = None;
+        s.requests_per_minute = None;
+        s.price_input_per_mtok = None;
+        s.price_output_per_mtok = None;
         match serde_json::to_value(&s) {
             Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
             _ => BTreeMap::new(),
@@ -421,86 +583,182 @@ fn resolve_model(
     settings: &ModelSettings,
     span: &Range<usize>,
 ) -> Result<ModelConfig> {
+    let names = Provider::ALL
+        .map(|p| format!("`{}`", p.as_str()))
+        .join(", ");
     let provider = match settings.provider.as_deref() {
-        Some("mock") => Provider::Mock,
-        Some("command") => Provider::Command,
-        Some(other) => {
-            return Err(project.error(
-                span,
-                format!("model `{name}` has unknown provider `{other}`"),
-                Some("use `provider = \"mock\"` or `provider = \"command\"`".into()),
-            ));
-        }
+        Some(p) => match Provider::ALL.into_iter().find(|k| k.as_str() == p) {
+            Some(k) => k,
+            None => {
+                return Err(project.error(
+                    span,
+                    format!("model `{name}` has unknown provider `{p}`"),
+                    Some(format!("use one of {names}")),
+                ));
+            }
+        },
         None => {
             return Err(project.error(
                 span,
                 format!("model `{name}` has no `provider`"),
-                Some("add `provider = \"mock\"` or `provider = \"command\"`".into()),
+                Some(format!("add `provider = ...`, one of {names}")),
             ));
         }
     };
-    let model = ModelConfig {
+    let mut model = ModelConfig {
         name: name.to_string(),
         provider,
         settings: settings.clone(),
     };
-    check_model_settings(project, &model, span)?;
+    check_model_settings(project, &mut model, span)?;
     Ok(model)
 }
 
 /// Provider-specific rules serde cannot express: which settings a provider
-/// accepts and which it needs.
-fn check_model_settings(project: &Project, m: &ModelConfig, span: &Range<usize>) -> Result<()> {
-    let s = &m.settings;
-    let bad = |key: &str| {
-        Err(project.error(
-            span,
+/// accepts and which it needs. A `schema` given as a string of JSON is
+/// replaced by the JSON it holds, so that only its content is hashed.
+fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usize>) -> Result<()> {
+    let err = |msg: String, help: Option<String>| Err(project.error(span, msg, help));
+    let set = match serde_json::to_value(&m.settings) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    };
+    let allowed = m.provider.keys();
+    if let Some(key) = set
+        .keys()
+        .find(|k| *k != "provider" && !allowed.contains(&k.as_str()))
+    {
+        return err(
             format!(
                 "model `{}`: `{key}` is not a setting of the `{}` provider",
                 m.name,
                 m.provider.as_str()
             ),
             Some(format!("remove `{key}`")),
-        ))
-    };
+        );
+    }
+    let s = &mut m.settings;
     match m.provider {
-        Provider::Mock => {
-            if s.command.is_some() {
-                return bad("command");
-            }
-            if s.stdin.is_some() {
-                return bad("stdin");
-            }
-            if s.timeout_s.is_some() {
-                return bad("timeout_s");
-            }
-        }
+        Provider::Mock => {}
         Provider::Command => {
-            if s.latency_ms.is_some() {
-                return bad("latency_ms");
-            }
             match &s.command {
                 Some(argv) if !argv.is_empty() && !argv[0].is_empty() => {}
                 _ => {
-                    return Err(project.error(
-                        span,
+                    return err(
                         format!("model `{}` needs a non-empty `command`", m.name),
                         Some("for example `command = [\"python3\", \"call_model.py\"]`".into()),
-                    ));
+                    );
                 }
             }
             if let Some(fmt) = s.stdin.as_deref()
                 && fmt != "text"
                 && fmt != "json"
             {
-                return Err(project.error(
-                    span,
+                return err(
                     format!(
                         "model `{}`: `stdin` must be \"text\" or \"json\", not \"{fmt}\"",
                         m.name
                     ),
                     None,
-                ));
+                );
+            }
+        }
+        Provider::Openai | Provider::Anthropic => {
+            if s.model.as_deref().is_none_or(str::is_empty) {
+                return err(
+                    format!("model `{}` needs `model`, the provider's model id", m.name),
+                    Some(match m.provider {
+                        Provider::Anthropic => "for example `model = \"claude-sonnet-4-5\"`".into(),
+                        _ => {
+                            "for example `model = \"gpt-4o-mini\"` (or a local server's model name)"
+                                .into()
+                        }
+                    }),
+                );
+            }
+            // The Messages API requires it; a silent default would decide
+            // how long (and how costly) every answer may be.
+            if m.provider == Provider::Anthropic && s.max_tokens.is_none() {
+                return err(
+                    format!(
+                        "model `{}` needs `max_tokens` (the Anthropic API requires it)",
+                        m.name
+                    ),
+                    Some("for example `max_tokens = 1024`".into()),
+                );
+            }
+            if let Some(url) = &s.base_url
+                && !(url.starts_with("http://") || url.starts_with("https://"))
+            {
+                return err(
+                    format!(
+                        "model `{}`: `base_url` `{url}` is not an http(s) URL",
+                        m.name
+                    ),
+                    Some("for example `base_url = \"http://localhost:11434/v1\"`".into()),
+                );
+            }
+            if let Some(var) = &s.api_key_env
+                && (var.is_empty() || var.contains(['=', '\0']))
+            {
+                return err(
+                    format!(
+                        "model `{}`: `api_key_env` must name an environment variable",
+                        m.name
+                    ),
+                    Some("for example `api_key_env = \"OPENAI_API_KEY\"`; the key itself never goes in `prompts.toml`".into()),
+                );
+            }
+            if s.max_concurrency == Some(0) || s.requests_per_minute == Some(0) {
+                return err(
+                    format!(
+                        "model `{}`: `max_concurrency` and `requests_per_minute` must be at least 1",
+                        m.name
+                    ),
+                    None,
+                );
+            }
+            match s.format.as_deref() {
+                None | Some("text") => {
+                    if s.schema.is_some() {
+                        return err(
+                            format!("model `{}`: `schema` needs `format = \"json\"`", m.name),
+                            Some("add `format = \"json\"`".into()),
+                        );
+                    }
+                }
+                Some("json") => {}
+                Some(other) => {
+                    return err(
+                        format!(
+                            "model `{}`: `format` must be \"text\" or \"json\", not \"{other}\"",
+                            m.name
+                        ),
+                        None,
+                    );
+                }
+            }
+            if let Some(serde_json::Value::String(text)) = &s.schema {
+                match serde_json::from_str(text) {
+                    Ok(v) => s.schema = Some(v),
+                    Err(e) => {
+                        return err(
+                            format!("model `{}`: `schema` is not valid JSON: {e}", m.name),
+                            Some("write the schema as a TOML table or a string of JSON".into()),
+                        );
+                    }
+                }
+            }
+            if let Some(schema) = &s.schema
+                && let Err(e) = jsonschema::validator_for(schema)
+            {
+                return err(
+                    format!(
+                        "model `{}`: `schema` is not a valid JSON Schema: {e}",
+                        m.name
+                    ),
+                    None,
+                );
             }
         }
     }
@@ -622,12 +880,30 @@ fn resolve_target(project: &Project, name: &Spanned<String>, raw: RawTarget) -> 
                     Some("define another model in `[models]` and set `model`".into()),
                 ));
             }
-            let m = ModelConfig {
+            // a pool is per model: a target cannot give itself another one
+            for (key, set) in [
+                ("max_concurrency", over.get_ref().max_concurrency.is_some()),
+                (
+                    "requests_per_minute",
+                    over.get_ref().requests_per_minute.is_some(),
+                ),
+            ] {
+                if set {
+                    return Err(project.error(
+                        &over.span(),
+                        format!("target `{name}`: `{key}` cannot be set in `params`"),
+                        Some(format!(
+                            "set it on `[models.{model_name}]`: the limit is shared by all its targets"
+                        )),
+                    ));
+                }
+            }
+            let mut m = ModelConfig {
                 name: base.name.clone(),
                 provider: base.provider,
                 settings: base.settings.overridden_by(over.get_ref()),
             };
-            check_model_settings(project, &m, &over.span())?;
+            check_model_settings(project, &mut m, &over.span())?;
             m
         }
         None => base.clone(),
@@ -801,6 +1077,100 @@ mod tests {
     }
 
     #[test]
+    fn http_params_hash_what_decides_the_output() {
+        let p = parse(
+            "[models.m]\nprovider = \"openai\"\nmodel = \"gpt-x\"\ntemperature = 0.3\n\
+             base_url = \"http://localhost:11434/v1\"\napi_key_env = \"K\"\ntimeout_s = 5\n\
+             connect_timeout_s = 2\nmax_retries = 1\nmax_concurrency = 2\nrequests_per_minute = 60\n\
+             price_input_per_mtok = 1.0\nprice_output_per_mtok = 2.0\n\
+             [targets.a]\ntemplate = \"t.md\"\noutput = \"o.md\"\nmodel = \"m\"\n\
+             [targets.b]\ntemplate = \"t.md\"\noutput = \"p.md\"\nmodel = \"m\"\n\
+             params = { sample = \"2\", base_url = \"http://elsewhere/v1\", timeout_s = 9 }\n",
+        )
+        .unwrap();
+        let a = p.targets[0].model.hashed_params();
+        assert_eq!(
+            a,
+            BTreeMap::from([
+                ("model".to_string(), serde_json::json!("gpt-x")),
+                ("temperature".to_string(), serde_json::json!(0.3)),
+            ])
+        );
+        let b = p.targets[1].model.hashed_params();
+        assert_eq!(b.get("sample"), Some(&serde_json::json!("2")));
+        let mut without_sample = b.clone();
+        without_sample.remove("sample");
+        assert_eq!(without_sample, a, "base_url and timeout_s are not hashed");
+        let cost = p.models["m"].settings.cost_usd(&crate::manifest::Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 500_000,
+            cached_tokens: 0,
+        });
+        assert_eq!(cost, Some(2.0));
+        assert_eq!(
+            parse("[models.m]\nprovider = \"openai\"\nmodel = \"x\"\n")
+                .unwrap()
+                .models["m"]
+                .settings
+                .cost_usd(&Default::default()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_schema_string_is_hashed_as_the_json_it_holds() {
+        let table = parse(
+            "[models.m]\nprovider = \"openai\"\nmodel = \"x\"\nformat = \"json\"\n\
+             schema = { type = \"object\", required = [\"a\"] }\n",
+        )
+        .unwrap();
+        let string = parse(
+            "[models.m]\nprovider = \"openai\"\nmodel = \"x\"\nformat = \"json\"\n\
+             schema = '{ \"required\": [\"a\"],  \"type\": \"object\" }'\n",
+        )
+        .unwrap();
+        assert_eq!(
+            table.models["m"].hashed_params(),
+            string.models["m"].hashed_params()
+        );
+    }
+
+    #[test]
+    fn http_provider_rules() {
+        let e = err("[models.m]\nprovider = \"openai\"\n");
+        assert!(
+            e.starts_with("prompts.toml:1:1: model `m` needs `model`"),
+            "{e}"
+        );
+        let e =
+            err("[models.m]\nprovider = \"anthropic\"\nmodel = \"c\"\nseed = 1\nmax_tokens = 9\n");
+        assert!(
+            e.contains("`seed` is not a setting of the `anthropic` provider"),
+            "{e}"
+        );
+        let e = err(
+            "[models.m]\nprovider = \"openai\"\nmodel = \"c\"\nschema = { type = \"object\" }\n",
+        );
+        assert!(e.contains("`schema` needs `format = \"json\"`"), "{e}");
+        let e = err("[models.m]\nprovider = \"openai\"\nmodel = \"c\"\nformat = \"yaml\"\n");
+        assert!(e.contains("`format` must be \"text\" or \"json\""), "{e}");
+        let e = err(
+            "[models.m]\nprovider = \"openai\"\nmodel = \"c\"\nformat = \"json\"\nschema = '{not json'\n",
+        );
+        assert!(e.contains("`schema` is not valid JSON"), "{e}");
+        let e = err(
+            "[models.m]\nprovider = \"openai\"\nmodel = \"c\"\nformat = \"json\"\nschema = { type = 5 }\n",
+        );
+        assert!(e.contains("`schema` is not a valid JSON Schema"), "{e}");
+        let e = err(
+            "[models.m]\nprovider = \"openai\"\nmodel = \"c\"\nbase_url = \"localhost:8080\"\n",
+        );
+        assert!(e.contains("is not an http(s) URL"), "{e}");
+        let e = err("[models.m]\nprovider = \"openai\"\nmodel = \"c\"\nmax_concurrency = 0\n");
+        assert!(e.contains("must be at least 1"), "{e}");
+    }
+
+    #[test]
     fn provider_rules() {
         let e = err("[models.m]\nprovider = \"command\"\n");
         assert!(e.contains("model `m` needs a non-empty `command`"), "{e}");
@@ -811,6 +1181,11 @@ mod tests {
         );
         let e = err("[models.m]\nprovider = \"gpt\"\n");
         assert!(e.contains("unknown provider `gpt`"), "{e}");
+        let e = err("[models.m]\nprovider = \"openai\"\nmodel = \"x\"\nlatency_ms = 3\n");
+        assert!(
+            e.contains("`latency_ms` is not a setting of the `openai` provider"),
+            "{e}"
+        );
     }
 
     #[test]

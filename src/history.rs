@@ -17,6 +17,8 @@
 //!   prompt was compiled; `run_id` is then empty.
 //! - `usage`: tokens as the provider reported them, `null` when it
 //!   reports none (mock, command).
+//! - `cost_usd`: `usage` priced with the model's `price_*_per_mtok`;
+//!   absent when the model has no prices.
 //!
 //! A successful run's manifest is `ac/<ibh>.json`, a failed one's
 //! `runs/<run id>.json`: the line leads to either.
@@ -66,6 +68,10 @@ pub struct HistoryEntry {
     pub duration_ms: f64,
     #[serde(default)]
     pub usage: Option<Usage>,
+    /// `usage` priced in US dollars; absent when the model has no prices
+    /// (and in lines written before the field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
 }
 
 impl HistoryEntry {
@@ -159,6 +165,7 @@ mod tests {
                 output_tokens: 20,
                 cached_tokens: 0,
             }),
+            cost_usd: Some(0.25),
         }
     }
 
@@ -170,6 +177,7 @@ mod tests {
                 input_bundle_hash: None,
                 run_id: String::new(),
                 usage: None,
+                cost_usd: None,
                 ..entry("briefing", RunKind::Failed)
             },
         ];

@@ -102,6 +102,10 @@ pub struct RunManifest {
     pub status: RunStatus,
     pub error: Option<String>,
     pub usage: Option<Usage>,
+    /// `usage` priced with the model's `price_*_per_mtok` at run time, in
+    /// US dollars; absent when no price is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
     pub timing: Timing,
     pub tool_version: String,
 }
@@ -206,6 +210,7 @@ pub(crate) mod tests {
             status: RunStatus::Ok,
             error: None,
             usage: None,
+            cost_usd: None,
             timing: Timing {
                 started_at: "2026-11-25T00:01:02.345Z".into(),
                 finished_at: "2026-11-25T00:01:02.400Z".into(),

@@ -796,12 +796,24 @@ fn invalid_unknown_key() {
 
 #[test]
 fn invalid_unknown_model_setting() {
+    let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n\n[models.x]\nprovider = \"mock\"\ntemprature = 0.2\n")
+        .build();
+    assert_invalid(
+        &p,
+        "prompts.toml:7:1: unknown field `temprature`, expected one of `provider`, `latency_ms`, `command`, `stdin`, `timeout_s`, \
+         `model`, `base_url`, `api_key_env`, `temperature`, `top_p`, `max_tokens`, `seed`, `stop`, `format`, `schema`, `sample`, \
+         `connect_timeout_s`, `max_retries`, `max_concurrency`, `requests_per_minute`, `price_input_per_mtok`, `price_output_per_mtok`\n  \
+         help: remove or rename the key; see the `prompts.toml` reference in README.md",
+    );
+}
+
+#[test]
+fn invalid_setting_of_another_provider() {
     let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n\n[models.x]\nprovider = \"mock\"\ntemperature = 0.2\n")
         .build();
     assert_invalid(
         &p,
-        "prompts.toml:7:1: unknown field `temperature`, expected one of `provider`, `latency_ms`, `command`, `stdin`, `timeout_s`\n  \
-         help: remove or rename the key; see the `prompts.toml` reference in README.md",
+        "prompts.toml:5:1: model `x`: `temperature` is not a setting of the `mock` provider\n  help: remove `temperature`",
     );
 }
 

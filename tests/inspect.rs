@@ -991,13 +991,14 @@ fn runs_lists_the_history_newest_first_in_columns() {
     let lines: Vec<&str> = run.stdout.lines().collect();
     assert_eq!(
         lines[0],
-        "WHEN (UTC)           STATUS  TARGET   BUNDLE        MODEL    DURATION  TOKENS  RUN"
+        "WHEN (UTC)           STATUS  TARGET   BUNDLE        MODEL    DURATION  TOKENS  COST  RUN"
     );
     assert_eq!(lines.len(), 1 + entries.len(), "{}", run.stdout);
     for (line, e) in lines[1..].iter().zip(&entries) {
         let cols: Vec<&str> = line.split_whitespace().collect();
-        // date, time, status, target, bundle, model, duration (2 words), tokens, run
-        assert_eq!(cols.len(), 10, "{line}");
+        // date, time, status, target, bundle, model, duration (2 words),
+        // tokens, cost, run
+        assert_eq!(cols.len(), 11, "{line}");
         let when = e["time"].as_str().unwrap().replace('T', " ");
         assert_eq!(format!("{} {}", cols[0], cols[1]), when[..19], "{line}");
         assert_eq!(cols[2], e["status"], "{line}");
@@ -1005,8 +1006,8 @@ fn runs_lists_the_history_newest_first_in_columns() {
         assert_eq!(cols[4], short(&e["input_bundle_hash"]), "{line}");
         assert_eq!(cols[5], "default", "{line}");
         assert_eq!(cols[7], "ms", "{line}");
-        assert_eq!(cols[8], "-", "{line}");
-        assert_eq!(cols[9], e["run_id"], "{line}");
+        assert_eq!((cols[8], cols[9]), ("-", "-"), "{line}");
+        assert_eq!(cols[10], e["run_id"], "{line}");
     }
 }
 

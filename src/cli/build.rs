@@ -119,6 +119,18 @@ impl Printer {
     }
 }
 
+/// `1234 tokens, $0.0123`, or `None` when nothing was spent.
+fn spend_text(s: &markitect::build::Spend) -> Option<String> {
+    if s.tokens == 0 && s.cost_usd == 0.0 {
+        return None;
+    }
+    let mut t = format!("{} tokens", s.tokens);
+    if s.cost_usd > 0.0 {
+        t.push_str(&format!(", {}", markitect::build::format_usd(s.cost_usd)));
+    }
+    Some(t)
+}
+
 fn indent(s: &str) -> String {
     s.lines()
         .map(|l| format!("  {l}"))
@@ -182,6 +194,14 @@ pub(super) fn summary_line(r: &BuildReport, elapsed: std::time::Duration) -> Str
     }
     if r.skipped > 0 {
         s.push_str(&format!(", {} skipped", r.skipped));
+    }
+    // only builds that called priced or token-reporting models say so:
+    // mock and command builds keep the plain line
+    if let Some(spend) = spend_text(&r.spent) {
+        s.push_str(&format!("; spent {spend}"));
+    }
+    if let Some(spend) = spend_text(&r.saved) {
+        s.push_str(&format!("; cache saved {spend}"));
     }
     s.push_str(&format!(" ({:.2} s)", elapsed.as_secs_f64()));
     s

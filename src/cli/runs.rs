@@ -55,7 +55,7 @@ pub fn run(root: &Utf8Path, args: RunsArgs) -> i32 {
         eprintln!("no runs on record");
         return 0;
     }
-    let rows: Vec<[String; 8]> = entries
+    let rows: Vec<[String; 9]> = entries
         .iter()
         .map(|e| {
             [
@@ -72,6 +72,7 @@ pub fn run(root: &Utf8Path, args: RunsArgs) -> i32 {
                 e.usage.as_ref().map_or("-".into(), |u| {
                     format!("{}+{}", u.input_tokens, u.output_tokens)
                 }),
+                e.cost_usd.map_or("-".into(), markitect::build::format_usd),
                 if e.run_id.is_empty() {
                     "-".into()
                 } else {
@@ -88,6 +89,7 @@ pub fn run(root: &Utf8Path, args: RunsArgs) -> i32 {
         "MODEL",
         "DURATION",
         "TOKENS",
+        "COST",
         "RUN",
     ];
     let mut widths = header.map(|h| h.chars().count());
@@ -101,7 +103,7 @@ pub fn run(root: &Utf8Path, args: RunsArgs) -> i32 {
         for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
             if i + 1 == cells.len() {
                 s.push_str(c);
-            } else if i == 5 || i == 6 {
+            } else if (5..=7).contains(&i) {
                 s.push_str(&format!("{c:>w$}  "));
             } else {
                 s.push_str(&format!("{c:<w$}  "));

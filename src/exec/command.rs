@@ -54,7 +54,7 @@ impl ModelAdapter for Command {
             .stderr(Stdio::piped())
             .process_group(0)
             .spawn()
-            .map_err(|e| ModelError(format!("cannot run `{prog}`: {e}")))?;
+            .map_err(|e| ModelError::new(format!("cannot run `{prog}`: {e}")))?;
         let mut stdin = child.stdin.take().expect("piped");
         // Small prompts fit the pipe buffer; larger ones are written from a
         // thread so a program that answers before reading all cannot deadlock.
@@ -86,14 +86,14 @@ impl ModelAdapter for Command {
         if let Some(w) = writer {
             let _ = w.join();
         }
-        let out = out.map_err(|e| ModelError(format!("`{prog}` failed: {e}")))?;
+        let out = out.map_err(|e| ModelError::new(format!("`{prog}` failed: {e}")))?;
         if super::interrupted() {
-            return Err(ModelError(format!(
+            return Err(ModelError::new(format!(
                 "`{prog}` was stopped: the build was interrupted"
             )));
         }
         if timed_out {
-            return Err(ModelError(format!(
+            return Err(ModelError::new(format!(
                 "`{prog}` did not finish within {} s (`timeout_s`) and was killed",
                 self.timeout.map_or(0, |t| t.as_secs())
             )));
@@ -110,7 +110,7 @@ impl ModelAdapter for Command {
                 msg.push_str(":\n");
                 msg.push_str(&err);
             }
-            return Err(ModelError(msg));
+            return Err(ModelError::new(msg));
         }
         Ok(ModelResponse {
             output: out.stdout,

@@ -1,8 +1,13 @@
 //! Processing: the model adapters. Each provider is one file implementing
 //! [`ModelAdapter`]; the build engine only sees the trait.
 
+mod anthropic;
 mod command;
+mod http;
 mod mock;
+mod openai;
+
+pub use http::begin_build;
 
 use crate::config::{ModelConfig, Provider};
 use crate::manifest::Usage;
@@ -18,10 +23,24 @@ pub struct ModelResponse {
     pub usage: Option<Usage>,
 }
 
-/// A failed model call, with the text to show the user.
+/// A failed model call, with the text to show the user and the tokens
+/// the provider reported (a call can fail after it was paid for, e.g. an
+/// answer that is not the JSON asked for).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{0}")]
-pub struct ModelError(pub String);
+#[error("{message}")]
+pub struct ModelError {
+    pub message: String,
+    pub usage: Option<Usage>,
+}
+
+impl ModelError {
+    pub fn new(message: String) -> ModelError {
+        ModelError {
+            message,
+            usage: None,
+        }
+    }
+}
 
 pub trait ModelAdapter: Send + Sync {
     /// Sends the compiled prompt; `root` is the project root (the working
@@ -76,5 +95,85 @@ pub fn adapter_for(model: &ModelConfig) -> Box<dyn ModelAdapter> {
     match model.provider {
         Provider::Mock => Box::new(mock::Mock::new(model)),
         Provider::Command => Box::new(command::Command::new(model)),
+        Provider::Openai => Box::new(openai::OpenAi::new(model)),
+        Provider::Anthropic => Box::new(anthropic::Anthropic::new(model)),
+    }
+}
+
+/// Runs `model` on `prompt` and checks the answer against `format`: with
+/// `format = "json"` an output that is not JSON, or does not match
+/// `schema`, is a failed run (whatever the provider promised).
+pub fn call(
+    model: &ModelConfig,
+    prompt: &CompiledPrompt,
+    root: &Utf8Path,
+) -> Result<ModelResponse, ModelError> {
+    let resp = adapter_for(model).call(prompt, root)?;
+    if model.settings.format.as_deref() == Some("json")
+        && let Err(why) = check_json(&resp.output, model.settings.schema.as_ref())
+    {
+        return Err(ModelError {
+            message: format!(
+                "model `{}` was asked for JSON (`format = \"json\"`) but {why}",
+                model.name
+            ),
+            usage: resp.usage,
+        });
+    }
+    Ok(resp)
+}
+
+/// Why `output` is not JSON matching `schema`, if it is not. Validation
+/// is the `jsonschema` crate's (draft detected from `$schema`, default
+/// 2020-12).
+fn check_json(output: &[u8], schema: Option<&serde_json::Value>) -> Result<(), String> {
+    let value: serde_json::Value = serde_json::from_slice(output).map_err(|e| {
+        let text = String::from_utf8_lossy(output);
+        let start: String = text.chars().take(200).collect();
+        format!("the output is not JSON ({e}): {start}")
+    })?;
+    let Some(schema) = schema else {
+        return Ok(());
+    };
+    let validator = jsonschema::validator_for(schema)
+        .map_err(|e| format!("`schema` is not a valid JSON Schema: {e}"))?;
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .take(5)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            format!("at `{}`: {e}", if at.is_empty() { "/" } else { &at })
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the output does not match `schema`:\n{}",
+            errors.join("\n")
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn json_output_is_checked_against_the_schema() {
+        let schema = json!({
+            "type": "object",
+            "required": ["title", "tags"],
+            "properties": {"title": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}}
+        });
+        assert!(check_json(br#"{"title": "a", "tags": ["x"]}"#, Some(&schema)).is_ok());
+        assert!(check_json(br#"{"anything": 1}"#, None).is_ok());
+        let e = check_json(b"Sure! Here is the JSON:", None).unwrap_err();
+        assert!(e.starts_with("the output is not JSON"), "{e}");
+        let e = check_json(br#"{"title": 3}"#, Some(&schema)).unwrap_err();
+        assert!(e.contains("does not match `schema`"), "{e}");
+        assert!(e.contains("\"tags\" is a required property"), "{e}");
+        assert!(e.contains("at `/title`"), "{e}");
     }
 }

@@ -11,6 +11,8 @@
 
 #![allow(dead_code)] // each test file uses a different subset
 
+pub mod fake_api;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -157,12 +159,40 @@ impl Project {
 
     /// Runs `mkt ARGS...` in a directory of the project.
     pub fn mkt_in(&self, subdir: &str, args: &[&str]) -> Run {
+        self.mkt_in_env(subdir, args, None)
+    }
+
+    /// Runs `mkt ARGS...` in the project root with `envs` set for the child
+    /// only (API keys in tests). Proxy settings and real API keys of the
+    /// test's own environment are removed, so a test can only reach its
+    /// local fake server.
+    pub fn mkt_env(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+        self.mkt_in_env("", args, Some(envs))
+    }
+
+    fn mkt_in_env(&self, subdir: &str, args: &[&str], envs: Option<&[(&str, &str)]>) -> Run {
         let cwd = self.path(subdir);
-        let out = Command::new(mkt_bin())
-            .args(args)
+        let mut cmd = Command::new(mkt_bin());
+        cmd.args(args)
             .current_dir(&cwd)
             .stdin(Stdio::null())
-            .env_remove("RUST_BACKTRACE")
+            .env_remove("RUST_BACKTRACE");
+        if let Some(envs) = envs {
+            for var in [
+                "http_proxy",
+                "HTTP_PROXY",
+                "https_proxy",
+                "HTTPS_PROXY",
+                "all_proxy",
+                "ALL_PROXY",
+                "OPENAI_API_KEY",
+                "ANTHROPIC_API_KEY",
+            ] {
+                cmd.env_remove(var);
+            }
+            cmd.envs(envs.iter().copied());
+        }
+        let out = cmd
             .output()
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", mkt_bin()));
         let mut cmdline = String::from("mkt");

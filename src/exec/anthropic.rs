@@ -1,0 +1,200 @@
+//! `provider = "anthropic"`: the Anthropic Messages API
+//! (`POST {base_url}/messages`, `anthropic-version: 2023-06-01`). The API
+//! has no system role among its messages: every `system:` message of the
+//! compiled prompt goes, in order, into the top-level `system` field; the
+//! user and assistant messages are sent as they are.
+
+use super::http::{self, ApiError, Request};
+use super::{ModelAdapter, ModelError, ModelResponse};
+use crate::config::ModelConfig;
+use crate::manifest::Usage;
+use crate::template::CompiledPrompt;
+use camino::Utf8Path;
+use serde_json::{Value, json};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com/v1";
+pub const DEFAULT_KEY_ENV: &str = "ANTHROPIC_API_KEY";
+pub const API_VERSION: &str = "2023-06-01";
+
+pub struct Anthropic {
+    model: ModelConfig,
+}
+
+impl Anthropic {
+    pub fn new(m: &ModelConfig) -> Anthropic {
+        Anthropic { model: m.clone() }
+    }
+}
+
+/// The request body (public for tests). `max_tokens` is required by the
+/// API and by `prompts.toml` (checked when the project loads).
+pub fn request_body(m: &ModelConfig, prompt: &CompiledPrompt) -> Value {
+    let s = &m.settings;
+    let mut system = Vec::new();
+    let mut messages = Vec::new();
+    for msg in &prompt.messages {
+        if msg.role == "system" {
+            system.push(msg.content.as_str());
+        } else {
+            messages.push(json!({ "role": msg.role, "content": msg.content }));
+        }
+    }
+    let mut body = json!({
+        "model": s.model,
+        "max_tokens": s.max_tokens,
+        "messages": messages,
+    });
+    let o = body.as_object_mut().expect("object");
+    if !system.is_empty() {
+        o.insert("system".into(), json!(system.join("\n\n")));
+    }
+    if let Some(t) = s.temperature {
+        o.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = s.top_p {
+        o.insert("top_p".into(), json!(p));
+    }
+    if let Some(stop) = &s.stop {
+        o.insert("stop_sequences".into(), json!(stop));
+    }
+    body
+}
+
+/// `{"type": "error", "error": {"type", "message"}}`; a `billing_error`
+/// (or HTTP 402) means the account has no credit left.
+fn read_error(status: u16, body: &Value) -> Option<ApiError> {
+    let e = body.get("error")?;
+    let message = e.get("message")?.as_str()?.to_string();
+    let kind = e.get("type").and_then(Value::as_str).unwrap_or("");
+    let quota = status == 402
+        || kind == "billing_error"
+        || message.to_ascii_lowercase().contains("credit balance");
+    Some(ApiError {
+        message: if kind.is_empty() {
+            message
+        } else {
+            format!("{kind}: {message}")
+        },
+        quota,
+    })
+}
+
+/// The answer's text (its text blocks joined) and usage.
+pub fn read_answer(v: &Value) -> Result<ModelResponse, ModelError> {
+    let usage = v.get("usage").filter(|u| u.is_object()).map(|u| {
+        let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+        Usage {
+            input_tokens: n("input_tokens"),
+            output_tokens: n("output_tokens"),
+            cached_tokens: n("cache_read_input_tokens"),
+        }
+    });
+    let Some(blocks) = v.get("content").and_then(Value::as_array) else {
+        return Err(ModelError {
+            message: "the answer has no `content` list".into(),
+            usage,
+        });
+    };
+    let text: String = blocks
+        .iter()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect();
+    Ok(ModelResponse {
+        output: text.into_bytes(),
+        usage,
+    })
+}
+
+impl ModelAdapter for Anthropic {
+    fn call(&self, prompt: &CompiledPrompt, _root: &Utf8Path) -> Result<ModelResponse, ModelError> {
+        let s = &self.model.settings;
+        let base = s.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        let default_env = s.base_url.is_none().then_some(DEFAULT_KEY_ENV);
+        let key = http::api_key(&self.model, default_env)?;
+        let mut headers = vec![("anthropic-version", API_VERSION.to_string())];
+        if let Some(k) = &key {
+            headers.push(("x-api-key", k.clone()));
+        }
+        let body = serde_json::to_vec(&request_body(&self.model, prompt)).expect("JSON");
+        let req = Request {
+            model: &self.model,
+            url: format!("{}/messages", base.trim_end_matches('/')),
+            headers,
+            secret: key.as_deref(),
+            body,
+        };
+        read_answer(&http::send(&req, read_error)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ModelSettings, Provider};
+    use crate::template::Message;
+
+    #[test]
+    fn system_messages_go_to_the_system_field() {
+        let msg = |role: &str, content: &str| Message {
+            role: role.into(),
+            content: content.into(),
+        };
+        let p = CompiledPrompt {
+            messages: vec![
+                msg("system", "Be brief."),
+                msg("user", "Hi"),
+                msg("assistant", "Hello"),
+                msg("user", "More"),
+            ],
+        };
+        let m = ModelConfig {
+            name: "c".into(),
+            provider: Provider::Anthropic,
+            settings: ModelSettings {
+                model: Some("claude-x".into()),
+                max_tokens: Some(100),
+                stop: Some(vec!["END".into()]),
+                ..Default::default()
+            },
+        };
+        assert_eq!(
+            request_body(&m, &p),
+            json!({
+                "model": "claude-x",
+                "max_tokens": 100,
+                "system": "Be brief.",
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"},
+                    {"role": "user", "content": "More"}
+                ],
+                "stop_sequences": ["END"]
+            })
+        );
+    }
+
+    #[test]
+    fn answer_usage_and_billing_errors() {
+        let v = json!({
+            "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}],
+            "usage": {"input_tokens": 20, "output_tokens": 2, "cache_read_input_tokens": 5}
+        });
+        let r = read_answer(&v).unwrap();
+        assert_eq!(r.output, b"Hello");
+        assert_eq!(
+            r.usage,
+            Some(Usage {
+                input_tokens: 20,
+                output_tokens: 2,
+                cached_tokens: 5
+            })
+        );
+        let overloaded = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
+        let e = read_error(529, &overloaded).unwrap();
+        assert!(!e.quota);
+        assert_eq!(e.message, "overloaded_error: Overloaded");
+        let billing = json!({"type": "error", "error": {"type": "billing_error", "message": "Your credit balance is too low"}});
+        assert!(read_error(400, &billing).unwrap().quota);
+    }
+}

@@ -1,0 +1,220 @@
+//! `provider = "openai"`: the OpenAI chat completions API
+//! (`POST {base_url}/chat/completions`), which OpenAI serves and which
+//! local servers (Ollama, llama.cpp's llama-server, vLLM, LM Studio) and
+//! proxies (LiteLLM) speak too. The compiled prompt's messages are sent as
+//! they are, roles included.
+
+use super::http::{self, ApiError, Request};
+use super::{ModelAdapter, ModelError, ModelResponse};
+use crate::config::ModelConfig;
+use crate::manifest::Usage;
+use crate::template::CompiledPrompt;
+use camino::Utf8Path;
+use serde_json::{Value, json};
+
+pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
+/// The key's variable when `api_key_env` is not set and the model talks to
+/// OpenAI itself (a local server at another `base_url` needs no key).
+pub const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
+
+pub struct OpenAi {
+    model: ModelConfig,
+}
+
+impl OpenAi {
+    pub fn new(m: &ModelConfig) -> OpenAi {
+        OpenAi { model: m.clone() }
+    }
+}
+
+/// The request body (public for tests): the official chat completions
+/// fields; sampling parameters only when set. `max_tokens` is sent under
+/// that name because local servers know it (OpenAI still accepts it).
+pub fn request_body(m: &ModelConfig, prompt: &CompiledPrompt) -> Value {
+    let s = &m.settings;
+    let messages: Vec<Value> = prompt
+        .messages
+        .iter()
+        .map(|msg| json!({ "role": msg.role, "content": msg.content }))
+        .collect();
+    let mut body = json!({ "model": s.model, "messages": messages });
+    let o = body.as_object_mut().expect("object");
+    if let Some(t) = s.temperature {
+        o.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = s.top_p {
+        o.insert("top_p".into(), json!(p));
+    }
+    if let Some(n) = s.max_tokens {
+        o.insert("max_tokens".into(), json!(n));
+    }
+    if let Some(seed) = s.seed {
+        o.insert("seed".into(), json!(seed));
+    }
+    if let Some(stop) = &s.stop {
+        o.insert("stop".into(), json!(stop));
+    }
+    if s.format.as_deref() == Some("json") {
+        let rf = match &s.schema {
+            Some(schema) => json!({
+                "type": "json_schema",
+                "json_schema": { "name": "output", "schema": schema }
+            }),
+            None => json!({ "type": "json_object" }),
+        };
+        o.insert("response_format".into(), rf);
+    }
+    body
+}
+
+/// `{"error": {"message", "type", "code"}}`; `insufficient_quota` (in a
+/// 429) means the account has no credit left, not a rate limit.
+fn read_error(_status: u16, body: &Value) -> Option<ApiError> {
+    let e = body.get("error")?;
+    let message = match e {
+        Value::String(s) => s.clone(),
+        _ => e.get("message")?.as_str()?.to_string(),
+    };
+    let is = |k: &str| e.get(k).and_then(Value::as_str) == Some("insufficient_quota");
+    Some(ApiError {
+        quota: is("code") || is("type"),
+        message,
+    })
+}
+
+/// The answer's text and usage.
+pub fn read_answer(v: &Value) -> Result<ModelResponse, ModelError> {
+    let usage = v.get("usage").filter(|u| u.is_object()).map(|u| {
+        let n = |x: Option<&Value>| x.and_then(Value::as_u64).unwrap_or(0);
+        Usage {
+            input_tokens: n(u.get("prompt_tokens")),
+            output_tokens: n(u.get("completion_tokens")),
+            cached_tokens: n(u.pointer("/prompt_tokens_details/cached_tokens")),
+        }
+    });
+    let msg = v.pointer("/choices/0/message");
+    match msg.and_then(|m| m.get("content")).and_then(Value::as_str) {
+        Some(text) => Ok(ModelResponse {
+            output: text.as_bytes().to_vec(),
+            usage,
+        }),
+        None => {
+            let why = match msg.and_then(|m| m.get("refusal")).and_then(Value::as_str) {
+                Some(r) => format!("the model refused: {r}"),
+                None => "the answer has no `choices[0].message.content`".to_string(),
+            };
+            Err(ModelError {
+                message: why,
+                usage,
+            })
+        }
+    }
+}
+
+impl ModelAdapter for OpenAi {
+    fn call(&self, prompt: &CompiledPrompt, _root: &Utf8Path) -> Result<ModelResponse, ModelError> {
+        let s = &self.model.settings;
+        let base = s.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
+        let default_env = s.base_url.is_none().then_some(DEFAULT_KEY_ENV);
+        let key = http::api_key(&self.model, default_env)?;
+        let mut headers = Vec::new();
+        if let Some(k) = &key {
+            headers.push(("authorization", format!("Bearer {k}")));
+        }
+        let body = serde_json::to_vec(&request_body(&self.model, prompt)).expect("JSON");
+        let req = Request {
+            model: &self.model,
+            url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            headers,
+            secret: key.as_deref(),
+            body,
+        };
+        read_answer(&http::send(&req, read_error)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ModelSettings, Provider};
+    use crate::template::Message;
+
+    fn model(s: ModelSettings) -> ModelConfig {
+        ModelConfig {
+            name: "m".into(),
+            provider: Provider::Openai,
+            settings: s,
+        }
+    }
+
+    #[test]
+    fn body_has_the_messages_and_only_the_set_parameters() {
+        let p = CompiledPrompt {
+            messages: vec![
+                Message {
+                    role: "system".into(),
+                    content: "Be brief.".into(),
+                },
+                Message {
+                    role: "user".into(),
+                    content: "Hi".into(),
+                },
+            ],
+        };
+        let b = request_body(
+            &model(ModelSettings {
+                model: Some("gpt-x".into()),
+                temperature: Some(0.5),
+                stop: Some(vec!["END".into()]),
+                format: Some("json".into()),
+                ..Default::default()
+            }),
+            &p,
+        );
+        assert_eq!(
+            b,
+            json!({
+                "model": "gpt-x",
+                "messages": [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"}
+                ],
+                "temperature": 0.5,
+                "stop": ["END"],
+                "response_format": {"type": "json_object"}
+            })
+        );
+    }
+
+    #[test]
+    fn answer_usage_and_errors() {
+        let v = json!({
+            "choices": [{"message": {"role": "assistant", "content": "Hello"}}],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 3,
+                      "prompt_tokens_details": {"cached_tokens": 8}}
+        });
+        let r = read_answer(&v).unwrap();
+        assert_eq!(r.output, b"Hello");
+        assert_eq!(
+            r.usage,
+            Some(Usage {
+                input_tokens: 12,
+                output_tokens: 3,
+                cached_tokens: 8
+            })
+        );
+        let e = read_error(
+            429,
+            &json!({"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}),
+        )
+        .unwrap();
+        assert!(e.quota);
+        let e = read_error(
+            429,
+            &json!({"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}}),
+        )
+        .unwrap();
+        assert!(!e.quota);
+        assert_eq!(e.message, "Rate limit reached");
+    }
+}
