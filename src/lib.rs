@@ -9,6 +9,7 @@ pub mod error;
 pub mod exec;
 pub mod explain;
 pub mod files;
+pub mod gc;
 pub mod graph;
 pub mod hash;
 pub mod history;

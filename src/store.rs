@@ -95,7 +95,10 @@ impl ObjectStore {
                         store.dir,
                         v.trim()
                     ),
-                    help: Some("use the mkt that wrote it, or delete `.mkt/` to start over".into()),
+                    help: Some(
+                        "upgrade mkt to the version that wrote it, or run `mkt gc --all` to delete the store and start over (the next build runs everything again)"
+                            .into(),
+                    ),
                 });
             }
             Err(_) if create => store.init()?,
@@ -104,7 +107,19 @@ impl ObjectStore {
         Ok(store)
     }
 
-    fn init(&self) -> Result<()> {
+    /// The store of the project at `root` as it is on disk, without reading
+    /// its VERSION or creating anything: for `mkt gc --all`, which must be
+    /// able to lock and empty a store this mkt cannot read.
+    pub fn open_unchecked(root: &Utf8Path) -> ObjectStore {
+        ObjectStore {
+            dir: root.join(STORE_DIR),
+            read_only: false,
+        }
+    }
+
+    /// Writes the store's marker files (VERSION, CACHEDIR.TAG, .gitignore)
+    /// and its directories.
+    pub(crate) fn init(&self) -> Result<()> {
         for sub in ["objects", "ac", "runs"] {
             let p = self.dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| Error::io("create", &p, e))?;
@@ -178,7 +193,7 @@ impl ObjectStore {
         Ok(())
     }
 
-    fn object_path(&self, d: &Digest) -> Utf8PathBuf {
+    pub(crate) fn object_path(&self, d: &Digest) -> Utf8PathBuf {
         let hex = d.to_hex();
         self.dir.join("objects").join(&hex[..2]).join(&hex)
     }
@@ -212,7 +227,7 @@ impl ObjectStore {
         }
     }
 
-    fn ac_path(&self, ibh: &InputBundleHash) -> Utf8PathBuf {
+    pub(crate) fn ac_path(&self, ibh: &InputBundleHash) -> Utf8PathBuf {
         let hex = ibh.0.to_hex();
         self.dir
             .join("ac")
@@ -252,10 +267,11 @@ impl ObjectStore {
     }
 
     pub fn put_run(&self, m: &RunManifest) -> Result<()> {
-        self.write_atomic(
-            &self.dir.join("runs").join(format!("{}.json", m.run_id)),
-            &m.to_json(),
-        )
+        self.write_atomic(&self.run_path(&m.run_id), &m.to_json())
+    }
+
+    pub(crate) fn run_path(&self, run_id: &str) -> Utf8PathBuf {
+        self.dir.join("runs").join(format!("{run_id}.json"))
     }
 
     /// Reads the manifest of failed run `run_id` from `runs/`; `None` when
@@ -264,7 +280,7 @@ impl ObjectStore {
         if !crate::provenance::is_run_id(run_id) {
             return None;
         }
-        let bytes = fs::read(self.dir.join("runs").join(format!("{run_id}.json"))).ok()?;
+        let bytes = fs::read(self.run_path(run_id)).ok()?;
         RunManifest::from_json(&bytes).filter(|m| m.run_id == run_id)
     }
 

@@ -3,6 +3,7 @@
 
 mod build;
 mod explain;
+mod gc;
 mod graph;
 mod runs;
 mod show;
@@ -42,6 +43,9 @@ enum Command {
     /// Print the pipeline (or, with --provenance, what produced the
     /// current outputs) as Graphviz DOT, Mermaid or JSON.
     Graph(graph::GraphArgs),
+    /// Remove from `.mkt/` what no current output and no recent run needs
+    /// (`--stats`: what the store holds).
+    Gc(gc::GcArgs),
 }
 
 /// Prints an error the way every command does, returning its exit code.
@@ -73,5 +77,6 @@ pub fn run() -> i32 {
         Command::Show(args) => show::run(&root, args),
         Command::Runs(args) => runs::run(&root, args),
         Command::Graph(args) => graph::run(&root, args),
+        Command::Gc(args) => gc::run(&root, args),
     }
 }
