@@ -127,6 +127,10 @@ pub struct BuildReport {
     pub interrupted: bool,
     /// `--dry-run`: each node that would be rebuilt and why.
     pub would_run: Vec<(String, DirtyReason)>,
+    /// Output files of targets no longer in the graph that are still on
+    /// disk (`mkt clean --stale` removes them). Counted only on builds that
+    /// analysed the project, never on the no-op or cached-graph paths.
+    pub stale_outputs: usize,
 }
 
 impl BuildReport {
@@ -378,6 +382,13 @@ pub fn build(
     };
     let (selected, named) = graph.select(&project, &opts.targets)?;
     let total = selected.iter().filter(|s| **s).count();
+    // A cached graph means the structure did not change since the last
+    // full analysis, which counted these already: skip the work then.
+    let stale_outputs = if graph_from_cache {
+        0
+    } else {
+        crate::clean::leftovers(root, &graph, &old_targets)
+    };
     report(Event::Planned { total });
 
     // Stat (and where needed hash) every file the selected nodes read or
@@ -608,6 +619,7 @@ pub fn build(
     });
     let mut rep = prog.rep;
     rep.interrupted = crate::exec::interrupted();
+    rep.stale_outputs = stale_outputs;
 
     if opts.dry_run {
         return Ok(rep);

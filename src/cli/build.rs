@@ -158,6 +158,18 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
                 }
                 return 0;
             }
+            // before the summary, which stays the last line (scripts read it)
+            if r.stale_outputs > 0 && !args.quiet {
+                let n = r.stale_outputs;
+                let (what, verb) = if n == 1 {
+                    ("output of a removed target", "remains")
+                } else {
+                    ("outputs of removed targets", "remain")
+                };
+                printer.line(&format!(
+                    "{n} {what} {verb}; `mkt clean --stale` removes them"
+                ));
+            }
             if !args.quiet || !r.success() {
                 let mut s = format!(
                     "{} ran, {} cached, {} up to date",

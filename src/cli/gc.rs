@@ -104,11 +104,9 @@ pub fn run(root: &Utf8Path, args: GcArgs) -> i32 {
     } else {
         format!(": {}", kinds.join(", "))
     };
-    eprintln!(
-        "{verb} {} files, {}{what}",
-        rep.removed.len(),
-        human_bytes(rep.freed())
-    );
+    let n = rep.removed.len();
+    let files = if n == 1 { "file" } else { "files" };
+    eprintln!("{verb} {n} {files}, {}{what}", human_bytes(rep.freed()));
     if !opts.all {
         eprintln!(
             "kept {} runs of current outputs and {} recent runs (last {} per target); history {} -> {} lines",

@@ -2,9 +2,11 @@
 //! made in the library.
 
 mod build;
+mod clean;
 mod explain;
 mod gc;
 mod graph;
+mod init;
 mod runs;
 mod show;
 mod status;
@@ -46,6 +48,11 @@ enum Command {
     /// Remove from `.mkt/` what no current output and no recent run needs
     /// (`--stats`: what the store holds).
     Gc(gc::GcArgs),
+    /// Remove the output files mkt wrote and nobody edited since (with
+    /// --stale: only those of targets no longer in the project).
+    Clean(clean::CleanArgs),
+    /// Create a new project that builds at once, offline (mock model).
+    Init(init::InitArgs),
 }
 
 /// Prints an error the way every command does, returning its exit code.
@@ -66,11 +73,16 @@ pub fn run() -> i32 {
             }
         },
     };
+    // init makes the project that discovery would look for
+    let command = match cli.command {
+        Command::Init(args) => return init::run(&start, args),
+        c => c,
+    };
     let root = match Project::discover(&start) {
         Ok(r) => r,
         Err(e) => return report_error(&e),
     };
-    match cli.command {
+    match command {
         Command::Build(args) => build::run(&root, args),
         Command::Status(args) => status::run(&root, args),
         Command::Explain(args) => explain::run(&root, args),
@@ -78,5 +90,7 @@ pub fn run() -> i32 {
         Command::Runs(args) => runs::run(&root, args),
         Command::Graph(args) => graph::run(&root, args),
         Command::Gc(args) => gc::run(&root, args),
+        Command::Clean(args) => clean::run(&root, args),
+        Command::Init(_) => unreachable!("handled before discovery"),
     }
 }
