@@ -320,6 +320,44 @@ impl ObjectStore {
     }
 }
 
+/// Deterministic random corruptions of `bytes` for the fault tests of
+/// every on-disk reader: `n` variants, each with 1 to 4 bytes overwritten
+/// by random values, or cut at a random length, or with a random span
+/// dropped (xorshift64, so a failure names a reproducible case).
+#[cfg(test)]
+pub(crate) fn corruptions(bytes: &[u8], n: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let len = bytes.len().max(1) as u64;
+    (0..n)
+        .map(|_| {
+            let mut b = bytes.to_vec();
+            match next() % 3 {
+                0 => {
+                    for _ in 0..=next() % 4 {
+                        let i = (next() % len) as usize;
+                        if i < b.len() {
+                            b[i] = next() as u8;
+                        }
+                    }
+                }
+                1 => b.truncate((next() % len) as usize),
+                _ => {
+                    let i = (next() % len) as usize;
+                    let j = (i + 1 + (next() % 64) as usize).min(b.len());
+                    b.drain(i.min(b.len())..j);
+                }
+            }
+            b
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,5 +430,71 @@ mod tests {
         fs::write(&p, m.to_json()).unwrap();
         assert_eq!(s.ac_get(&other), AcRead::Corrupt);
         assert_eq!(s.ac_get(&other), AcRead::Missing);
+    }
+
+    /// Every cut of an action-cache entry is a miss, never a hit; a random
+    /// corruption is a miss, or a hit whose output is still verified by its
+    /// digest (a changed digest names an object that is not there).
+    #[test]
+    fn every_cut_or_corruption_of_an_ac_entry_is_a_miss_never_a_wrong_output() {
+        let (_t, s) = store();
+        let mut m = crate::manifest::tests::sample();
+        let output = b"the output".to_vec();
+        m.outputs[0].digest = s.put(&output).unwrap();
+        s.ac_put(&m).unwrap();
+        let bytes = m.to_json();
+        let path = s.ac_path(&m.input_bundle_hash);
+        let check = |case: &[u8], what: &str| {
+            fs::write(&path, case).unwrap();
+            match s.ac_get(&m.input_bundle_hash) {
+                AcRead::Missing => panic!("{what}: the entry is there"),
+                AcRead::Corrupt => assert!(!path.exists(), "{what}: a corrupt entry is removed"),
+                AcRead::Found(got) => match s.get(&got.outputs[0].digest) {
+                    ObjectRead::Found(b) => assert_eq!(b, output, "{what}"),
+                    ObjectRead::Missing => {}
+                    ObjectRead::Corrupt => panic!("{what}: the object was never touched"),
+                },
+            }
+        };
+        // the last byte is the newline JSON does not need
+        for cut in 0..bytes.len() - 1 {
+            fs::write(&path, &bytes[..cut]).unwrap();
+            assert_eq!(
+                s.ac_get(&m.input_bundle_hash),
+                AcRead::Corrupt,
+                "cut at {cut}"
+            );
+        }
+        for (i, case) in corruptions(&bytes, 2000, 0x5eed).iter().enumerate() {
+            check(case, &format!("corruption {i}"));
+        }
+    }
+
+    /// The same for a failed run's manifest in `runs/`: `None`, or a
+    /// manifest of that very run.
+    #[test]
+    fn every_cut_or_corruption_of_a_failed_run_manifest_is_refused() {
+        let (_t, s) = store();
+        let mut m = crate::manifest::tests::sample();
+        m.status = crate::manifest::RunStatus::Failed;
+        m.outputs.clear();
+        m.error = Some("`sh` exited with code 3".into());
+        s.put_run(&m).unwrap();
+        assert_eq!(s.run_get(&m.run_id), Some(m.clone()));
+        let bytes = m.to_json();
+        let path = s.run_path(&m.run_id);
+        for cut in 0..bytes.len() - 1 {
+            fs::write(&path, &bytes[..cut]).unwrap();
+            assert_eq!(s.run_get(&m.run_id), None, "cut at {cut}");
+        }
+        for (i, case) in corruptions(&bytes, 2000, 0xfa11).iter().enumerate() {
+            fs::write(&path, case).unwrap();
+            if let Some(got) = s.run_get(&m.run_id) {
+                assert_eq!(got.run_id, m.run_id, "corruption {i}");
+                assert!(got.error.is_some(), "corruption {i}");
+            }
+        }
+        // an id that is not a run id is never looked up as a path
+        assert_eq!(s.run_get("../../prompts"), None);
     }
 }
