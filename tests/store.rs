@@ -113,7 +113,7 @@ fn gc_keeps_the_last_runs_and_what_the_current_outputs_need() {
         .stderr_contains("would remove 18 files, ")
         .stderr_contains(" KiB: 12 objects, 6 run manifests (ac/)\n")
         .stderr_contains(
-            "kept 4 runs of current outputs and 3 recent runs (last 2 per target); history 13 -> 7 lines\n",
+            "kept the 4 runs of the current outputs and 3 recent runs (last 2 per target); history 13 -> 7 lines\n",
         );
     assert_eq!(run.stdout.lines().count(), 18, "{}", run.stdout);
     assert!(
@@ -319,7 +319,7 @@ fn clean_stale_removes_outputs_of_removed_targets_only() {
     p.remove("docs/a.md");
     p.mkt(&["build"])
         .success()
-        .stderr_contains("1 output of a removed target remains; `mkt clean --stale` removes them\n")
+        .stderr_contains("1 output of a removed target remains; `mkt clean --stale` removes it\n")
         .summary("1 ran, 0 cached, 1 up to date");
     p.mkt(&["clean", "--stale", "--dry-run"])
         .success()

@@ -108,17 +108,24 @@ pub fn run(root: &Utf8Path, args: GcArgs) -> i32 {
     let files = if n == 1 { "file" } else { "files" };
     eprintln!("{verb} {n} {files}, {}{what}", human_bytes(rep.freed()));
     if !opts.all {
+        let runs = |n: usize| if n == 1 { "run" } else { "runs" };
         eprintln!(
-            "kept {} runs of current outputs and {} recent runs (last {} per target); history {} -> {} lines",
+            "kept the {} {} of the current outputs and {} recent {} (last {} per target); history {} -> {} lines",
             rep.pinned_runs,
+            runs(rep.pinned_runs),
             rep.recent_runs,
+            runs(rep.recent_runs),
             opts.keep_runs,
             rep.history_lines.0,
             rep.history_lines.1
         );
     }
     if rep.evicted_runs > 0 {
-        eprintln!("evicted {} recent runs to fit --max-size", rep.evicted_runs);
+        let s = if rep.evicted_runs == 1 { "" } else { "s" };
+        eprintln!(
+            "evicted {} recent run{s} to fit --max-size",
+            rep.evicted_runs
+        );
     }
     eprintln!(
         "store: {} -> {}",
