@@ -85,24 +85,38 @@ impl ObjectStore {
             read_only: !create,
         };
         let version = store.dir.join("VERSION");
-        match fs::read_to_string(&version) {
-            Ok(v) if v.trim() == STORE_VERSION => {}
+        let refuse = |what: String| {
+            Error::InvalidFile {
+            path: version.clone(),
+            message: format!("the store `{}` {what}", store.dir),
+            help: Some(
+                "upgrade mkt to the version that wrote it, or run `mkt gc --all` to delete the store and start over (the next build runs everything again)"
+                    .into(),
+            ),
+        }
+        };
+        match fs::read(&version) {
+            Ok(v) if v.trim_ascii() == STORE_VERSION.as_bytes() => {}
             Ok(v) => {
-                return Err(Error::InvalidFile {
-                    path: version.clone(),
-                    message: format!(
-                        "the store `{}` has format version {}, this mkt reads version {STORE_VERSION}",
-                        store.dir,
-                        v.trim()
-                    ),
-                    help: Some(
-                        "upgrade mkt to the version that wrote it, or run `mkt gc --all` to delete the store and start over (the next build runs everything again)"
-                            .into(),
-                    ),
-                });
+                // shown as text only when it is short printable text
+                let v = String::from_utf8(v)
+                    .ok()
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| v.len() <= 16 && v.bytes().all(|b| b.is_ascii_graphic()))
+                    .map_or("an unreadable VERSION".to_string(), |v| {
+                        format!("version {v}")
+                    });
+                return Err(refuse(format!(
+                    "has format {v}, this mkt reads version {STORE_VERSION}"
+                )));
             }
-            Err(_) if create => store.init()?,
-            Err(_) => {}
+            // no VERSION: no store yet (only then may `init` write one)
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if create {
+                    store.init()?;
+                }
+            }
+            Err(e) => return Err(Error::io("read", version, e)),
         }
         Ok(store)
     }
@@ -403,6 +417,18 @@ mod tests {
         assert!(
             e.contains("has format version 99, this mkt reads version 1"),
             "{e}"
+        );
+        assert!(e.contains("help: upgrade mkt"), "{e}");
+        // a VERSION that is not text at all is refused too, not overwritten
+        fs::write(s.dir().join("VERSION"), b"\xff\xfe\x00garbage").unwrap();
+        let e = ObjectStore::open(root).err().unwrap().to_string();
+        assert!(
+            e.contains("has format an unreadable VERSION, this mkt reads version 1"),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read(s.dir().join("VERSION")).unwrap(),
+            b"\xff\xfe\x00garbage"
         );
     }
 
