@@ -20,7 +20,9 @@
 //! `.mkt-tmp-*` files older than an hour (left by a crashed write; a
 //! younger one may belong to a write in progress elsewhere, e.g. a
 //! read-only command never takes the lock). The history is rewritten to
-//! the lines of kept runs; lines are copied byte for byte.
+//! the lines of kept runs, copied byte for byte; a line that does not
+//! parse (an append cut short by a crash) is dropped, as its reader
+//! already skips it.
 //!
 //! **Size limit.** With `--max-size`, recent (never pinned) runs are then
 //! evicted least recently used first until the store's apparent size (the
