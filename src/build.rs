@@ -141,6 +141,10 @@ pub struct BuildReport {
     /// What the runs served from the action cache had cost, priced with
     /// the current prices.
     pub saved: Spend,
+    /// Output files of targets no longer in the graph that are still on
+    /// disk (`mkt clean --stale` removes them). Counted only on builds that
+    /// analysed the project, never on the no-op or cached-graph paths.
+    pub stale_outputs: usize,
 }
 
 /// The project paths a build depends on: a change to anything else cannot
@@ -530,6 +534,13 @@ pub fn build_in(
     };
     let (selected, named) = graph.select(&project, &opts.targets)?;
     let total = selected.iter().filter(|s| **s).count();
+    // A cached graph means the structure did not change since the last
+    // full analysis, which counted these already: skip the work then.
+    let stale_outputs = if graph_from_cache {
+        0
+    } else {
+        crate::clean::leftovers(root, &graph, &old_targets)
+    };
     report(Event::Planned { total });
 
     // Stat (and where needed hash) every file the selected nodes read or
@@ -772,6 +783,7 @@ pub fn build_in(
     });
     let mut rep = prog.rep;
     rep.interrupted = crate::exec::interrupted();
+    rep.stale_outputs = stale_outputs;
     // (a graph kept by the session depends on what it did last time)
     if opts.want_watch_set && !graph_from_session {
         let mut w = match &prior {

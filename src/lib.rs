@@ -4,14 +4,17 @@
 //! parse arguments and render what the core returns.
 
 pub mod build;
+pub mod clean;
 pub mod config;
 pub mod error;
 pub mod exec;
 pub mod explain;
 pub mod files;
+pub mod gc;
 pub mod graph;
 pub mod hash;
 pub mod history;
+pub mod init;
 pub mod manifest;
 pub mod provenance;
 pub mod show;

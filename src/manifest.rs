@@ -247,6 +247,23 @@ pub(crate) mod tests {
         }
     }
 
+    /// Random corruptions never panic, and what still parses passes
+    /// validation (the store then checks the hash it is filed under).
+    #[test]
+    fn random_corruptions_are_rejected_or_still_valid() {
+        let bytes = sample().to_json();
+        let mut parsed = 0;
+        for case in crate::store::corruptions(&bytes, 3000, 0xc0ffee) {
+            if let Some(m) = RunManifest::from_json(&case) {
+                assert!(m.validate());
+                parsed += 1;
+            }
+        }
+        // most corruptions break the JSON; the test must not pass by
+        // accepting everything
+        assert!(parsed < 1500, "{parsed} of 3000 corruptions parsed");
+    }
+
     #[test]
     fn run_ids_are_unique_and_well_formed() {
         let a = new_run_id();

@@ -85,26 +85,55 @@ impl ObjectStore {
             read_only: !create,
         };
         let version = store.dir.join("VERSION");
-        match fs::read_to_string(&version) {
-            Ok(v) if v.trim() == STORE_VERSION => {}
+        let refuse = |what: String| {
+            Error::InvalidFile {
+            path: version.clone(),
+            message: format!("the store `{}` {what}", store.dir),
+            help: Some(
+                "upgrade mkt to the version that wrote it, or run `mkt gc --all` to delete the store and start over (the next build runs everything again)"
+                    .into(),
+            ),
+        }
+        };
+        match fs::read(&version) {
+            Ok(v) if v.trim_ascii() == STORE_VERSION.as_bytes() => {}
             Ok(v) => {
-                return Err(Error::InvalidFile {
-                    path: version.clone(),
-                    message: format!(
-                        "the store `{}` has format version {}, this mkt reads version {STORE_VERSION}",
-                        store.dir,
-                        v.trim()
-                    ),
-                    help: Some("use the mkt that wrote it, or delete `.mkt/` to start over".into()),
-                });
+                // shown as text only when it is short printable text
+                let v = String::from_utf8(v)
+                    .ok()
+                    .map(|v| v.trim().to_string())
+                    .filter(|v| v.len() <= 16 && v.bytes().all(|b| b.is_ascii_graphic()))
+                    .map_or("an unreadable VERSION".to_string(), |v| {
+                        format!("version {v}")
+                    });
+                return Err(refuse(format!(
+                    "has format {v}, this mkt reads version {STORE_VERSION}"
+                )));
             }
-            Err(_) if create => store.init()?,
-            Err(_) => {}
+            // no VERSION: no store yet (only then may `init` write one)
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if create {
+                    store.init()?;
+                }
+            }
+            Err(e) => return Err(Error::io("read", version, e)),
         }
         Ok(store)
     }
 
-    fn init(&self) -> Result<()> {
+    /// The store of the project at `root` as it is on disk, without reading
+    /// its VERSION or creating anything: for `mkt gc --all`, which must be
+    /// able to lock and empty a store this mkt cannot read.
+    pub fn open_unchecked(root: &Utf8Path) -> ObjectStore {
+        ObjectStore {
+            dir: root.join(STORE_DIR),
+            read_only: false,
+        }
+    }
+
+    /// Writes the store's marker files (VERSION, CACHEDIR.TAG, .gitignore)
+    /// and its directories.
+    pub(crate) fn init(&self) -> Result<()> {
         for sub in ["objects", "ac", "runs"] {
             let p = self.dir.join(sub);
             fs::create_dir_all(&p).map_err(|e| Error::io("create", &p, e))?;
@@ -178,7 +207,7 @@ impl ObjectStore {
         Ok(())
     }
 
-    fn object_path(&self, d: &Digest) -> Utf8PathBuf {
+    pub(crate) fn object_path(&self, d: &Digest) -> Utf8PathBuf {
         let hex = d.to_hex();
         self.dir.join("objects").join(&hex[..2]).join(&hex)
     }
@@ -212,7 +241,7 @@ impl ObjectStore {
         }
     }
 
-    fn ac_path(&self, ibh: &InputBundleHash) -> Utf8PathBuf {
+    pub(crate) fn ac_path(&self, ibh: &InputBundleHash) -> Utf8PathBuf {
         let hex = ibh.0.to_hex();
         self.dir
             .join("ac")
@@ -252,10 +281,11 @@ impl ObjectStore {
     }
 
     pub fn put_run(&self, m: &RunManifest) -> Result<()> {
-        self.write_atomic(
-            &self.dir.join("runs").join(format!("{}.json", m.run_id)),
-            &m.to_json(),
-        )
+        self.write_atomic(&self.run_path(&m.run_id), &m.to_json())
+    }
+
+    pub(crate) fn run_path(&self, run_id: &str) -> Utf8PathBuf {
+        self.dir.join("runs").join(format!("{run_id}.json"))
     }
 
     /// Reads the manifest of failed run `run_id` from `runs/`; `None` when
@@ -264,7 +294,7 @@ impl ObjectStore {
         if !crate::provenance::is_run_id(run_id) {
             return None;
         }
-        let bytes = fs::read(self.dir.join("runs").join(format!("{run_id}.json"))).ok()?;
+        let bytes = fs::read(self.run_path(run_id)).ok()?;
         RunManifest::from_json(&bytes).filter(|m| m.run_id == run_id)
     }
 
@@ -302,6 +332,44 @@ impl ObjectStore {
         f.sync_all().map_err(|e| Error::io("sync", &self.dir, e))?;
         Ok(())
     }
+}
+
+/// Deterministic random corruptions of `bytes` for the fault tests of
+/// every on-disk reader: `n` variants, each with 1 to 4 bytes overwritten
+/// by random values, or cut at a random length, or with a random span
+/// dropped (xorshift64, so a failure names a reproducible case).
+#[cfg(test)]
+pub(crate) fn corruptions(bytes: &[u8], n: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let len = bytes.len().max(1) as u64;
+    (0..n)
+        .map(|_| {
+            let mut b = bytes.to_vec();
+            match next() % 3 {
+                0 => {
+                    for _ in 0..=next() % 4 {
+                        let i = (next() % len) as usize;
+                        if i < b.len() {
+                            b[i] = next() as u8;
+                        }
+                    }
+                }
+                1 => b.truncate((next() % len) as usize),
+                _ => {
+                    let i = (next() % len) as usize;
+                    let j = (i + 1 + (next() % 64) as usize).min(b.len());
+                    b.drain(i.min(b.len())..j);
+                }
+            }
+            b
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -350,6 +418,18 @@ mod tests {
             e.contains("has format version 99, this mkt reads version 1"),
             "{e}"
         );
+        assert!(e.contains("help: upgrade mkt"), "{e}");
+        // a VERSION that is not text at all is refused too, not overwritten
+        fs::write(s.dir().join("VERSION"), b"\xff\xfe\x00garbage").unwrap();
+        let e = ObjectStore::open(root).err().unwrap().to_string();
+        assert!(
+            e.contains("has format an unreadable VERSION, this mkt reads version 1"),
+            "{e}"
+        );
+        assert_eq!(
+            fs::read(s.dir().join("VERSION")).unwrap(),
+            b"\xff\xfe\x00garbage"
+        );
     }
 
     #[test]
@@ -376,5 +456,71 @@ mod tests {
         fs::write(&p, m.to_json()).unwrap();
         assert_eq!(s.ac_get(&other), AcRead::Corrupt);
         assert_eq!(s.ac_get(&other), AcRead::Missing);
+    }
+
+    /// Every cut of an action-cache entry is a miss, never a hit; a random
+    /// corruption is a miss, or a hit whose output is still verified by its
+    /// digest (a changed digest names an object that is not there).
+    #[test]
+    fn every_cut_or_corruption_of_an_ac_entry_is_a_miss_never_a_wrong_output() {
+        let (_t, s) = store();
+        let mut m = crate::manifest::tests::sample();
+        let output = b"the output".to_vec();
+        m.outputs[0].digest = s.put(&output).unwrap();
+        s.ac_put(&m).unwrap();
+        let bytes = m.to_json();
+        let path = s.ac_path(&m.input_bundle_hash);
+        let check = |case: &[u8], what: &str| {
+            fs::write(&path, case).unwrap();
+            match s.ac_get(&m.input_bundle_hash) {
+                AcRead::Missing => panic!("{what}: the entry is there"),
+                AcRead::Corrupt => assert!(!path.exists(), "{what}: a corrupt entry is removed"),
+                AcRead::Found(got) => match s.get(&got.outputs[0].digest) {
+                    ObjectRead::Found(b) => assert_eq!(b, output, "{what}"),
+                    ObjectRead::Missing => {}
+                    ObjectRead::Corrupt => panic!("{what}: the object was never touched"),
+                },
+            }
+        };
+        // the last byte is the newline JSON does not need
+        for cut in 0..bytes.len() - 1 {
+            fs::write(&path, &bytes[..cut]).unwrap();
+            assert_eq!(
+                s.ac_get(&m.input_bundle_hash),
+                AcRead::Corrupt,
+                "cut at {cut}"
+            );
+        }
+        for (i, case) in corruptions(&bytes, 2000, 0x5eed).iter().enumerate() {
+            check(case, &format!("corruption {i}"));
+        }
+    }
+
+    /// The same for a failed run's manifest in `runs/`: `None`, or a
+    /// manifest of that very run.
+    #[test]
+    fn every_cut_or_corruption_of_a_failed_run_manifest_is_refused() {
+        let (_t, s) = store();
+        let mut m = crate::manifest::tests::sample();
+        m.status = crate::manifest::RunStatus::Failed;
+        m.outputs.clear();
+        m.error = Some("`sh` exited with code 3".into());
+        s.put_run(&m).unwrap();
+        assert_eq!(s.run_get(&m.run_id), Some(m.clone()));
+        let bytes = m.to_json();
+        let path = s.run_path(&m.run_id);
+        for cut in 0..bytes.len() - 1 {
+            fs::write(&path, &bytes[..cut]).unwrap();
+            assert_eq!(s.run_get(&m.run_id), None, "cut at {cut}");
+        }
+        for (i, case) in corruptions(&bytes, 2000, 0xfa11).iter().enumerate() {
+            fs::write(&path, case).unwrap();
+            if let Some(got) = s.run_get(&m.run_id) {
+                assert_eq!(got.run_id, m.run_id, "corruption {i}");
+                assert!(got.error.is_some(), "corruption {i}");
+            }
+        }
+        // an id that is not a run id is never looked up as a path
+        assert_eq!(s.run_get("../../prompts"), None);
     }
 }

@@ -312,9 +312,12 @@ fn foreach_adds_and_removes_nodes_as_files_come_and_go() {
         .summary("1 ran, 0 cached, 2 up to date");
     assert!(!p.read("out/index.md").contains("== a\n"));
     assert_eq!(p.calls().len(), 8);
+    // (a build that analyses the project again also says that the removed
+    // node's output is left over; whether this one does depends on timing)
     p.mkt(&["build"])
         .success()
-        .stderr_eq("0 ran, 0 cached, 3 up to date\n");
+        .nothing_ran()
+        .summary("0 ran, 0 cached, 3 up to date");
 
     // the same file back: its node is still up to date, the index comes
     // from the action cache

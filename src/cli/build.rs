@@ -169,6 +169,18 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
                 }
                 return 0;
             }
+            // before the summary, which stays the last line (scripts read it)
+            if r.stale_outputs > 0 && !args.quiet {
+                let n = r.stale_outputs;
+                let (what, verb, them) = if n == 1 {
+                    ("output of a removed target", "remains", "it")
+                } else {
+                    ("outputs of removed targets", "remain", "them")
+                };
+                printer.line(&format!(
+                    "{n} {what} {verb}; `mkt clean --stale` removes {them}"
+                ));
+            }
             if !args.quiet || !r.success() {
                 printer.line(&summary_line(&r, started.elapsed()));
             }

@@ -2,8 +2,11 @@
 //! made in the library.
 
 mod build;
+mod clean;
 mod explain;
+mod gc;
 mod graph;
+mod init;
 mod runs;
 mod show;
 mod status;
@@ -45,6 +48,14 @@ enum Command {
     Graph(graph::GraphArgs),
     /// Build, then rebuild what a saved change affects, until Ctrl-C.
     Watch(watch::WatchArgs),
+    /// Remove from `.mkt/` what no current output and no recent run needs
+    /// (`--stats`: what the store holds).
+    Gc(gc::GcArgs),
+    /// Remove the output files mkt wrote and nobody edited since (with
+    /// --stale: only those of targets no longer in the project).
+    Clean(clean::CleanArgs),
+    /// Create a new project that builds at once, offline (mock model).
+    Init(init::InitArgs),
 }
 
 /// Prints an error the way every command does, returning its exit code.
@@ -65,6 +76,11 @@ pub fn run() -> i32 {
             }
         },
     };
+    // init makes the project that discovery would look for
+    let command = match cli.command {
+        Command::Init(args) => return init::run(&start, args),
+        c => c,
+    };
     let root = match Project::discover(&start) {
         Ok(r) => r,
         Err(e) => return report_error(&e),
@@ -73,13 +89,13 @@ pub fn run() -> i32 {
     // a pipe closes (`mkt runs | head`) instead of panicking. Not `build`
     // and `watch`: they write prompts to model commands' stdin, and a
     // command that exits without reading must fail its run, not kill mkt.
-    if !matches!(cli.command, Command::Build(_) | Command::Watch(_)) {
+    if !matches!(command, Command::Build(_) | Command::Watch(_)) {
         // SAFETY: setting a signal disposition before any thread exists.
         unsafe {
             libc::signal(libc::SIGPIPE, libc::SIG_DFL);
         }
     }
-    match cli.command {
+    match command {
         Command::Build(args) => build::run(&root, args),
         Command::Status(args) => status::run(&root, args),
         Command::Explain(args) => explain::run(&root, args),
@@ -87,5 +103,8 @@ pub fn run() -> i32 {
         Command::Runs(args) => runs::run(&root, args),
         Command::Watch(args) => watch::run(&root, args),
         Command::Graph(args) => graph::run(&root, args),
+        Command::Gc(args) => gc::run(&root, args),
+        Command::Clean(args) => clean::run(&root, args),
+        Command::Init(_) => unreachable!("handled before discovery"),
     }
 }

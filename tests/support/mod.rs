@@ -598,3 +598,52 @@ impl Run {
             .event_lines("restored", &[])
     }
 }
+
+/// Starts `mkt build` in the background on a project (rewriting its
+/// `prompts.toml`) whose one target `a` (template `t.md`) takes `ms`
+/// milliseconds on the mock model, and returns once that build holds the
+/// project lock. For tests of other commands that must wait for it.
+pub fn hold_lock_with_slow_build(p: &Project, ms: u64) -> std::process::Child {
+    p.write(
+        "prompts.toml",
+        format!("[models.default]\nprovider = \"mock\"\nlatency_ms = {ms}\n\n[targets.a]\ntemplate = \"t.md\"\noutput = \"out/a.md\"\n"),
+    );
+    let child = Command::new(mkt_bin())
+        .args(["build", "-q"])
+        .current_dir(p.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // the lock file appears once the build holds it; then give it a moment
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !p.exists(".mkt/lock") && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child
+}
+
+/// Every file under `rel` (recursively) with its length, sorted by path.
+pub fn files_under(p: &Project, rel: &str) -> Vec<(String, u64)> {
+    fn walk(dir: &Path, root: &Path, out: &mut Vec<(String, u64)>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries {
+            let e = e.expect("dir entry");
+            let m = e.metadata().expect("stat");
+            if m.is_dir() {
+                walk(&e.path(), root, out);
+            } else {
+                let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                out.push((rel, m.len()));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&p.path(rel), p.root(), &mut out);
+    out.sort();
+    out
+}
