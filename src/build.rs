@@ -875,7 +875,7 @@ pub fn build_in(
             analysis,
             targets,
         };
-        state_files.snapshot(&st, |p, b| store.write_atomic(p, b))?;
+        state_files.snapshot(&st)?;
         st
     } else {
         old_files.extend(seen);

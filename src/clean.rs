@@ -120,7 +120,7 @@ pub fn clean(root: &Utf8Path, opts: &CleanOptions, on_wait: &dyn Fn()) -> Result
         for (k, _) in &candidates {
             state.targets.remove(k);
         }
-        state_files.snapshot(&state, |p, b| store.write_atomic(p, b))?;
+        state_files.snapshot(&state)?;
     }
     Ok(rep)
 }

@@ -707,7 +707,7 @@ mod tests {
         let mut st = crate::state::State::default();
         st.targets.insert("a".into(), record(&runs[1]));
         let (mut sf, _) = StateFiles::load(s.dir());
-        sf.snapshot(&st, |p, b| s.write_atomic(p, b)).unwrap();
+        sf.snapshot(&st).unwrap();
         let stray = s.dir().join("objects").join(".mkt-tmp-old");
         fs::write(&stray, b"half").unwrap();
 
@@ -789,7 +789,7 @@ mod tests {
         st.targets.insert("a".into(), record(&newer));
         st.targets.insert("b".into(), record(&b));
         let (mut sf, _) = StateFiles::load(s.dir());
-        sf.snapshot(&st, |p, b| s.write_atomic(p, b)).unwrap();
+        sf.snapshot(&st).unwrap();
         let opts = GcOptions {
             keep_runs: 1,
             ..Default::default()

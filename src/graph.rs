@@ -311,7 +311,9 @@ pub fn analyse_project(
     old_analysis: &HashMap<Digest, TemplateRefs>,
 ) -> Result<Graph> {
     // 1. expand foreach globs into nodes and resolve their outputs
-    let mut nodes: Vec<Node> = Vec::new();
+    // at least one node per target: no doubling reallocation for the
+    // common case of plain targets
+    let mut nodes: Vec<Node> = Vec::with_capacity(project.targets.len());
     let mut outputs: HashMap<String, usize> = HashMap::default();
     // few distinct models: digest each once
     let mut model_digests: Vec<(&ModelConfig, Digest)> = Vec::new();
