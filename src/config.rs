@@ -295,7 +295,7 @@ pub struct TargetDecl {
     pub inputs: Vec<InputDecl>,
     pub output: String,
     pub output_span: Range<usize>,
-    pub model: ModelConfig,
+    pub model: std::sync::Arc<ModelConfig>,
     pub foreach: Option<(String, Range<usize>)>,
 }
 
@@ -390,7 +390,7 @@ fn encode_cache(p: &Project, key: &Digest) -> Vec<u8> {
     let mut models: Vec<&ModelConfig> = p.models.values().collect();
     let mut index = Vec::with_capacity(p.targets.len());
     for t in &p.targets {
-        let i = match models.iter().position(|m| **m == t.model) {
+        let i = match models.iter().position(|m| **m == *t.model) {
             Some(i) => i,
             None => {
                 models.push(&t.model);
@@ -453,7 +453,11 @@ fn decode_cache(bytes: &[u8], key: &Digest) -> Option<Decoded> {
     let n = r.count(4)?;
     let mut models = Vec::with_capacity(n);
     for _ in 0..n {
-        models.push(serde_json::from_str::<ModelConfig>(&r.str()?).ok()?);
+        // one shared copy per distinct model: 10,000 targets of one model
+        // hold one config, not 10,000 clones of it
+        models.push(std::sync::Arc::new(
+            serde_json::from_str::<ModelConfig>(&r.str()?).ok()?,
+        ));
     }
     let n_project_models = r.u32()? as usize;
     if n_project_models > models.len() {
@@ -481,7 +485,7 @@ fn decode_cache(bytes: &[u8], key: &Digest) -> Option<Decoded> {
         }
         let output = r.str()?;
         let output_span = span(&mut r)?;
-        let model = models.get(r.u32()? as usize)?.clone();
+        let model = std::sync::Arc::clone(models.get(r.u32()? as usize)?);
         let foreach = match r.u8()? {
             0 => None,
             1 => Some((r.str()?, span(&mut r)?)),
@@ -505,7 +509,7 @@ fn decode_cache(bytes: &[u8], key: &Digest) -> Option<Decoded> {
     let all = models
         .into_iter()
         .take(n_project_models)
-        .map(|m| (m.name.clone(), m))
+        .map(|m| (m.name.clone(), ModelConfig::clone(&m)))
         .collect();
     Some((all, targets))
 }
@@ -917,7 +921,7 @@ fn resolve_target(project: &Project, name: &Spanned<String>, raw: RawTarget) -> 
         inputs,
         output,
         output_span: raw.output.span(),
-        model,
+        model: model.into(),
         foreach,
     })
 }

@@ -318,7 +318,7 @@ pub fn analyse_project(
     // few distinct models: digest each once
     let mut model_digests: Vec<(&ModelConfig, Digest)> = Vec::new();
     for (ti, decl) in project.targets.iter().enumerate() {
-        let md = match model_digests.iter().find(|(m, _)| **m == decl.model) {
+        let md = match model_digests.iter().find(|(m, _)| **m == *decl.model) {
             Some((_, d)) => *d,
             None => {
                 let d = model_digest(&decl.model);

@@ -157,8 +157,10 @@ impl NoopStamp {
     /// templates, partials, globbed directories): the key of the graph
     /// cache (`Graph::encode`).
     pub fn structure_key(&self) -> Digest {
-        let mut h = blake3::Hasher::new();
-        h.update(b"mkt.graph-key.v1");
+        // one contiguous buffer hashed at once: BLAKE3 is several times
+        // faster over one long input than over 10,000 tiny updates
+        let mut buf = Vec::with_capacity(64 + self.entries.len() * 96);
+        buf.extend_from_slice(b"mkt.graph-key.v1");
         for e in &self.entries {
             if matches!(
                 e.kind,
@@ -170,16 +172,16 @@ impl NoopStamp {
                     ctime_ns: 0,
                     ino: 0,
                 });
-                h.update(&(e.path.len() as u64).to_le_bytes());
-                h.update(e.path.as_bytes());
-                h.update(&[e.kind.code(), e.stat.is_some() as u8]);
+                buf.extend_from_slice(&(e.path.len() as u64).to_le_bytes());
+                buf.extend_from_slice(e.path.as_bytes());
+                buf.extend_from_slice(&[e.kind.code(), e.stat.is_some() as u8]);
                 for v in [st.size, st.mtime_ns as u64, st.ctime_ns as u64, st.ino] {
-                    h.update(&v.to_le_bytes());
+                    buf.extend_from_slice(&v.to_le_bytes());
                 }
-                h.update(&e.digest.0);
+                buf.extend_from_slice(&e.digest.0);
             }
         }
-        Digest(*h.finalize().as_bytes())
+        Digest::of(&buf)
     }
 
     /// The entries that changed since the stamp was written (empty: the

@@ -2,7 +2,7 @@
 
 use camino::Utf8Path;
 use clap::Args;
-use markitect::build::{BuildOptions, BuildReport, Event, Outcome, build};
+use markitect::build::{BuildOptions, BuildReport, Event, Outcome, Session, build_in};
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
 
@@ -151,7 +151,12 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
     let printer = Printer::new(args.quiet);
     install_interrupt_handler();
     let started = std::time::Instant::now();
-    let result = build(root, &opts, &|e| printer.event(e));
+    let mut session = Session::default();
+    let result = build_in(root, &opts, &mut session, None, &|e| printer.event(e));
+    // The process exits next: freeing the project, graph and state the
+    // session holds (100,000 allocations at 10,000 targets) would cost a
+    // sixth of an incremental build for nothing.
+    std::mem::forget(session);
     printer.status("");
     match result {
         Err(e) => {
