@@ -1251,3 +1251,47 @@ fn runs_of_a_never_built_project() {
     assert_eq!(runs_json(&p, &[]), Vec::<Value>::new());
     assert!(!p.exists(".mkt"));
 }
+
+/// The inspection commands take no lock: they answer at once, read-only,
+/// while a build holds the project (here, one whose model takes 3 s).
+#[test]
+fn inspection_commands_answer_during_a_build() {
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[models.slow]\nprovider = \"mock\"\nlatency_ms = 3000\n\n\
+             [targets.b]\ntemplate = \"b.md\"\noutput = \"out/b.md\"\n\n\
+             [targets.a]\ntemplate = \"a.md\"\noutput = \"out/a.md\"\nmodel = \"slow\"\n",
+        )
+        .file("a.md", "A\n")
+        .file("b.md", "B\n")
+        .build();
+    p.mkt(&["build", "b"]).success();
+    let mut build = std::process::Command::new(support::mkt_bin())
+        .args(["build", "-q"])
+        .current_dir(p.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // the build holds the lock once its model is running
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let started = std::time::Instant::now();
+    p.mkt(&["status"]).code(1).stdout_eq("a  never built\n");
+    p.mkt(&["graph", "--json"]).success();
+    p.mkt(&["explain", "b"]).success();
+    p.mkt(&["show", "b"]).success();
+    p.mkt(&["runs"]).success();
+    let took = started.elapsed();
+    assert!(
+        build.try_wait().unwrap().is_none(),
+        "the build was still running throughout"
+    );
+    assert!(
+        took.as_millis() < 2000,
+        "no command waited for the lock: {took:?}"
+    );
+    assert!(build.wait().unwrap().success());
+    p.mkt(&["status"]).success();
+}
