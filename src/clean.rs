@@ -58,16 +58,7 @@ pub struct CleanReport {
 /// Removes outputs as the module docs say. `on_wait` is called once if
 /// another mkt holds the lock.
 pub fn clean(root: &Utf8Path, opts: &CleanOptions, on_wait: &dyn Fn()) -> Result<CleanReport> {
-    let store = if opts.dry_run {
-        ObjectStore::open_read_only(root)?
-    } else {
-        ObjectStore::open(root)?
-    };
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        Some(store.lock(opts.wait_for_lock, on_wait)?)
-    };
+    let (store, _lock) = ObjectStore::open_for(root, opts.dry_run, opts.wait_for_lock, on_wait)?;
     let (mut state_files, mut state) = StateFiles::load(store.dir());
     // (record key, is a current output path)
     let mut candidates: Vec<(String, bool)> = Vec::new();

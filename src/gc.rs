@@ -297,16 +297,7 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
     if !root.join(STORE_DIR).is_dir() {
         return Ok(GcReport::default());
     }
-    let store = if opts.dry_run {
-        ObjectStore::open_read_only(root)?
-    } else {
-        ObjectStore::open(root)?
-    };
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        Some(store.lock(opts.wait_for_lock, on_wait)?)
-    };
+    let (store, _lock) = ObjectStore::open_for(root, opts.dry_run, opts.wait_for_lock, on_wait)?;
     let dir = store.dir().to_owned();
     let (_, state) = StateFiles::load(&dir);
     let history_path = dir.join(HISTORY_FILE);

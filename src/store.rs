@@ -149,6 +149,22 @@ impl ObjectStore {
         )
     }
 
+    /// The store of a command that writes it (`gc`, `clean`): opened and
+    /// locked; or, for its `--dry-run`, opened read-only with no lock.
+    pub fn open_for(
+        root: &Utf8Path,
+        dry_run: bool,
+        wait: bool,
+        on_wait: &dyn Fn(),
+    ) -> Result<(ObjectStore, Option<StoreLock>)> {
+        if dry_run {
+            return Ok((ObjectStore::open_read_only(root)?, None));
+        }
+        let store = ObjectStore::open(root)?;
+        let lock = store.lock(wait, on_wait)?;
+        Ok((store, Some(lock)))
+    }
+
     pub fn dir(&self) -> &Utf8Path {
         &self.dir
     }

@@ -1036,6 +1036,23 @@ fn dot_state_style(state: Option<&str>) -> &'static str {
 }
 
 impl View {
+    /// The nodes drawn inside cluster `c`, with their index.
+    fn members<'a>(&'a self, c: &'a ViewCluster) -> impl Iterator<Item = (usize, &'a ViewNode)> {
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(move |(_, n)| n.cluster.as_deref() == Some(c.target.as_str()))
+    }
+
+    /// The nodes drawn outside every cluster, with their index.
+    fn unclustered(&self) -> impl Iterator<Item = (usize, &ViewNode)> {
+        self.nodes.iter().enumerate().filter(|(_, n)| {
+            !n.cluster
+                .as_deref()
+                .is_some_and(|c| self.clusters.iter().any(|k| k.target == c))
+        })
+    }
+
     /// Graphviz DOT (renders with `dot -Tsvg`).
     pub fn to_dot(&self) -> String {
         let ids: HashMap<&str, usize> = self
@@ -1081,21 +1098,13 @@ impl View {
                 "    label={}; style=\"rounded,dashed\"; color=\"#8888aa\";",
                 dot_quote(&[&label])
             );
-            for (i, n) in self.nodes.iter().enumerate() {
-                if n.cluster.as_deref() == Some(c.target.as_str()) {
-                    out.push_str(&node_line(n, i, "    "));
-                }
+            for (i, n) in self.members(c) {
+                out.push_str(&node_line(n, i, "    "));
             }
             out.push_str("  }\n");
         }
-        for (i, n) in self.nodes.iter().enumerate() {
-            let in_cluster = n
-                .cluster
-                .as_deref()
-                .is_some_and(|c| self.clusters.iter().any(|k| k.target == c));
-            if !in_cluster {
-                out.push_str(&node_line(n, i, "  "));
-            }
+        for (i, n) in self.unclustered() {
+            out.push_str(&node_line(n, i, "  "));
         }
         for e in &self.edges {
             let (Some(a), Some(b)) = (ids.get(e.from.as_str()), ids.get(e.to.as_str())) else {
@@ -1147,21 +1156,13 @@ impl View {
         for (ci, c) in self.clusters.iter().enumerate() {
             let label = format!("{} (foreach {})", c.target, c.foreach);
             let _ = writeln!(out, "  subgraph c{ci} [\"{}\"]", mermaid_text(&[&label]));
-            for (i, n) in self.nodes.iter().enumerate() {
-                if n.cluster.as_deref() == Some(c.target.as_str()) {
-                    out.push_str(&node_line(n, i, "    "));
-                }
+            for (i, n) in self.members(c) {
+                out.push_str(&node_line(n, i, "    "));
             }
             out.push_str("  end\n");
         }
-        for (i, n) in self.nodes.iter().enumerate() {
-            let in_cluster = n
-                .cluster
-                .as_deref()
-                .is_some_and(|c| self.clusters.iter().any(|k| k.target == c));
-            if !in_cluster {
-                out.push_str(&node_line(n, i, "  "));
-            }
+        for (i, n) in self.unclustered() {
+            out.push_str(&node_line(n, i, "  "));
         }
         let mut changed = Vec::new();
         let mut drawn = 0;

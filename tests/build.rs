@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::{Project, project, repo_dir};
+use support::{Project, failing_side_project, project, repo_dir};
 
 /// The fixtures' logging echo model (see `fixtures/command/prompts.toml`).
 /// Inline projects put it last so that the line numbers of the targets
@@ -445,21 +445,6 @@ fn dry_run_lists_what_would_run_and_runs_nothing() {
     p.mkt(&["build", "-n"])
         .success()
         .stderr_eq("0 of 4 targets would run\n");
-}
-
-/// The command fixture with `side` on a model that always fails. `-j 1`
-/// makes the order deterministic: `side` and `outline` are both ready at the
-/// start and the single worker takes `side` first, so its failure is known
-/// before `outline` finishes and `summary` becomes ready.
-fn failing_side_project() -> Project {
-    let p = project().fixture("command").build();
-    // `[targets.side]` is the last table of the fixture
-    p.append(
-        "prompts.toml",
-        "model = \"broken\"\n\n[models.broken]\nprovider = \"command\"\n\
-         command = [\"sh\", \"-c\", \"cat >/dev/null; echo 'side: model exploded' >&2; exit 3\"]\n",
-    );
-    p
 }
 
 const SIDE_FAILURE: &str =

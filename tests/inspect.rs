@@ -11,7 +11,7 @@ mod support;
 use serde_json::Value;
 use std::fmt::Write as _;
 use std::path::Path;
-use support::{Project, project};
+use support::{Project, failing_side_project, project};
 
 /// A built `command` fixture: outline -> summary -> final, plus `side`.
 fn built_command_project() -> Project {
@@ -19,18 +19,6 @@ fn built_command_project() -> Project {
     p.mkt(&["build"])
         .success()
         .summary("4 ran, 0 cached, 0 up to date");
-    p
-}
-
-/// The command fixture with `side` on a model that always fails.
-fn failing_side_project() -> Project {
-    let p = project().fixture("command").build();
-    // `[targets.side]` is the last table of the fixture
-    p.append(
-        "prompts.toml",
-        "model = \"broken\"\n\n[models.broken]\nprovider = \"command\"\n\
-         command = [\"sh\", \"-c\", \"cat >/dev/null; echo 'side: model exploded' >&2; exit 3\"]\n",
-    );
     p
 }
 

@@ -647,3 +647,18 @@ pub fn files_under(p: &Project, rel: &str) -> Vec<(String, u64)> {
     out.sort();
     out
 }
+
+/// The command fixture with `side` on a model that always fails. `-j 1`
+/// makes the order deterministic: `side` and `outline` are both ready at the
+/// start and the single worker takes `side` first, so its failure is known
+/// before `outline` finishes and `summary` becomes ready.
+pub fn failing_side_project() -> Project {
+    let p = project().fixture("command").build();
+    // `[targets.side]` is the last table of the fixture
+    p.append(
+        "prompts.toml",
+        "model = \"broken\"\n\n[models.broken]\nprovider = \"command\"\n\
+         command = [\"sh\", \"-c\", \"cat >/dev/null; echo 'side: model exploded' >&2; exit 3\"]\n",
+    );
+    p
+}
