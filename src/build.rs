@@ -5,8 +5,10 @@
 //! Per stale node a worker: restores the output from the store when only
 //! the output file is missing or edited; otherwise renders the compiled
 //! prompt, computes the InputBundleHash, serves the action cache's result
-//! when there is one, and only then calls the model. A failed run is
-//! recorded in `runs/` but never in the action cache.
+//! when there is one (the local store's, else the remote cache's, see
+//! `remote.rs`), and only then calls the model. A failed run is recorded in
+//! `runs/` but never in the action cache; a successful one is queued for
+//! upload to the remote, and the build waits for the queue before it ends.
 //!
 //! Before any of that, a build of everything consults the no-op stamp
 //! (`stamp.rs`): if no file changed it is done; if only inputs or outputs

@@ -1091,6 +1091,35 @@ mod tests {
         assert!(Project::load_cached(root, &cache).unwrap().1.is_some());
     }
 
+    /// `[cache]` survives the parsed-project cache: a build that loads the
+    /// project from it must still find its remote.
+    #[test]
+    fn the_cache_table_is_parsed_and_kept_by_the_project_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        let cache = root.join("cache");
+        std::fs::write(
+            root.join(PROJECT_FILE),
+            "[cache]\nremote = \"s3://b/p\"\nmode = \"read-only\"\nendpoint = \"http://127.0.0.1:9000\"\ntimeout_s = 3\n",
+        )
+        .unwrap();
+        let (p, bytes) = Project::load_cached(root, &cache).unwrap();
+        let want = crate::remote::CacheConfig {
+            remote: Some("s3://b/p".into()),
+            mode: crate::remote::Mode::ReadOnly,
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            region: None,
+            timeout_s: 3,
+        };
+        assert_eq!(p.cache, want);
+        std::fs::write(&cache, bytes.unwrap()).unwrap();
+        let (q, again) = Project::load_cached(root, &cache).unwrap();
+        assert!(again.is_none(), "second load uses the cache");
+        assert_eq!(q.cache, want);
+        assert!(err("[cache]\ntimeout_s = 0\n").contains("prompts.toml:2:13"));
+        assert!(err("[cache]\nendpoint = \"ftp://x\"\n").contains("not an http(s) URL"));
+    }
+
     #[test]
     fn minimal_project_gets_the_default_mock_model() {
         let p = parse("[targets.a]\ntemplate = \"t.md\"\noutput = \"out/a.md\"\n").unwrap();

@@ -48,7 +48,7 @@ pub const ENV_REMOTE: &str = "MKT_REMOTE_CACHE";
 
 /// Seconds one remote operation may take before the remote is given up on
 /// for the build (`[cache] timeout_s`).
-pub const DEFAULT_TIMEOUT_S: u64 = 10;
+pub const DEFAULT_TIMEOUT_S: u64 = 5;
 
 /// Whether builds publish to the remote.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
