@@ -15,6 +15,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use support::fake_api::{FakeApi, Reply};
 use support::{Project, Run, files_under, project};
 
 /// Fake credentials for the S3 tests: moto accepts any, and no trace of
@@ -145,6 +146,19 @@ fn second_machine_makes_no_model_call(cache: &str, env: &[(&str, &str)]) -> (Pro
         let run_id = v["run_id"].as_str().unwrap();
         assert!(a_history.contains(run_id), "{run_id} is A's run");
     }
+    // `mkt runs` marks where they came from
+    let runs = b.mkt(&["runs"]);
+    runs.success();
+    assert_eq!(
+        runs.stdout
+            .lines()
+            .skip(1)
+            .filter(|l| l.contains(" remote "))
+            .count(),
+        4,
+        "{}",
+        runs.stdout
+    );
     // B's local store now serves it: a copy of B's outputs deleted comes
     // back from B's own store
     b.remove("out/side.md");
@@ -489,4 +503,35 @@ fn bad_cache_settings_are_project_errors() {
         .stderr_contains("unknown cache mode `write-only`");
     let p = with_cache("remote = \"file:///tmp/x\"\nbucket = \"b\"");
     p.mkt(&["build"]).code(2).stderr_contains("unknown field");
+}
+
+/// What a remote hit saves is counted like a local hit: the tokens and
+/// cost of the run that made it, at today's prices.
+#[test]
+fn remote_hits_count_in_what_the_cache_saved() {
+    let api = FakeApi::start(|_, _| Reply::openai("ok", 1000, 200, 0));
+    let (_dir, url) = remote_dir();
+    let toml = format!(
+        "[targets.t]\nforeach = \"docs/*.txt\"\ntemplate = \"t.md\"\noutput = \"out/{{stem}}.md\"\nmodel = \"m\"\n\n\
+         [models.m]\nprovider = \"openai\"\nmodel = \"gpt-test\"\nbase_url = \"{}\"\napi_key_env = \"MKT_TEST_KEY\"\n\
+         price_input_per_mtok = 1.0\nprice_output_per_mtok = 5.0\n\n[cache]\nremote = {url:?}\n",
+        api.base_url()
+    );
+    let machine = || {
+        project()
+            .file("prompts.toml", &toml)
+            .file("t.md", "user:\n{{ item.content }}\n")
+            .file("docs/a.txt", "doc a\n")
+            .file("docs/b.txt", "doc b\n")
+            .build()
+    };
+    let env = [("MKT_TEST_KEY", "sk-test-remote")];
+    machine()
+        .mkt_env(&["build"], &env)
+        .success()
+        .summary("2 ran, 0 cached, 0 up to date; spent 2400 tokens, $0.004");
+    machine().mkt_env(&["build"], &env).success().summary(
+        "0 ran, 2 cached, 0 up to date, 2 from the remote cache; cache saved 2400 tokens, $0.004",
+    );
+    assert_eq!(api.requests().len(), 2, "machine B called no model");
 }
