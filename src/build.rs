@@ -589,7 +589,13 @@ pub fn build_in(
     let remote = if opts.dry_run || !opts.remote_cache {
         None
     } else {
-        crate::remote::open_for(&project)?
+        match crate::remote::open_for(&project)? {
+            Some(Err(warning)) => {
+                report(Event::Warning(warning));
+                None
+            }
+            opened => opened.and_then(|r| r.ok()),
+        }
     };
     let ctx = Ctx {
         src: Sources {

@@ -38,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::hash::{Digest, InputBundleHash};
 use crate::manifest::{RunManifest, RunStatus};
 use opendal::blocking;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -226,7 +226,6 @@ struct Inner {
     down: AtomicBool,
     /// The one warning about the remote being down, taken by the caller.
     down_warning: Mutex<Option<String>>,
-    uploaded: AtomicU64,
 }
 
 struct Uploader {
@@ -239,8 +238,16 @@ const UPLOAD_THREADS: usize = 4;
 
 impl Remote {
     /// Opens the remote `url` (from `origin`, for messages). Builds the
-    /// operator only: nothing is sent until the first lookup.
-    pub fn open(url: &str, origin: &str, cfg: &CacheConfig) -> Result<Remote> {
+    /// operator only: nothing is sent until the first lookup. A URL that
+    /// is not valid is an error; a valid one that cannot be set up here
+    /// (a directory that cannot be created, no I/O runtime) is `Ok(Err)`
+    /// with the warning to give, since a build must not fail because of
+    /// its cache.
+    pub fn open(
+        url: &str,
+        origin: &str,
+        cfg: &CacheConfig,
+    ) -> Result<std::result::Result<Remote, String>> {
         let shown = redact(url);
         let bad = |why: String| {
             Error::InvalidFile {
@@ -253,15 +260,23 @@ impl Remote {
         }
         };
         let loc = parse_url(url).map_err(&bad)?;
+        let unavailable = |why: String| {
+            Ok(Err(format!(
+                "the remote cache `{shown}` (from {origin}) {why}; going on without it"
+            )))
+        };
         opendal::install_default();
-        let rt = tokio::runtime::Builder::new_multi_thread()
+        let rt = match tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mkt-remote")
             .enable_all()
             .build()
-            .map_err(|e| bad(format!("cannot start its I/O runtime: {e}")))?;
+        {
+            Ok(rt) => rt,
+            Err(e) => return unavailable(format!("cannot start its I/O runtime: {e}")),
+        };
         let timeout = Duration::from_secs(cfg.timeout_s.max(1));
-        let op = match loc {
+        let op = match match loc {
             Location::S3 { bucket, prefix } => {
                 let region = cfg
                     .region
@@ -300,9 +315,11 @@ impl Remote {
                     .atomic_write_dir(&format!("{path}/.tmp"));
                 opendal::Operator::new(b)
             }
-        }
-        // OpenDAL's messages may quote its configuration: show the kind only
-        .map_err(|e| bad(format!("cannot be set up ({})", e.kind())))?;
+        } {
+            Ok(op) => op,
+            // OpenDAL's messages may quote its configuration: the kind only
+            Err(e) => return unavailable(format!("cannot be opened ({})", describe(&e))),
+        };
         let op = op
             .layer(
                 opendal::layers::TimeoutLayer::new()
@@ -317,21 +334,22 @@ impl Remote {
             );
         let op = {
             let _guard = rt.enter();
-            blocking::Operator::new(op)
-                .map_err(|e| bad(format!("cannot be set up ({})", e.kind())))?
+            match blocking::Operator::new(op) {
+                Ok(op) => op,
+                Err(e) => return unavailable(format!("cannot be opened ({})", describe(&e))),
+            }
         };
-        Ok(Remote {
+        Ok(Ok(Remote {
             inner: Arc::new(Inner {
                 display: shown,
                 mode: cfg.mode,
                 op,
                 down: AtomicBool::new(false),
                 down_warning: Mutex::new(None),
-                uploaded: AtomicU64::new(0),
             }),
             rt: Some(rt),
             uploads: Mutex::new(None),
-        })
+        }))
     }
 
     /// The URL, redacted, for messages.
@@ -353,11 +371,6 @@ impl Remote {
     /// after the failure gets it, every other `None`.
     pub fn take_down_warning(&self) -> Option<String> {
         self.inner.down_warning.lock().unwrap().take()
-    }
-
-    /// How many runs were published so far.
-    pub fn uploaded(&self) -> u64 {
-        self.inner.uploaded.load(Ordering::Relaxed)
     }
 
     /// Looks up the run for `ibh`, whose compiled prompt has digest
@@ -396,9 +409,8 @@ impl Remote {
                             Ok(j) => j,
                             Err(_) => return,
                         };
-                        if inner.publish(job.objects, &job.manifest, false) == Some(true) {
-                            inner.uploaded.fetch_add(1, Ordering::Relaxed);
-                        }
+                        // a failure marks the remote down (one warning)
+                        inner.publish(job.objects, &job.manifest, false);
                     }
                 })
             })
@@ -608,12 +620,13 @@ impl Drop for Remote {
 fn describe(e: &opendal::Error) -> String {
     match e.kind() {
         opendal::ErrorKind::PermissionDenied => "permission denied".into(),
-        opendal::ErrorKind::Unexpected if e.is_temporary() || e.is_persistent() => {
+        opendal::ErrorKind::ConfigInvalid => "its settings are not valid".into(),
+        opendal::ErrorKind::Unexpected => {
             let msg = e.to_string();
             if msg.contains("timeout") || msg.contains("timed out") {
                 "timed out".into()
             } else {
-                "cannot reach it or it answered with an error".into()
+                "cannot reach it, or it failed".into()
             }
         }
         k => format!("{k}"),
@@ -632,8 +645,10 @@ pub fn ac_key(ibh: &InputBundleHash) -> String {
 
 /// The remote a build of `project` uses, opened: `MKT_REMOTE_CACHE` (when
 /// set; empty or `off` means none) wins over `[cache] remote`. `None`
-/// when there is none.
-pub fn open_for(project: &crate::config::Project) -> Result<Option<Remote>> {
+/// when there is none; `Some(Err(warning))` when it cannot be opened here.
+pub fn open_for(
+    project: &crate::config::Project,
+) -> Result<Option<std::result::Result<Remote, String>>> {
     let (url, origin) = match std::env::var(ENV_REMOTE) {
         Ok(v) if v.is_empty() || v == "off" => return Ok(None),
         Ok(v) => (v, "the environment variable `MKT_REMOTE_CACHE`"),
@@ -724,11 +739,15 @@ mod tests {
 /// The remote a `mkt cache` command works on: an error when the project
 /// names none.
 pub fn open_required(project: &crate::config::Project) -> Result<Remote> {
-    open_for(project)?.ok_or_else(|| Error::NotAvailable {
+    let opened = open_for(project)?.ok_or_else(|| Error::NotAvailable {
         what: "no remote cache is configured for this project".into(),
         help: Some(format!(
             "add `[cache] remote = \"s3://bucket/prefix\"` (or `webdav+https://...`, `file:///...`) to `prompts.toml`, or set `{ENV_REMOTE}`"
         )),
+    })?;
+    opened.map_err(|what| Error::NotAvailable {
+        what,
+        help: Some("check the URL, and that this machine can reach and write it".into()),
     })
 }
 

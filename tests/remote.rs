@@ -403,6 +403,22 @@ fn a_remote_that_is_down_costs_one_warning() {
     assert_no_secret(&p, &[&run]);
 }
 
+/// A remote that cannot even be opened here (a directory that cannot be
+/// created) is a warning too, not a failed build.
+#[test]
+fn a_remote_that_cannot_be_opened_costs_one_warning() {
+    let p = with_cache("remote = \"file:///proc/no-such-dir/cache\"");
+    let run = p.mkt(&["build"]);
+    run.success()
+        .summary("4 ran, 0 cached, 0 up to date")
+        .stderr_contains("warning: the remote cache `file:///proc/no-such-dir/cache` (from `prompts.toml`) cannot be opened");
+    assert_eq!(run.stderr.matches("warning:").count(), 1, "{}", run.stderr);
+    // an explicit `mkt cache` command fails instead
+    p.mkt(&["cache", "stats"])
+        .code(1)
+        .stderr_contains("cannot be opened");
+}
+
 /// A server that accepts connections and never answers: the build waits
 /// for the bounded timeout once, then goes on locally.
 #[test]
