@@ -551,3 +551,41 @@ fn remote_hits_count_in_what_the_cache_saved() {
     );
     assert_eq!(api.requests().len(), 2, "machine B called no model");
 }
+
+/// Where the remote is and how it is used are not inputs: changing the
+/// `[cache]` table (or switching it off) rebuilds nothing.
+#[test]
+fn the_cache_settings_are_not_part_of_any_input_bundle() {
+    let (_dir, url) = remote_dir();
+    let (_other, other_url) = remote_dir();
+    let p = with_cache(&format!("remote = {url:?}"));
+    p.mkt(&["build"])
+        .success()
+        .summary("4 ran, 0 cached, 0 up to date");
+    p.replace(
+        "prompts.toml",
+        &format!("remote = {url:?}"),
+        &format!("remote = {other_url:?}\nmode = \"read-only\"\ntimeout_s = 3"),
+    );
+    p.mkt(&["build"])
+        .success()
+        .summary("0 ran, 0 cached, 4 up to date");
+    p.mkt(&["build", "--remote-cache", "off", "--force"])
+        .success()
+        .summary("4 ran, 0 cached, 0 up to date");
+    // the forced runs made the same prompts: the same bundles as before
+    let ibhs = |p: &Project| {
+        let mut v: Vec<String> = p
+            .read(".mkt/history.jsonl")
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["input_bundle_hash"].as_str().unwrap().to_string()
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    assert_eq!(ibhs(&p).len(), 4);
+}
