@@ -5,8 +5,10 @@
 //! Per stale node a worker: restores the output from the store when only
 //! the output file is missing or edited; otherwise renders the compiled
 //! prompt, computes the InputBundleHash, serves the action cache's result
-//! when there is one, and only then calls the model. A failed run is
-//! recorded in `runs/` but never in the action cache.
+//! when there is one (the local store's, else the remote cache's, see
+//! `remote.rs`), and only then calls the model. A failed run is recorded in
+//! `runs/` but never in the action cache; a successful one is queued for
+//! upload to the remote, and the build waits for the queue before it ends.
 //!
 //! Before any of that, a build of everything consults the no-op stamp
 //! (`stamp.rs`): if no file changed it is done; if only inputs or outputs
@@ -53,6 +55,12 @@ pub struct BuildOptions {
     /// Report the files and directories the build depends on
     /// ([`BuildReport::watch_set`]), for `mkt watch`.
     pub want_watch_set: bool,
+    /// Use the remote cache, when the project or `MKT_REMOTE_CACHE` names
+    /// one (`--remote-cache off` clears it).
+    pub remote_cache: bool,
+    /// `mkt cache pull`: never call a model; a target neither cache has
+    /// is skipped.
+    pub fetch_only: bool,
 }
 
 impl Default for BuildOptions {
@@ -65,6 +73,8 @@ impl Default for BuildOptions {
             keep_going: false,
             wait_for_lock: true,
             want_watch_set: false,
+            remote_cache: true,
+            fetch_only: false,
         }
     }
 }
@@ -76,9 +86,11 @@ pub enum Outcome {
     Fresh,
     /// Output file restored from the store; no compilation, no model call.
     Restored,
-    /// Served from the action cache: compiled, but no model call.
+    /// Served from the action cache (the local one, or with `remote` the
+    /// remote cache): compiled, but no model call.
     Cached {
         run_id: String,
+        remote: bool,
     },
     /// The model was called.
     Ran {
@@ -123,6 +135,8 @@ pub struct BuildReport {
     pub fresh: usize,
     pub restored: usize,
     pub cached: usize,
+    /// Of the `cached` targets, how many came from the remote cache.
+    pub remote: usize,
     pub ran: usize,
     pub failed: usize,
     pub skipped: usize,
@@ -314,7 +328,10 @@ impl<'g> Progress<'g> {
         match &outcome {
             Outcome::Fresh => rep.fresh += 1,
             Outcome::Restored => rep.restored += 1,
-            Outcome::Cached { .. } => rep.cached += 1,
+            Outcome::Cached { remote, .. } => {
+                rep.cached += 1;
+                rep.remote += usize::from(*remote);
+            }
             Outcome::Ran { .. } => rep.ran += 1,
             Outcome::Failed { .. } => rep.failed += 1,
             Outcome::Skipped { .. } => rep.skipped += 1,
@@ -362,6 +379,8 @@ struct Ctx<'a> {
     old: &'a HashMap<String, TargetRecord>,
     /// `--force`: which nodes skip the action cache.
     forced: Vec<bool>,
+    remote: Option<&'a crate::remote::Remote>,
+    fetch_only: bool,
 }
 
 /// What a long-running caller (`mkt watch`) keeps between builds, so that
@@ -565,6 +584,19 @@ pub fn build_in(
     }
     files.digest_all(&paths);
 
+    // The remote is opened only for builds that may run something (a dry
+    // run writes nothing and asks no one).
+    let remote = if opts.dry_run || !opts.remote_cache {
+        None
+    } else {
+        match crate::remote::open_for(&project)? {
+            Some(Err(warning)) => {
+                report(Event::Warning(warning));
+                None
+            }
+            opened => opened.and_then(|r| r.ok()),
+        }
+    };
     let ctx = Ctx {
         src: Sources {
             project: &project,
@@ -574,6 +606,8 @@ pub fn build_in(
         },
         old: &old_targets,
         forced: named.iter().map(|&n| n && opts.force).collect(),
+        remote: remote.as_ref(),
+        fetch_only: opts.fetch_only,
     };
     let mut prog = Progress::new(&graph, &selected, total);
     let mut new_records: HashMap<String, TargetRecord> = HashMap::default();
@@ -781,6 +815,15 @@ pub fn build_in(
         }
         drop(job_tx);
     });
+    // uploads ran beside the build; what is left is waited for here, so
+    // that the build ends with its results published
+    if let Some(r) = &remote {
+        r.finish_uploads();
+        if let Some(w) = r.take_down_warning() {
+            report(Event::Warning(w));
+        }
+    }
+    drop(remote);
     let mut rep = prog.rep;
     rep.interrupted = crate::exec::interrupted();
     rep.stale_outputs = stale_outputs;
@@ -1199,6 +1242,7 @@ fn history_line(
         Option<Usage>,
         Option<f64>,
     ),
+    remote: Option<&RunManifest>,
 ) -> String {
     let ms = started.elapsed().as_secs_f64() * 1e3;
     HistoryEntry {
@@ -1212,6 +1256,8 @@ fn history_line(
         duration_ms: (ms * 1000.0).round() / 1000.0,
         usage,
         cost_usd,
+        remote: remote.is_some(),
+        host: remote.and_then(|m| m.host.clone()),
     }
     .to_line()
 }
@@ -1220,7 +1266,16 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     let node = &ctx.src.graph.nodes[job.node];
     let decl = &ctx.src.project.targets[node.target];
     let started = Instant::now();
-    let hist = |line| Some(history_line(node, &job, &decl.model.name, started, line));
+    let hist = |line| {
+        Some(history_line(
+            node,
+            &job,
+            &decl.model.name,
+            started,
+            line,
+            None,
+        ))
+    };
     let mut warnings = Vec::new();
     let fail = |error: String, warnings: Vec<String>, history: Option<String>| JobResult {
         node: job.node,
@@ -1306,7 +1361,10 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                     }
                     return JobResult {
                         node: job.node,
-                        outcome: Outcome::Cached { run_id: m.run_id.clone() },
+                        outcome: Outcome::Cached {
+                            run_id: m.run_id.clone(),
+                            remote: false,
+                        },
                         record: Some(record_for(ibh.0, m.outputs[0].digest, &m.run_id)),
                         warnings,
                         history: hist((RunKind::Cached, &m.run_id, Some(ibh.0), None, None)),
@@ -1332,6 +1390,67 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                 node.key
             )),
         }
+        // 3b. The remote cache: a local miss is looked up there before
+        // any model call. What it returns was verified (`remote.rs`).
+        if let Some(remote) = ctx.remote {
+            use crate::remote::Fetch;
+            match remote.fetch(&ibh, &prompt_digest) {
+                Fetch::Hit {
+                    manifest: m,
+                    output,
+                } => {
+                    let d = m.outputs[0].digest;
+                    let stored = (|| -> Result<()> {
+                        ctx.src.store.put(&prompt_json)?;
+                        ctx.src.store.put(&output)?;
+                        ctx.src.store.ac_put(&m)?;
+                        write_output(ctx, node, &output, d)
+                    })();
+                    if let Err(e) = stored {
+                        return fail(e.to_string(), warnings, None);
+                    }
+                    let line = (RunKind::Cached, m.run_id.as_str(), Some(ibh.0), None, None);
+                    let history =
+                        history_line(node, &job, &decl.model.name, started, line, Some(&m));
+                    return JobResult {
+                        node: job.node,
+                        outcome: Outcome::Cached {
+                            run_id: m.run_id.clone(),
+                            remote: true,
+                        },
+                        record: Some(record_for(ibh.0, d, &m.run_id)),
+                        warnings,
+                        history: Some(history),
+                        spent: None,
+                        saved: m.usage.clone().map(|u| {
+                            let c = decl.model.settings.cost_usd(&u);
+                            (u, c)
+                        }),
+                    };
+                }
+                Fetch::Bad(why) => warnings.push(format!(
+                    "the remote cache `{}`: {why}; not used for `{}`, running the model",
+                    remote.display(),
+                    node.key
+                )),
+                Fetch::Miss | Fetch::Down => {}
+            }
+            warnings.extend(remote.take_down_warning());
+        }
+    }
+
+    if ctx.fetch_only {
+        return JobResult {
+            node: job.node,
+            outcome: Outcome::Skipped {
+                because: "not in the remote cache".into(),
+            },
+            record: None,
+            warnings,
+            history: None,
+            spent: None,
+            saved: None,
+        };
     }
 
     // 4. Processing.
@@ -1399,6 +1518,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
             process_ms,
         },
         tool_version: env!("CARGO_PKG_VERSION").into(),
+        host: crate::remote::hostname(),
     };
     // Ok(Some(digest)): stored; Ok(None): the model failed (recorded in
     // `runs/`); Err: the store could not be written
@@ -1419,6 +1539,10 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                 m.usage = resp.usage;
                 ctx.src.store.ac_put(&m)?;
                 write_output(ctx, node, &resp.output, d)?;
+                // published in the background once it is safe locally
+                if let Some(remote) = ctx.remote {
+                    remote.upload(m.clone(), prompt_json.clone(), resp.output);
+                }
                 Ok(Some(d))
             }
             Err(e) => {

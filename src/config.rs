@@ -147,6 +147,18 @@ struct RawProject {
     models: BTreeMap<String, Spanned<ModelSettings>>,
     #[serde(default)]
     targets: BTreeMap<Spanned<String>, Spanned<RawTarget>>,
+    cache: Option<RawCache>,
+}
+
+/// `[cache]`: the remote cache (see `remote.rs`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCache {
+    remote: Option<Spanned<String>>,
+    mode: Option<Spanned<String>>,
+    endpoint: Option<Spanned<String>>,
+    region: Option<String>,
+    timeout_s: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -308,6 +320,8 @@ pub struct Project {
     pub source: String,
     pub models: BTreeMap<String, ModelConfig>,
     pub targets: Vec<TargetDecl>,
+    /// `[cache]`, checked (none of it enters any hash).
+    pub cache: crate::remote::CacheConfig,
 }
 
 impl Project {
@@ -361,13 +375,14 @@ impl Project {
         let source = Project::read_source(root)?;
         let key = Digest::of(source.as_bytes());
         if let Ok(bytes) = std::fs::read(cache)
-            && let Some((models, targets)) = decode_cache(&bytes, &key)
+            && let Some((models, targets, cache)) = decode_cache(&bytes, &key)
         {
             let p = Project {
                 root: root.to_owned(),
                 source,
                 models,
                 targets,
+                cache,
             };
             return Ok((p, None));
         }
@@ -377,7 +392,8 @@ impl Project {
     }
 }
 
-const CACHE_MAGIC: &[u8; 8] = b"MKTPROJ1";
+// 2: the `[cache]` table was added (str, JSON) after the targets
+const CACHE_MAGIC: &[u8; 8] = b"MKTPROJ2";
 
 fn encode_cache(p: &Project, key: &Digest) -> Vec<u8> {
     use crate::state::Writer;
@@ -433,12 +449,17 @@ fn encode_cache(p: &Project, key: &Digest) -> Vec<u8> {
             None => w.u8(0),
         }
     }
+    w.str(&serde_json::to_string(&p.cache).expect("cache config serialises"));
     let sum = Digest::of(&w.0);
     w.digest(&sum);
     w.0
 }
 
-type Decoded = (BTreeMap<String, ModelConfig>, Vec<TargetDecl>);
+type Decoded = (
+    BTreeMap<String, ModelConfig>,
+    Vec<TargetDecl>,
+    crate::remote::CacheConfig,
+);
 
 fn decode_cache(bytes: &[u8], key: &Digest) -> Option<Decoded> {
     use crate::state::Reader;
@@ -503,6 +524,7 @@ fn decode_cache(bytes: &[u8], key: &Digest) -> Option<Decoded> {
             foreach,
         });
     }
+    let cache = serde_json::from_str(&r.str()?).ok()?;
     if r.pos != bytes.len() {
         return None;
     }
@@ -511,7 +533,7 @@ fn decode_cache(bytes: &[u8], key: &Digest) -> Option<Decoded> {
         .take(n_project_models)
         .map(|m| (m.name.clone(), ModelConfig::clone(&m)))
         .collect();
-    Some((all, targets))
+    Some((all, targets, cache))
 }
 
 impl Project {
@@ -538,7 +560,11 @@ impl Project {
             source,
             models: BTreeMap::new(),
             targets: Vec::new(),
+            cache: Default::default(),
         };
+        if let Some(c) = raw.cache {
+            project.cache = resolve_cache(&project, c)?;
+        }
 
         let mut raw_models = raw.models;
         for (name, settings) in &raw_models {
@@ -563,6 +589,49 @@ impl Project {
         }
         Ok(project)
     }
+}
+
+fn resolve_cache(project: &Project, raw: RawCache) -> Result<crate::remote::CacheConfig> {
+    use crate::remote::{CacheConfig, Mode, parse_url, redact};
+    let mut c = CacheConfig::default();
+    if let Some(url) = raw.remote {
+        if let Err(why) = parse_url(url.get_ref()) {
+            return Err(project.error(
+                &url.span(),
+                format!("the remote cache `{}` {why}", redact(url.get_ref())),
+                Some("e.g. `remote = \"s3://bucket/prefix\"`, `\"webdav+https://host/path\"` or `\"file:///mnt/team-cache\"`".into()),
+            ));
+        }
+        c.remote = Some(url.into_inner());
+    }
+    if let Some(mode) = raw.mode {
+        c.mode = Mode::parse(mode.get_ref()).ok_or_else(|| {
+            project.error(
+                &mode.span(),
+                format!("unknown cache mode `{}`", mode.get_ref()),
+                Some("use `\"read-write\"` (the default) or `\"read-only\"`".into()),
+            )
+        })?;
+    }
+    if let Some(e) = raw.endpoint {
+        let ok = e.get_ref().starts_with("http://") || e.get_ref().starts_with("https://");
+        if !ok || e.get_ref().contains('@') {
+            return Err(project.error(
+                &e.span(),
+                format!("the endpoint `{}` is not an http(s) URL without credentials", redact(e.get_ref())),
+                Some("e.g. `endpoint = \"http://127.0.0.1:9000\"`; credentials come from the AWS environment variables or profile".into()),
+            ));
+        }
+        c.endpoint = Some(e.into_inner());
+    }
+    c.region = raw.region;
+    if let Some(t) = raw.timeout_s {
+        if *t.get_ref() == 0 {
+            return Err(project.error(&t.span(), "`timeout_s` must be at least 1", None));
+        }
+        c.timeout_s = t.into_inner();
+    }
+    Ok(c)
 }
 
 fn check_name(project: &Project, name: &str, span: &Range<usize>, what: &str) -> Result<()> {
@@ -1024,6 +1093,35 @@ mod tests {
         }
         std::fs::write(&cache, b"{garbage").unwrap();
         assert!(Project::load_cached(root, &cache).unwrap().1.is_some());
+    }
+
+    /// `[cache]` survives the parsed-project cache: a build that loads the
+    /// project from it must still find its remote.
+    #[test]
+    fn the_cache_table_is_parsed_and_kept_by_the_project_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        let cache = root.join("cache");
+        std::fs::write(
+            root.join(PROJECT_FILE),
+            "[cache]\nremote = \"s3://b/p\"\nmode = \"read-only\"\nendpoint = \"http://127.0.0.1:9000\"\ntimeout_s = 3\n",
+        )
+        .unwrap();
+        let (p, bytes) = Project::load_cached(root, &cache).unwrap();
+        let want = crate::remote::CacheConfig {
+            remote: Some("s3://b/p".into()),
+            mode: crate::remote::Mode::ReadOnly,
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            region: None,
+            timeout_s: 3,
+        };
+        assert_eq!(p.cache, want);
+        std::fs::write(&cache, bytes.unwrap()).unwrap();
+        let (q, again) = Project::load_cached(root, &cache).unwrap();
+        assert!(again.is_none(), "second load uses the cache");
+        assert_eq!(q.cache, want);
+        assert!(err("[cache]\ntimeout_s = 0\n").contains("prompts.toml:2:13"));
+        assert!(err("[cache]\nendpoint = \"ftp://x\"\n").contains("not an http(s) URL"));
     }
 
     #[test]

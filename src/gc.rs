@@ -661,6 +661,8 @@ mod tests {
             duration_ms: 1.0,
             usage: None,
             cost_usd: None,
+            remote: false,
+            host: None,
         };
         s.append_history(&e.to_line()).unwrap();
         m

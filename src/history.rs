@@ -19,6 +19,9 @@
 //!   reports none (mock, command).
 //! - `cost_usd`: `usage` priced with the model's `price_*_per_mtok`;
 //!   absent when the model has no prices.
+//! - `remote`: `true` on a `cached` line served from the remote cache
+//!   (absent otherwise); `host`: the machine that made that run, when
+//!   its manifest names one.
 //!
 //! A successful run's manifest is `ac/<ibh>.json`, a failed one's
 //! `runs/<run id>.json`: the line leads to either.
@@ -72,6 +75,14 @@ pub struct HistoryEntry {
     /// (and in lines written before the field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
+    /// `cached` from the remote cache rather than the local store; absent
+    /// (false) otherwise and in lines written before the field existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remote: bool,
+    /// For a remote hit: the machine that made the run, when its manifest
+    /// says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl HistoryEntry {
@@ -166,13 +177,19 @@ mod tests {
                 cached_tokens: 0,
             }),
             cost_usd: Some(0.25),
+            remote: false,
+            host: None,
         }
     }
 
     fn sample() -> (Vec<HistoryEntry>, String) {
         let entries = vec![
             entry("summary[docs/a.md]", RunKind::Ran),
-            entry("outline", RunKind::Cached),
+            HistoryEntry {
+                remote: true,
+                host: Some("laptop-2".into()),
+                ..entry("outline", RunKind::Cached)
+            },
             HistoryEntry {
                 input_bundle_hash: None,
                 run_id: String::new(),

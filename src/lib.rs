@@ -17,6 +17,7 @@ pub mod history;
 pub mod init;
 pub mod manifest;
 pub mod provenance;
+pub mod remote;
 pub mod show;
 pub mod stamp;
 pub mod state;

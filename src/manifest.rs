@@ -108,6 +108,11 @@ pub struct RunManifest {
     pub cost_usd: Option<f64>,
     pub timing: Timing,
     pub tool_version: String,
+    /// The machine that made the run, so that a result served from a
+    /// remote cache says where it came from; absent in manifests written
+    /// before the field existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl RunManifest {
@@ -218,12 +223,23 @@ pub(crate) mod tests {
                 process_ms: 55.0,
             },
             tool_version: "0.1.0".into(),
+            host: Some("ci-runner-1".into()),
         }
     }
 
     #[test]
     fn manifest_schema_is_pinned() {
         insta::assert_snapshot!(String::from_utf8(sample().to_json()).unwrap());
+    }
+
+    /// Manifests written before `host` existed still parse.
+    #[test]
+    fn manifests_without_a_host_still_parse() {
+        let mut m = sample();
+        m.host = None;
+        let json = String::from_utf8(m.to_json()).unwrap();
+        assert!(!json.contains("host"), "{json}");
+        assert_eq!(RunManifest::from_json(json.as_bytes()), Some(m));
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct BuildArgs {
     /// Fail at once if another mkt holds the project lock.
     #[arg(long)]
     no_wait: bool,
+    /// `off`: do not use the remote cache for this build.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
+    remote_cache: String,
 }
 
 /// Prints build events: shared by `build` and `watch`.
@@ -104,8 +107,13 @@ impl Printer {
                         self.line(&format!("skipped {key}: {because}"))
                     }
                     Outcome::Ran { .. } if !self.quiet => self.line(&format!("ran {key}{why}")),
-                    Outcome::Cached { .. } if !self.quiet => {
-                        self.line(&format!("cached {key}{why}"))
+                    Outcome::Cached { remote, .. } if !self.quiet => {
+                        let from = if *remote {
+                            " from the remote cache"
+                        } else {
+                            ""
+                        };
+                        self.line(&format!("cached {key}{why}{from}"))
                     }
                     Outcome::Restored if !self.quiet => self.line(&format!("restored {key}{why}")),
                     Outcome::WouldRun => self.stdout(&format!("would run {key}{why}")),
@@ -147,6 +155,8 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
         keep_going: args.keep_going,
         wait_for_lock: !args.no_wait,
         want_watch_set: false,
+        remote_cache: args.remote_cache == "on",
+        fetch_only: false,
     };
     let printer = Printer::new(args.quiet);
     install_interrupt_handler();
@@ -198,7 +208,8 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
     }
 }
 
-/// `3 ran, 1 cached, 12 up to date[, 1 failed][, 2 skipped] (0.84 s)`.
+/// `3 ran, 1 cached, 12 up to date[, 1 failed][, 2 skipped][, 1 from the
+/// remote cache] (0.84 s)`.
 pub(super) fn summary_line(r: &BuildReport, elapsed: std::time::Duration) -> String {
     let mut s = format!(
         "{} ran, {} cached, {} up to date",
@@ -211,6 +222,9 @@ pub(super) fn summary_line(r: &BuildReport, elapsed: std::time::Duration) -> Str
     }
     if r.skipped > 0 {
         s.push_str(&format!(", {} skipped", r.skipped));
+    }
+    if r.remote > 0 {
+        s.push_str(&format!(", {} from the remote cache", r.remote));
     }
     // only builds that called priced or token-reporting models say so:
     // mock and command builds keep the plain line

@@ -2,6 +2,7 @@
 //! made in the library.
 
 mod build;
+mod cache;
 mod clean;
 mod explain;
 mod gc;
@@ -56,6 +57,9 @@ enum Command {
     Clean(clean::CleanArgs),
     /// Create a new project that builds at once, offline (mock model).
     Init(init::InitArgs),
+    /// Push results to, pull them from, or count what is in the remote
+    /// cache.
+    Cache(cache::CacheArgs),
 }
 
 /// Prints an error the way every command does, returning its exit code.
@@ -105,6 +109,7 @@ pub fn run() -> i32 {
         Command::Graph(args) => graph::run(&root, args),
         Command::Gc(args) => gc::run(&root, args),
         Command::Clean(args) => clean::run(&root, args),
+        Command::Cache(args) => cache::run(&root, args),
         Command::Init(_) => unreachable!("handled before discovery"),
     }
 }

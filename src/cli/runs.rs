@@ -60,7 +60,12 @@ pub fn run(root: &Utf8Path, args: RunsArgs) -> i32 {
         .map(|e| {
             [
                 e.time.replace('T', " ").chars().take(19).collect(),
-                e.status.as_str().to_string(),
+                // a result served from the remote cache says so
+                if e.remote {
+                    "remote".to_string()
+                } else {
+                    e.status.as_str().to_string()
+                },
                 e.target.clone(),
                 e.input_bundle_hash.map_or("-".into(), |d| d.short()),
                 if e.model.is_empty() {

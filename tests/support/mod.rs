@@ -176,7 +176,9 @@ impl Project {
         cmd.args(args)
             .current_dir(&cwd)
             .stdin(Stdio::null())
-            .env_remove("RUST_BACKTRACE");
+            .env_remove("RUST_BACKTRACE")
+            // a developer's own remote cache must not serve the tests
+            .env_remove("MKT_REMOTE_CACHE");
         if let Some(envs) = envs {
             for var in [
                 "http_proxy",
