@@ -43,7 +43,9 @@ for t in "${targets[@]}"; do
     # fork mode's status lines: "#RUNS: cov: .. corp: N exec/s: E oom/timeout/crash: a/b/c time: Ts"
     last=$(grep -E '^#[0-9]+: cov:' "$log" | tail -1 || true)
     execs=$(sed -nE 's/^#([0-9]+):.*/\1/p' <<<"$last")
-    rate=$(sed -nE 's/.*exec\/s: ([0-9]+).*/\1/p' <<<"$last")
+    # the status line's exec/s is the last job's; report the whole run's
+    took=$(sed -nE 's/.* time: ([0-9]+)s.*/\1/p' <<<"$last")
+    rate=$([ -n "$execs" ] && [ "${took:-0}" -gt 0 ] && echo $((execs / took)) || true)
     otc=$(sed -nE 's/.*oom\/timeout\/crash: ([0-9\/]+).*/\1/p' <<<"$last")
     corpus=$(find "corpus/$t" -type f | wc -l)
     new=$(($(find "artifacts/$t" -type f | wc -l) - before))
