@@ -16,8 +16,9 @@ pub struct Location {
 impl Location {
     /// Converts a byte offset in `text` into a line and column.
     pub fn at_offset(file: impl Into<Utf8PathBuf>, text: &str, offset: usize) -> Location {
-        let offset = offset.min(text.len());
-        let before = &text[..offset];
+        // Spans read back from the project cache are only as good as that
+        // file: one inside a character must not panic the slice below.
+        let before = &text[..text.floor_char_boundary(offset)];
         let line = before.bytes().filter(|&b| b == b'\n').count() + 1;
         let line_start = before.rfind('\n').map_or(0, |i| i + 1);
         let col = before[line_start..].chars().count() + 1;
@@ -136,5 +137,12 @@ mod tests {
         // columns count characters, not bytes
         assert_eq!(Location::at_offset("p", text, 10).to_string(), "p:2:4");
         assert_eq!(Location::at_offset("p", text, 999).to_string(), "p:3:1");
+    }
+
+    #[test]
+    fn an_offset_inside_a_character_is_not_a_panic() {
+        // byte 8 is the second byte of `é`: the position of `é` itself
+        let text = "a = 1\nbé = 2\n";
+        assert_eq!(Location::at_offset("p", text, 8).to_string(), "p:2:2");
     }
 }
