@@ -492,40 +492,43 @@ pub fn build_in(
         ObjectStore::open(root)?
     };
     let cache_path = store.dir().join("project-cache.json");
-    // with a stamp that saw no structural change, `prompts.toml` is as the
-    // session's project was read from
-    let (project, new_cache) = match (session.project.take(), &prior) {
-        (Some(p), Some(_)) => (p, None),
-        _ => Project::load_cached(root, &cache_path)?,
-    };
     let _lock = if opts.dry_run {
         None
     } else {
         Some(store.lock(opts.wait_for_lock, &|| report(Event::WaitingForLock))?)
     };
-    if let (Some(bytes), false) = (&new_cache, opts.dry_run) {
-        store.write_atomic(&cache_path, bytes)?;
-    }
-    // The state and the graph cache are independent: read them together.
+    // with a stamp that saw no structural change, `prompts.toml` is as the
+    // session's project was read from, and the session's graph still holds
+    let session_project = session.project.take().filter(|_| prior.is_some());
     let session_graph = session.graph.take().filter(|_| prior.is_some());
     let session_state = session.state.take();
     // the state and stamp this process saved last agree on every file
     let in_session = stamp_from_session && session_state.is_some();
     let graph_from_session = session_graph.is_some();
+    // The state, and the project with the graph cached for it, are
+    // independent: read them on both cores at once.
+    let ((mut state_files, state), loaded) = rayon::join(
+        || session_state.unwrap_or_else(|| StateFiles::load(store.dir())),
+        || -> Result<(Project, Option<Vec<u8>>, Option<Graph>)> {
+            let (project, new_cache) = match session_project {
+                Some(p) => (p, None),
+                None => Project::load_cached(root, &cache_path)?,
+            };
+            let cached = session_graph.or_else(|| {
+                let (stamp, _) = prior.as_ref()?;
+                let bytes = std::fs::read(&graph_path).ok()?;
+                Graph::decode(&bytes, &stamp.structure_key(), &project)
+            });
+            Ok((project, new_cache, cached))
+        },
+    );
+    let (project, new_cache, cached) = loaded?;
+    if let (Some(bytes), false) = (&new_cache, opts.dry_run) {
+        store.write_atomic(&cache_path, bytes)?;
+    }
     if !in_session {
         release_free_memory(); // a first build's TOML parse tree is gone
     }
-    let ((mut state_files, state), cached) = rayon::join(
-        || session_state.unwrap_or_else(|| StateFiles::load(store.dir())),
-        || {
-            if session_graph.is_some() {
-                return session_graph;
-            }
-            let (stamp, _) = prior.as_ref()?;
-            let bytes = std::fs::read(&graph_path).ok()?;
-            Graph::decode(&bytes, &stamp.structure_key(), &project)
-        },
-    );
     let State {
         files: old_files,
         analysis: old_analysis,
