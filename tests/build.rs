@@ -7,7 +7,7 @@
 
 mod support;
 
-use support::{Project, failing_side_project, project, repo_dir};
+use support::{Project, failing_side_project, hold_lock_with_slow_build, project, repo_dir};
 
 /// The fixtures' logging echo model (see `fixtures/command/prompts.toml`).
 /// Inline projects put it last so that the line numbers of the targets
@@ -1411,34 +1411,10 @@ fn stamp_with_only_content_changes_reuses_the_graph_and_stays_exact() {
 // ---------------------------------------------------------------------------
 // The project lock, and a state or action cache that cannot be believed
 
-/// Starts `mkt build` in the background on a project whose one target
-/// takes `ms` milliseconds, and waits until it holds the lock.
-fn slow_build_in_background(p: &Project, ms: u64) -> std::process::Child {
-    p.write(
-        "prompts.toml",
-        format!("[models.default]\nprovider = \"mock\"\nlatency_ms = {ms}\n\n[targets.a]\ntemplate = \"t.md\"\noutput = \"out/a.md\"\n"),
-    );
-    let child = std::process::Command::new(support::mkt_bin())
-        .args(["build", "-q"])
-        .current_dir(p.root())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    // the lock file appears once the build holds it; then give it a moment
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !p.exists(".mkt/lock") && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    child
-}
-
 #[test]
 fn a_second_build_waits_for_the_lock_or_fails_with_no_wait() {
     let p = project().file("t.md", "Hello\n").build();
-    let mut first = slow_build_in_background(&p, 2500);
+    let mut first = hold_lock_with_slow_build(&p, 2500);
     let run = p.mkt(&["build", "--no-wait"]);
     run.code(1)
         .stderr_contains("error: another `mkt` holds the lock on `");
