@@ -30,8 +30,8 @@ use crate::manifest::{
 };
 use crate::stamp::{EntryKind, NoopStamp, StampEntry};
 use crate::state::{
-    DepKind, DirtyReason, FileStat, Fingerprint, State, StateDelta, StateFiles, TargetRecord,
-    dirty_reason, is_racy, now_ns,
+    DepKind, DirtyReason, FileStat, Fingerprint, Sections, State, StateDelta, StateFiles,
+    TargetRecord, dirty_reason, is_racy, now_ns,
 };
 use crate::store::STORE_DIR;
 use crate::store::{AcRead, ObjectRead, ObjectStore};
@@ -232,6 +232,8 @@ struct Done {
     /// Up to date without any work (the output did not change).
     fresh: bool,
     output_digest: Digest,
+    /// The run that made the output; empty for a fresh node (see
+    /// [`Done::fresh`]).
     run_id: String,
     /// For a node that failed or was skipped: the failed node to blame.
     blame: Option<String>,
@@ -250,10 +252,13 @@ impl Done {
         }
     }
 
-    fn fresh(output_digest: Digest, run_id: String) -> Done {
+    /// Up to date as recorded: its run id is its record's (not copied
+    /// here, as most nodes of an incremental build are fresh and no one
+    /// asks).
+    fn fresh(output_digest: Digest) -> Done {
         Done {
             fresh: true,
-            ..Done::ok(output_digest, run_id)
+            ..Done::ok(output_digest, String::new())
         }
     }
 
@@ -399,9 +404,20 @@ pub struct Session {
     graph: Option<Graph>,
     /// The stat of `.mkt/noop`, `state` and `state.log` after our last save.
     disk: Option<[Option<FileStat>; 3]>,
+    /// Made for one build only (see [`Session::one_shot`]).
+    one_shot: bool,
 }
 
 impl Session {
+    /// A session for a single build, whose caller drops what it keeps: the
+    /// build may then skip reading what only a later build would use.
+    pub fn one_shot() -> Session {
+        Session {
+            one_shot: true,
+            ..Session::default()
+        }
+    }
+
     fn disk_now(root: &Utf8Path) -> [Option<FileStat>; 3] {
         let dir = root.join(STORE_DIR);
         ["noop", "state", "state.log"].map(|f| {
@@ -418,7 +434,7 @@ pub fn build(
     opts: &BuildOptions,
     report: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<BuildReport> {
-    build_in(root, opts, &mut Session::default(), None, report)
+    build_in(root, opts, &mut Session::one_shot(), None, report)
 }
 
 /// [`build`], reusing what `session` kept from the last build in this
@@ -433,7 +449,11 @@ pub fn build_in(
     report: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<BuildReport> {
     if session.disk.is_some() && session.disk != Some(Session::disk_now(root)) {
-        *session = Session::default(); // someone else wrote the store
+        // someone else wrote the store
+        *session = Session {
+            one_shot: session.one_shot,
+            ..Session::default()
+        };
     }
     let hint = changed.filter(|_| session.stamp.is_some());
     // The no-op fast path: one lstat per file (see `stamp.rs`). When only
@@ -442,7 +462,7 @@ pub fn build_in(
     crate::exec::begin_build();
     let noop_path = root.join(STORE_DIR).join("noop");
     let graph_path = root.join(STORE_DIR).join("graph");
-    let mut prior: Option<(NoopStamp, HashSet<String>)> = None;
+    let mut prior: Option<(Arc<NoopStamp>, HashSet<String>)> = None;
     let mut checked_at = 0;
     let mut stamp_from_session = false;
     if opts.targets.is_empty() && !opts.force {
@@ -479,7 +499,7 @@ pub fn build_in(
             }
             if !changed.iter().any(|e| e.changes_structure(&dir)) {
                 let paths = changed.iter().map(|e| e.path.clone()).collect();
-                prior = Some((stamp, paths));
+                prior = Some((Arc::new(stamp), paths));
             }
         }
     }
@@ -505,10 +525,18 @@ pub fn build_in(
     // the state and stamp this process saved last agree on every file
     let in_session = stamp_from_session && session_state.is_some();
     let graph_from_session = session_graph.is_some();
+    // A one-shot incremental build with a stamp that vouches for every
+    // file reads only the state's target records (`Sections`); should its
+    // graph not come from the cache after all, the rest is read then.
+    let sections = if session.one_shot && prior.is_some() && session_state.is_none() {
+        Sections::TargetsOnly
+    } else {
+        Sections::All
+    };
     // The state, and the project with the graph cached for it, are
     // independent: read them on both cores at once.
-    let ((mut state_files, state), loaded) = rayon::join(
-        || session_state.unwrap_or_else(|| StateFiles::load(store.dir())),
+    let ((state_files, state), loaded) = rayon::join(
+        || session_state.unwrap_or_else(|| StateFiles::load_sections(store.dir(), sections)),
         || -> Result<(Project, Option<Vec<u8>>, Option<Graph>)> {
             let (project, new_cache) = match session_project {
                 Some(p) => (p, None),
@@ -523,6 +551,15 @@ pub fn build_in(
         },
     );
     let (project, new_cache, cached) = loaded?;
+    let (mut state_files, state) = match (sections, &cached) {
+        (Sections::TargetsOnly, None) => StateFiles::load(store.dir()),
+        _ => (state_files, state),
+    };
+    let sections = if cached.is_some() {
+        sections
+    } else {
+        Sections::All
+    };
     if let (Some(bytes), false) = (&new_cache, opts.dry_run) {
         store.write_atomic(&cache_path, bytes)?;
     }
@@ -536,19 +573,8 @@ pub fn build_in(
     } = state;
     let mut files = ProjectFiles::new(root, old_files);
     if let (Some((stamp, changed)), Some(_)) = (&prior, &cached) {
-        let entries = stamp.entries.iter().filter(|_| !in_session);
-        files.vouch(
-            changed.clone(),
-            checked_at,
-            entries.filter_map(|e| {
-                let file = e.kind != EntryKind::Dir;
-                e.stat
-                    .filter(|_| file)
-                    .map(|st| (e.path.as_str(), st, e.digest))
-            }),
-        );
+        files.vouch(Arc::clone(stamp), changed.clone(), checked_at);
     }
-    let files = files;
     let graph_from_cache = cached.is_some();
     let mut graph = match cached {
         Some(g) => g,
@@ -658,18 +684,16 @@ pub fn build_in(
                 // writes none of it, below only untouched nodes, is up to date
                 // as recorded: the stamp was written after a complete,
                 // successful build whose records were saved first.
-                if let (Some((_, changed)), Some(rec)) = (&prior, old_targets.get(&node.key))
-                    && !rec.failed
+                if let Some((_, changed)) = &prior
                     && node
                         .upstream_nodes()
                         .all(|u| prog.results[u].as_ref().is_some_and(|d| d.fresh))
                     && !changed.contains(&node.output)
-                    && !node
-                        .source_files()
-                        .iter()
-                        .any(|(_, p)| changed.contains(*p))
+                    && !node.sources().any(|(_, p)| changed.contains(p))
+                    && let Some(rec) = old_targets.get(&node.key)
+                    && !rec.failed
                 {
-                    let d = Done::fresh(rec.output_digest, rec.run_id.clone());
+                    let d = Done::fresh(rec.output_digest);
                     prog.complete(i, Outcome::Fresh, d, report);
                     continue;
                 }
@@ -694,9 +718,15 @@ pub fn build_in(
                     .upstream_nodes()
                     .map(|u| {
                         let d = prog.results[u].as_ref().expect("upstream finished first");
+                        let target = &graph.nodes[u].key;
+                        // a fresh node's run is the one its record names
+                        let run_id = match old_targets.get(target) {
+                            Some(rec) if d.fresh => rec.run_id.clone(),
+                            _ => d.run_id.clone(),
+                        };
                         UpstreamRecord {
-                            target: graph.nodes[u].key.clone(),
-                            run_id: d.run_id.clone(),
+                            target: target.clone(),
+                            run_id,
                             output_digest: d.output_digest,
                         }
                     })
@@ -729,7 +759,7 @@ pub fn build_in(
                 }
                 let Some(reason) = reason else {
                     let rec = record.expect("fresh implies a record");
-                    let d = Done::fresh(rec.output_digest, rec.run_id.clone());
+                    let d = Done::fresh(rec.output_digest);
                     prog.complete(i, Outcome::Fresh, d, report);
                     continue;
                 };
@@ -867,14 +897,16 @@ pub fn build_in(
     let mut graph_key = None;
     let new_stamp = if !(opts.targets.is_empty() && rep.success()) {
         None
-    } else if let (Some((mut old, _)), true) = (prior.take(), graph_from_cache) {
+    } else if let (Some((old, _)), true) = (prior.take(), graph_from_cache) {
+        files.unvouch(); // its hold on the stamp, which is patched in place
+        let mut old = Arc::try_unwrap(old).unwrap_or_else(|shared| (*shared).clone());
         patch_stamp(&mut old, &files, checked_at);
         Some(old)
     } else {
         noop_stamp(&project, &graph, &files, project_stat)
             .inspect(|s| graph_key = Some(s.structure_key()))
     };
-    let (mut old_files, seen) = files.into_parts();
+    let (old_files, seen) = files.into_parts();
     let (wrote_state, appended) = {
         let mut delta = StateDelta::default();
         for (p, e) in &seen {
@@ -893,6 +925,14 @@ pub fn build_in(
         let appended =
             wrote && !state_files.needs_snapshot() && state_files.append(&delta.encode())?;
         (wrote, appended)
+    };
+    // a snapshot is due, and it keeps the stat cache and the analyses this
+    // build did not read: read them now
+    let (mut old_files, old_analysis) = if wrote_state && !appended && sections != Sections::All {
+        let (_, full) = StateFiles::load(store.dir());
+        (full.files, full.analysis)
+    } else {
+        (old_files, old_analysis)
     };
     let mut targets = old_targets;
     targets.extend(new_records);

@@ -4,12 +4,14 @@
 //! digests from the stat cache (see `state.rs`).
 
 use crate::hash::Digest;
-use crate::state::{FileStat, StatEntry, now_ns};
+use crate::stamp::{EntryKind, NoopStamp};
+use crate::state::FileStat;
+use crate::state::{StatEntry, now_ns};
 use camino::{Utf8Path, Utf8PathBuf};
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
@@ -106,13 +108,42 @@ pub struct ProjectFiles {
     seen: Mutex<HashMap<String, StatEntry>>,
     /// Directories already checked to be inside the project.
     dirs_ok: std::sync::RwLock<HashMap<Utf8PathBuf, bool>>,
-    /// Set when the no-op stamp has just verified every file except these:
-    /// the stat cache's entries for the others are then taken as they are.
-    vouched_except: Option<HashSet<String>>,
+    /// Set when the no-op stamp has just verified every file but the ones
+    /// it saw change: its entries for the others are then taken as they are.
+    vouched: Option<Vouched>,
     /// Directories listed by globs: path, stat before listing, when.
     walked: Mutex<Vec<WalkedDir>>,
-    /// Set when an entry was (re)hashed, i.e. the state needs writing.
-    changed: std::sync::atomic::AtomicBool,
+}
+
+/// The entries of a no-op stamp just verified against the disk, found by
+/// path through an index of positions (not a map of copied paths: at
+/// 10,000 targets that copy was a tenth of an incremental build).
+struct Vouched {
+    stamp: Arc<NoopStamp>,
+    /// Positions in `stamp.entries` of the files, hashed by path.
+    index: hashbrown::HashTable<u32>,
+    /// What the stamp saw change: not vouched for.
+    except: HashSet<String>,
+    verified_at: i64,
+}
+
+fn path_hash(path: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(path)
+}
+
+impl Vouched {
+    fn get(&self, rel: &str) -> Option<StatEntry> {
+        if self.except.contains(rel) {
+            return None;
+        }
+        let entries = &self.stamp.entries;
+        let i = *self
+            .index
+            .find(path_hash(rel), |&i| entries[i as usize].path == rel)?;
+        let e = &entries[i as usize];
+        Some(StatEntry::new(e.stat?, e.digest, self.verified_at))
+    }
 }
 
 impl ProjectFiles {
@@ -127,8 +158,7 @@ impl ProjectFiles {
             seen: Mutex::new(HashMap::default()),
             dirs_ok: Default::default(),
             walked: Default::default(),
-            vouched_except: None,
-            changed: Default::default(),
+            vouched: None,
         }
     }
 
@@ -254,10 +284,7 @@ impl ProjectFiles {
         if let Some(e) = self.seen.lock().unwrap().get(rel) {
             return Some(*e);
         }
-        match &self.vouched_except {
-            Some(except) if !except.contains(rel) => self.old.get(rel).copied(),
-            _ => None,
-        }
+        self.vouched.as_ref()?.get(rel)
     }
 
     /// Stats (and, when the cache cannot answer, hashes) a file without
@@ -280,12 +307,7 @@ impl ProjectFiles {
     }
 
     fn record(&self, rel: &str, entry: StatEntry) {
-        let mut seen = self.seen.lock().unwrap();
-        if self.old.get(rel) != Some(&entry) {
-            self.changed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        seen.insert(rel.to_string(), entry);
+        self.seen.lock().unwrap().insert(rel.to_string(), entry);
     }
 
     /// Digests many files in parallel (the no-op build's main cost).
@@ -303,10 +325,6 @@ impl ProjectFiles {
             .collect();
         let mut seen = self.seen.lock().unwrap();
         for (p, e) in found {
-            if self.old.get(p) != Some(&e) {
-                self.changed
-                    .store(true, std::sync::atomic::Ordering::Relaxed);
-            }
             seen.insert(p.to_string(), e);
         }
     }
@@ -335,37 +353,31 @@ impl ProjectFiles {
         self.seen.lock().unwrap().remove(rel);
     }
 
-    /// Takes the no-op stamp's word, just verified, for every file but
-    /// `changed`: their stat cache entries are used without a stat. Where
-    /// the stamp's entry differs from the stat cache's (the state was saved
-    /// by a build whose stamp was not), the stamp's is recorded.
-    pub fn vouch<'a>(
-        &mut self,
-        changed: HashSet<String>,
-        verified_at: i64,
-        entries: impl Iterator<Item = (&'a str, FileStat, Digest)>,
-    ) {
-        let mut differ = false;
-        {
-            let seen = self.seen.get_mut().unwrap();
-            for (rel, stat, digest) in entries {
-                if changed.contains(rel) {
-                    continue;
-                }
-                match self.old.get(rel) {
-                    Some(old) if old.stat == stat && old.digest == digest => {}
-                    _ => {
-                        differ = true;
-                        seen.insert(rel.to_string(), StatEntry::new(stat, digest, verified_at));
-                    }
-                }
+    /// Takes the word of `stamp`, verified at `verified_at`, for every file
+    /// but `changed`: their digests are then known without a stat. (The
+    /// stat cache may hold older entries for some; it is only a cache, and
+    /// the stamp's, just checked, win.)
+    pub fn vouch(&mut self, stamp: Arc<NoopStamp>, changed: HashSet<String>, verified_at: i64) {
+        let entries = &stamp.entries;
+        let mut index = hashbrown::HashTable::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            if e.kind != EntryKind::Dir && e.stat.is_some() {
+                let hash = |&i: &u32| path_hash(&entries[i as usize].path);
+                index.insert_unique(path_hash(&e.path), i as u32, hash);
             }
         }
-        if differ {
-            self.changed
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        self.vouched_except = Some(changed);
+        self.vouched = Some(Vouched {
+            index,
+            stamp,
+            except: changed,
+            verified_at,
+        });
+    }
+
+    /// Lets go of the vouching stamp: from here on only what this build
+    /// saw is known.
+    pub fn unvouch(&mut self) {
+        self.vouched = None;
     }
 
     /// Runs `f` over everything this build knows of its files.
@@ -376,10 +388,6 @@ impl ProjectFiles {
     /// What this build knows of a file: its stat when it was hashed.
     pub fn seen_entry(&self, rel: &str) -> Option<StatEntry> {
         self.known(rel)
-    }
-
-    pub fn changed(&self) -> bool {
-        self.changed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The previous stat cache and the entries this build looked at.

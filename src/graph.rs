@@ -59,23 +59,25 @@ impl Node {
     }
 
     /// The source files the compilation reads, with their kind.
+    pub fn sources(&self) -> impl Iterator<Item = (DepKind, &str)> + '_ {
+        let item = self.item.as_deref().filter(|_| self.uses_item);
+        std::iter::once((DepKind::Template, self.template.as_str()))
+            .chain(self.partials.iter().map(|p| (DepKind::Partial, p.as_str())))
+            .chain(
+                self.verbatim
+                    .iter()
+                    .map(|p| (DepKind::Verbatim, p.as_str())),
+            )
+            .chain(
+                (self.inputs.iter())
+                    .flat_map(|i| i.paths.iter().map(|p| (DepKind::Input, p.as_str()))),
+            )
+            .chain(item.map(|p| (DepKind::Item, p)))
+    }
+
+    /// [`Node::sources`], collected.
     pub fn source_files(&self) -> Vec<(DepKind, &str)> {
-        let mut v = vec![(DepKind::Template, self.template.as_str())];
-        v.extend(self.partials.iter().map(|p| (DepKind::Partial, p.as_str())));
-        v.extend(
-            self.verbatim
-                .iter()
-                .map(|p| (DepKind::Verbatim, p.as_str())),
-        );
-        for i in &self.inputs {
-            v.extend(i.paths.iter().map(|p| (DepKind::Input, p.as_str())));
-        }
-        if self.uses_item
-            && let Some(item) = &self.item
-        {
-            v.push((DepKind::Item, item.as_str()));
-        }
-        v
+        self.sources().collect()
     }
 }
 

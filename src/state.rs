@@ -432,6 +432,19 @@ impl<'a> Reader<'a> {
     pub(crate) fn digest(&mut self) -> Option<Digest> {
         Some(Digest(self.take(32)?.try_into().ok()?))
     }
+    /// Steps over a string without copying it (the file's checksum has
+    /// already vouched for its bytes).
+    fn skip_str(&mut self) -> Option<()> {
+        let n = self.u32()? as usize;
+        self.take(n).map(drop)
+    }
+    fn skip_refs(&mut self) -> Option<()> {
+        for _ in 0..self.count(8)? {
+            self.skip_str()?;
+            self.u32()?;
+        }
+        Some(())
+    }
     pub(crate) fn bool(&mut self) -> Option<bool> {
         match self.u8()? {
             0 => Some(false),
@@ -481,6 +494,11 @@ fn get_file(r: &mut Reader<'_>) -> Option<(String, StatEntry)> {
     Some((path, StatEntry { stat, racy, digest }))
 }
 
+fn skip_file(r: &mut Reader<'_>) -> Option<()> {
+    r.skip_str()?;
+    r.take(8 * 4 + 1 + 32).map(drop)
+}
+
 fn put_analysis(w: &mut Writer, d: &Digest, r: &TemplateRefs) {
     w.digest(d);
     w.refs(&r.inputs);
@@ -502,6 +520,16 @@ fn get_analysis(r: &mut Reader<'_>) -> Option<(Digest, TemplateRefs)> {
         uses_item: r.bool()?,
     };
     Some((d, refs))
+}
+
+fn skip_analysis(r: &mut Reader<'_>) -> Option<()> {
+    r.digest()?;
+    r.skip_refs()?;
+    r.bool()?;
+    r.skip_refs()?;
+    r.skip_refs()?;
+    r.skip_refs()?;
+    r.bool().map(drop)
 }
 
 fn put_target(w: &mut Writer, key: &str, t: &TargetRecord) {
@@ -629,6 +657,10 @@ impl State {
     /// Decodes a state file; `None` for anything but a complete, intact file
     /// of this version.
     pub fn decode(bytes: &[u8]) -> Option<State> {
+        State::decode_sections(bytes, Sections::All)
+    }
+
+    fn decode_sections(bytes: &[u8], sections: Sections) -> Option<State> {
         let mut r = Reader { buf: bytes, pos: 0 };
         if r.take(8)? != STATE_MAGIC || r.u32()? != STATE_VERSION {
             return None;
@@ -639,18 +671,29 @@ impl State {
         if r.pos != bytes.len() || Digest::of(body) != sum {
             return None;
         }
+        let all = sections == Sections::All;
         let mut r = Reader { buf: body, pos: 0 };
         let mut st = State::default();
         let n = r.count(FILE_MIN)?;
-        st.files.reserve(n);
+        if all {
+            st.files.reserve(n);
+        }
         for _ in 0..n {
-            let (path, e) = get_file(&mut r)?;
-            st.files.insert(path, e);
+            if all {
+                let (path, e) = get_file(&mut r)?;
+                st.files.insert(path, e);
+            } else {
+                skip_file(&mut r)?;
+            }
         }
         let n = r.count(ANALYSIS_MIN)?;
         for _ in 0..n {
-            let (d, refs) = get_analysis(&mut r)?;
-            st.analysis.insert(d, refs);
+            if all {
+                let (d, refs) = get_analysis(&mut r)?;
+                st.analysis.insert(d, refs);
+            } else {
+                skip_analysis(&mut r)?;
+            }
         }
         let n = r.count(TARGET_MIN)?;
         st.targets.reserve(n);
@@ -660,6 +703,17 @@ impl State {
         }
         (r.pos == body.len()).then_some(st)
     }
+}
+
+/// Which parts of the state a reader wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sections {
+    All,
+    /// Only the target records: an incremental build whose no-op stamp
+    /// vouches for every file and whose graph comes from its cache needs
+    /// neither the stat cache nor the analyses (they are a third and a
+    /// tenth of the file, and most of its decoding time).
+    TargetsOnly,
 }
 
 /// What one build learnt, to be added to the state: new or changed stat
@@ -695,19 +749,22 @@ impl StateDelta<'_> {
     }
 
     /// Applies an encoded delta; `None` if it is not one.
-    fn apply(st: &mut State, body: &[u8]) -> Option<()> {
+    fn apply(st: &mut State, body: &[u8], sections: Sections) -> Option<()> {
         let mut r = Reader { buf: body, pos: 0 };
         let mut out = State::default();
+        let all = sections == Sections::All;
         while r.pos < body.len() {
             match r.u8()? {
-                1 => {
+                1 if all => {
                     let (p, e) = get_file(&mut r)?;
                     out.files.insert(p, e);
                 }
-                2 => {
+                1 => skip_file(&mut r)?,
+                2 if all => {
                     let (d, a) = get_analysis(&mut r)?;
                     out.analysis.insert(d, a);
                 }
+                2 => skip_analysis(&mut r)?,
                 3 => {
                     let (k, t) = get_target(&mut r)?;
                     out.targets.insert(k, t);
@@ -748,6 +805,12 @@ impl StateFiles {
     /// Reads the snapshot and its log from `dir` (`.mkt/`). Anything
     /// unreadable yields an empty state, never an error.
     pub fn load(dir: &camino::Utf8Path) -> (StateFiles, State) {
+        StateFiles::load_sections(dir, Sections::All)
+    }
+
+    /// [`StateFiles::load`], decoding only `sections` (the others are left
+    /// empty).
+    pub fn load_sections(dir: &camino::Utf8Path, sections: Sections) -> (StateFiles, State) {
         let mut files = StateFiles {
             dir: dir.to_owned(),
             base_id: Digest::default(),
@@ -755,7 +818,7 @@ impl StateFiles {
             log_len: 0,
         };
         let base = std::fs::read(dir.join("state")).unwrap_or_default();
-        let Some(mut st) = State::decode(&base) else {
+        let Some(mut st) = State::decode_sections(&base, sections) else {
             return (files, State::default());
         };
         files.base_len = base.len() as u64;
@@ -765,7 +828,7 @@ impl StateFiles {
                 .expect("decoded state ends in a checksum"),
         );
         if let Ok(log) = std::fs::read(dir.join("state.log")) {
-            files.log_len = replay_log(&log, &files.base_id, &mut st);
+            files.log_len = replay_log(&log, &files.base_id, &mut st, sections);
         }
         (files, st)
     }
@@ -837,7 +900,7 @@ impl StateFiles {
 
 /// Applies the log's intact records to `st`; returns how many bytes of it
 /// are intact (0 if the header is wrong).
-fn replay_log(log: &[u8], base_id: &Digest, st: &mut State) -> u64 {
+fn replay_log(log: &[u8], base_id: &Digest, st: &mut State, sections: Sections) -> u64 {
     let mut r = Reader { buf: log, pos: 0 };
     match (r.take(8), r.digest()) {
         (Some(m), Some(id)) if m == LOG_MAGIC && id == *base_id => {}
@@ -848,7 +911,7 @@ fn replay_log(log: &[u8], base_id: &Digest, st: &mut State) -> u64 {
         let (Some(body), Some(sum)) = (r.take(len), r.digest()) else {
             break;
         };
-        if Digest::of(body) != sum || StateDelta::apply(st, body).is_none() {
+        if Digest::of(body) != sum || StateDelta::apply(st, body, sections).is_none() {
             break;
         }
         good = r.pos;
@@ -943,6 +1006,22 @@ mod tests {
         sf.snapshot(&st).unwrap();
         save(&mut sf, "d", || unreachable!("no compaction"));
         assert_eq!(StateFiles::load(dir).1.targets.len(), 5);
+    }
+
+    /// Reading only the target records gives the same records, from the
+    /// snapshot and its log alike, and nothing else.
+    #[test]
+    fn targets_only_reads_the_same_records_and_no_files_or_analyses() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = camino::Utf8Path::from_path(t.path()).unwrap();
+        let (mut sf, _) = StateFiles::load(dir);
+        save(&mut sf, "x", sample);
+        save(&mut sf, "a", || unreachable!("no compaction"));
+        let (_, all) = StateFiles::load(dir);
+        assert!(!all.files.is_empty() && !all.analysis.is_empty());
+        let (_, only) = StateFiles::load_sections(dir, Sections::TargetsOnly);
+        assert_eq!(only.targets, all.targets);
+        assert!(only.files.is_empty() && only.analysis.is_empty());
     }
 
     #[test]

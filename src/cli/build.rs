@@ -41,7 +41,12 @@ pub(super) struct Printer {
     tty: bool,
     /// Whether a progress line is on screen (to be cleared before output).
     status_shown: Mutex<bool>,
+    /// When the progress line was last drawn: it is redrawn at most every
+    /// [`STATUS_EVERY`], so 10,000 fresh targets are not 10,000 writes.
+    status_drawn: Mutex<Option<std::time::Instant>>,
 }
+
+const STATUS_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Printer {
     pub(super) fn new(quiet: bool) -> Printer {
@@ -49,6 +54,7 @@ impl Printer {
             quiet,
             tty: std::io::stderr().is_terminal(),
             status_shown: Mutex::new(false),
+            status_drawn: Mutex::new(None),
         }
     }
 
@@ -72,10 +78,22 @@ impl Printer {
         println!("{text}");
     }
 
-    pub(super) fn status(&self, text: &str) {
+    /// Draws the progress line; `text` is only made when it is drawn. A
+    /// line that must show (`urgent`) is always drawn, progress at most every
+    /// [`STATUS_EVERY`].
+    pub(super) fn status(&self, urgent: bool, text: impl FnOnce() -> String) {
         if self.quiet || !self.tty {
             return;
         }
+        {
+            let mut drawn = self.status_drawn.lock().unwrap();
+            let now = std::time::Instant::now();
+            if !urgent && drawn.is_some_and(|t| now.duration_since(t) < STATUS_EVERY) {
+                return;
+            }
+            *drawn = Some(now);
+        }
+        let text = text();
         let mut shown = self.status_shown.lock().unwrap();
         let mut err = std::io::stderr().lock();
         let _ = write!(err, "\r\x1b[K{text}");
@@ -89,7 +107,7 @@ impl Printer {
                 self.line("mkt: waiting for another mkt build of this project to finish...")
             }
             Event::Planned { .. } => {}
-            Event::Started { key, .. } => self.status(&format!("running {key}")),
+            Event::Started { key, .. } => self.status(false, || format!("running {key}")),
             Event::Warning(w) => self.line(&format!("warning: {w}")),
             Event::Finished {
                 key,
@@ -120,7 +138,7 @@ impl Printer {
                     _ => {}
                 }
                 if done < total {
-                    self.status(&format!("[{done}/{total}]"));
+                    self.status(false, || format!("[{done}/{total}]"));
                 }
             }
         }
@@ -161,13 +179,13 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
     let printer = Printer::new(args.quiet);
     install_interrupt_handler();
     let started = std::time::Instant::now();
-    let mut session = Session::default();
+    let mut session = Session::one_shot();
     let result = build_in(root, &opts, &mut session, None, &|e| printer.event(e));
     // The process exits next: freeing the project, graph and state the
     // session holds (100,000 allocations at 10,000 targets) would cost a
     // sixth of an incremental build for nothing.
     std::mem::forget(session);
-    printer.status("");
+    printer.status(true, String::new);
     match result {
         Err(e) => {
             printer.line(&format!("error: {e}"));

@@ -57,7 +57,7 @@ pub fn run(root: &Utf8Path, args: WatchArgs) -> i32 {
             elapsed,
             verify,
         } => {
-            printer.status("");
+            printer.status(true, String::new);
             match result {
                 // a check after new watches: silent unless it did something
                 Ok(r) if verify && r.fresh == r.total => {}
@@ -65,13 +65,15 @@ pub fn run(root: &Utf8Path, args: WatchArgs) -> i32 {
                 Err(e) => printer.line(&format!("error: {e}")),
             }
         }
-        WatchEvent::Idle { dirs } => printer.status(&format!(
-            "watching {dirs} director{} (Ctrl-C to stop)",
-            if dirs == 1 { "y" } else { "ies" }
-        )),
+        WatchEvent::Idle { dirs } => printer.status(true, || {
+            format!(
+                "watching {dirs} director{} (Ctrl-C to stop)",
+                if dirs == 1 { "y" } else { "ies" }
+            )
+        }),
         WatchEvent::Warning(w) => printer.line(&format!("warning: {w}")),
     });
-    printer.status("");
+    printer.status(true, String::new);
     match result {
         Ok(()) => 130, // only an interrupt ends watching
         Err(e) => super::report_error(&e),
