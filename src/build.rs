@@ -30,8 +30,8 @@ use crate::manifest::{
 };
 use crate::stamp::{EntryKind, NoopStamp, StampEntry};
 use crate::state::{
-    DepKind, DirtyReason, FileStat, Fingerprint, Sections, State, StateDelta, StateFiles,
-    TargetRecord, dirty_reason, is_racy, now_ns,
+    DepKind, DirtyReason, FileStat, Fingerprint, State, StateDelta, StateFiles, TargetRecord,
+    TargetRecords, dirty_reason, is_racy, now_ns,
 };
 use crate::store::STORE_DIR;
 use crate::store::{AcRead, ObjectRead, ObjectStore};
@@ -381,7 +381,7 @@ struct JobResult {
 
 struct Ctx<'a> {
     src: Sources<'a>,
-    old: &'a HashMap<String, TargetRecord>,
+    old: &'a TargetRecords,
     /// `--force`: which nodes skip the action cache.
     forced: Vec<bool>,
     remote: Option<&'a crate::remote::Remote>,
@@ -526,40 +526,53 @@ pub fn build_in(
     let in_session = stamp_from_session && session_state.is_some();
     let graph_from_session = session_graph.is_some();
     // A one-shot incremental build with a stamp that vouches for every
-    // file reads only the state's target records (`Sections`); should its
-    // graph not come from the cache after all, the rest is read then.
-    let sections = if session.one_shot && prior.is_some() && session_state.is_none() {
-        Sections::TargetsOnly
-    } else {
-        Sections::All
-    };
-    // The state, and the project with the graph cached for it, are
-    // independent: read them on both cores at once.
-    let ((state_files, state), loaded) = rayon::join(
-        || session_state.unwrap_or_else(|| StateFiles::load_sections(store.dir(), sections)),
-        || -> Result<(Project, Option<Vec<u8>>, Option<Graph>)> {
-            let (project, new_cache) = match session_project {
-                Some(p) => (p, None),
-                None => Project::load_cached(root, &cache_path)?,
-            };
-            let cached = session_graph.or_else(|| {
-                let (stamp, _) = prior.as_ref()?;
-                let bytes = std::fs::read(&graph_path).ok()?;
-                Graph::decode(&bytes, &stamp.structure_key(), &project)
-            });
-            Ok((project, new_cache, cached))
+    // file reads only the state's target records, as it asks for them
+    // (`StateFiles::load_records`); should its graph not come from the
+    // cache after all, the rest is read then.
+    let records_only = session.one_shot && prior.is_some() && session_state.is_none();
+    // The state, the project and the graph cached for it are independent:
+    // read them on both cores at once.
+    let (((state_files, state, old_targets), cached), loaded) = rayon::join(
+        || {
+            rayon::join(
+                || {
+                    let (files, mut st) = match session_state {
+                        Some(kept) => kept,
+                        None if records_only => {
+                            let (files, records) = StateFiles::load_records(store.dir());
+                            return (files, State::default(), records);
+                        }
+                        None => StateFiles::load(store.dir()),
+                    };
+                    let records = std::mem::take(&mut st.targets).into();
+                    (files, st, records)
+                },
+                || {
+                    session_graph.or_else(|| {
+                        let (stamp, _) = prior.as_ref()?;
+                        let bytes = std::fs::read(&graph_path).ok()?;
+                        Graph::decode(&bytes, &stamp.structure_key())
+                    })
+                },
+            )
+        },
+        || match session_project {
+            Some(p) => Ok((p, None)),
+            None => Project::load_cached(root, &cache_path),
         },
     );
-    let (project, new_cache, cached) = loaded?;
-    let (mut state_files, state) = match (sections, &cached) {
-        (Sections::TargetsOnly, None) => StateFiles::load(store.dir()),
-        _ => (state_files, state),
+    let (project, new_cache) = loaded?;
+    let cached = cached.filter(|g| g.fits(&project));
+    let (mut state_files, state, old_targets) = match (records_only, &cached) {
+        (true, None) => {
+            let (files, mut st) = StateFiles::load(store.dir());
+            let records = std::mem::take(&mut st.targets).into();
+            (files, st, records)
+        }
+        _ => (state_files, state, old_targets),
     };
-    let sections = if cached.is_some() {
-        sections
-    } else {
-        Sections::All
-    };
+    // what was read of the state: the target records only, or everything
+    let records_only = records_only && cached.is_some();
     if let (Some(bytes), false) = (&new_cache, opts.dry_run) {
         store.write_atomic(&cache_path, bytes)?;
     }
@@ -569,7 +582,7 @@ pub fn build_in(
     let State {
         files: old_files,
         analysis: old_analysis,
-        targets: old_targets,
+        ..
     } = state;
     let mut files = ProjectFiles::new(root, old_files);
     if let (Some((stamp, changed)), Some(_)) = (&prior, &cached) {
@@ -690,10 +703,9 @@ pub fn build_in(
                         .all(|u| prog.results[u].as_ref().is_some_and(|d| d.fresh))
                     && !changed.contains(&node.output)
                     && !node.sources().any(|(_, p)| changed.contains(p))
-                    && let Some(rec) = old_targets.get(&node.key)
-                    && !rec.failed
+                    && let Some((output_digest, false)) = old_targets.output(&node.key)
                 {
-                    let d = Done::fresh(rec.output_digest);
+                    let d = Done::fresh(output_digest);
                     prog.complete(i, Outcome::Fresh, d, report);
                     continue;
                 }
@@ -926,52 +938,58 @@ pub fn build_in(
             wrote && !state_files.needs_snapshot() && state_files.append(&delta.encode())?;
         (wrote, appended)
     };
-    // a snapshot is due, and it keeps the stat cache and the analyses this
-    // build did not read: read them now
-    let (mut old_files, old_analysis) = if wrote_state && !appended && sections != Sections::All {
-        let (_, full) = StateFiles::load(store.dir());
-        (full.files, full.analysis)
-    } else {
-        (old_files, old_analysis)
-    };
-    let mut targets = old_targets;
-    targets.extend(new_records);
-    // the state as it now stands on disk, for the next build of a session
-    let state_now = if wrote_state && !appended {
-        // a snapshot keeps the stat cache of the files the project uses now
-        let mut used: HashSet<&str> = HashSet::default();
-        for n in &graph.nodes {
-            used.extend(n.source_files().into_iter().map(|(_, p)| p));
-            used.insert(&n.output);
-        }
-        let mut files = seen;
-        for (p, e) in old_files {
-            if used.contains(p.as_str()) && !files.contains_key(&p) {
-                files.insert(p, e);
-            }
-        }
-        // a graph from the cache carries no analyses: keep the old ones
-        let analysis = if graph_from_cache {
-            old_analysis
+    let snapshot_due = wrote_state && !appended;
+    // the state as it now stands on disk: for a snapshot, and for the next
+    // build of a session that is kept
+    let state_now = if snapshot_due || !session.one_shot {
+        // a snapshot keeps the stat cache and the analyses, which a build
+        // that read only the records must read now
+        let (mut old_files, old_analysis, old_targets) = if records_only {
+            let (_, full) = StateFiles::load(store.dir());
+            (full.files, full.analysis, full.targets)
         } else {
-            std::mem::take(&mut graph.analysis)
+            (old_files, old_analysis, old_targets.into_map())
         };
-        let st = State {
-            files,
-            analysis,
-            targets,
-        };
-        state_files.snapshot(&st)?;
-        st
-    } else {
-        old_files.extend(seen);
-        let mut analysis = old_analysis;
-        analysis.extend(std::mem::take(&mut graph.analysis));
-        State {
-            files: old_files,
-            analysis,
-            targets,
+        let mut targets = old_targets;
+        targets.extend(new_records);
+        if snapshot_due {
+            // a snapshot keeps the stat cache of the files the project uses now
+            let mut used: HashSet<&str> = HashSet::default();
+            for n in &graph.nodes {
+                used.extend(n.sources().map(|(_, p)| p));
+                used.insert(&n.output);
+            }
+            let mut files = seen;
+            for (p, e) in old_files {
+                if used.contains(p.as_str()) && !files.contains_key(&p) {
+                    files.insert(p, e);
+                }
+            }
+            // a graph from the cache carries no analyses: keep the old ones
+            let analysis = if graph_from_cache {
+                old_analysis
+            } else {
+                std::mem::take(&mut graph.analysis)
+            };
+            let st = State {
+                files,
+                analysis,
+                targets,
+            };
+            state_files.snapshot(&st)?;
+            Some(st)
+        } else {
+            old_files.extend(seen);
+            let mut analysis = old_analysis;
+            analysis.extend(std::mem::take(&mut graph.analysis));
+            Some(State {
+                files: old_files,
+                analysis,
+                targets,
+            })
         }
+    } else {
+        None
     };
     store.append_history(&history)?;
     if wrote_state || !history.is_empty() {
@@ -992,7 +1010,7 @@ pub fn build_in(
     session.graph = new_stamp.is_some().then_some(graph);
     session.stamp = new_stamp;
     session.project = Some(project);
-    session.state = Some((state_files, state_now));
+    session.state = state_now.map(|st| (state_files, st));
     session.disk = Some(Session::disk_now(root));
     Ok(rep)
 }

@@ -22,7 +22,7 @@ use crate::files::ProjectFiles;
 use crate::graph::Graph;
 use crate::hash::Digest;
 use crate::provenance::Snapshot;
-use crate::state::{StateFiles, TargetRecord};
+use crate::state::{StateFiles, TargetRecord, TargetRecords};
 use crate::store::ObjectStore;
 use camino::Utf8Path;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -145,14 +145,11 @@ fn check(files: &ProjectFiles, root: &Utf8Path, rec: &TargetRecord) -> Check {
 /// How many outputs of records whose node is gone from `graph` are still
 /// on disk (a stat each, for those records only), for `mkt build`'s
 /// summary. An output path that a current node writes is not counted.
-pub fn leftovers(root: &Utf8Path, graph: &Graph, records: &HashMap<String, TargetRecord>) -> usize {
-    if records.is_empty() {
-        return 0;
-    }
+pub fn leftovers(root: &Utf8Path, graph: &Graph, records: &TargetRecords) -> usize {
     let keys: HashSet<&str> = graph.nodes.iter().map(|n| n.key.as_str()).collect();
     let gone: Vec<&TargetRecord> = records
         .iter()
-        .filter(|(k, _)| !keys.contains(k.as_str()))
+        .filter(|(k, _)| !keys.contains(k))
         .map(|(_, r)| r)
         .collect();
     if gone.is_empty() {

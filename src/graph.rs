@@ -823,9 +823,9 @@ impl Graph {
         w.0
     }
 
-    /// Decodes a graph cache written for `key` and `project`; `None` for
-    /// anything else, including indices that do not fit the project.
-    pub fn decode(bytes: &[u8], key: &Digest, project: &Project) -> Option<Graph> {
+    /// Decodes a graph cache written for `key`; `None` for anything else.
+    /// Check it [`Graph::fits`] the project before use.
+    pub fn decode(bytes: &[u8], key: &Digest) -> Option<Graph> {
         use crate::state::Reader;
         let body = bytes.get(..bytes.len().checked_sub(32)?)?;
         if Digest::of(body).0 != bytes[body.len()..] {
@@ -849,9 +849,6 @@ impl Graph {
         for _ in 0..n {
             let key = r.str()?;
             let target = r.u32()? as usize;
-            if target >= project.targets.len() {
-                return None;
-            }
             let item = match r.u8()? {
                 0 => None,
                 1 => Some(r.str()?),
@@ -901,6 +898,12 @@ impl Graph {
             order,
             analysis: HashMap::default(),
         })
+    }
+
+    /// Whether every node names a target `project` has (a decoded graph
+    /// is checked so before use: it was read without the project).
+    pub fn fits(&self, project: &Project) -> bool {
+        self.nodes.iter().all(|n| n.target < project.targets.len())
     }
 }
 
@@ -961,7 +964,7 @@ mod tests {
         let g = analyse_project(&project, &files, &HashMap::default()).unwrap();
         let key = Digest::of(b"key");
         let bytes = g.encode(&key);
-        let back = Graph::decode(&bytes, &key, &project).unwrap();
+        let back = Graph::decode(&bytes, &key).unwrap();
         let keys = |g: &Graph| {
             g.nodes
                 .iter()
@@ -970,17 +973,22 @@ mod tests {
         };
         assert_eq!(keys(&back), keys(&g));
         assert_eq!(back.order, g.order);
-        assert!(Graph::decode(&bytes, &Digest::of(b"other"), &project).is_none());
+        assert!(back.fits(&project));
+        let smaller = Project::parse(
+            root,
+            "[targets.s]\nforeach = \"docs/*.md\"\ntemplate = \"t/s.md\"\noutput = \"out/{stem}.md\"\n"
+                .to_string(),
+        )
+        .unwrap();
+        assert!(!back.fits(&smaller), "node `i` names target 1 of 1");
+        assert!(Graph::decode(&bytes, &Digest::of(b"other")).is_none());
         for cut in 0..bytes.len() {
-            assert!(
-                Graph::decode(&bytes[..cut], &key, &project).is_none(),
-                "cut at {cut}"
-            );
+            assert!(Graph::decode(&bytes[..cut], &key).is_none(), "cut at {cut}");
         }
         for i in 0..bytes.len() {
             let mut b = bytes.clone();
             b[i] ^= 1;
-            assert!(Graph::decode(&b, &key, &project).is_none(), "flip at {i}");
+            assert!(Graph::decode(&b, &key).is_none(), "flip at {i}");
         }
     }
 }

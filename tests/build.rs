@@ -39,6 +39,57 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // Incrementality
 
+/// Incremental builds read the state's records one by one and append to
+/// its journal; many of them in a row must stay minimal through the
+/// journal's compaction into a new snapshot, and leave a state that a
+/// build without the no-op stamp (which reads everything) agrees with.
+#[test]
+fn many_incremental_builds_stay_minimal_through_state_compaction() {
+    let p = built_command_project();
+    let first = std::fs::read(p.path(".mkt/state")).unwrap();
+    let mut builds = 0;
+    let mut compacted_at = None;
+    // the journal is compacted when it passes 32 KiB (about 80 builds
+    // here); go on for a few builds after that
+    while compacted_at.is_none_or(|at| builds < at + 5) {
+        assert!(builds < 300, "the journal was never compacted");
+        builds += 1;
+        p.write("aside.txt", format!("edit {builds}\n"));
+        p.mkt(&["build"])
+            .success()
+            .ran(&["side (input `aside.txt` changed)"])
+            .summary("1 ran, 0 cached, 3 up to date");
+        if compacted_at.is_none() && std::fs::read(p.path(".mkt/state")).unwrap() != first {
+            compacted_at = Some(builds);
+        }
+    }
+    assert_eq!(p.calls().len(), 4 + builds);
+    p.remove(".mkt/noop");
+    p.mkt(&["build"])
+        .success()
+        .summary("0 ran, 0 cached, 4 up to date");
+    p.write("notes.txt", "be thorough\n");
+    p.mkt(&["build"])
+        .success()
+        .summary("2 ran, 0 cached, 2 up to date");
+}
+
+/// An incremental build whose graph cache turns out unreadable reads the
+/// whole state after all, and still runs only what changed.
+#[test]
+fn an_unreadable_graph_cache_costs_a_full_read_not_a_rebuild() {
+    let p = built_command_project();
+    std::fs::write(p.path(".mkt/graph"), "not a graph").unwrap();
+    p.write("aside.txt", "changed\n");
+    p.mkt(&["build"])
+        .success()
+        .ran(&["side (input `aside.txt` changed)"])
+        .summary("1 ran, 0 cached, 3 up to date");
+    p.mkt(&["build"])
+        .success()
+        .summary("0 ran, 0 cached, 4 up to date");
+}
+
 #[test]
 fn first_build_runs_every_target_in_dependency_order() {
     let p = project().fixture("command").build();
