@@ -469,7 +469,7 @@ pub fn build_in(
         let kept = session.stamp.take();
         stamp_from_session = kept.is_some();
         let stamp = kept.or_else(|| {
-            std::fs::read(&noop_path)
+            crate::store::map_replaced(&noop_path)
                 .ok()
                 .and_then(|b| NoopStamp::decode(&b))
         });
@@ -550,7 +550,7 @@ pub fn build_in(
                 || {
                     session_graph.or_else(|| {
                         let (stamp, _) = prior.as_ref()?;
-                        let bytes = std::fs::read(&graph_path).ok()?;
+                        let bytes = crate::store::map_replaced(&graph_path).ok()?;
                         Graph::decode(&bytes, &stamp.structure_key())
                     })
                 },

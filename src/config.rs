@@ -374,7 +374,7 @@ impl Project {
     pub fn load_cached(root: &Utf8Path, cache: &Utf8Path) -> Result<(Project, Option<Vec<u8>>)> {
         let source = Project::read_source(root)?;
         let key = Digest::of(source.as_bytes());
-        if let Ok(bytes) = std::fs::read(cache)
+        if let Ok(bytes) = crate::store::map_replaced(cache)
             && let Some((models, targets, cache)) = decode_cache(&bytes, &key)
         {
             let p = Project {

@@ -49,6 +49,7 @@
 //! ```
 
 use crate::hash::Digest;
+use crate::store::MappedFile;
 use crate::template::{Ref, TemplateRefs};
 use rustc_hash::FxHashMap as HashMap;
 use std::fmt;
@@ -729,7 +730,7 @@ enum Records {
 /// 10,000 asks for a few of them; decoding all took 7 ms.
 struct IndexedRecords {
     /// The whole snapshot file (the records point into it).
-    bytes: Vec<u8>,
+    bytes: MappedFile,
     /// Where each record starts in `bytes`.
     offsets: Vec<u32>,
     /// Positions in `offsets`, hashed by the record's key.
@@ -757,7 +758,7 @@ fn key_hash(key: &str) -> u64 {
 impl IndexedRecords {
     /// Indexes the records of an intact snapshot (`None` otherwise). The
     /// other sections are stepped over, every record's shape checked.
-    fn new(bytes: Vec<u8>) -> Option<IndexedRecords> {
+    fn new(bytes: MappedFile) -> Option<IndexedRecords> {
         let body = State::body(&bytes)?;
         u32::try_from(bytes.len()).ok()?;
         let start = body.as_ptr() as usize - bytes.as_ptr() as usize;
@@ -988,11 +989,11 @@ impl StateFiles {
     /// unreadable yields an empty state, never an error.
     pub fn load(dir: &camino::Utf8Path) -> (StateFiles, State) {
         let mut files = StateFiles::none(dir);
-        let base = std::fs::read(dir.join("state")).unwrap_or_default();
-        let Some(mut st) = State::decode(&base) else {
+        let base = crate::store::map_replaced(&dir.join("state"));
+        let Some(mut st) = base.as_deref().ok().and_then(State::decode) else {
             return (files, State::default());
         };
-        files.found_base(&base);
+        files.found_base(&base.unwrap_or(MappedFile::Owned(Vec::new())));
         if let Ok(log) = std::fs::read(dir.join("state.log")) {
             files.log_len = replay_log(&log, &files.base_id, &mut st, Sections::All);
         }
@@ -1006,8 +1007,8 @@ impl StateFiles {
     /// the records of the nodes it visits.
     pub fn load_records(dir: &camino::Utf8Path) -> (StateFiles, TargetRecords) {
         let mut files = StateFiles::none(dir);
-        let base = std::fs::read(dir.join("state")).unwrap_or_default();
-        let Some(mut ix) = IndexedRecords::new(base) else {
+        let base = crate::store::map_replaced(&dir.join("state"));
+        let Some(mut ix) = base.ok().and_then(IndexedRecords::new) else {
             return (files, HashMap::default().into());
         };
         files.found_base(&ix.bytes);
@@ -1250,12 +1251,12 @@ mod tests {
         let bytes = sample().encode();
         for cut in 0..bytes.len() {
             assert!(
-                IndexedRecords::new(bytes[..cut].to_vec()).is_none(),
+                IndexedRecords::new(MappedFile::Owned(bytes[..cut].to_vec())).is_none(),
                 "cut at {cut}"
             );
         }
         for bad in crate::store::corruptions(&bytes, 300, 7) {
-            if let Some(ix) = IndexedRecords::new(bad) {
+            if let Some(ix) = IndexedRecords::new(MappedFile::Owned(bad)) {
                 assert_eq!(ix.get("summary"), sample().targets.get("summary"));
             }
         }
