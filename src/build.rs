@@ -320,6 +320,12 @@ impl<'g> Progress<'g> {
         }
     }
 
+    /// The report, the rest dropped (it is a few megabytes at 10,000
+    /// nodes, not to be held through the saves at the end of a build).
+    fn into_report(self) -> BuildReport {
+        self.rep
+    }
+
     /// Records what node `i` came to, reports it, and readies the nodes
     /// that were waiting only for it.
     fn complete(
@@ -869,7 +875,7 @@ pub fn build_in(
         }
     }
     drop(remote);
-    let mut rep = prog.rep;
+    let mut rep = prog.into_report(); // the per-node bookkeeping is freed here
     rep.interrupted = crate::exec::interrupted();
     rep.stale_outputs = stale_outputs;
     // (a graph kept by the session depends on what it did last time)
