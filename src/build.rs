@@ -951,6 +951,7 @@ pub fn build_in(
         // a snapshot keeps the stat cache and the analyses, which a build
         // that read only the records must read now
         let (mut old_files, old_analysis, old_targets) = if records_only {
+            drop(old_targets); // its mapping of the snapshot, read again now
             let (_, full) = StateFiles::load(store.dir());
             (full.files, full.analysis, full.targets)
         } else {
