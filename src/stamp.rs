@@ -107,10 +107,7 @@ impl NoopStamp {
                 ctime_ns: 0,
                 ino: 0,
             });
-            w.u64(st.size);
-            w.u64(st.mtime_ns as u64);
-            w.u64(st.ctime_ns as u64);
-            w.u64(st.ino);
+            w.file_stat(&st);
             w.digest(&e.digest);
         }
         let sum = Digest::of(&w.0);
@@ -248,12 +245,7 @@ impl StampEntry {
         let kind = EntryKind::from_code(r.u8()?)?;
         let present = r.bool()?;
         let racy = r.bool()?;
-        let st = FileStat {
-            size: r.u64()?,
-            mtime_ns: r.u64()? as i64,
-            ctime_ns: r.u64()? as i64,
-            ino: r.u64()?,
-        };
+        let st = r.file_stat()?;
         Some(StampEntry {
             path,
             kind,

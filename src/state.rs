@@ -394,6 +394,12 @@ impl Writer {
     pub(crate) fn digest(&mut self, d: &Digest) {
         self.0.extend_from_slice(&d.0);
     }
+    /// Size, mtime, ctime, inode: as the state and the stamp store a stat.
+    pub(crate) fn file_stat(&mut self, st: &FileStat) {
+        for v in [st.size, st.mtime_ns as u64, st.ctime_ns as u64, st.ino] {
+            self.u64(v);
+        }
+    }
     pub(crate) fn refs(&mut self, refs: &[Ref]) {
         self.u32(refs.len() as u32);
         for r in refs {
@@ -446,6 +452,14 @@ impl<'a> Reader<'a> {
         }
         Some(())
     }
+    pub(crate) fn file_stat(&mut self) -> Option<FileStat> {
+        Some(FileStat {
+            size: self.u64()?,
+            mtime_ns: self.u64()? as i64,
+            ctime_ns: self.u64()? as i64,
+            ino: self.u64()?,
+        })
+    }
     pub(crate) fn bool(&mut self) -> Option<bool> {
         match self.u8()? {
             0 => Some(false),
@@ -474,22 +488,14 @@ impl<'a> Reader<'a> {
 
 fn put_file(w: &mut Writer, path: &str, e: &StatEntry) {
     w.str(path);
-    w.u64(e.stat.size);
-    w.u64(e.stat.mtime_ns as u64);
-    w.u64(e.stat.ctime_ns as u64);
-    w.u64(e.stat.ino);
+    w.file_stat(&e.stat);
     w.u8(e.racy as u8);
     w.digest(&e.digest);
 }
 
 fn get_file(r: &mut Reader<'_>) -> Option<(String, StatEntry)> {
     let path = r.str()?;
-    let stat = FileStat {
-        size: r.u64()?,
-        mtime_ns: r.u64()? as i64,
-        ctime_ns: r.u64()? as i64,
-        ino: r.u64()?,
-    };
+    let stat = r.file_stat()?;
     let racy = r.bool()?;
     let digest = r.digest()?;
     Some((path, StatEntry { stat, racy, digest }))
