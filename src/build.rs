@@ -489,7 +489,7 @@ pub fn build_in(
                 // Racy entries were just verified by content; once they have
                 // aged past the window they need not be read again.
                 if !opts.dry_run && stamp.age(checked_at) {
-                    let _ = write_beside(&noop_path, &stamp.encode());
+                    let _ = crate::store::replace_cache(&noop_path, &stamp.encode());
                     session.disk = Some(Session::disk_now(root));
                 }
                 let n = stamp.nodes as usize;
@@ -580,7 +580,7 @@ pub fn build_in(
     // what was read of the state: the target records only, or everything
     let records_only = records_only && cached.is_some();
     if let (Some(bytes), false) = (&new_cache, opts.dry_run) {
-        store.write_atomic(&cache_path, bytes)?;
+        store.write_cache(&cache_path, bytes)?;
     }
     if !in_session {
         release_free_memory(); // a first build's TOML parse tree is gone
@@ -1005,9 +1005,9 @@ pub fn build_in(
     match &new_stamp {
         Some(stamp) => {
             if let Some(key) = graph_key {
-                store.write_atomic(&graph_path, &graph.encode(&key))?;
+                store.write_cache(&graph_path, &graph.encode(&key))?;
             }
-            store.write_atomic(&noop_path, &stamp.encode())?
+            store.write_cache(&noop_path, &stamp.encode())?
         }
         None => {
             let _ = std::fs::remove_file(&noop_path);
@@ -1092,19 +1092,6 @@ fn release_free_memory() {
     unsafe {
         libc::malloc_trim(0);
     }
-}
-
-/// Replaces `path` atomically with `bytes` (temp file beside it, renamed),
-/// without opening the store.
-fn write_beside(path: &Utf8Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().unwrap_or(Utf8Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".mkt-tmp-")
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 /// Brings the old stamp up to date in place: every file this build looked

@@ -1100,7 +1100,7 @@ impl StateFiles {
         let (len, sum) = st.encode_to(&mut w).map_err(io)?;
         w.flush().map_err(io)?;
         let tmp = w.into_inner().map_err(|e| io(e.into_error()))?;
-        tmp.persist(&path).map_err(|e| io(e.error))?;
+        crate::store::persist_cache(tmp, &path).map_err(io)?;
         let _ = std::fs::remove_file(self.dir.join("state.log"));
         // the next append extends this snapshot
         self.base_id = sum;
