@@ -1100,7 +1100,9 @@ impl StateFiles {
         let (len, sum) = st.encode_to(&mut w).map_err(io)?;
         w.flush().map_err(io)?;
         let tmp = w.into_inner().map_err(|e| io(e.into_error()))?;
-        crate::store::persist_cache(tmp, &path).map_err(io)?;
+        // renamed over the old one (not unlinked first, as the caches are):
+        // the state holds the only copy of the target records
+        tmp.persist(&path).map_err(|e| io(e.error))?;
         let _ = std::fs::remove_file(self.dir.join("state.log"));
         // the next append extends this snapshot
         self.base_id = sum;

@@ -356,25 +356,24 @@ impl ObjectStore {
 }
 
 /// Replaces one of the store's caches (the no-op stamp, the graph and
-/// project caches, the state snapshot) with `bytes`: a temp file beside
-/// it, the old file unlinked, the temp file renamed into place. Unlinking
-/// first keeps ext4 from writing the new file out during the rename (its
-/// `auto_da_alloc` guard for files replaced by rename): 2.7 ms against
-/// 0.6 ms for the 2.5 MB stamp of 10,000 targets, on every build. A crash
-/// in between leaves no cache, or one whose checksum fails; either only
-/// costs the next build its fast path. (Outputs are replaced by a plain
-/// rename: a user's file never goes missing, even for a moment.)
+/// project caches) with `bytes`: a temp file beside it, the old file
+/// unlinked, the temp file renamed into place. Unlinking first keeps ext4
+/// from writing the new file out during the rename (its `auto_da_alloc`
+/// guard for files replaced by rename): 2.7 ms against 0.6 ms for the
+/// 2.5 MB stamp of 10,000 targets, on every build. A crash in between
+/// leaves no cache, or one whose checksum fails; either only costs the
+/// next build its fast path. (The state snapshot, which holds the only
+/// copy of the target records, and outputs, which are the user's, are
+/// renamed over the old file: they never go missing, even for a moment.)
 pub fn replace_cache(path: &Utf8Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Utf8Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".mkt-tmp-")
+        // readable as any file mkt writes (0666 less the umask), so that
+        // others sharing the project keep the fast path
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
-    persist_cache(tmp, path)
-}
-
-/// The last step of [`replace_cache`], for a temp file already written.
-pub fn persist_cache(tmp: tempfile::NamedTempFile, path: &Utf8Path) -> std::io::Result<()> {
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -483,6 +482,16 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["noop"]);
+        // readable as open(2) with 0666 would make it: the umask decides
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let umask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+            .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o666 & !umask);
     }
 
     fn store() -> (tempfile::TempDir, ObjectStore) {
