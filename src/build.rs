@@ -159,6 +159,33 @@ pub struct BuildReport {
     /// disk (`mkt clean --stale` removes them). Counted only on builds that
     /// analysed the project, never on the no-op or cached-graph paths.
     pub stale_outputs: usize,
+    /// Wall time of each phase of the build, in order (`mkt build
+    /// --timings`): where an incremental build's milliseconds go.
+    pub phases: Phases,
+}
+
+/// Phase timings: each entry is a phase's name and how long it took.
+#[derive(Debug, Clone, Default)]
+pub struct Phases {
+    pub done: Vec<(&'static str, std::time::Duration)>,
+    last: Option<Instant>,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            done: Vec::new(),
+            last: Some(Instant::now()),
+        }
+    }
+
+    /// Ends the phase running since the last mark, naming it `name`.
+    fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        if let Some(last) = self.last.replace(now) {
+            self.done.push((name, now - last));
+        }
+    }
 }
 
 /// The project paths a build depends on: a change to anything else cannot
@@ -179,13 +206,13 @@ pub struct WatchSet {
 impl WatchSet {
     fn from_stamp(stamp: &NoopStamp) -> WatchSet {
         let mut w = WatchSet::default();
-        for e in &stamp.entries {
+        for e in stamp.entries() {
             let set = match e.kind {
                 EntryKind::Output => &mut w.outputs,
                 EntryKind::Dir => &mut w.dirs,
                 _ => &mut w.reads,
             };
-            set.insert(e.path.clone());
+            set.insert(e.path.to_string());
         }
         w
     }
@@ -466,6 +493,7 @@ pub fn build_in(
     // inputs or outputs changed, the stamp also vouches for every file it
     // did not see change, and the graph can come from its cache.
     crate::exec::begin_build();
+    let mut phases = Phases::start();
     let noop_path = root.join(STORE_DIR).join("noop");
     let graph_path = root.join(STORE_DIR).join("graph");
     let mut prior: Option<(Arc<NoopStamp>, HashSet<String>)> = None;
@@ -477,15 +505,21 @@ pub fn build_in(
         let stamp = kept.or_else(|| {
             crate::store::map_replaced(&noop_path)
                 .ok()
-                .and_then(|b| NoopStamp::decode(&b))
+                .and_then(NoopStamp::decode)
         });
+        phases.mark("read the no-op stamp");
         if let (Some(mut stamp), Ok(dir)) = (stamp, std::fs::File::open(root)) {
             checked_at = now_ns(); // before any stat: see the racy rule
             let changed = match hint {
                 Some(h) => stamp.changed_among(&dir, h),
                 None => stamp.changed(&dir),
             };
-            if changed.is_empty() {
+            phases.mark("stat the stamp's files");
+            // (the entries borrow the stamp: what is needed of them is kept)
+            let structural = changed.iter().any(|e| e.changes_structure(&dir));
+            let paths: HashSet<String> = changed.iter().map(|e| e.path.to_string()).collect();
+            drop(changed);
+            if paths.is_empty() {
                 // Racy entries were just verified by content; once they have
                 // aged past the window they need not be read again.
                 if !opts.dry_run && stamp.age(checked_at) {
@@ -496,15 +530,16 @@ pub fn build_in(
                 report(Event::Planned { total: n });
                 let watch_set = opts.want_watch_set.then(|| WatchSet::from_stamp(&stamp));
                 session.stamp = Some(stamp);
+                phases.mark("finish");
                 return Ok(BuildReport {
                     total: n,
                     fresh: n,
                     watch_set,
+                    phases,
                     ..Default::default()
                 });
             }
-            if !changed.iter().any(|e| e.changes_structure(&dir)) {
-                let paths = changed.iter().map(|e| e.path.clone()).collect();
+            if !structural {
                 prior = Some((Arc::new(stamp), paths));
             }
         }
@@ -536,6 +571,7 @@ pub fn build_in(
     // (`StateFiles::load_records`); should its graph not come from the
     // cache after all, the rest is read then.
     let records_only = session.one_shot && prior.is_some() && session_state.is_none();
+    phases.mark("open the store and lock");
     // The state, the project and the graph cached for it are independent:
     // read them on both cores at once.
     let (((state_files, state, old_targets), cached), loaded) = rayon::join(
@@ -568,6 +604,7 @@ pub fn build_in(
         },
     );
     let (project, new_cache) = loaded?;
+    phases.mark("read the project, state and graph");
     let cached = cached.filter(|g| g.fits(&project));
     let (mut state_files, state, old_targets) = match (records_only, &cached) {
         (true, None) => {
@@ -608,6 +645,7 @@ pub fn build_in(
     } else {
         crate::clean::leftovers(root, &graph, &old_targets)
     };
+    phases.mark("analyse");
     report(Event::Planned { total });
 
     // Stat (and where needed hash) every file the selected nodes read or
@@ -631,6 +669,7 @@ pub fn build_in(
         }
     }
     files.digest_all(&paths);
+    phases.mark("stat and hash");
 
     // The remote is opened only for builds that may run something (a dry
     // run writes nothing and asks no one).
@@ -890,6 +929,7 @@ pub fn build_in(
         }
     }
     drop(remote);
+    phases.mark("schedule and run");
     let mut rep = prog.into_report(); // the per-node bookkeeping is freed here
     rep.interrupted = crate::exec::interrupted();
     rep.stale_outputs = stale_outputs;
@@ -918,6 +958,7 @@ pub fn build_in(
     }
 
     if opts.dry_run {
+        rep.phases = phases;
         return Ok(rep);
     }
     // Save in this order: the state (what was learnt), the history, one
@@ -1013,10 +1054,12 @@ pub fn build_in(
     } else {
         None
     };
+    phases.mark("save the state");
     store.append_history(&history)?;
     if wrote_state || !history.is_empty() {
         store.sync()?;
     }
+    phases.mark("append the history, sync");
     match &new_stamp {
         Some(stamp) => {
             if let Some(key) = graph_key {
@@ -1028,6 +1071,8 @@ pub fn build_in(
             let _ = std::fs::remove_file(&noop_path);
         }
     }
+    phases.mark("write the stamp and caches");
+    rep.phases = phases;
     drop(_lock);
     session.graph = new_stamp.is_some().then_some(graph);
     session.stamp = new_stamp;
@@ -1092,10 +1137,7 @@ fn noop_stamp(
             digest: Digest::default(),
         });
     }
-    Some(NoopStamp {
-        nodes: graph.nodes.len() as u32,
-        entries,
-    })
+    Some(NoopStamp::new(graph.nodes.len() as u32, &entries))
 }
 
 /// Hands freed heap pages back to the system. glibc keeps them (and its
@@ -1115,19 +1157,19 @@ fn release_free_memory() {
 /// is no longer racy.
 fn patch_stamp(stamp: &mut NoopStamp, files: &ProjectFiles, checked_at: i64) {
     files.with_seen(|seen| {
-        for e in &mut stamp.entries {
-            let now = match (e.kind, seen.get(e.path.as_str())) {
+        for i in 0..stamp.len() {
+            let e = stamp.entry(i);
+            let now = match (e.kind, seen.get(e.path)) {
                 (EntryKind::Dir, _) | (_, None) => None,
                 (_, Some(s)) => Some(s),
             };
             match now {
                 Some(s) if Some(s.stat) != e.stat || s.digest != e.digest => {
-                    e.stat = Some(s.stat);
-                    e.racy = s.racy;
-                    e.digest = s.digest;
+                    stamp.set(i, Some(s.stat), s.racy, s.digest);
                 }
                 _ if e.racy && e.stat.is_some_and(|st| !is_racy(&st, checked_at)) => {
-                    e.racy = false;
+                    let (stat, digest) = (e.stat, e.digest);
+                    stamp.set(i, stat, false, digest);
                 }
                 _ => {}
             }

@@ -404,6 +404,20 @@ impl std::ops::Deref for MappedFile {
     }
 }
 
+impl MappedFile {
+    /// The bytes as a vector of their own, to write to (a mapping is
+    /// copied first: the file under it is never written).
+    pub fn make_owned(&mut self) -> &mut Vec<u8> {
+        if let MappedFile::Mapped(m) = self {
+            *self = MappedFile::Owned(m.to_vec());
+        }
+        match self {
+            MappedFile::Owned(v) => v,
+            MappedFile::Mapped(_) => unreachable!("copied above"),
+        }
+    }
+}
+
 /// Maps `path` (see [`MappedFile`]): only for files replaced by rename,
 /// never written in place.
 pub fn map_replaced(path: &Utf8Path) -> std::io::Result<MappedFile> {

@@ -1795,3 +1795,57 @@ output = "out/t.md"
             .summary("0 ran, 0 cached, 0 up to date, 1 failed");
     }
 }
+
+/// `--timings` names each phase the build went through, before the
+/// summary line, with a total: the no-op path ends at the stamp, an edit goes on
+/// through the cached graph, the run and the saves.
+#[test]
+fn timings_list_the_phases_each_kind_of_build_went_through() {
+    let p = built_command_project();
+    let phases = |run: &support::Run| -> Vec<String> {
+        let after = run
+            .stderr
+            .split_once("timings:\n")
+            .unwrap_or_else(|| panic!("no timings in:\n{}", run.stderr))
+            .1;
+        // `   12.3 ms  phase` lines, up to the summary line, which stays last
+        after
+            .lines()
+            .map_while(|l| {
+                let (ms, name) = l.trim_start().split_once(" ms  ")?;
+                ms.parse::<f64>().ok()?;
+                Some(name.to_string())
+            })
+            .collect()
+    };
+    let noop = p.mkt(&["build", "--timings"]);
+    noop.success().summary("0 ran, 0 cached, 4 up to date");
+    assert_eq!(
+        phases(&noop),
+        [
+            "read the no-op stamp",
+            "stat the stamp's files",
+            "finish",
+            "in all"
+        ]
+    );
+    p.write("aside.txt", "changed\n");
+    let edit = p.mkt(&["build", "--timings", "-q"]);
+    edit.success();
+    assert_eq!(
+        phases(&edit),
+        [
+            "read the no-op stamp",
+            "stat the stamp's files",
+            "open the store and lock",
+            "read the project, state and graph",
+            "analyse",
+            "stat and hash",
+            "schedule and run",
+            "save the state",
+            "append the history, sync",
+            "write the stamp and caches",
+            "in all"
+        ]
+    );
+}

@@ -14,6 +14,7 @@ use markitect::config::Project;
 use markitect::graph::Graph;
 use markitect::hash::Digest;
 use markitect::stamp::NoopStamp;
+use markitect::store::MappedFile;
 use markitect::state::{State, StateFiles};
 use std::sync::OnceLock;
 
@@ -61,11 +62,7 @@ fn fixture() -> &'static Fixture {
         let state = State::default().encode();
         let body_counts = 3 * 4; // three empty u32 counts
         let state_header = state[..state.len() - 32 - body_counts].to_vec();
-        let noop = NoopStamp {
-            nodes: 0,
-            entries: Vec::new(),
-        }
-        .encode();
+        let noop = NoopStamp::new(0, &[]).encode();
         let noop_header = noop[..noop.len() - 32 - 8].to_vec();
         let key = Digest::of(b"fuzz key");
         let mut graph_header = noop_header.clone();
@@ -145,9 +142,11 @@ fuzz_target!(|data: &[u8]| {
             } else {
                 framed(&f.noop_header, rest)
             };
-            if let Some(s) = NoopStamp::decode(&bytes) {
+            if let Some(s) = NoopStamp::decode(MappedFile::Owned(bytes)) {
                 let _ = s.structure_key();
-                assert_eq!(NoopStamp::decode(&s.encode()).as_ref(), Some(&s));
+                let _ = s.entries().count();
+                let again = NoopStamp::decode(MappedFile::Owned(s.encode()));
+                assert_eq!(again.as_ref(), Some(&s));
             }
         }
         6 | 7 => {

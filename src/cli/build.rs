@@ -33,6 +33,10 @@ pub struct BuildArgs {
     /// `off`: do not use the remote cache for this build.
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"])]
     remote_cache: String,
+    /// Before the summary line, print how long each phase of the build
+    /// took.
+    #[arg(long)]
+    timings: bool,
 }
 
 /// Prints build events: shared by `build` and `watch`.
@@ -214,6 +218,9 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
                     "{n} {what} {verb}; `mkt clean --stale` removes {them}"
                 ));
             }
+            if args.timings {
+                printer.line(&timings_text(&r.phases));
+            }
             if !args.quiet || !r.success() {
                 printer.line(&summary_line(&r, started.elapsed()));
             }
@@ -224,6 +231,19 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
             if r.success() { 0 } else { 1 }
         }
     }
+}
+
+/// `--timings`: one line per phase, `   12.3 ms  stat and hash`, then the
+/// total of the phases.
+fn timings_text(phases: &markitect::build::Phases) -> String {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+    let mut s = String::from("timings:");
+    for (name, d) in &phases.done {
+        s.push_str(&format!("\n{:9.1} ms  {name}", ms(*d)));
+    }
+    let total: std::time::Duration = phases.done.iter().map(|(_, d)| *d).sum();
+    s.push_str(&format!("\n{:9.1} ms  in all", ms(total)));
+    s
 }
 
 /// `3 ran, 1 cached, 12 up to date[, 1 failed][, 2 skipped][, 1 from the
