@@ -29,9 +29,8 @@ const RETRY_AFTER_CAP: Duration = Duration::from_secs(120);
 /// "overloaded" (529).
 const RETRY_STATUSES: [u16; 6] = [429, 500, 502, 503, 504, 529];
 
-/// Clears the pools and the out-of-quota record: a new build may find the
-/// quota topped up and the limits changed.
-pub fn begin_build() {
+/// Clears the pools and the out-of-quota record (see `exec::begin_build`).
+pub(super) fn begin_build() {
     lock(&POOLS).clear();
     lock(&OUT_OF_QUOTA).clear();
 }

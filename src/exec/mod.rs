@@ -7,7 +7,13 @@ mod http;
 mod mock;
 mod openai;
 
-pub use http::begin_build;
+/// Clears what the adapters remember between calls (HTTP pools, quota,
+/// where commands were found on `PATH`): a new build may find the quota
+/// topped up, the limits changed or a program installed.
+pub fn begin_build() {
+    http::begin_build();
+    command::forget_found();
+}
 
 use crate::config::{ModelConfig, Provider};
 use crate::manifest::Usage;
