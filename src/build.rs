@@ -463,10 +463,10 @@ impl Session {
     }
 }
 
-/// Builds the selected targets of the project at `root` (module docs).
 /// How often a running build flushes its writes in the background.
 const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Builds the selected targets of the project at `root` (module docs).
 pub fn build(
     root: &Utf8Path,
     opts: &BuildOptions,
@@ -534,6 +534,11 @@ pub fn build_in(
                 let n = stamp.nodes as usize;
                 report(Event::Planned { total: n });
                 let watch_set = opts.want_watch_set.then(|| WatchSet::from_stamp(&stamp));
+                // a session kept between builds (`mkt watch`) holds a copy,
+                // not a mapping of a file another process may replace
+                if !session.one_shot {
+                    stamp.detach();
+                }
                 session.stamp = Some(stamp);
                 phases.mark("finish");
                 return Ok(BuildReport {
@@ -730,8 +735,12 @@ pub fn build_in(
     // background: the one sync the build ends with (durability, before the
     // stamp) then has only the last second's writes left to wait for. At
     // 10,000 targets that final sync took 0.6-0.7 s of a 9 s build.
+    // A write error is reported once by `syncfs` (Linux 5.8 and later: to
+    // the first caller that sees it), so the flusher keeps the first one
+    // for the final sync to report.
     let (flush_stop, flush_rx) = mpsc::channel::<()>();
     let mut flush_rx = Some(flush_rx);
+    let flush_error: Mutex<Option<crate::error::Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
         let mut workers = 0usize;
         let mut in_flight = 0usize;
@@ -867,12 +876,14 @@ pub fn build_in(
                     reason: &reason,
                 });
                 if let Some(rx) = flush_rx.take() {
-                    let store = &store;
+                    let (store, flush_error) = (&store, &flush_error);
                     scope.spawn(move || {
                         while let Err(mpsc::RecvTimeoutError::Timeout) =
                             rx.recv_timeout(FLUSH_EVERY)
                         {
-                            let _ = store.sync(); // the final sync reports errors
+                            if let Err(e) = store.sync() {
+                                flush_error.lock().unwrap().get_or_insert(e);
+                            }
                         }
                     });
                 }
@@ -1081,6 +1092,10 @@ pub fn build_in(
     if wrote_state || !history.is_empty() {
         store.sync()?;
     }
+    // what a background flush failed to write is not on disk either
+    if let Some(e) = flush_error.into_inner().unwrap() {
+        return Err(e);
+    }
     phases.mark("append the history, sync");
     match &new_stamp {
         Some(stamp) => {
@@ -1097,7 +1112,12 @@ pub fn build_in(
     rep.phases = phases;
     drop(_lock);
     session.graph = new_stamp.is_some().then_some(graph);
-    session.stamp = new_stamp;
+    session.stamp = new_stamp.map(|mut s| {
+        if !session.one_shot {
+            s.detach();
+        }
+        s
+    });
     session.project = Some(project);
     session.state = state_now.map(|st| (state_files, st));
     session.disk = Some(Session::disk_now(root));

@@ -255,6 +255,12 @@ impl NoopStamp {
         (0..self.len()).map(|i| self.entry(i))
     }
 
+    /// Holds the bytes in memory of its own rather than mapped (for a stamp
+    /// kept between builds, whose file the next build replaces).
+    pub fn detach(&mut self) {
+        self.bytes.make_owned();
+    }
+
     /// Where entry `i`'s fixed-size fields start (after its path).
     fn tail_of(&self, i: usize) -> usize {
         let at = self.starts[i] as usize;
@@ -568,9 +574,21 @@ mod tests {
         let mut bytes = sample().encode();
         bytes.truncate(bytes.len() - 32);
         let kind_at = bytes.len() - ENTRY_TAIL; // the last entry's kind
-        bytes[kind_at] = 9;
-        let sum = Digest::of(&bytes);
-        bytes.extend_from_slice(&sum.0);
-        assert_eq!(decode(&bytes), None);
+        let forged = |at: usize, value: u8| {
+            let mut b = bytes.clone();
+            b[at] = value;
+            let sum = Digest::of(&b);
+            b.extend_from_slice(&sum.0);
+            decode(&b)
+        };
+        assert_eq!(forged(kind_at, 9), None, "an unknown kind");
+        assert_eq!(forged(kind_at + 1, 2), None, "a present flag of 2");
+        assert_eq!(forged(kind_at + 2, 2), None, "a racy flag of 2");
+        let path_at = kind_at - "docs".len();
+        assert_eq!(forged(path_at, 0xff), None, "a path that is not UTF-8");
+        assert!(
+            forged(kind_at, 1).is_some(),
+            "the same bytes with a known kind"
+        );
     }
 }

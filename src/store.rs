@@ -427,8 +427,12 @@ pub fn map_replaced(path: &Utf8Path) -> std::io::Result<MappedFile> {
     }
     // SAFETY: a mapping is undefined behaviour if the file changes under
     // it. mkt writes these files only through a new temp file renamed over
-    // the old name, which leaves the mapped inode as it was; and every
-    // reader checks a checksum before trusting a byte.
+    // (or after unlinking) the old name, which leaves the mapped inode as
+    // it was; every reader checks a checksum and the file's shape when it
+    // maps it, and reads it for the rest of one build. (A stamp kept for
+    // the next build of a `mkt watch` session is copied out first.) A
+    // process that rewrites one of these files in place, against the
+    // store's rules, could make a running build read changed bytes.
     let m = unsafe { memmap2::MmapOptions::new().populate().map(&f)? };
     Ok(MappedFile::Mapped(m))
 }
