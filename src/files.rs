@@ -388,6 +388,16 @@ impl ProjectFiles {
         });
     }
 
+    /// Where the vouching stamp holds `rel`'s entry (files only), whether or
+    /// not the stamp saw it change: for patching that entry.
+    pub fn stamp_position(&self, rel: &str) -> Option<usize> {
+        let v = self.vouched.as_ref()?;
+        let stamp = &v.stamp;
+        v.index
+            .find(path_hash(rel), |&i| stamp.entry(i as usize).path == rel)
+            .map(|&i| i as usize)
+    }
+
     /// Lets go of the vouching stamp: from here on only what this build
     /// saw is known.
     pub fn unvouch(&mut self) {

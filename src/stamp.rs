@@ -255,6 +255,13 @@ impl NoopStamp {
         (0..self.len()).map(|i| self.entry(i))
     }
 
+    /// The positions of the entries marked racy (read from one byte each).
+    pub fn racy_entries(&self) -> Vec<usize> {
+        (0..self.len())
+            .filter(|&i| self.body()[self.tail_of(i) + 2] == 1)
+            .collect()
+    }
+
     /// Holds the bytes in memory of its own rather than mapped (for a stamp
     /// kept between builds, whose file the next build replaces).
     pub fn detach(&mut self) {
