@@ -528,7 +528,8 @@ pub fn build_in(
                 // Racy entries were just verified by content; once they have
                 // aged past the window they need not be read again.
                 if !opts.dry_run && stamp.age(checked_at) {
-                    let _ = crate::store::replace_cache(&noop_path, &stamp.encode());
+                    let (body, sum) = stamp.encoded_parts();
+                    let _ = crate::store::replace_cache(&noop_path, &[body, &sum]);
                     session.disk = Some(Session::disk_now(root));
                 }
                 let n = stamp.nodes as usize;
@@ -1113,7 +1114,7 @@ pub fn build_in(
             if let Some(key) = graph_key {
                 store.write_cache(&graph_path, &graph.encode(&key))?;
             }
-            store.write_cache(&noop_path, &stamp.encode())?
+            store.write_stamp(&noop_path, stamp)?
         }
         None => {
             let _ = std::fs::remove_file(&noop_path);

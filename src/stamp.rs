@@ -174,11 +174,18 @@ impl NoopStamp {
 
     /// The file: the bytes and their BLAKE3.
     pub fn encode(&self) -> Vec<u8> {
-        let body = self.body();
+        let (body, sum) = self.encoded_parts();
         let mut out = Vec::with_capacity(body.len() + 32);
         out.extend_from_slice(body);
-        out.extend_from_slice(&Digest::of(body).0);
+        out.extend_from_slice(&sum);
         out
+    }
+
+    /// [`NoopStamp::encode`] as its two parts, the bytes and the checksum,
+    /// to write without copying 2.5 MB at 10,000 targets.
+    pub fn encoded_parts(&self) -> (&[u8], [u8; 32]) {
+        let body = self.body();
+        (body, Digest::of_large(body).0)
     }
 
     /// Checks the checksum and the shape of every entry; `None` for
@@ -187,6 +194,8 @@ impl NoopStamp {
         let body_len = file.len().checked_sub(32)?;
         let (body, sum) = file.split_at(body_len);
         u32::try_from(body_len).ok()?;
+        // (one thread: hashing on both would start the thread pool first,
+        // which costs more here than the 2.5 MB hash saves)
         if Digest::of(body).0 != sum {
             return None;
         }

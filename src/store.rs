@@ -225,7 +225,13 @@ impl ObjectStore {
 
     /// [`replace_cache`], for one of this store's caches.
     pub fn write_cache(&self, path: &Utf8Path, bytes: &[u8]) -> Result<()> {
-        replace_cache(path, bytes).map_err(|e| Error::io("write", path, e))
+        replace_cache(path, &[bytes]).map_err(|e| Error::io("write", path, e))
+    }
+
+    /// [`ObjectStore::write_cache`] of the no-op stamp.
+    pub fn write_stamp(&self, path: &Utf8Path, stamp: &crate::stamp::NoopStamp) -> Result<()> {
+        let (body, sum) = stamp.encoded_parts();
+        replace_cache(path, &[body, &sum]).map_err(|e| Error::io("write", path, e))
     }
 
     pub(crate) fn object_path(&self, d: &Digest) -> Utf8PathBuf {
@@ -356,7 +362,7 @@ impl ObjectStore {
 }
 
 /// Replaces one of the store's caches (the no-op stamp, the graph and
-/// project caches) with `bytes`: a temp file beside it, the old file
+/// project caches) with `parts`, one after another: a temp file beside it, the old file
 /// unlinked, the temp file renamed into place. Unlinking first keeps ext4
 /// from writing the new file out during the rename (its `auto_da_alloc`
 /// guard for files replaced by rename): 2.7 ms against 0.6 ms for the
@@ -365,7 +371,7 @@ impl ObjectStore {
 /// next build its fast path. (The state snapshot, which holds the only
 /// copy of the target records, and outputs, which are the user's, are
 /// renamed over the old file: they never go missing, even for a moment.)
-pub fn replace_cache(path: &Utf8Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn replace_cache(path: &Utf8Path, parts: &[&[u8]]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Utf8Path::new("."));
     let mut tmp = tempfile::Builder::new()
         .prefix(".mkt-tmp-")
@@ -373,7 +379,9 @@ pub fn replace_cache(path: &Utf8Path, bytes: &[u8]) -> std::io::Result<()> {
         // others sharing the project keep the fast path
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
+    for bytes in parts {
+        tmp.write_all(bytes)?;
+    }
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -484,10 +492,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let dir = Utf8Path::from_path(t.path()).unwrap();
         let path = dir.join("noop");
-        replace_cache(&path, b"first").unwrap();
+        replace_cache(&path, &[b"first"]).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"first");
         let before = fs::metadata(&path).unwrap();
-        replace_cache(&path, b"second, longer").unwrap();
+        replace_cache(&path, &[b"second, ", b"longer"]).unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"second, longer");
         use std::os::unix::fs::MetadataExt;
         assert_ne!(
