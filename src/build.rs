@@ -453,6 +453,16 @@ impl Session {
         }
     }
 
+    /// Keeps `stamp` for the next build. A session kept between builds
+    /// (`mkt watch`) holds a copy, not a mapping of a file another process
+    /// may replace.
+    fn keep_stamp(&mut self, mut stamp: Option<NoopStamp>) {
+        if !self.one_shot {
+            stamp.iter_mut().for_each(NoopStamp::detach);
+        }
+        self.stamp = stamp;
+    }
+
     fn disk_now(root: &Utf8Path) -> [Option<FileStat>; 3] {
         let dir = root.join(STORE_DIR);
         ["noop", "state", "state.log"].map(|f| {
@@ -528,19 +538,13 @@ pub fn build_in(
                 // Racy entries were just verified by content; once they have
                 // aged past the window they need not be read again.
                 if !opts.dry_run && stamp.age(checked_at) {
-                    let (body, sum) = stamp.encoded_parts();
-                    let _ = crate::store::replace_cache(&noop_path, &[body, &sum]);
+                    let _ = crate::store::replace_stamp(&noop_path, &stamp);
                     session.disk = Some(Session::disk_now(root));
                 }
                 let n = stamp.nodes as usize;
                 report(Event::Planned { total: n });
                 let watch_set = opts.want_watch_set.then(|| WatchSet::from_stamp(&stamp));
-                // a session kept between builds (`mkt watch`) holds a copy,
-                // not a mapping of a file another process may replace
-                if !session.one_shot {
-                    stamp.detach();
-                }
-                session.stamp = Some(stamp);
+                session.keep_stamp(Some(stamp));
                 phases.mark("finish");
                 return Ok(BuildReport {
                     total: n,
@@ -1124,12 +1128,7 @@ pub fn build_in(
     rep.phases = phases;
     drop(_lock);
     session.graph = new_stamp.is_some().then_some(graph);
-    session.stamp = new_stamp.map(|mut s| {
-        if !session.one_shot {
-            s.detach();
-        }
-        s
-    });
+    session.keep_stamp(new_stamp);
     session.project = Some(project);
     session.state = state_now.map(|st| (state_files, st));
     session.disk = Some(Session::disk_now(root));

@@ -152,12 +152,16 @@ impl Vouched {
         if self.except.contains(rel) {
             return None;
         }
-        let stamp = &self.stamp;
-        let i = *self
-            .index
-            .find(path_hash(rel), |&i| stamp.entry(i as usize).path == rel)?;
-        let e = stamp.entry(i as usize);
+        let e = self.stamp.entry(self.position(rel)?);
         Some(StatEntry::new(e.stat?, e.digest, self.verified_at))
+    }
+
+    /// Where the stamp holds `rel`'s entry (files only).
+    fn position(&self, rel: &str) -> Option<usize> {
+        let stamp = &self.stamp;
+        self.index
+            .find(path_hash(rel), |&i| stamp.entry(i as usize).path == rel)
+            .map(|&i| i as usize)
     }
 }
 
@@ -391,11 +395,7 @@ impl ProjectFiles {
     /// Where the vouching stamp holds `rel`'s entry (files only), whether or
     /// not the stamp saw it change: for patching that entry.
     pub fn stamp_position(&self, rel: &str) -> Option<usize> {
-        let v = self.vouched.as_ref()?;
-        let stamp = &v.stamp;
-        v.index
-            .find(path_hash(rel), |&i| stamp.entry(i as usize).path == rel)
-            .map(|&i| i as usize)
+        self.vouched.as_ref()?.position(rel)
     }
 
     /// Lets go of the vouching stamp: from here on only what this build

@@ -241,14 +241,9 @@ impl NoopStamp {
 
     /// Entry `i` (`i < len()`), read from the bytes `decode` checked.
     pub fn entry(&self, i: usize) -> EntryRef<'_> {
-        let at = self.starts[i] as usize;
-        let b = self.body();
-        let len = u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")) as usize;
-        let path = std::str::from_utf8(&b[at + 4..at + 4 + len]).unwrap_or_default();
-        let mut r = Reader {
-            buf: b,
-            pos: at + 4 + len,
-        };
+        let (b, tail) = (self.body(), self.tail_of(i));
+        let path = std::str::from_utf8(&b[self.starts[i] as usize + 4..tail]).unwrap_or_default();
+        let mut r = Reader { buf: b, pos: tail };
         let (kind, present, racy) = (r.u8(), r.u8(), r.u8());
         let stat = r.file_stat().expect("a checked entry");
         EntryRef {
