@@ -1384,13 +1384,17 @@ fn item_value(path: &str, content: Option<String>) -> Value {
 }
 
 fn write_output(ctx: &Ctx<'_>, node: &Node, bytes: &[u8], digest: Digest) -> Result<()> {
-    if ctx.src.files.digest(&node.output).ok().flatten() == Some(digest) {
+    let on_disk = ctx.src.files.digest(&node.output);
+    if on_disk.as_ref().ok().copied().flatten() == Some(digest) {
         return Ok(());
     }
     ctx.src.files.forget(&node.output);
-    ctx.src
-        .store
-        .write_atomic(&ctx.src.files.abs(&node.output), bytes)?;
+    let path = ctx.src.files.abs(&node.output);
+    match on_disk {
+        // not there: a new file, linked into place
+        Ok(None) => ctx.src.store.write_new(&path, bytes)?,
+        _ => ctx.src.store.write_atomic(&path, bytes)?,
+    }
     ctx.src.files.wrote(&node.output, digest);
     Ok(())
 }
