@@ -16,8 +16,11 @@
 //! the changes are taken as recorded. Anything else gets the full check.
 //! At the end the state is saved first, then the history, one sync, and
 //! the new stamp last, so the stamp never vouches for what is not on disk.
-//! (While models run, a thread flushes the file system every second, so
-//! that the last sync has little left to wait for.)
+//! (That one sync waits for all of a build's writes, 0.5-0.8 s at 10,000
+//! targets. Flushing every second in the background while models ran, to
+//! leave it less, made full builds 3-4 s slower on a project whose files
+//! had just been written: a build's reads of cold file-system metadata
+//! then queued behind the flushes, 17-28 ms each.)
 
 use crate::config::PROJECT_FILE;
 use crate::config::Project;
@@ -473,9 +476,6 @@ impl Session {
     }
 }
 
-/// How often a running build flushes its writes in the background.
-const FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Builds the selected targets of the project at `root` (module docs).
 pub fn build(
     root: &Utf8Path,
@@ -738,16 +738,6 @@ pub fn build_in(
     let job_rx = Arc::new(Mutex::new(job_rx));
     let (res_tx, res_rx) = mpsc::channel::<JobResult>();
 
-    // Once something runs, the file system is flushed every second in the
-    // background: the one sync the build ends with (durability, before the
-    // stamp) then has only the last second's writes left to wait for. At
-    // 10,000 targets that final sync took 0.6-0.7 s of a 9 s build.
-    // A write error is reported once by `syncfs` (Linux 5.8 and later: to
-    // the first caller that sees it), so the flusher keeps the first one
-    // for the final sync to report.
-    let (flush_stop, flush_rx) = mpsc::channel::<()>();
-    let mut flush_rx = Some(flush_rx);
-    let flush_error: Mutex<Option<crate::error::Error>> = Mutex::new(None);
     std::thread::scope(|scope| {
         let mut workers = 0usize;
         let mut in_flight = 0usize;
@@ -882,18 +872,6 @@ pub fn build_in(
                     key: &node.key,
                     reason: &reason,
                 });
-                if let Some(rx) = flush_rx.take() {
-                    let (store, flush_error) = (&store, &flush_error);
-                    scope.spawn(move || {
-                        while let Err(mpsc::RecvTimeoutError::Timeout) =
-                            rx.recv_timeout(FLUSH_EVERY)
-                        {
-                            if let Err(e) = store.sync() {
-                                flush_error.lock().unwrap().get_or_insert(e);
-                            }
-                        }
-                    });
-                }
                 if workers < opts.jobs.max(1) && in_flight >= workers {
                     let rx = Arc::clone(&job_rx);
                     let tx = res_tx.clone();
@@ -958,7 +936,6 @@ pub fn build_in(
             prog.complete(r.node, r.outcome, d, report);
         }
         drop(job_tx);
-        drop(flush_stop);
     });
     // uploads ran beside the build; what is left is waited for here, so
     // that the build ends with its results published
@@ -1107,10 +1084,6 @@ pub fn build_in(
     store.append_history(&history)?;
     if wrote_state || !history.is_empty() {
         store.sync()?;
-    }
-    // what a background flush failed to write is not on disk either
-    if let Some(e) = flush_error.into_inner().unwrap() {
-        return Err(e);
     }
     phases.mark("append the history, sync");
     match &new_stamp {
