@@ -1024,6 +1024,9 @@ pub fn build_in(
         // a first build writes a snapshot: no need to encode its delta too
         let appended =
             wrote && !state_files.needs_snapshot() && state_files.append(&delta.encode())?;
+        if appended {
+            store.note_written(&store.dir().join("state.log"));
+        }
         (wrote, appended)
     };
     let snapshot_due = wrote_state && !appended;
@@ -1066,6 +1069,8 @@ pub fn build_in(
                 targets,
             };
             state_files.snapshot(&st)?;
+            // (the log it replaces is gone: its directory records that)
+            store.note_written(&store.dir().join("state"));
             Some(st)
         } else {
             old_files.extend(seen);
