@@ -59,8 +59,28 @@ struct Written {
 }
 
 /// Up to this many written files, [`ObjectStore::sync`] flushes each of
-/// them (and their directories) instead of the whole file system.
+/// them (and their directories) instead of the whole file system...
 const SYNC_EACH_MAX: usize = 64;
+
+/// ...unless the whole system has no more than this much data waiting to
+/// be written (`/proc/meminfo`'s `Dirty` and `Writeback`, in kB).
+const SYNC_ALL_DIRTY_KB: u64 = 1024;
+
+/// The system's page cache waiting to be written, in kB; `None` where
+/// that cannot be read.
+fn dirty_kb() -> Option<u64> {
+    let info = fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = info.lines().find(|l| l.starts_with(name))?;
+        line[name.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(field("Dirty:")? + field("Writeback:")?)
+}
 
 /// The held project lock; released when dropped.
 pub struct StoreLock {
@@ -404,14 +424,19 @@ impl ObjectStore {
     /// edit's build: its objects, action-cache entry, output, state log
     /// and history) that is an `fsync` of each file and of each directory
     /// that holds one, all at once (the file system commits them
-    /// together); after more, or when nothing was recorded, one `syncfs`.
+    /// together); after more, or when nothing was recorded, or with hardly
+    /// anything else waiting to be written, one `syncfs`.
     /// `syncfs` writes out every dirty file of the file system, other
     /// programs' too: a 100-target build took 1.9 s in it once, right
     /// after another program had written 100,000 files.
     pub fn sync(&self) -> Result<()> {
         let Written { paths, more } =
             std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()));
-        if !more && !paths.is_empty() {
+        // With little else dirty, one syncfs is the cheaper: an edit's build
+        // of 1,000 targets (0.4 MB dirty, mostly the last build's stamp)
+        // flushed in 0.7-1.1 ms that way, against 1.1-1.9 ms file by file;
+        // at 10,000 targets (3 MB dirty) 2.1-3.4 ms against 1.4-2.5 ms.
+        if !more && !paths.is_empty() && dirty_kb().is_none_or(|kb| kb > SYNC_ALL_DIRTY_KB) {
             return sync_each(&paths);
         }
         self.sync_all()
@@ -787,6 +812,12 @@ mod tests {
         assert_eq!(written(&s), (0, true));
         s.sync().unwrap();
         assert_eq!(written(&s), (0, false));
+        // what decides between the two with few files
+        #[cfg(target_os = "linux")]
+        assert!(
+            dirty_kb().is_some(),
+            "/proc/meminfo has Dirty and Writeback"
+        );
     }
 
     #[test]
