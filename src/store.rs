@@ -427,8 +427,8 @@ impl ObjectStore {
     /// together); after more, or when nothing was recorded, or with hardly
     /// anything else waiting to be written, one `syncfs`.
     /// `syncfs` writes out every dirty file of the file system, other
-    /// programs' too: a 100-target build took 1.9 s in it once, right
-    /// after another program had written 100,000 files.
+    /// programs' too: an edit's build right after `cargo build` had
+    /// written a 130 MB binary spent 130-185 ms in it (four tries).
     pub fn sync(&self) -> Result<()> {
         let Written { paths, more } =
             std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()));
