@@ -518,7 +518,7 @@ pub fn build_in(
         let kept = session.stamp.take();
         stamp_from_session = kept.is_some();
         let stamp = kept.or_else(|| {
-            crate::store::map_replaced(&noop_path)
+            crate::store::map_replaced_writable(&noop_path)
                 .ok()
                 .and_then(NoopStamp::decode)
         });

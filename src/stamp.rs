@@ -279,11 +279,12 @@ impl NoopStamp {
         at + 4 + len as usize
     }
 
-    /// Rewrites entry `i`'s stat, racy flag and digest in place (the
-    /// mapped file is copied first: it is never written).
+    /// Rewrites entry `i`'s stat, racy flag and digest in place (in a
+    /// private copy of a mapping's page, or a copy of the bytes: the file
+    /// is never written).
     pub fn set(&mut self, i: usize, stat: Option<FileStat>, racy: bool, digest: Digest) {
         let at = self.tail_of(i);
-        let bytes = self.bytes.make_owned();
+        let bytes = self.bytes.bytes_mut();
         let mut tail = Writer(Vec::with_capacity(ENTRY_TAIL - 1));
         tail.u8(stat.is_some() as u8);
         tail.u8(racy as u8);
