@@ -13,7 +13,9 @@
 fn main() {
     println!("cargo::rerun-if-env-changed=MKT_PIE");
     println!("cargo::rerun-if-changed=build.rs");
-    let linux = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux");
+    // (glibc only: musl targets link static-pie by default, another matter)
+    let linux = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
+        && std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu");
     let pie = std::env::var_os("MKT_PIE").is_some_and(|v| v != "0" && !v.is_empty());
     if linux && !pie {
         // the objects stay position-independent; only the link is fixed

@@ -573,6 +573,9 @@ pub fn build_in(
     } else {
         Some(store.lock(opts.wait_for_lock, &|| report(Event::WaitingForLock))?)
     };
+    if !opts.dry_run {
+        store.begin_writes()?;
+    }
     // with a stamp that saw no structural change, `prompts.toml` is as the
     // session's project was read from, and the session's graph still holds
     let session_project = session.project.take().filter(|_| prior.is_some());
@@ -1087,8 +1090,10 @@ pub fn build_in(
     };
     phases.mark("save the state");
     store.append_history(&history)?;
-    if wrote_state || !history.is_empty() {
+    if wrote_state || !history.is_empty() || store.sync_due() {
         store.sync()?;
+    } else {
+        store.end_writes(); // nothing written: nothing to flush
     }
     phases.mark("append the history, sync");
     match &new_stamp {
@@ -1362,17 +1367,16 @@ fn item_value(path: &str, content: Option<String>) -> Value {
 }
 
 fn write_output(ctx: &Ctx<'_>, node: &Node, bytes: &[u8], digest: Digest) -> Result<()> {
-    let on_disk = ctx.src.files.digest(&node.output);
-    if on_disk.as_ref().ok().copied().flatten() == Some(digest) {
+    if ctx.src.files.digest(&node.output).ok().flatten() == Some(digest) {
         return Ok(());
     }
     ctx.src.files.forget(&node.output);
-    let path = ctx.src.files.abs(&node.output);
-    match on_disk {
-        // not there: a new file, linked into place
-        Ok(None) => ctx.src.store.write_new(&path, bytes)?,
-        _ => ctx.src.store.write_atomic(&path, bytes)?,
-    }
+    // (a temp file renamed into place, not an unnamed file linked: file
+    // watchers, `mkt watch` among them, would see the unnamed file written
+    // under a made-up name, `#<inode>`, in the output's directory)
+    ctx.src
+        .store
+        .write_atomic(&ctx.src.files.abs(&node.output), bytes)?;
     ctx.src.files.wrote(&node.output, digest);
     Ok(())
 }

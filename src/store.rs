@@ -11,6 +11,7 @@
 //!   runs/<run id>.json   manifests of failed runs (a successful run's is its ac entry)
 //!   history.jsonl        one line per target per build: ran/cached/failed
 //!   state, state.log     the fast-path state and its journal (see `state.rs`)
+//!   sync-pending         there while a build's writes may not be on disk yet
 //! ```
 //!
 //! **Writes** are atomic, so a reader sees a whole file or none: a new
@@ -57,6 +58,10 @@ struct Written {
     paths: Vec<Utf8PathBuf>,
     more: bool,
 }
+
+/// Present while a build's writes may not be on disk yet
+/// ([`ObjectStore::begin_writes`]).
+const SYNC_PENDING: &str = "sync-pending";
 
 /// Up to this many written files, [`ObjectStore::sync`] flushes each of
 /// them (and their directories) instead of the whole file system...
@@ -254,7 +259,13 @@ impl ObjectStore {
         let mut tmp = match new_temp() {
             Ok(t) => t,
             Err(_) => {
+                let missing: Vec<&Utf8Path> =
+                    parent.ancestors().take_while(|d| !d.exists()).collect();
                 fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
+                // each new directory's entry is in the one above it
+                for d in missing {
+                    self.note_written(d);
+                }
                 new_temp().map_err(|e| Error::io("create a temp file in", parent, e))?
             }
         };
@@ -264,6 +275,30 @@ impl ObjectStore {
             .map_err(|e| Error::io("write", path, e.error))?;
         self.note_written(path);
         Ok(())
+    }
+
+    /// Marks the store as being written to, until [`ObjectStore::sync`]
+    /// has flushed it (a `sync-pending` file). If the mark is already there,
+    /// an earlier build stopped between its writes and its flush; what it
+    /// wrote (objects, outputs, the state) may still be only in memory and
+    /// this build may rely on it without writing it again, so this build's
+    /// sync flushes the whole file system.
+    pub fn begin_writes(&self) -> Result<()> {
+        let mark = self.dir.join(SYNC_PENDING);
+        match OpenOptions::new().write(true).create_new(true).open(&mark) {
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                self.written.lock().unwrap_or_else(|e| e.into_inner()).more = true;
+                Ok(())
+            }
+            Err(e) => Err(Error::io("create", &mark, e)),
+        }
+    }
+
+    /// Whether this build must end with a sync even if it wrote nothing
+    /// itself (see [`ObjectStore::begin_writes`]).
+    pub fn sync_due(&self) -> bool {
+        self.written.lock().unwrap_or_else(|e| e.into_inner()).more
     }
 
     /// Records that `path` was written (or removed) and must be on disk
@@ -283,9 +318,9 @@ impl ObjectStore {
         }
     }
 
-    /// [`write_atomic`] for a `path` that should not exist yet (a new
-    /// object, action-cache entry or run manifest; an output missing from
-    /// disk). The bytes go into an unnamed file in the destination's
+    /// [`write_atomic`] for a store file that should not exist yet (a new
+    /// object, action-cache entry or run manifest; not an output, which
+    /// file watchers would see written as `#<inode>`). The bytes go into an unnamed file in the destination's
     /// directory (`O_TMPFILE`), which is then linked at `path`: a whole
     /// file appears there or nothing does, with no temp name to create and
     /// rename away, and a crash leaves no temp file behind. Measured here:
@@ -437,9 +472,20 @@ impl ObjectStore {
         // flushed in 0.7-1.1 ms that way, against 1.1-1.9 ms file by file;
         // at 10,000 targets (3 MB dirty) 2.1-3.4 ms against 1.4-2.5 ms.
         if !more && !paths.is_empty() && dirty_kb().is_none_or(|kb| kb > SYNC_ALL_DIRTY_KB) {
-            return sync_each(&paths);
+            sync_each(&paths)?;
+        } else {
+            self.sync_all()?;
         }
-        self.sync_all()
+        // flushed: no longer pending (a build that wrote nothing has
+        // nothing to flush, and removes the mark the same way)
+        self.end_writes();
+        Ok(())
+    }
+
+    /// Removes the mark [`ObjectStore::begin_writes`] made, once nothing
+    /// this store wrote is waiting to be flushed.
+    pub fn end_writes(&self) {
+        let _ = fs::remove_file(self.dir.join(SYNC_PENDING));
     }
 
     /// One `syncfs` of the store's file system.
@@ -553,14 +599,20 @@ fn sync_each(paths: &[Utf8PathBuf]) -> Result<()> {
             .try_for_each(|p| sync_one(p))
     };
     std::thread::scope(|scope| {
-        let others: Vec<_> = (1..THREADS.min(todo.len()))
-            .map(|k| scope.spawn(move || sync_some(k)))
-            .collect();
-        let first = sync_some(0);
+        // a share whose thread cannot be started is synced here instead
+        let mut inline = vec![0];
+        let mut others = Vec::new();
+        for k in 1..THREADS.min(todo.len()) {
+            match std::thread::Builder::new().spawn_scoped(scope, move || sync_some(k)) {
+                Ok(h) => others.push(h),
+                Err(_) => inline.push(k),
+            }
+        }
+        let here = inline.into_iter().try_for_each(sync_some);
         others
             .into_iter()
             .map(|h| h.join().expect("an fsync does not panic"))
-            .fold(first, |acc, r| acc.and(r))
+            .fold(here, |acc, r| acc.and(r))
     })
 }
 
@@ -762,6 +814,7 @@ mod tests {
         assert_eq!(mode, 0o666 & !umask, "{path}");
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn write_new_links_a_whole_new_file_and_never_replaces_by_link() {
         let (_t, s) = store();
@@ -824,13 +877,20 @@ mod tests {
             (w.paths.len(), w.more)
         };
         // the store's marker files, then an object written twice (recorded
-        // once) and one removed after it was written
-        let before = written(&s).0;
+        // once, with the shard directory its write created) and one
+        // removed after it was written
         let d = s.put(b"kept").unwrap();
         s.write_new(&s.object_path(&d), b"kept").unwrap();
         let gone = s.put(b"gone").unwrap();
         fs::remove_file(s.object_path(&gone)).unwrap();
-        assert_eq!(written(&s), (before + 2, false));
+        {
+            let w = s.written.lock().unwrap();
+            let count = |p: &Utf8Path| w.paths.iter().filter(|q| *q == p).count();
+            assert_eq!(count(&s.object_path(&d)), 1);
+            assert_eq!(count(&s.object_path(&gone)), 1);
+            assert_eq!(count(s.object_path(&d).parent().unwrap()), 1, "a new shard");
+            assert!(!w.more);
+        }
         s.sync().unwrap();
         assert_eq!(written(&s), (0, false), "a sync takes what was recorded");
         // past SYNC_EACH_MAX files only the count is kept: one syncfs
@@ -846,6 +906,31 @@ mod tests {
             dirty_kb().is_some(),
             "/proc/meminfo has Dirty and Writeback"
         );
+    }
+
+    #[test]
+    fn a_build_after_one_that_stopped_before_its_flush_flushes_everything() {
+        let (_t, s) = store();
+        let mark = s.dir().join(SYNC_PENDING);
+        s.begin_writes().unwrap();
+        assert!(mark.exists() && !s.sync_due());
+        s.put(b"written, then the build is killed").unwrap();
+        // the next build: the mark is still there
+        let next = ObjectStore::open(s.dir().parent().unwrap()).unwrap();
+        next.begin_writes().unwrap();
+        assert!(
+            next.sync_due(),
+            "an earlier build's writes may not be on disk"
+        );
+        next.put(b"one small write").unwrap();
+        next.sync().unwrap();
+        assert!(!mark.exists(), "flushed: the mark is gone");
+        // and the one after that flushes only its own files again
+        let third = ObjectStore::open(s.dir().parent().unwrap()).unwrap();
+        third.begin_writes().unwrap();
+        assert!(!third.sync_due());
+        third.end_writes();
+        assert!(!mark.exists());
     }
 
     #[test]
