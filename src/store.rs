@@ -485,7 +485,11 @@ impl ObjectStore {
     /// Removes the mark [`ObjectStore::begin_writes`] made, once nothing
     /// this store wrote is waiting to be flushed.
     pub fn end_writes(&self) {
-        let _ = fs::remove_file(self.dir.join(SYNC_PENDING));
+        // (a read-only store, `--dry-run`'s, holds no lock: the mark it
+        // sees may be a running build's)
+        if !self.read_only {
+            let _ = fs::remove_file(self.dir.join(SYNC_PENDING));
+        }
     }
 
     /// One `syncfs` of the store's file system.
@@ -931,6 +935,11 @@ mod tests {
         assert!(!third.sync_due());
         third.end_writes();
         assert!(!mark.exists());
+        // a dry run's read-only store never removes a running build's mark
+        third.begin_writes().unwrap();
+        let root = s.dir().parent().unwrap();
+        ObjectStore::open_read_only(root).unwrap().end_writes();
+        assert!(mark.exists());
     }
 
     #[test]
