@@ -1202,16 +1202,7 @@ fn patch_stamp(stamp: &mut NoopStamp, seen: &[(usize, StatEntry)], checked_at: i
             patched.insert(*i);
         }
     }
-    for i in stamp.racy_entries() {
-        let e = stamp.entry(i);
-        if !patched.contains(&i)
-            && e.kind != EntryKind::Dir
-            && e.stat.is_some_and(|st| !is_racy(&st, checked_at))
-        {
-            let (stat, digest) = (e.stat, e.digest);
-            stamp.set(i, stat, false, digest);
-        }
-    }
+    stamp.age_except(checked_at, |i| patched.contains(&i));
 }
 
 /// What compilation reads from: the project, its graph, its files and

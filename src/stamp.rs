@@ -354,11 +354,19 @@ impl NoopStamp {
     /// Clears the racy flag of entries [`NoopStamp::changed`] verified at
     /// `checked_at` that have aged past the window since; true if any did.
     pub fn age(&mut self, checked_at: i64) -> bool {
+        self.age_except(checked_at, |_| false)
+    }
+
+    /// [`NoopStamp::age`] for every racy entry but those `skip` names (the
+    /// ones a build just patched).
+    pub fn age_except(&mut self, checked_at: i64, skip: impl Fn(usize) -> bool) -> bool {
         let mut any = false;
-        for i in 0..self.len() {
+        for i in self.racy_entries() {
+            if skip(i) {
+                continue;
+            }
             let e = self.entry(i);
-            if e.racy
-                && e.kind != EntryKind::Dir
+            if e.kind != EntryKind::Dir
                 && e.stat
                     .is_some_and(|st| !crate::state::is_racy(&st, checked_at))
             {
