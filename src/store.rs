@@ -182,8 +182,7 @@ impl ObjectStore {
     /// and its directories.
     pub(crate) fn init(&self) -> Result<()> {
         for sub in ["objects", "ac", "runs"] {
-            let p = self.dir.join(sub);
-            fs::create_dir_all(&p).map_err(|e| Error::io("create", &p, e))?;
+            self.create_dirs(&self.dir.join(sub))?;
         }
         self.write_atomic(
             &self.dir.join("CACHEDIR.TAG"),
@@ -244,29 +243,12 @@ impl ObjectStore {
     /// in one shared directory: at 10,000 targets a single temp directory
     /// made its inode lock the build's bottleneck.
     pub fn write_atomic(&self, path: &Utf8Path, bytes: &[u8]) -> Result<()> {
-        let parent = match path.parent() {
-            Some(p) if !p.as_str().is_empty() => p,
-            _ => Utf8Path::new("."),
-        };
-        // 0666 less the umask, like any file a program creates (tempfile's
-        // default 0600 would leave outputs unreadable to others)
-        let new_temp = || {
-            tempfile::Builder::new()
-                .prefix(".mkt-tmp-")
-                .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-                .tempfile_in(parent)
-        };
-        let mut tmp = match new_temp() {
+        let parent = dir_of(path);
+        let mut tmp = match temp_in(parent) {
             Ok(t) => t,
             Err(_) => {
-                let missing: Vec<&Utf8Path> =
-                    parent.ancestors().take_while(|d| !d.exists()).collect();
-                fs::create_dir_all(parent).map_err(|e| Error::io("create", parent, e))?;
-                // each new directory's entry is in the one above it
-                for d in missing {
-                    self.note_written(d);
-                }
-                new_temp().map_err(|e| Error::io("create a temp file in", parent, e))?
+                self.create_dirs(parent)?;
+                temp_in(parent).map_err(|e| Error::io("create a temp file in", parent, e))?
             }
         };
         tmp.write_all(bytes)
@@ -274,6 +256,18 @@ impl ObjectStore {
         tmp.persist(path)
             .map_err(|e| Error::io("write", path, e.error))?;
         self.note_written(path);
+        Ok(())
+    }
+
+    /// Creates `dir` and the directories above it that are missing, each
+    /// recorded for [`ObjectStore::sync`] (a new directory's entry is in
+    /// the one above it, which the sync flushes with it).
+    fn create_dirs(&self, dir: &Utf8Path) -> Result<()> {
+        let missing: Vec<&Utf8Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+        fs::create_dir_all(dir).map_err(|e| Error::io("create", dir, e))?;
+        for d in missing {
+            self.note_written(d);
+        }
         Ok(())
     }
 
@@ -513,6 +507,24 @@ impl ObjectStore {
     }
 }
 
+/// The directory `path` is in (`.` for a bare name).
+fn dir_of(path: &Utf8Path) -> &Utf8Path {
+    match path.parent() {
+        Some(p) if !p.as_str().is_empty() => p,
+        _ => Utf8Path::new("."),
+    }
+}
+
+/// A temp file (`.mkt-tmp-*`) in `dir`, to be renamed into place: 0666
+/// less the umask, like any file a program creates (tempfile's default
+/// 0600 would leave outputs unreadable to others).
+fn temp_in(dir: &Utf8Path) -> std::io::Result<tempfile::NamedTempFile> {
+    tempfile::Builder::new()
+        .prefix(".mkt-tmp-")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .tempfile_in(dir)
+}
+
 /// Writes `bytes` to a new file at `path` through an unnamed file linked
 /// into place (see [`ObjectStore::write_new`]); `false`, having changed
 /// nothing, when that cannot be done. Never replaces an existing `path`.
@@ -520,11 +532,10 @@ impl ObjectStore {
 fn link_new(path: &Utf8Path, bytes: &[u8]) -> bool {
     use std::ffi::CString;
     use std::os::fd::FromRawFd;
-    let parent = match path.parent() {
-        Some(p) if !p.as_str().is_empty() => p,
-        _ => Utf8Path::new("."),
-    };
-    let (Ok(dir), Ok(dest)) = (CString::new(parent.as_str()), CString::new(path.as_str())) else {
+    let (Ok(dir), Ok(dest)) = (
+        CString::new(dir_of(path).as_str()),
+        CString::new(path.as_str()),
+    ) else {
         return false;
     };
     // SAFETY: `dir` is a NUL-terminated path; 0666 less the umask, like any
@@ -569,22 +580,16 @@ fn link_new(_path: &Utf8Path, _bytes: &[u8]) -> bool {
     false
 }
 
-/// `fsync`s each of `paths`, the directory holding each and the one above
-/// that (which holds a directory the write may have created: a new shard
-/// of `objects/`, a new output directory), on up to 16 threads at once, so
-/// that the file system can commit them together. A file that is gone was
-/// removed after it was written: its directory records that.
+/// `fsync`s each of `paths` (files, and the directories the store
+/// created) and the directory holding each, on up to 16 threads at once,
+/// so that the file system can commit them together. A file that is gone
+/// was removed after it was written: its directory records that.
 fn sync_each(paths: &[Utf8PathBuf]) -> Result<()> {
     let mut todo: Vec<&Utf8Path> = paths.iter().map(|p| p.as_path()).collect();
-    fn parent(p: &Utf8Path) -> Option<&Utf8Path> {
-        p.parent().filter(|d| !d.as_str().is_empty())
-    }
     for p in paths {
-        let dir = parent(p);
-        for d in [dir, dir.and_then(parent)].into_iter().flatten() {
-            if !todo.contains(&d) {
-                todo.push(d);
-            }
+        let dir = dir_of(p);
+        if !todo.contains(&dir) {
+            todo.push(dir);
         }
     }
     let sync_one = |p: &Utf8Path| -> Result<()> {
@@ -631,13 +636,9 @@ fn sync_each(paths: &[Utf8PathBuf]) -> Result<()> {
 /// copy of the target records, and outputs, which are the user's, are
 /// renamed over the old file: they never go missing, even for a moment.)
 pub fn replace_cache(path: &Utf8Path, parts: &[&[u8]]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Utf8Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".mkt-tmp-")
-        // readable as any file mkt writes (0666 less the umask), so that
-        // others sharing the project keep the fast path
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
-        .tempfile_in(dir)?;
+    // (readable as any file mkt writes, so that others sharing the project
+    // keep the fast path)
+    let mut tmp = temp_in(dir_of(path))?;
     for bytes in parts {
         tmp.write_all(bytes)?;
     }
