@@ -1465,7 +1465,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                 };
             }
             ObjectRead::Corrupt => warnings.push(format!(
-                "store object {} (output of `{}`) was corrupt and has been removed; rebuilding",
+                "store object {} (output of `{}`) was corrupt and has been set aside; rebuilding",
                 rec.output_digest.short(),
                 node.key
             )),
@@ -1520,7 +1520,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
                     };
                 }
                 ObjectRead::Corrupt => warnings.push(format!(
-                    "store object {} (output of `{}`) was corrupt and has been removed; running the model again",
+                    "store object {} (output of `{}`) was corrupt and has been set aside; running the model again",
                     m.outputs[0].digest.short(),
                     node.key
                 )),
@@ -1528,7 +1528,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
             },
             AcRead::Missing => {}
             AcRead::Corrupt => warnings.push(format!(
-                "action cache entry {} (for `{}`) was corrupt and has been removed; running the model again",
+                "action cache entry {} (for `{}`) was corrupt and has been set aside; running the model again",
                 ibh.0.short(),
                 node.key
             )),

@@ -45,8 +45,9 @@ use crate::error::{Error, Result};
 use crate::hash::InputBundleHash;
 use crate::history::{HISTORY_FILE, HistoryEntry};
 use crate::manifest::RunManifest;
+use crate::pack::RecordKind;
 use crate::state::StateFiles;
-use crate::store::{ObjectStore, STORE_DIR};
+use crate::store::{AcRead, ObjectStore, STORE_DIR};
 use camino::{Utf8Path, Utf8PathBuf};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::fs;
@@ -84,6 +85,9 @@ impl Default for GcOptions {
 pub enum Kind {
     Object,
     AcEntry,
+    /// A pack's own bytes: its header and index, and older copies of
+    /// records written again since.
+    PackIndex,
     FailedRun,
     History,
     State,
@@ -92,9 +96,10 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Object,
         Kind::AcEntry,
+        Kind::PackIndex,
         Kind::FailedRun,
         Kind::History,
         Kind::State,
@@ -106,6 +111,7 @@ impl Kind {
         match self {
             Kind::Object => "objects",
             Kind::AcEntry => "run manifests (ac/)",
+            Kind::PackIndex => "packs (headers, indexes)",
             Kind::FailedRun => "failed runs (runs/)",
             Kind::History => "history",
             Kind::State => "state",
@@ -123,6 +129,7 @@ impl Kind {
         match rel.split('/').next().unwrap_or("") {
             "objects" => Kind::Object,
             "ac" => Kind::AcEntry,
+            crate::store::PACKS_DIR => Kind::PackIndex,
             "runs" => Kind::FailedRun,
             HISTORY_FILE => Kind::History,
             "state" | "state.log" => Kind::State,
@@ -146,8 +153,12 @@ pub enum Why {
 
 #[derive(Debug, Clone)]
 pub struct Removal {
-    /// Relative to the project root (`.mkt/objects/ab/ab12…`).
+    /// Relative to the project root (`.mkt/objects/ab/ab12…`); for a
+    /// record in a pack, the pack and the record's loose name
+    /// (`.mkt/packs/0000000000000001.pack:objects/ab/ab12…`).
     pub path: Utf8PathBuf,
+    /// A record in a pack: it goes when gc rewrites the packs.
+    pub packed: Option<(RecordKind, [u8; 32])>,
     pub kind: Kind,
     pub bytes: u64,
     pub why: Why,
@@ -178,9 +189,13 @@ impl GcReport {
     }
 }
 
-/// One file of the store as gc sees it.
+/// One file of the store as gc sees it, or one record in a pack.
 struct StoreFile {
+    /// Relative to `.mkt/`; a packed record has the name it would have
+    /// as a loose file, which is how runs name what they need.
     rel: Utf8PathBuf,
+    /// A packed record, and the pack it is in (relative to `.mkt/`).
+    packed: Option<(RecordKind, [u8; 32], Utf8PathBuf)>,
     kind: Kind,
     bytes: u64,
     /// Seconds since the epoch: `max(atime, mtime)` (module docs).
@@ -223,6 +238,7 @@ fn walk(dir: &Utf8Path) -> Result<Vec<StoreFile>> {
                 .and_then(|m| now.duration_since(m).ok())
                 .map_or(0, |d| d.as_secs());
             out.push(StoreFile {
+                packed: None,
                 kind: Kind::of(rel.as_str()),
                 bytes: meta.len(),
                 used: meta.atime().max(meta.mtime()),
@@ -232,6 +248,48 @@ fn walk(dir: &Utf8Path) -> Result<Vec<StoreFile>> {
         }
     }
     Ok(out)
+}
+
+/// `files` with each pack's records listed as if they were loose files
+/// (see [`StoreFile::rel`]); what is left of a pack's size is its index.
+fn with_packed_records(store: &ObjectStore, mut files: Vec<StoreFile>) -> Vec<StoreFile> {
+    let mut records = Vec::new();
+    for r in store.packed_records() {
+        let Ok(rel) = r.pack.strip_prefix(store.dir()) else {
+            continue;
+        };
+        let Some(pack) = files.iter_mut().find(|f| f.rel == rel) else {
+            continue; // a pack written after the walk
+        };
+        pack.bytes = pack.bytes.saturating_sub(r.bytes);
+        let d = crate::hash::Digest(r.key);
+        let (kind, loose) = match r.kind {
+            RecordKind::Object => (Kind::Object, store.object_path(&d)),
+            RecordKind::AcEntry => (Kind::AcEntry, store.ac_path(&InputBundleHash(d))),
+        };
+        records.push(StoreFile {
+            rel: loose
+                .strip_prefix(store.dir())
+                .expect("inside the store")
+                .to_owned(),
+            packed: Some((r.kind, r.key, rel.to_owned())),
+            kind,
+            bytes: r.bytes,
+            used: pack.used,
+            age_s: pack.age_s,
+        });
+    }
+    files.extend(records);
+    files
+}
+
+/// Where a removal is, relative to the project root.
+fn removal_path(f: &StoreFile) -> Utf8PathBuf {
+    let in_store = match &f.packed {
+        Some((_, _, pack)) => Utf8PathBuf::from(format!("{pack}:{}", f.rel)),
+        None => f.rel.clone(),
+    };
+    Utf8Path::new(STORE_DIR).join(in_store)
 }
 
 /// Counts and bytes of each kind of file in the store.
@@ -248,7 +306,7 @@ pub fn stats(root: &Utf8Path) -> Result<StoreStats> {
     // a store of an unknown version is refused here too (with the help
     // line that says how to start over), not counted as if it were ours
     let store = ObjectStore::open_read_only(root)?;
-    let files = walk(store.dir())?;
+    let files = with_packed_records(&store, walk(store.dir())?);
     let mut st = StoreStats::default();
     for k in Kind::ALL {
         let of_kind = files.iter().filter(|f| f.kind == k);
@@ -260,10 +318,14 @@ pub fn stats(root: &Utf8Path) -> Result<StoreStats> {
     Ok(st)
 }
 
-/// Reads a manifest, believed only when it parses (`None` otherwise: gc
-/// then keeps nothing on its account, and the file itself goes).
-fn read_manifest(path: &Utf8Path) -> Option<RunManifest> {
-    RunManifest::from_json(&fs::read(path).ok()?)
+/// The manifest filed under `ibh`, believed only when it is valid
+/// (`None` otherwise: gc then keeps nothing on its account, and the entry
+/// itself goes).
+fn read_manifest(store: &ObjectStore, ibh: &InputBundleHash) -> Option<RunManifest> {
+    match store.ac_get(ibh) {
+        AcRead::Found(m) => Some(*m),
+        _ => None,
+    }
 }
 
 /// A run gc keeps: its manifest and the objects it names (absolute paths).
@@ -315,9 +377,9 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
             continue;
         }
         pinned.insert(store.object_path(&rec.output_digest));
-        let ac = store.ac_path(&InputBundleHash(rec.ibh));
-        if let Some(m) = read_manifest(&ac).filter(|m| m.input_bundle_hash.0 == rec.ibh) {
-            pinned.extend(manifest_files(&store, ac, &m));
+        let ibh = InputBundleHash(rec.ibh);
+        if let Some(m) = read_manifest(&store, &ibh) {
+            pinned.extend(manifest_files(&store, store.ac_path(&ibh), &m));
         }
         pinned_ids.insert((key.clone(), rec.run_id.clone()));
     }
@@ -349,9 +411,9 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         }
         let mut files = Vec::new();
         if let Some(ibh) = e.input_bundle_hash {
-            let ac = store.ac_path(&InputBundleHash(ibh));
-            if let Some(m) = read_manifest(&ac).filter(|m| m.run_id == e.run_id) {
-                files = manifest_files(&store, ac, &m);
+            let ibh = InputBundleHash(ibh);
+            if let Some(m) = read_manifest(&store, &ibh).filter(|m| m.run_id == e.run_id) {
+                files = manifest_files(&store, store.ac_path(&ibh), &m);
             }
         }
         if files.is_empty() {
@@ -373,7 +435,7 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         recent_runs: recent.len(),
         ..Default::default()
     };
-    let files = walk(&dir)?;
+    let files = with_packed_records(&store, walk(&dir)?);
     rep.size_before = files.iter().map(|f| f.bytes).sum();
     let mut refs: HashMap<&Utf8Path, usize> = HashMap::default();
     for r in &recent {
@@ -381,7 +443,6 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
             *refs.entry(f.as_path()).or_default() += 1;
         }
     }
-    let rel_to_root = |rel: &Utf8Path| Utf8Path::new(STORE_DIR).join(rel);
     let mut by_path: HashMap<Utf8PathBuf, &StoreFile> = HashMap::default();
     let mut size = rep.size_before;
     for f in &files {
@@ -399,7 +460,8 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
             Some(why) => {
                 size -= f.bytes;
                 rep.removed.push(Removal {
-                    path: rel_to_root(&f.rel),
+                    path: removal_path(f),
+                    packed: f.packed.as_ref().map(|(k, key, _)| (*k, *key)),
                     kind: f.kind,
                     bytes: f.bytes,
                     why,
@@ -438,7 +500,8 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
                 if let Some(f) = by_path.remove(p) {
                     size -= f.bytes;
                     rep.removed.push(Removal {
-                        path: rel_to_root(&f.rel),
+                        path: removal_path(f),
+                        packed: f.packed.as_ref().map(|(k, key, _)| (*k, *key)),
                         kind: f.kind,
                         bytes: f.bytes,
                         why: Why::Evicted,
@@ -450,6 +513,27 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
     }
     rep.evicted_runs = evicted.len();
     rep.recent_runs -= evicted.len();
+    // Records leave a pack when gc rewrites the packs as one: the old
+    // packs' own bytes go, the new one's come.
+    if rep.removed.iter().any(|r| r.packed.is_some()) {
+        let gone: HashSet<(RecordKind, [u8; 32])> =
+            rep.removed.iter().filter_map(|r| r.packed).collect();
+        for pack in files.iter().filter(|f| f.kind == Kind::PackIndex) {
+            let (mut listed, mut kept) = (0, 0);
+            for (k, key, _) in files
+                .iter()
+                .filter_map(|f| f.packed.as_ref())
+                .filter(|(_, _, p)| *p == pack.rel)
+            {
+                listed += 1;
+                kept += usize::from(!gone.contains(&(*k, *key)));
+            }
+            // rewritten when it loses a record or holds older copies
+            if kept < listed || pack.bytes > crate::pack::own_bytes(listed) {
+                size = size - pack.bytes + crate::pack::own_bytes(kept);
+            }
+        }
+    }
 
     // The history: the lines of kept runs, byte for byte.
     let mut new_history = Vec::with_capacity(history_bytes.len());
@@ -478,8 +562,21 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         store.write_atomic(&history_path, &new_history)?;
     }
     remove_all(root, &rep.removed)?;
+    let dropped: HashSet<(RecordKind, [u8; 32])> =
+        rep.removed.iter().filter_map(|r| r.packed).collect();
+    if !dropped.is_empty() {
+        // what stays is the newest copy of each record, where it is
+        let newest: HashMap<(RecordKind, [u8; 32]), Utf8PathBuf> = files
+            .iter()
+            .filter_map(|f| f.packed.as_ref())
+            .map(|(k, key, pack)| ((*k, *key), dir.join(pack)))
+            .collect();
+        store.repack(&|pack, kind, key| {
+            !dropped.contains(&(kind, *key)) && newest.get(&(kind, *key)).is_some_and(|p| p == pack)
+        })?;
+    }
     let mut dirs: HashSet<Utf8PathBuf> = HashSet::default();
-    for r in &rep.removed {
+    for r in rep.removed.iter().filter(|r| r.packed.is_none()) {
         if let Some(parent) = r.path.parent()
             && matches!(r.kind, Kind::Object | Kind::AcEntry)
         {
@@ -501,6 +598,9 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
 fn remove_all(root: &Utf8Path, removed: &[Removal]) -> Result<()> {
     use rayon::prelude::*;
     let remove = |r: &Removal| {
+        if r.packed.is_some() {
+            return Ok(()); // gone with the repack
+        }
         let abs = root.join(&r.path);
         match fs::remove_file(&abs) {
             Ok(()) => Ok(()),
@@ -534,6 +634,7 @@ fn gc_all(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
     };
     for f in files.iter().filter(|f| f.rel != "lock") {
         rep.removed.push(Removal {
+            packed: None,
             path: Utf8Path::new(STORE_DIR).join(&f.rel),
             kind: f.kind,
             bytes: f.bytes,
@@ -638,6 +739,8 @@ mod tests {
         assert_eq!(Kind::of("history.jsonl"), Kind::History);
         assert_eq!(Kind::of("state.log"), Kind::State);
         assert_eq!(Kind::of("noop"), Kind::Other);
+        assert_eq!(Kind::of("packs/0000000000000001.pack"), Kind::PackIndex);
+        assert_eq!(Kind::of("packs/.mkt-tmp-x1"), Kind::Temp);
     }
 
     /// Writes a manifest for `target` with a given output into the store
@@ -679,12 +782,16 @@ mod tests {
         }
     }
 
+    /// Whether the store holds the run's entry and objects (read afresh).
     fn exists(s: &ObjectStore, m: &RunManifest) -> [bool; 3] {
-        [
-            s.ac_path(&m.input_bundle_hash).exists(),
-            s.object_path(&m.prompt_digest).exists(),
-            s.object_path(&m.outputs[0].digest).exists(),
-        ]
+        let root = s.dir().parent().unwrap();
+        let s = ObjectStore::open_read_only(root).unwrap();
+        let entry = match s.ac_get(&m.input_bundle_hash) {
+            AcRead::Found(e) => e.run_id == m.run_id,
+            _ => false,
+        };
+        let has = |d| matches!(s.get(d), crate::store::ObjectRead::Found(_));
+        [entry, has(&m.prompt_digest), has(&m.outputs[0].digest)]
     }
 
     #[test]
@@ -701,7 +808,8 @@ mod tests {
         st.targets.insert("a".into(), record(&runs[1]));
         let (mut sf, _) = StateFiles::load(s.dir());
         sf.snapshot(&st).unwrap();
-        let stray = s.dir().join("objects").join(".mkt-tmp-old");
+        s.sync().unwrap(); // as a build ends: its pack sealed
+        let stray = s.dir().join("packs").join(".mkt-tmp-old");
         fs::write(&stray, b"half").unwrap();
 
         let opts = GcOptions {
@@ -778,6 +886,7 @@ mod tests {
         let old = put_run(&s, "a", 1, b"same");
         let newer = put_run(&s, "a", 2, b"new");
         let b = put_run(&s, "b", 3, b"same");
+        s.sync().unwrap();
         let mut st = crate::state::State::default();
         st.targets.insert("a".into(), record(&newer));
         st.targets.insert("b".into(), record(&b));
@@ -798,6 +907,7 @@ mod tests {
         let root = Utf8Path::from_path(t.path()).unwrap();
         let s = ObjectStore::open(root).unwrap();
         let m = put_run(&s, "a", 1, b"x");
+        s.sync().unwrap();
         fs::write(s.dir().join("VERSION"), "99\n").unwrap();
         assert!(ObjectStore::open(root).is_err());
         let opts = GcOptions {
@@ -805,7 +915,7 @@ mod tests {
             ..Default::default()
         };
         let rep = gc(root, &opts, &|| {}).unwrap();
-        assert!(rep.removed.iter().any(|r| r.kind == Kind::Object));
+        assert!(rep.removed.iter().any(|r| r.kind == Kind::PackIndex));
         assert_eq!(exists(&s, &m), [false; 3]);
         let s = ObjectStore::open(root).expect("a fresh store of this version");
         assert!(s.dir().join("CACHEDIR.TAG").is_file());

@@ -16,6 +16,7 @@ pub mod hash;
 pub mod history;
 pub mod init;
 pub mod manifest;
+pub mod pack;
 pub mod provenance;
 pub mod remote;
 pub mod show;

@@ -2,19 +2,30 @@
 //!
 //! ```text
 //! .mkt/
-//!   VERSION              store format version ("1")
 //!   CACHEDIR.TAG         marks the directory as a cache for backup tools
 //!   .gitignore           "*": the store never gets committed
 //!   lock                 held (flock) by the build that owns the store
-//!   objects/xx/<digest>  outputs and compiled prompts, named by BLAKE3
-//!   ac/xx/<ibh>.json     action cache: InputBundleHash -> RunManifest
+//!   VERSION              store format version ("2"; "1" is read too)
+//!   packs/<seq>.pack     objects (outputs and compiled prompts, named by
+//!                        BLAKE3) and action-cache entries (InputBundleHash
+//!                        -> RunManifest), one pack per build that wrote
+//!                        any (format: `pack.rs`)
+//!   objects/xx/<digest>  loose objects, from a version 1 store (read only)
+//!   ac/xx/<ibh>.json     loose action-cache entries, likewise
 //!   runs/<run id>.json   manifests of failed runs (a successful run's is its ac entry)
 //!   history.jsonl        one line per target per build: ran/cached/failed
 //!   state, state.log     the fast-path state and its journal (see `state.rs`)
 //!   sync-pending         there while a build's writes may not be on disk yet
 //! ```
 //!
-//! **Writes** are atomic, so a reader sees a whole file or none: a new
+//! **Packs.** Objects and action-cache entries are appended to the pack
+//! of the build that made them, which seals it when it flushes; a lookup
+//! searches the packs newest first, then (for a version 1 store) the
+//! loose files. When a build finds more than [`MAX_PACKS`] packs it merges
+//! a run of consecutive ones into one (see [`ObjectStore::sync`]). Why
+//! packs and not a file each: `pack.rs`.
+//!
+//! **Writes** of other files are atomic, so a reader sees a whole file or none: a new
 //! file is written unnamed (`O_TMPFILE`) in its directory and then linked
 //! at its name ([`ObjectStore::write_new`]); a file that replaces another
 //! is a temp file beside it renamed over it. Durability is batched like
@@ -34,12 +45,22 @@
 use crate::error::{Error, Result};
 use crate::hash::{Digest, InputBundleHash};
 use crate::manifest::RunManifest;
+use crate::pack::{Found, Pack, PackWriter, RecordKind};
 use camino::{Utf8Path, Utf8PathBuf};
+use rustc_hash::FxHashSet as HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 pub const STORE_DIR: &str = ".mkt";
-pub const STORE_VERSION: &str = "1";
+pub const STORE_VERSION: &str = "2";
+/// The format before packs (loose files only), read as well: such a store
+/// becomes version 2 when its first pack is written.
+const STORE_VERSION_LOOSE: &str = "1";
+pub const PACKS_DIR: &str = "packs";
+/// With more packs than this, [`ObjectStore::sync`] merges some.
+pub const MAX_PACKS: usize = 8;
 
 pub struct ObjectStore {
     dir: Utf8PathBuf,
@@ -48,7 +69,78 @@ pub struct ObjectStore {
     read_only: bool,
     /// What this store has written since it was opened, for
     /// [`ObjectStore::sync`].
-    written: std::sync::Mutex<Written>,
+    written: Mutex<Written>,
+    packs: Mutex<Packs>,
+    /// Its VERSION said "1": "2" is written with the first pack.
+    loose_version: AtomicBool,
+    /// It took the project lock: only then may it seal or merge packs
+    /// it did not write.
+    holds_lock: AtomicBool,
+}
+
+/// The store's packs, read at first use.
+#[derive(Default)]
+struct Packs {
+    /// Every pack on disk, newest first.
+    loaded: Option<Vec<LoadedPack>>,
+    /// Whether `objects/` or `ac/` holds anything (a version 1 store).
+    loose: Option<bool>,
+    /// The pack this store is writing.
+    writer: Option<OpenPack>,
+    /// Records found corrupt: stored again when asked, whatever an index says.
+    corrupt: HashSet<(RecordKind, [u8; 32])>,
+}
+
+struct LoadedPack {
+    path: Utf8PathBuf,
+    pack: Pack,
+}
+
+struct OpenPack {
+    path: Utf8PathBuf,
+    writer: PackWriter,
+}
+
+/// A pack's file name: its number, 16 hex digits, so names sort by number.
+fn pack_name(seq: u64) -> String {
+    format!("{seq:016x}.pack")
+}
+
+fn pack_seq(name: &str) -> Option<u64> {
+    let hex = name.strip_suffix(".pack")?;
+    (hex.len() == 16)
+        .then(|| u64::from_str_radix(hex, 16).ok())
+        .flatten()
+}
+
+/// The packs in `packs_dir`, oldest first.
+fn list_packs(packs_dir: &Utf8Path) -> Vec<(u64, Utf8PathBuf)> {
+    let mut packs: Vec<(u64, Utf8PathBuf)> = fs::read_dir(packs_dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            Some((pack_seq(&name)?, packs_dir.join(name)))
+        })
+        .collect();
+    packs.sort();
+    packs
+}
+
+/// Whether a record in the pack at that path is to be kept.
+pub type KeepRecord<'a> = dyn Fn(&Utf8Path, RecordKind, &[u8; 32]) -> bool + 'a;
+
+/// One record of the store's packs as `mkt gc` sees it: the newest copy
+/// of each key.
+#[derive(Debug, Clone)]
+pub struct PackedRecord {
+    pub kind: RecordKind,
+    pub key: [u8; 32],
+    /// Its size in the pack, header included.
+    pub bytes: u64,
+    /// The pack that holds it.
+    pub pack: Utf8PathBuf,
 }
 
 /// The files a store wrote, up to [`SYNC_EACH_MAX`]; past that, only that
@@ -125,11 +217,9 @@ impl ObjectStore {
 
     fn open_with(root: &Utf8Path, create: bool) -> Result<ObjectStore> {
         let dir = root.join(STORE_DIR);
-        let store = ObjectStore {
-            dir,
-            read_only: !create,
-            written: Default::default(),
-        };
+        let mut store = ObjectStore::open_unchecked(root);
+        store.read_only = !create;
+        debug_assert_eq!(store.dir, dir);
         let version = store.dir.join("VERSION");
         let refuse = |what: String| {
             Error::InvalidFile {
@@ -143,6 +233,9 @@ impl ObjectStore {
         };
         match fs::read(&version) {
             Ok(v) if v.trim_ascii() == STORE_VERSION.as_bytes() => {}
+            Ok(v) if v.trim_ascii() == STORE_VERSION_LOOSE.as_bytes() => {
+                store.loose_version.store(true, Ordering::Relaxed);
+            }
             Ok(v) => {
                 // shown as text only when it is short printable text
                 let v = String::from_utf8(v)
@@ -175,13 +268,16 @@ impl ObjectStore {
             dir: root.join(STORE_DIR),
             read_only: false,
             written: Default::default(),
+            packs: Default::default(),
+            loose_version: AtomicBool::new(false),
+            holds_lock: AtomicBool::new(false),
         }
     }
 
     /// Writes the store's marker files (VERSION, CACHEDIR.TAG, .gitignore)
     /// and its directories.
     pub(crate) fn init(&self) -> Result<()> {
-        for sub in ["objects", "ac", "runs"] {
+        for sub in [PACKS_DIR, "runs"] {
             self.create_dirs(&self.dir.join(sub))?;
         }
         self.write_atomic(
@@ -234,6 +330,7 @@ impl ObjectStore {
             Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path }),
             Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &path, e)),
         }
+        self.holds_lock.store(true, Ordering::Relaxed);
         Ok(StoreLock { _file: file })
     }
 
@@ -355,15 +452,74 @@ impl ObjectStore {
     }
 
     fn put_known(&self, d: &Digest, bytes: &[u8]) -> Result<()> {
-        let path = self.object_path(d);
-        if fs::metadata(&path).is_ok_and(|m| m.len() == bytes.len() as u64) {
+        let mut packs = self.packs();
+        if packs.has(&self.dir, RecordKind::Object, &d.0) {
             return Ok(());
         }
-        self.write_new(&path, bytes)
+        if packs.loose(&self.dir)
+            && fs::metadata(self.object_path(d)).is_ok_and(|m| m.len() == bytes.len() as u64)
+        {
+            return Ok(());
+        }
+        self.append(&mut packs, RecordKind::Object, &d.0, bytes)
     }
 
-    /// Reads and verifies an object; a corrupt one is deleted.
+    fn packs(&self) -> MutexGuard<'_, Packs> {
+        self.packs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends a record to this store's pack, starting the pack first.
+    fn append(
+        &self,
+        packs: &mut Packs,
+        kind: RecordKind,
+        key: &[u8; 32],
+        bytes: &[u8],
+    ) -> Result<()> {
+        if packs.writer.is_none() {
+            packs.writer = Some(self.start_pack()?);
+        }
+        let open = packs.writer.as_mut().expect("started above");
+        open.writer
+            .append(kind, key, bytes)
+            .map_err(|e| Error::io("write", &open.path, e))?;
+        packs.corrupt.remove(&(kind, *key));
+        Ok(())
+    }
+
+    /// A new pack, numbered after every pack there is.
+    fn start_pack(&self) -> Result<OpenPack> {
+        let dir = self.dir.join(PACKS_DIR);
+        if !dir.is_dir() {
+            self.create_dirs(&dir)?;
+        }
+        if self.loose_version.swap(false, Ordering::Relaxed) {
+            let version = format!("{STORE_VERSION}\n");
+            self.write_atomic(&self.dir.join("VERSION"), version.as_bytes())?;
+        }
+        let seq = list_packs(&dir).last().map_or(1, |(s, _)| s + 1);
+        let path = dir.join(pack_name(seq));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| Error::io("create", &path, e))?;
+        let writer = PackWriter::start(file).map_err(|e| Error::io("write", &path, e))?;
+        self.note_written(&path);
+        Ok(OpenPack { path, writer })
+    }
+
+    /// Reads and verifies an object; a corrupt loose one is deleted.
     pub fn get(&self, d: &Digest) -> ObjectRead {
+        let packed = {
+            let mut packs = self.packs();
+            match packs.find(&self.dir, RecordKind::Object, &d.0) {
+                Found::Payload(b) => return ObjectRead::Found(b),
+                Found::Missing if !packs.loose(&self.dir) => return ObjectRead::Missing,
+                found => found,
+            }
+        };
         let path = self.object_path(d);
         match fs::read(&path) {
             Ok(bytes) if Digest::of(&bytes) == *d => ObjectRead::Found(bytes),
@@ -371,6 +527,7 @@ impl ObjectStore {
                 self.remove(&path);
                 ObjectRead::Corrupt
             }
+            Err(_) if packed == Found::Corrupt => ObjectRead::Corrupt,
             Err(_) => ObjectRead::Missing,
         }
     }
@@ -386,17 +543,42 @@ impl ObjectStore {
     /// Looks up the manifest of the run that produced `ibh`. An entry that
     /// cannot be believed is deleted and reported as [`AcRead::Corrupt`].
     pub fn ac_get(&self, ibh: &InputBundleHash) -> AcRead {
+        let believed = |bytes: &[u8]| {
+            RunManifest::from_json(bytes).filter(|m| {
+                m.input_bundle_hash == *ibh && m.status == crate::manifest::RunStatus::Ok
+            })
+        };
+        let packed_corrupt = {
+            let mut packs = self.packs();
+            let key = (RecordKind::AcEntry, ibh.0.0);
+            match packs.find(&self.dir, key.0, &key.1) {
+                // (the payload verified, so this is a valid record of a
+                // manifest mkt would not write: treated as corrupt too)
+                Found::Payload(b) => match believed(&b) {
+                    Some(m) => return AcRead::Found(Box::new(m)),
+                    None => {
+                        packs.corrupt.insert(key);
+                        true
+                    }
+                },
+                Found::Corrupt => true,
+                Found::Missing => false,
+            }
+        };
+        let none = || match packed_corrupt {
+            true => AcRead::Corrupt,
+            false => AcRead::Missing,
+        };
+        if !self.packs().loose(&self.dir) {
+            return none();
+        }
         let path = self.ac_path(ibh);
         let Ok(bytes) = fs::read(&path) else {
-            return AcRead::Missing;
+            return none();
         };
-        match RunManifest::from_json(&bytes) {
-            Some(m)
-                if m.input_bundle_hash == *ibh && m.status == crate::manifest::RunStatus::Ok =>
-            {
-                AcRead::Found(Box::new(m))
-            }
-            _ => {
+        match believed(&bytes) {
+            Some(m) => AcRead::Found(Box::new(m)),
+            None => {
                 self.remove(&path);
                 AcRead::Corrupt
             }
@@ -411,7 +593,13 @@ impl ObjectStore {
     }
 
     pub fn ac_put(&self, m: &RunManifest) -> Result<()> {
-        self.write_new(&self.ac_path(&m.input_bundle_hash), &m.to_json())
+        let mut packs = self.packs();
+        self.append(
+            &mut packs,
+            RecordKind::AcEntry,
+            &m.input_bundle_hash.0.0,
+            &m.to_json(),
+        )
     }
 
     pub fn put_run(&self, m: &RunManifest) -> Result<()> {
@@ -459,6 +647,7 @@ impl ObjectStore {
     /// programs' too: an edit's build right after `cargo build` had
     /// written a 130 MB binary spent 130-185 ms in it (four tries).
     pub fn sync(&self) -> Result<()> {
+        self.seal_packs()?;
         let Written { paths, more } =
             std::mem::take(&mut *self.written.lock().unwrap_or_else(|e| e.into_inner()));
         // With little else dirty, one syncfs is the cheaper: an edit's build
@@ -486,6 +675,145 @@ impl ObjectStore {
         }
     }
 
+    /// Seals the pack this store wrote; then, holding the project lock,
+    /// seals any pack a dead build left unsealed and, with more than
+    /// [`MAX_PACKS`] packs, merges a run of them. The largest pack (in
+    /// general a full build's) splits them: the packs after it are merged
+    /// when there are at least two, else those before it. An edit's build
+    /// thus merges small packs only; the order of the rest stays.
+    fn seal_packs(&self) -> Result<()> {
+        let mut packs = self.packs();
+        if let Some(open) = packs.writer.take() {
+            open.writer
+                .seal()
+                .map_err(|e| Error::io("write", &open.path, e))?;
+        }
+        packs.loaded = None; // read again when next needed
+        if !self.holds_lock.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let list = list_packs(&self.dir.join(PACKS_DIR));
+        let mut sizes = Vec::with_capacity(list.len());
+        for (_, path) in &list {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(|e| Error::io("open", path, e))?;
+            let mut pack = Pack::open(file).map_err(|e| Error::io("read", path, e))?;
+            if !pack.sealed {
+                pack.seal_in_place()
+                    .map_err(|e| Error::io("write", path, e))?;
+                self.note_written(path);
+            }
+            sizes.push(pack.file_len);
+        }
+        if list.len() <= MAX_PACKS {
+            return Ok(());
+        }
+        let largest = (0..list.len()).max_by_key(|&i| sizes[i]).unwrap_or(0);
+        let range = if list.len() - 1 - largest >= 2 {
+            largest + 1..list.len()
+        } else {
+            0..largest
+        };
+        self.merge(&list[range], &|_, _, _| true)
+    }
+
+    /// Replaces `packs` (consecutive, oldest first) by one pack under the
+    /// newest one's name, holding the newest copy of each record `keep`
+    /// accepts that verifies. The new pack is flushed before the old ones
+    /// go, so a crash leaves either.
+    fn merge(&self, packs: &[(u64, Utf8PathBuf)], keep: &KeepRecord<'_>) -> Result<()> {
+        let Some((_, newest)) = packs.last() else {
+            return Ok(());
+        };
+        let dir = self.dir.join(PACKS_DIR);
+        let tmp = temp_in(&dir).map_err(|e| Error::io("create a temp file in", &dir, e))?;
+        let file = tmp
+            .as_file()
+            .try_clone()
+            .map_err(|e| Error::io("write", newest, e))?;
+        let mut w = PackWriter::start(file).map_err(|e| Error::io("write", newest, e))?;
+        let mut taken: HashSet<(RecordKind, [u8; 32])> = HashSet::default();
+        for (_, path) in packs.iter().rev() {
+            let Ok(pack) = File::open(path).and_then(Pack::open) else {
+                continue; // gone meanwhile, or unreadable: nothing to copy
+            };
+            for e in pack.entries() {
+                if !keep(path, e.kind, &e.key) || taken.contains(&(e.kind, e.key)) {
+                    continue;
+                }
+                if let Some(payload) = pack.read(e) {
+                    w.append(e.kind, &e.key, &payload)
+                        .map_err(|err| Error::io("write", newest, err))?;
+                    taken.insert((e.kind, e.key));
+                }
+            }
+        }
+        let file = w.seal().map_err(|e| Error::io("write", newest, e))?;
+        file.sync_all().map_err(|e| Error::io("sync", newest, e))?;
+        if taken.is_empty() {
+            drop(tmp); // nothing kept: the packs just go
+            fs::remove_file(newest).map_err(|e| Error::io("remove", newest, e))?;
+        } else {
+            tmp.persist(newest)
+                .map_err(|e| Error::io("write", newest, e.error))?;
+        }
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io("sync", &dir, e))?;
+        for (_, path) in &packs[..packs.len() - 1] {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io("remove", path, e)),
+            }
+        }
+        self.note_written(&dir);
+        Ok(())
+    }
+
+    /// The newest copy of every record in the store's packs (for `mkt gc`).
+    pub fn packed_records(&self) -> Vec<PackedRecord> {
+        let mut packs = self.packs();
+        let mut seen: HashSet<(RecordKind, [u8; 32])> = HashSet::default();
+        let mut out = Vec::new();
+        for p in packs.load(&self.dir).iter() {
+            for e in p.pack.entries() {
+                if seen.insert((e.kind, e.key)) {
+                    out.push(PackedRecord {
+                        kind: e.kind,
+                        key: e.key,
+                        bytes: e.record_bytes(),
+                        pack: p.path.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Rewrites each pack that holds a record `keep` refuses without it,
+    /// under its own name (for `mkt gc`, which holds the lock). One pack
+    /// at a time: the space it takes meanwhile is one pack's, which
+    /// matters to a gc run on a full disk.
+    pub fn repack(&self, keep: &KeepRecord<'_>) -> Result<()> {
+        self.seal_packs()?;
+        for one in list_packs(&self.dir.join(PACKS_DIR)) {
+            let Ok(pack) = File::open(&one.1).and_then(Pack::open) else {
+                continue;
+            };
+            if pack.entries().is_empty()
+                || pack.entries().iter().any(|e| !keep(&one.1, e.kind, &e.key))
+            {
+                self.merge(std::slice::from_ref(&one), keep)?;
+            }
+        }
+        self.packs().loaded = None;
+        Ok(())
+    }
+
     /// One `syncfs` of the store's file system.
     fn sync_all(&self) -> Result<()> {
         let f = File::open(&self.dir).map_err(|e| Error::io("open", &self.dir, e))?;
@@ -504,6 +832,90 @@ impl ObjectStore {
         #[cfg(not(target_os = "linux"))]
         f.sync_all().map_err(|e| Error::io("sync", &self.dir, e))?;
         Ok(())
+    }
+}
+
+impl Drop for ObjectStore {
+    /// A store dropped with its pack unsealed (a build that failed before
+    /// its flush) seals it, so the next reader need not scan it; flushing
+    /// is left to the next build (the `sync-pending` mark says so).
+    fn drop(&mut self) {
+        let packs = self.packs.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = packs.writer.take() {
+            let _ = open.writer.seal();
+        }
+    }
+}
+
+impl Packs {
+    /// The packs on disk, newest first, opened at first use.
+    fn load(&mut self, store_dir: &Utf8Path) -> &[LoadedPack] {
+        self.loaded.get_or_insert_with(|| {
+            let mut list = list_packs(&store_dir.join(PACKS_DIR));
+            list.reverse();
+            list.into_iter()
+                .filter_map(|(_, path)| {
+                    let pack = File::open(&path).and_then(Pack::open).ok()?;
+                    Some(LoadedPack { path, pack })
+                })
+                .collect()
+        })
+    }
+
+    /// Whether the store still has loose files (from version 1).
+    fn loose(&mut self, store_dir: &Utf8Path) -> bool {
+        *self.loose.get_or_insert_with(|| {
+            ["objects", "ac"]
+                .iter()
+                .any(|sub| fs::read_dir(store_dir.join(sub)).is_ok_and(|mut d| d.next().is_some()))
+        })
+    }
+
+    /// Whether a record is stored (by the indexes; not read). One found
+    /// corrupt is not, whatever they say.
+    fn has(&mut self, store_dir: &Utf8Path, kind: RecordKind, key: &[u8; 32]) -> bool {
+        if self.corrupt.contains(&(kind, *key)) {
+            return false;
+        }
+        if self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.writer.contains(kind, key))
+        {
+            return true;
+        }
+        self.load(store_dir)
+            .iter()
+            .any(|p| p.pack.contains(kind, key))
+    }
+
+    /// The newest copy of a record that verifies: this store's pack first,
+    /// then the packs newest first. `Corrupt` when every copy was.
+    fn find(&mut self, store_dir: &Utf8Path, kind: RecordKind, key: &[u8; 32]) -> Found {
+        let mut corrupt = false;
+        if let Some(w) = &self.writer {
+            match w.writer.get(kind, key) {
+                Found::Payload(b) => return Found::Payload(b),
+                Found::Corrupt => corrupt = true,
+                Found::Missing => {}
+            }
+        }
+        if self.corrupt.contains(&(kind, *key)) {
+            return Found::Missing; // reported once, then as good as gone
+        }
+        for p in self.load(store_dir) {
+            match p.pack.get(kind, key) {
+                Found::Payload(b) => return Found::Payload(b),
+                Found::Corrupt => corrupt = true,
+                Found::Missing => {}
+            }
+        }
+        if corrupt {
+            self.corrupt.insert((kind, *key));
+            Found::Corrupt
+        } else {
+            Found::Missing
+        }
     }
 }
 
@@ -854,11 +1266,54 @@ mod tests {
         (t, s)
     }
 
+    fn packs_of(s: &ObjectStore) -> Vec<Utf8PathBuf> {
+        list_packs(&s.dir().join(PACKS_DIR))
+            .into_iter()
+            .map(|(_, p)| p)
+            .collect()
+    }
+
     #[test]
-    fn objects_round_trip_and_corruption_is_a_miss() {
-        let (_t, s) = store();
+    fn objects_round_trip_and_a_corrupt_copy_is_stored_again() {
+        let (t, s) = store();
+        let root = Utf8Path::from_path(t.path()).unwrap();
         let d = s.put(b"hello").unwrap();
         assert_eq!(s.get(&d), ObjectRead::Found(b"hello".to_vec()));
+        s.sync().unwrap();
+        let s = ObjectStore::open(root).unwrap();
+        assert_eq!(s.get(&d), ObjectRead::Found(b"hello".to_vec()));
+        let packs = packs_of(&s);
+        assert_eq!(packs.len(), 1);
+        let mut bytes = fs::read(&packs[0]).unwrap();
+        let at = bytes.windows(5).position(|w| w == b"hello").unwrap();
+        bytes[at + 4] = b'p';
+        fs::write(&packs[0], &bytes).unwrap();
+        let s = ObjectStore::open(root).unwrap();
+        assert_eq!(s.get(&d), ObjectRead::Corrupt);
+        assert_eq!(s.get(&d), ObjectRead::Missing, "reported once");
+        // stored again, into a new pack that shadows the corrupt copy
+        s.put(b"hello").unwrap();
+        assert_eq!(s.get(&d), ObjectRead::Found(b"hello".to_vec()));
+        s.sync().unwrap();
+        let s = ObjectStore::open(root).unwrap();
+        assert_eq!(s.get(&d), ObjectRead::Found(b"hello".to_vec()));
+        assert_eq!(packs_of(&s).len(), 2);
+    }
+
+    /// A store from before packs: its loose files are read, verified, and
+    /// a corrupt one removed; its first pack makes it version 2.
+    #[test]
+    fn a_version_1_store_is_read_and_becomes_version_2() {
+        let (t, s) = store();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        fs::write(s.dir().join("VERSION"), "1\n").unwrap();
+        let s = ObjectStore::open(root).unwrap();
+        let d = Digest::of(b"hello");
+        fs::create_dir_all(s.object_path(&d).parent().unwrap()).unwrap();
+        fs::write(s.object_path(&d), b"hello").unwrap();
+        assert_eq!(s.get(&d), ObjectRead::Found(b"hello".to_vec()));
+        assert_eq!(s.put(b"hello").unwrap(), d, "stored already");
+        assert!(packs_of(&s).is_empty());
         fs::write(s.object_path(&d), b"hellp").unwrap();
         assert_eq!(s.get(&d), ObjectRead::Corrupt);
         assert_eq!(
@@ -867,11 +1322,75 @@ mod tests {
             "a corrupt object is removed"
         );
         // every truncation of an object is detected
-        let d = s.put(b"some longer object text").unwrap();
+        let d = Digest::of(b"some longer object text");
+        fs::create_dir_all(s.object_path(&d).parent().unwrap()).unwrap();
         for cut in 0..23 {
             fs::write(s.object_path(&d), &b"some longer object text"[..cut]).unwrap();
             assert_eq!(s.get(&d), ObjectRead::Corrupt, "cut at {cut}");
         }
+        assert_eq!(fs::read_to_string(s.dir().join("VERSION")).unwrap(), "1\n");
+        s.put(b"new").unwrap();
+        assert_eq!(fs::read_to_string(s.dir().join("VERSION")).unwrap(), "2\n");
+        assert_eq!(packs_of(&s).len(), 1);
+    }
+
+    /// Past [`MAX_PACKS`] packs, a run of them is merged; the newest copy
+    /// of an entry written again still wins, and nothing is lost.
+    #[test]
+    fn packs_are_merged_and_the_newest_entry_wins() {
+        let (t, s) = store();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        drop(s);
+        let mut m = crate::manifest::tests::sample();
+        let mut objects = Vec::new();
+        for n in 0..3 * MAX_PACKS {
+            let s = ObjectStore::open(root).unwrap();
+            let _lock = s.lock(false, &|| {}).unwrap();
+            // one large build first, then small ones
+            let size = if n == 0 { 4000 } else { 10 };
+            objects.push(s.put(format!("{n:0size$}").as_bytes()).unwrap());
+            m.run_id = format!("2026112500000{n:04}-0000000{}", n % 10);
+            s.ac_put(&m).unwrap();
+            s.sync().unwrap();
+            assert!(packs_of(&s).len() <= MAX_PACKS, "after build {n}");
+        }
+        let s = ObjectStore::open_read_only(root).unwrap();
+        for d in &objects {
+            assert!(matches!(s.get(d), ObjectRead::Found(_)));
+        }
+        match s.ac_get(&m.input_bundle_hash) {
+            AcRead::Found(e) => assert_eq!(e.run_id, m.run_id, "the last run's"),
+            other => panic!("{other:?}"),
+        }
+        // every pack is sealed, and each key is in one pack only
+        let mut keys = HashSet::default();
+        for p in packs_of(&s) {
+            let pack = Pack::open(File::open(&p).unwrap()).unwrap();
+            assert!(pack.sealed);
+            for e in pack.entries() {
+                assert!(keys.insert((e.kind, e.key)) || e.kind == RecordKind::AcEntry);
+            }
+        }
+    }
+
+    /// A build killed before its flush leaves its pack unsealed: it is
+    /// read by scanning, and the next build to flush seals it.
+    #[test]
+    fn a_dead_builds_pack_is_read_and_then_sealed() {
+        let (t, s) = store();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        let d = s.put(b"from a build that died").unwrap();
+        std::mem::forget(s); // no seal, as if killed
+        let reader = ObjectStore::open_read_only(root).unwrap();
+        assert!(matches!(reader.get(&d), ObjectRead::Found(_)));
+        let pack = packs_of(&reader).remove(0);
+        assert!(!Pack::open(File::open(&pack).unwrap()).unwrap().sealed);
+        let s = ObjectStore::open(root).unwrap();
+        let _lock = s.lock(false, &|| {}).unwrap();
+        s.put(b"the next build").unwrap();
+        s.sync().unwrap();
+        assert!(Pack::open(File::open(&pack).unwrap()).unwrap().sealed);
+        assert!(matches!(s.get(&d), ObjectRead::Found(_)));
     }
 
     #[test]
@@ -881,26 +1400,32 @@ mod tests {
             let w = s.written.lock().unwrap();
             (w.paths.len(), w.more)
         };
-        // the store's marker files, then an object written twice (recorded
-        // once, with the shard directory its write created) and one
-        // removed after it was written
-        let d = s.put(b"kept").unwrap();
-        s.write_new(&s.object_path(&d), b"kept").unwrap();
-        let gone = s.put(b"gone").unwrap();
-        fs::remove_file(s.object_path(&gone)).unwrap();
+        // the store's marker files, then a file written twice (recorded
+        // once, with the directory its write created) and one removed
+        // after it was written, and objects: their pack, once
+        let kept = s.dir().join("runs").join("new").join("kept");
+        s.write_new(&kept, b"kept").unwrap();
+        s.write_new(&kept, b"kept").unwrap();
+        let gone = s.dir().join("runs").join("gone");
+        s.write_new(&gone, b"gone").unwrap();
+        fs::remove_file(&gone).unwrap();
+        s.put(b"one").unwrap();
+        s.put(b"two").unwrap();
         {
             let w = s.written.lock().unwrap();
             let count = |p: &Utf8Path| w.paths.iter().filter(|q| *q == p).count();
-            assert_eq!(count(&s.object_path(&d)), 1);
-            assert_eq!(count(&s.object_path(&gone)), 1);
-            assert_eq!(count(s.object_path(&d).parent().unwrap()), 1, "a new shard");
+            assert_eq!(count(&kept), 1);
+            assert_eq!(count(&gone), 1);
+            assert_eq!(count(kept.parent().unwrap()), 1, "a new directory");
+            assert_eq!(count(&packs_of(&s)[0]), 1);
             assert!(!w.more);
         }
         s.sync().unwrap();
         assert_eq!(written(&s), (0, false), "a sync takes what was recorded");
         // past SYNC_EACH_MAX files only the count is kept: one syncfs
         for i in 0..=SYNC_EACH_MAX {
-            s.put(format!("object {i}").as_bytes()).unwrap();
+            s.write_new(&s.dir().join("runs").join(format!("{i}")), b"x")
+                .unwrap();
         }
         assert_eq!(written(&s), (0, true));
         s.sync().unwrap();
@@ -980,7 +1505,7 @@ mod tests {
         let root = Utf8Path::from_path(t.path()).unwrap();
         let e = ObjectStore::open(root).err().unwrap().to_string();
         assert!(
-            e.contains("has format version 99, this mkt reads version 1"),
+            e.contains("has format version 99, this mkt reads version 2"),
             "{e}"
         );
         assert!(e.contains("help: upgrade mkt"), "{e}");
@@ -988,7 +1513,7 @@ mod tests {
         fs::write(s.dir().join("VERSION"), b"\xff\xfe\x00garbage").unwrap();
         let e = ObjectStore::open(root).err().unwrap().to_string();
         assert!(
-            e.contains("has format an unreadable VERSION, this mkt reads version 1"),
+            e.contains("has format an unreadable VERSION, this mkt reads version 2"),
             "{e}"
         );
         assert_eq!(
@@ -1031,10 +1556,13 @@ mod tests {
         let (_t, s) = store();
         let mut m = crate::manifest::tests::sample();
         let output = b"the output".to_vec();
-        m.outputs[0].digest = s.put(&output).unwrap();
-        s.ac_put(&m).unwrap();
+        m.outputs[0].digest = Digest::of(&output);
+        // a loose entry, as a version 1 store holds them
         let bytes = m.to_json();
         let path = s.ac_path(&m.input_bundle_hash);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, &bytes).unwrap();
+        s.put(&output).unwrap();
         let check = |case: &[u8], what: &str| {
             fs::write(&path, case).unwrap();
             match s.ac_get(&m.input_bundle_hash) {

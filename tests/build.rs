@@ -619,17 +619,34 @@ fn corrupt_store_object_is_detected_and_rebuilt() {
     let p = built_command_project();
     let final_md = p.read("out/final.md");
     let object = p.store_object_for("out/final.md");
-    let short = &object.rsplit('/').next().unwrap()[..12];
-    p.write(&object, "not what was stored\n");
+    let short = &object.key[..12];
+    p.corrupt_record(&object, b"not what was stored");
     p.remove("out/final.md");
     p.mkt(&["build"]).success().stderr_eq(&format!(
-        "warning: store object {short} (output of `final`) was corrupt and has been removed; rebuilding\n\
+        "warning: store object {short} (output of `final`) was corrupt and has been set aside; rebuilding\n\
          ran final (output `out/final.md` missing)\n\
          1 ran, 0 cached, 3 up to date\n"
     ));
     assert_eq!(p.read("out/final.md"), final_md);
     assert_eq!(&p.calls()[4..], ["# final"]);
-    assert_eq!(p.read(&object), final_md, "the object was stored again");
+    let copies: Vec<_> = p
+        .store_objects()
+        .into_iter()
+        .filter(|r| r.key == object.key)
+        .map(|r| (r.pack, r.payload))
+        .collect();
+    assert_eq!(
+        copies.len(),
+        2,
+        "the corrupt copy and a new one: {copies:?}"
+    );
+    assert!(copies[0].1.is_empty(), "the corrupt copy does not verify");
+    assert_ne!(copies[0].0, copies[1].0, "stored again in a newer pack");
+    assert_eq!(
+        copies[1].1,
+        final_md.as_bytes(),
+        "the object was stored again"
+    );
     p.mkt(&["build"])
         .success()
         .stderr_eq("0 ran, 0 cached, 4 up to date\n");
@@ -638,7 +655,7 @@ fn corrupt_store_object_is_detected_and_rebuilt() {
 #[test]
 fn store_is_marked_as_a_cache() {
     let p = built_command_project();
-    assert_eq!(p.read(".mkt/VERSION"), "1\n");
+    assert_eq!(p.read(".mkt/VERSION"), "2\n");
     assert_eq!(p.read(".mkt/.gitignore"), "*\n");
     assert!(
         p.read(".mkt/CACHEDIR.TAG")
@@ -1503,26 +1520,17 @@ fn a_corrupt_state_costs_time_but_no_model_call() {
 fn a_forged_action_cache_entry_is_refused_and_rebuilt() {
     let p = built_command_project();
     let calls = p.calls().len();
-    // copy side's manifest over outline's: valid JSON, wrong InputBundleHash
-    let mut entries: Vec<std::path::PathBuf> = Vec::new();
-    for dir in std::fs::read_dir(p.path(".mkt/ac")).unwrap() {
-        for f in std::fs::read_dir(dir.unwrap().path()).unwrap() {
-            entries.push(f.unwrap().path());
-        }
-    }
+    // side's manifest filed under every other entry's hash, with a valid
+    // checksum: valid JSON, wrong InputBundleHash
+    let entries = p.store_entries();
     assert_eq!(entries.len(), 4);
     let side = entries
         .iter()
-        .find(|e| {
-            std::fs::read_to_string(e)
-                .unwrap()
-                .contains("\"target\": \"side\"")
-        })
-        .unwrap()
-        .clone();
+        .find(|e| String::from_utf8_lossy(&e.payload).contains("\"target\": \"side\""))
+        .unwrap();
     for e in &entries {
-        if *e != side {
-            std::fs::copy(&side, e).unwrap();
+        if e.key != side.key {
+            p.forge_entry(&e.key, &side.payload);
         }
     }
     let outline = p.read("out/outline.md");
@@ -1531,7 +1539,7 @@ fn a_forged_action_cache_entry_is_refused_and_rebuilt() {
     let _ = std::fs::remove_file(p.path(".mkt/state.log"));
     let run = p.mkt(&["build"]);
     run.success()
-        .stderr_contains("was corrupt and has been removed; running the model again")
+        .stderr_contains("was corrupt and has been set aside; running the model again")
         .summary("3 ran, 1 cached, 0 up to date");
     assert_eq!(p.calls().len(), calls + 3);
     assert_eq!(p.read("out/outline.md"), outline);

@@ -100,10 +100,9 @@ fn assert_key_nowhere(p: &Project, runs: &[&support::Run]) {
 
 /// The action-cache manifests of the project.
 fn ac_manifests(p: &Project) -> Vec<serde_json::Value> {
-    store_files(p)
+    p.store_entries()
         .into_iter()
-        .filter(|f| f.strip_prefix(p.path(".mkt/ac")).is_ok())
-        .map(|f| serde_json::from_slice(&std::fs::read(f).unwrap()).unwrap())
+        .map(|r| serde_json::from_slice(&r.payload).unwrap())
         .collect()
 }
 

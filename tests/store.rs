@@ -30,6 +30,20 @@ fn count(p: &Project, rel: &str) -> usize {
     files_under(p, rel).len()
 }
 
+/// Distinct action-cache entries in the store's packs.
+fn entries(p: &Project) -> usize {
+    let keys: std::collections::HashSet<String> =
+        p.store_entries().into_iter().map(|r| r.key).collect();
+    keys.len()
+}
+
+/// Distinct objects in the store's packs.
+fn objects(p: &Project) -> usize {
+    let keys: std::collections::HashSet<String> =
+        p.store_objects().into_iter().map(|r| r.key).collect();
+    keys.len()
+}
+
 // ---------------------------------------------------------------------------
 // mkt init
 
@@ -103,7 +117,7 @@ fn init_refuses_an_existing_project() {
 fn gc_keeps_the_last_runs_and_what_the_current_outputs_need() {
     let p = built_command_project();
     edit_cycles(&p, 3);
-    assert_eq!(count(&p, ".mkt/ac"), 4 + 3 * 3);
+    assert_eq!(entries(&p), 4 + 3 * 3);
     let calls = p.calls().len();
 
     // a dry run lists what would go and changes nothing
@@ -127,15 +141,15 @@ fn gc_keeps_the_last_runs_and_what_the_current_outputs_need() {
     p.mkt(&["gc", "--keep-runs", "2"])
         .success()
         .stderr_contains("removed 18 files, ");
-    assert_eq!(count(&p, ".mkt/ac"), 7);
+    assert_eq!(entries(&p), 7);
     assert_eq!(p.read(".mkt/history.jsonl").lines().count(), 7);
     p.mkt(&["runs", "outline"]).success();
 
     // only what the current outputs need
     p.mkt(&["gc", "--keep-runs", "0"]).success();
-    assert_eq!(count(&p, ".mkt/ac"), 4);
+    assert_eq!(entries(&p), 4);
     // each run: its compiled prompt and its output
-    assert_eq!(count(&p, ".mkt/objects"), 8);
+    assert_eq!(objects(&p), 8);
 
     // nothing changed: still a no-op, with or without the stamp
     p.mkt(&["build"])
@@ -168,7 +182,7 @@ fn gc_max_size_evicts_recent_runs_but_never_the_current_ones() {
         .success()
         .stderr_contains("evicted 6 recent runs to fit --max-size\n")
         .stderr_contains("warning: the store is still larger than --max-size");
-    assert_eq!(count(&p, ".mkt/ac"), 4);
+    assert_eq!(entries(&p), 4);
     p.remove("out");
     p.mkt(&["build"])
         .success()
@@ -179,7 +193,7 @@ fn gc_max_size_evicts_recent_runs_but_never_the_current_ones() {
     p.mkt(&["gc", "--max-size", "1G"])
         .success()
         .stderr_lacks("evicted");
-    assert_eq!(count(&p, ".mkt/ac"), 7);
+    assert_eq!(entries(&p), 7);
     p.mkt(&["gc", "--max-size", "12Q"])
         .code(2)
         .stderr_contains("`12Q` is not a size such as `500M`");
@@ -207,7 +221,7 @@ fn gc_drops_failed_runs_that_nothing_needs() {
     // a failed record pins nothing
     p.mkt(&["gc", "--keep-runs", "0"]).success();
     assert_eq!(count(&p, ".mkt/runs"), 0);
-    assert_eq!(count(&p, ".mkt/objects"), 0);
+    assert_eq!(objects(&p), 0);
 }
 
 #[test]
@@ -239,7 +253,7 @@ fn an_unknown_store_version_is_refused_with_a_way_out() {
     p.remove(".mkt/noop");
     p.mkt(&["build"])
         .code(2)
-        .stderr_contains("has format version 99, this mkt reads version 1\n  help: upgrade mkt to the version that wrote it, or run `mkt gc --all`");
+        .stderr_contains("has format version 99, this mkt reads version 2\n  help: upgrade mkt to the version that wrote it, or run `mkt gc --all`");
     p.mkt(&["gc"]).code(2).stderr_contains("mkt gc --all");
     p.mkt(&["gc", "--stats"]).code(2);
     p.mkt(&["gc", "--all", "--dry-run"])
@@ -247,9 +261,9 @@ fn an_unknown_store_version_is_refused_with_a_way_out() {
         .stderr_contains("would remove ");
     assert_eq!(p.read(".mkt/VERSION"), "99\n");
     p.mkt(&["gc", "--all"]).success();
-    assert_eq!(p.read(".mkt/VERSION"), "1\n");
+    assert_eq!(p.read(".mkt/VERSION"), "2\n");
     assert!(p.exists(".mkt/CACHEDIR.TAG"));
-    assert_eq!(count(&p, ".mkt/objects") + count(&p, ".mkt/ac"), 0);
+    assert_eq!(objects(&p) + entries(&p), 0);
     // the next build starts fresh
     p.mkt(&["build"])
         .success()
@@ -271,7 +285,7 @@ fn gc_waits_for_the_lock_or_fails_with_no_wait() {
         .stderr_contains("mkt: waiting for another mkt build of this project to finish...\n");
     assert!(first.wait().unwrap().success());
     // gc ran after the build had saved its run: the current one is kept
-    assert_eq!(count(&p, ".mkt/ac"), 1);
+    assert_eq!(entries(&p), 1);
     p.remove("out");
     p.mkt(&["build"])
         .success()
@@ -337,7 +351,7 @@ fn clean_stale_removes_outputs_of_removed_targets_only() {
         .stderr_eq("0 ran, 0 cached, 2 up to date\n");
     // once forgotten, gc can drop its runs
     p.mkt(&["gc", "--keep-runs", "0"]).success();
-    assert_eq!(count(&p, ".mkt/ac"), 2);
+    assert_eq!(entries(&p), 2);
 }
 
 #[test]
@@ -373,14 +387,13 @@ fn a_truncated_action_cache_entry_and_object_are_rebuilt_with_a_warning() {
     let calls = p.calls().len();
     // cut outline's output object and final's manifest in half
     let object = p.store_object_for("out/outline.md");
-    let bytes = p.read_bytes(&object);
-    p.write(&object, &bytes[..bytes.len() / 2]);
-    let (entry, _) = files_under(&p, ".mkt/ac")
+    p.corrupt_record(&object, &vec![0; object.payload.len() / 2]);
+    let entry = p
+        .store_entries()
         .into_iter()
-        .find(|(f, _)| p.read(f).contains("\"target\": \"final\""))
+        .find(|r| String::from_utf8_lossy(&r.payload).contains("\"target\": \"final\""))
         .unwrap();
-    let bytes = p.read_bytes(&entry);
-    p.write(&entry, &bytes[..bytes.len() / 2]);
+    p.corrupt_record(&entry, &vec![b' '; entry.payload.len() / 2]);
     // without the state every target is compiled and looked up
     p.remove(".mkt/state");
     let _ = std::fs::remove_file(p.path(".mkt/state.log"));
@@ -389,9 +402,11 @@ fn a_truncated_action_cache_entry_and_object_are_rebuilt_with_a_warning() {
     let run = p.mkt(&["build"]);
     run.success()
         .stderr_contains(
-            "(output of `outline`) was corrupt and has been removed; running the model again",
+            "(output of `outline`) was corrupt and has been set aside; running the model again",
         )
-        .stderr_contains("(for `final`) was corrupt and has been removed; running the model again")
+        .stderr_contains(
+            "(for `final`) was corrupt and has been set aside; running the model again",
+        )
         .cached_keys(&["summary", "side"])
         .summary("2 ran, 2 cached, 0 up to date");
     assert_eq!(p.calls().len(), calls + 2);
@@ -457,10 +472,10 @@ fn a_full_disk_fails_the_build_clearly_and_the_store_stays_consistent() {
     let check_store = || {
         for (f, _) in files_under(&p, ".mkt") {
             assert!(!f.contains(".mkt-tmp-"), "temp file left: {f}");
-            if let Some(hex) = f.strip_prefix(".mkt/objects/").map(|s| &s[3..]) {
-                let d = markitect::hash::Digest::of(&p.read_bytes(&f));
-                assert_eq!(d.to_hex(), hex, "object {f} is not what its name says");
-            }
+        }
+        for r in p.store_objects() {
+            let d = markitect::hash::Digest::of(&r.payload);
+            assert_eq!(d.to_hex(), r.key, "object {r:?} is not what its name says");
         }
     };
     check_store();

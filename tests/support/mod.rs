@@ -292,33 +292,106 @@ impl Project {
         }
     }
 
-    /// The object file in `.mkt/objects/` whose bytes equal the project file
-    /// `rel` (relative to the root).
-    pub fn store_object_for(&self, rel: &str) -> String {
-        let want = self.read_bytes(rel);
-        let objects = self.path(".mkt/objects");
-        let mut found = Vec::new();
-        for shard in std::fs::read_dir(&objects).expect("read .mkt/objects") {
-            let shard = shard.expect("dir entry").path();
-            for obj in std::fs::read_dir(&shard).expect("read shard") {
-                let obj = obj.expect("dir entry").path();
-                if std::fs::read(&obj).is_ok_and(|b| b == want) {
-                    found.push(
-                        obj.strip_prefix(self.root())
-                            .unwrap()
-                            .to_str()
-                            .unwrap()
-                            .to_string(),
-                    );
-                }
+    /// Every record in the store's packs, oldest pack first.
+    pub fn store_records(&self) -> Vec<StoreRecord> {
+        use markitect::pack::{Pack, RECORD_HEADER, RecordKind};
+        let dir = self.path(".mkt/packs");
+        let mut packs: Vec<_> = match std::fs::read_dir(&dir) {
+            Ok(d) => d.map(|e| e.expect("dir entry").path()).collect(),
+            Err(_) => Vec::new(),
+        };
+        packs.retain(|p| p.extension().is_some_and(|e| e == "pack"));
+        packs.sort();
+        let mut out = Vec::new();
+        for path in packs {
+            let pack =
+                Pack::open(std::fs::File::open(&path).expect("open pack")).expect("read pack");
+            let rel = path
+                .strip_prefix(self.root())
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .to_string();
+            for e in pack.entries() {
+                out.push(StoreRecord {
+                    pack: rel.clone(),
+                    entry: e.kind == RecordKind::AcEntry,
+                    key: markitect::hash::Digest(e.key).to_hex(),
+                    payload_at: e.offset + RECORD_HEADER as u64,
+                    payload: pack.read(e).unwrap_or_default(),
+                });
             }
         }
+        out
+    }
+
+    /// The action-cache entries in the store's packs.
+    pub fn store_entries(&self) -> Vec<StoreRecord> {
+        self.store_records()
+            .into_iter()
+            .filter(|r| r.entry)
+            .collect()
+    }
+
+    /// The objects in the store's packs.
+    pub fn store_objects(&self) -> Vec<StoreRecord> {
+        self.store_records()
+            .into_iter()
+            .filter(|r| !r.entry)
+            .collect()
+    }
+
+    /// The stored object whose bytes equal the project file `rel`
+    /// (relative to the root).
+    pub fn store_object_for(&self, rel: &str) -> StoreRecord {
+        let want = self.read_bytes(rel);
+        let mut found: Vec<StoreRecord> = self
+            .store_objects()
+            .into_iter()
+            .filter(|r| r.payload == want)
+            .collect();
         assert_eq!(
             found.len(),
             1,
             "expected one store object holding `{rel}`, found {found:?}"
         );
         found.remove(0)
+    }
+
+    /// Overwrites a stored record's payload in place from its start with
+    /// `bytes` (at most its length), as a disk error would.
+    pub fn corrupt_record(&self, r: &StoreRecord, bytes: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        assert!(bytes.len() <= r.payload.len(), "longer than the record");
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.path(&r.pack))
+            .expect("open pack");
+        f.write_all_at(bytes, r.payload_at).expect("write pack");
+    }
+
+    /// Files an action-cache entry under the InputBundleHash `key` (hex)
+    /// with `payload`, in a pack of its own newer than any other: a
+    /// record whose checksum holds, as a forger would write it.
+    pub fn forge_entry(&self, key: &str, payload: &[u8]) {
+        use markitect::pack::{PackWriter, RecordKind};
+        let dir = self.path(".mkt/packs");
+        let next = std::fs::read_dir(&dir)
+            .expect("read .mkt/packs")
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                u64::from_str_radix(name.strip_suffix(".pack")?, 16).ok()
+            })
+            .max()
+            .unwrap_or(0)
+            + 1;
+        let path = dir.join(format!("{next:016x}.pack"));
+        let file = std::fs::File::create_new(&path).expect("create pack");
+        let mut w = PackWriter::start(file).expect("write pack");
+        let key = markitect::hash::Digest::from_hex(key).expect("a digest in hex");
+        w.append(RecordKind::AcEntry, &key.0, payload)
+            .expect("write pack");
+        w.seal().expect("seal pack");
     }
 
     /// The project's files, recursively, without `.mkt/`.
@@ -663,4 +736,19 @@ pub fn failing_side_project() -> Project {
          command = [\"sh\", \"-c\", \"cat >/dev/null; echo 'side: model exploded' >&2; exit 3\"]\n",
     );
     p
+}
+
+/// One record in a store pack (see `src/pack.rs`).
+#[derive(Debug, Clone)]
+pub struct StoreRecord {
+    /// The pack, relative to the project root.
+    pub pack: String,
+    /// An action-cache entry (else an object).
+    pub entry: bool,
+    /// The object's digest or the entry's InputBundleHash, in hex.
+    pub key: String,
+    /// Where the payload starts in the pack.
+    pub payload_at: u64,
+    /// The payload (empty if it does not verify).
+    pub payload: Vec<u8>,
 }
