@@ -16,7 +16,15 @@
 //!   `--force` run of the same bundle replaces it), or `runs/<id>.json`
 //!   for a failed run.
 //!
-//! Everything else under `objects/`, `ac/` and `runs/` goes, as do stray
+//! **Packed records** (`pack.rs`) are listed as if they were loose files,
+//! under the name they would have (`objects/xx/<digest>`,
+//! `ac/xx/<ibh>.json`: how runs name what they need), with their pack's
+//! times; only the newest copy of a key is listed, older copies count as
+//! the pack's own bytes. Removing one means rewriting its pack without
+//! it, which gc does a pack at a time, under the pack's own name (so the
+//! newest-first order stays and the extra space needed is one pack's).
+//!
+//! Every other object, entry and `runs/` file goes, as do stray
 //! `.mkt-tmp-*` files older than an hour (left by a crashed write; a
 //! younger one may belong to a write in progress elsewhere, e.g. a
 //! read-only command never takes the lock). The history is rewritten to

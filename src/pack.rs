@@ -224,6 +224,18 @@ pub fn scan(bytes: &[u8]) -> (Vec<Entry>, usize) {
     (entries, at)
 }
 
+/// Whether `file` ends in a whole seal (its index is not read), and its
+/// length.
+pub fn is_sealed(file: &File) -> io::Result<(bool, u64)> {
+    let len = file.metadata()?.len();
+    if len < (HEADER.len() + FOOTER) as u64 {
+        return Ok((false, len));
+    }
+    let mut footer = [0u8; FOOTER];
+    file.read_exact_at(&mut footer, len - FOOTER as u64)?;
+    Ok((parse_footer(&footer, len).is_some(), len))
+}
+
 /// One pack file, opened for reading.
 pub struct Pack {
     file: File,

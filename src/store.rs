@@ -700,13 +700,16 @@ impl ObjectStore {
                 .write(true)
                 .open(path)
                 .map_err(|e| Error::io("open", path, e))?;
-            let mut pack = Pack::open(file).map_err(|e| Error::io("read", path, e))?;
-            if !pack.sealed {
+            let (sealed, mut len) =
+                crate::pack::is_sealed(&file).map_err(|e| Error::io("read", path, e))?;
+            if !sealed {
+                let mut pack = Pack::open(file).map_err(|e| Error::io("read", path, e))?;
                 pack.seal_in_place()
                     .map_err(|e| Error::io("write", path, e))?;
                 self.note_written(path);
+                len = pack.file_len;
             }
-            sizes.push(pack.file_len);
+            sizes.push(len);
         }
         if list.len() <= MAX_PACKS {
             return Ok(());
