@@ -119,7 +119,7 @@ impl Kind {
         match self {
             Kind::Object => "objects",
             Kind::AcEntry => "run manifests (ac/)",
-            Kind::PackIndex => "packs (headers, indexes)",
+            Kind::PackIndex => "pack indexes",
             Kind::FailedRun => "failed runs (runs/)",
             Kind::History => "history",
             Kind::State => "state",

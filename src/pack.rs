@@ -312,6 +312,11 @@ impl Pack {
     /// Reads and verifies the record `e` names; `None` when it does not
     /// verify or is not the record `e` says.
     pub fn read(&self, e: &Entry) -> Option<Vec<u8>> {
+        // (an index entry is not trusted with a length to allocate)
+        let end = e.offset.checked_add(e.record_bytes())?;
+        if end > self.file_len {
+            return None;
+        }
         let mut buf = vec![0u8; RECORD_HEADER + e.len as usize];
         self.file.read_exact_at(&mut buf, e.offset).ok()?;
         let (kind, len, key, sum) = parse_header(&buf)?;

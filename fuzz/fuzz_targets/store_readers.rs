@@ -113,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let f = fixture();
-    match pick % 12 {
+    match pick % 14 {
         0 => {
             let _ = markitect::manifest::RunManifest::from_json(rest);
         }
@@ -121,7 +121,7 @@ fuzz_target!(|data: &[u8]| {
             let _ = markitect::history::parse(rest);
         }
         2 | 3 => {
-            let bytes = if pick % 12 == 2 {
+            let bytes = if pick % 14 == 2 {
                 rest.to_vec()
             } else {
                 let mut v = f.state_header.clone();
@@ -137,7 +137,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         4 | 5 => {
-            let bytes = if pick % 12 == 4 {
+            let bytes = if pick % 14 == 4 {
                 rest.to_vec()
             } else {
                 framed(&f.noop_header, rest)
@@ -150,7 +150,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         6 | 7 => {
-            let bytes = if pick % 12 == 6 {
+            let bytes = if pick % 14 == 6 {
                 rest.to_vec()
             } else {
                 framed(&f.graph_header, rest)
@@ -167,7 +167,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         8 | 9 => {
-            let bytes = if pick % 12 == 8 {
+            let bytes = if pick % 14 == 8 {
                 rest.to_vec()
             } else {
                 framed(&f.cache_header, rest)
@@ -187,6 +187,35 @@ fuzz_target!(|data: &[u8]| {
                         let _ = p.loc(s);
                     }
                     let _ = t.model.hashed_params();
+                }
+            }
+        }
+        12 | 13 => {
+            // a pack: raw, or one valid record (its payload the input)
+            // followed by the input again, as a torn or forged tail
+            let bytes = if pick % 14 == 12 {
+                rest.to_vec()
+            } else {
+                let mut v = markitect::pack::HEADER.to_vec();
+                let key = Digest::of(rest);
+                v.extend(markitect::pack::encode_record(
+                    markitect::pack::RecordKind::Object,
+                    &key.0,
+                    rest,
+                ));
+                v.extend_from_slice(rest);
+                v
+            };
+            let path = store_dir(f).join("fuzz.pack");
+            std::fs::write(&path, &bytes).unwrap();
+            let file = std::fs::File::open(&path).unwrap();
+            if let Ok(pack) = markitect::pack::Pack::open(file) {
+                for e in pack.entries() {
+                    if let Some(payload) = pack.read(e) {
+                        if e.kind == markitect::pack::RecordKind::Object {
+                            assert_eq!(Digest::of(&payload).0, e.key);
+                        }
+                    }
                 }
             }
         }
