@@ -747,7 +747,7 @@ impl ObjectStore {
                 if !keep(path, e.kind, &e.key) || taken.contains(&(e.kind, e.key)) {
                     continue;
                 }
-                if let Some(payload) = pack.read(e) {
+                if let Some(payload) = pack.read(&e) {
                     w.append(e.kind, &e.key, &payload)
                         .map_err(|err| Error::io("write", newest, err))?;
                     taken.insert((e.kind, e.key));
@@ -807,9 +807,8 @@ impl ObjectStore {
             let Ok(pack) = File::open(&one.1).and_then(Pack::open) else {
                 continue;
             };
-            if pack.entries().is_empty()
-                || pack.entries().iter().any(|e| !keep(&one.1, e.kind, &e.key))
-            {
+            let entries = pack.entries();
+            if entries.is_empty() || entries.iter().any(|e| !keep(&one.1, e.kind, &e.key)) {
                 self.merge(std::slice::from_ref(&one), keep)?;
             }
         }

@@ -318,7 +318,7 @@ impl Project {
                     entry: e.kind == RecordKind::AcEntry,
                     key: markitect::hash::Digest(e.key).to_hex(),
                     payload_at: e.offset + RECORD_HEADER as u64,
-                    payload: pack.read(e).unwrap_or_default(),
+                    payload: pack.read(&e).unwrap_or_default(),
                 });
             }
         }
