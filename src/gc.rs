@@ -260,15 +260,22 @@ fn walk(dir: &Utf8Path) -> Result<Vec<StoreFile>> {
 
 /// `files` with each pack's records listed as if they were loose files
 /// (see [`StoreFile::rel`]); what is left of a pack's size is its index.
-fn with_packed_records(store: &ObjectStore, mut files: Vec<StoreFile>) -> Vec<StoreFile> {
+fn with_packed_records(store: &ObjectStore, mut files: Vec<StoreFile>) -> Result<Vec<StoreFile>> {
     let mut records = Vec::new();
-    for r in store.packed_records() {
+    let packs: HashMap<Utf8PathBuf, usize> = files
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| f.kind == Kind::PackIndex)
+        .map(|(i, f)| (f.rel.clone(), i))
+        .collect();
+    for r in store.packed_records()? {
         let Ok(rel) = r.pack.strip_prefix(store.dir()) else {
             continue;
         };
-        let Some(pack) = files.iter_mut().find(|f| f.rel == rel) else {
+        let Some(&i) = packs.get(rel) else {
             continue; // a pack written after the walk
         };
+        let pack = &mut files[i];
         pack.bytes = pack.bytes.saturating_sub(r.bytes);
         let d = crate::hash::Digest(r.key);
         let (kind, loose) = match r.kind {
@@ -288,7 +295,7 @@ fn with_packed_records(store: &ObjectStore, mut files: Vec<StoreFile>) -> Vec<St
         });
     }
     files.extend(records);
-    files
+    Ok(files)
 }
 
 /// Where a removal is, relative to the project root.
@@ -314,7 +321,7 @@ pub fn stats(root: &Utf8Path) -> Result<StoreStats> {
     // a store of an unknown version is refused here too (with the help
     // line that says how to start over), not counted as if it were ours
     let store = ObjectStore::open_read_only(root)?;
-    let files = with_packed_records(&store, walk(store.dir())?);
+    let files = with_packed_records(&store, walk(store.dir())?)?;
     let mut st = StoreStats::default();
     for k in Kind::ALL {
         let of_kind = files.iter().filter(|f| f.kind == k);
@@ -443,7 +450,7 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         recent_runs: recent.len(),
         ..Default::default()
     };
-    let files = with_packed_records(&store, walk(&dir)?);
+    let files = with_packed_records(&store, walk(&dir)?)?;
     rep.size_before = files.iter().map(|f| f.bytes).sum();
     let mut refs: HashMap<&Utf8Path, usize> = HashMap::default();
     for r in &recent {
@@ -573,14 +580,15 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
     let dropped: HashSet<(RecordKind, [u8; 32])> =
         rep.removed.iter().filter_map(|r| r.packed).collect();
     if !dropped.is_empty() {
-        // what stays is the newest copy of each record, where it is
+        // what goes: the dropped records, and older copies of the others
+        // (a copy that does not verify goes with any pack rewritten)
         let newest: HashMap<(RecordKind, [u8; 32]), Utf8PathBuf> = files
             .iter()
             .filter_map(|f| f.packed.as_ref())
             .map(|(k, key, pack)| ((*k, *key), dir.join(pack)))
             .collect();
         store.repack(&|pack, kind, key| {
-            !dropped.contains(&(kind, *key)) && newest.get(&(kind, *key)).is_some_and(|p| p == pack)
+            !dropped.contains(&(kind, *key)) && newest.get(&(kind, *key)).is_none_or(|p| p == pack)
         })?;
     }
     let mut dirs: HashSet<Utf8PathBuf> = HashSet::default();
@@ -907,6 +915,97 @@ mod tests {
         gc(root, &opts, &|| {}).unwrap();
         assert_eq!(exists(&s, &old), [false, false, true]);
         assert_eq!(exists(&s, &b), [true; 3]);
+    }
+
+    /// More packs than a build would leave (builds that failed before
+    /// their flush never merge): gc keeps every pinned run however its
+    /// records are spread, and drops only what nothing needs.
+    #[test]
+    fn gc_over_many_packs_keeps_every_pinned_run() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        let mut runs = Vec::new();
+        for n in 1..=crate::store::MAX_PACKS as u32 + 3 {
+            let s = ObjectStore::open(root).unwrap(); // no lock: no merge
+            runs.push(put_run(
+                &s,
+                &format!("t{n}"),
+                n,
+                format!("out {n}").as_bytes(),
+            ));
+            s.sync().unwrap();
+        }
+        let packs = || fs::read_dir(root.join(".mkt/packs")).unwrap().count();
+        assert_eq!(packs(), runs.len());
+        let mut st = crate::state::State::default();
+        for (i, m) in runs.iter().enumerate() {
+            if i != 3 {
+                st.targets.insert(m.target.clone(), record(m));
+            }
+        }
+        let s = ObjectStore::open(root).unwrap();
+        let (mut sf, _) = StateFiles::load(s.dir());
+        sf.snapshot(&st).unwrap();
+        let opts = GcOptions {
+            keep_runs: 0,
+            ..Default::default()
+        };
+        let dry = gc(
+            root,
+            &GcOptions {
+                dry_run: true,
+                ..opts.clone()
+            },
+            &|| {},
+        )
+        .unwrap();
+        let rep = gc(root, &opts, &|| {}).unwrap();
+        assert_eq!(rep.removed.len(), 3, "{:?}", rep.removed);
+        assert_eq!(rep.size_after, dry.size_after);
+        for (i, m) in runs.iter().enumerate() {
+            assert_eq!(exists(&s, m), [i != 3; 3], "run {i}");
+        }
+        assert_eq!(packs(), runs.len() - 1, "the emptied pack is gone");
+        assert_eq!(
+            rep.size_after,
+            walk(s.dir()).unwrap().iter().map(|f| f.bytes).sum::<u64>()
+        );
+    }
+
+    /// A newer copy of an object that does not verify: gc keeps the older
+    /// good one, which lookups serve.
+    #[test]
+    fn gc_keeps_the_copy_that_verifies() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        let s = ObjectStore::open(root).unwrap();
+        let m = put_run(&s, "a", 1, b"the output");
+        s.sync().unwrap();
+        let mut st = crate::state::State::default();
+        st.targets.insert("a".into(), record(&m));
+        let (mut sf, _) = StateFiles::load(s.dir());
+        sf.snapshot(&st).unwrap();
+        // a second pack holding the output again, then damaged
+        let dir = root.join(".mkt/packs");
+        let path = dir.join("0000000000000009.pack");
+        let mut w = crate::pack::PackWriter::start(fs::File::create_new(&path).unwrap()).unwrap();
+        w.append(RecordKind::Object, &m.outputs[0].digest.0, b"the output")
+            .unwrap();
+        w.seal().unwrap();
+        let mut b = fs::read(&path).unwrap();
+        let at = b.windows(10).position(|w| w == b"the output").unwrap();
+        b[at] = b'T';
+        fs::write(&path, &b).unwrap();
+        gc(
+            root,
+            &GcOptions {
+                keep_runs: 0,
+                ..Default::default()
+            },
+            &|| {},
+        )
+        .unwrap();
+        assert_eq!(exists(&s, &m), [true; 3]);
     }
 
     #[test]

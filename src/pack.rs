@@ -197,7 +197,8 @@ fn parse_index_entry(c: &[u8]) -> Option<Entry> {
 /// (the length of the pack's good part).
 pub fn scan(bytes: &[u8]) -> (Vec<Entry>, usize) {
     let mut entries = Vec::new();
-    if bytes.get(..HEADER.len()) != Some(HEADER) {
+    // (a damaged header hides nothing: each record verifies on its own)
+    if bytes.len() < HEADER.len() {
         return (entries, 0);
     }
     let mut at = HEADER.len();
@@ -295,9 +296,9 @@ impl Pack {
         if file_len >= (HEADER.len() + FOOTER) as u64 {
             let mut footer = [0u8; FOOTER];
             file.read_exact_at(&mut footer, file_len - FOOTER as u64)?;
-            let mut head = [0u8; HEADER.len()];
-            file.read_exact_at(&mut head, 0)?;
-            if let (Some((at, n)), true) = (parse_footer(&footer, file_len), &head == HEADER) {
+            // (the header is not checked: a damaged one must not hide a
+            // pack's records, which verify on their own)
+            if let Some((at, n)) = parse_footer(&footer, file_len) {
                 // SAFETY: a mapping is undefined behaviour if the file
                 // changes under it. mkt never writes a sealed pack again:
                 // merging and gc write a new file and rename it over the
@@ -398,12 +399,15 @@ impl Pack {
         let mut entries = self.entries();
         let mut at = self.good_len;
         if at < HEADER.len() as u64 {
-            self.file.set_len(0)?;
-            self.file.write_all_at(HEADER, 0)?;
             at = HEADER.len() as u64;
             entries.clear();
         }
+        // Records after the first that does not verify are cut off with
+        // it: a killed build tears only its last record, and a pack
+        // damaged in the middle loses what follows the damage (cache
+        // entries: their targets run again).
         self.file.set_len(at)?;
+        self.file.write_all_at(HEADER, 0)?;
         let seal = encode_seal(&mut entries, at);
         self.file.write_all_at(&seal, at)?;
         self.index = Index::Scanned(entries);
@@ -438,6 +442,12 @@ impl PackWriter {
 
     /// Appends a record (one write).
     pub fn append(&mut self, kind: RecordKind, key: &[u8; 32], payload: &[u8]) -> io::Result<()> {
+        if u32::try_from(payload.len()).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a store record is limited to 4 GiB",
+            ));
+        }
         let rec = encode_record(kind, key, payload);
         self.append_encoded(kind, key, &rec)
     }

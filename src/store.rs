@@ -82,18 +82,13 @@ pub struct ObjectStore {
 #[derive(Default)]
 struct Packs {
     /// Every pack on disk, newest first.
-    loaded: Option<Vec<LoadedPack>>,
+    loaded: Option<Vec<Pack>>,
     /// Whether `objects/` or `ac/` holds anything (a version 1 store).
     loose: Option<bool>,
     /// The pack this store is writing.
     writer: Option<OpenPack>,
     /// Records found corrupt: stored again when asked, whatever an index says.
     corrupt: HashSet<(RecordKind, [u8; 32])>,
-}
-
-struct LoadedPack {
-    path: Utf8PathBuf,
-    pack: Pack,
 }
 
 struct OpenPack {
@@ -676,12 +671,17 @@ impl ObjectStore {
     }
 
     /// Seals the pack this store wrote; then, holding the project lock,
-    /// seals any pack a dead build left unsealed and, with more than
-    /// [`MAX_PACKS`] packs, merges a run of them. The largest pack (in
-    /// general a full build's) splits them: the packs after it are merged
-    /// when there are at least two, else those before it. An edit's build
-    /// thus merges small packs only; the order of the rest stays.
+    /// does the packs' upkeep ([`ObjectStore::maintain_packs`]), which is
+    /// best effort: it never fails the build whose pack is sealed here.
     fn seal_packs(&self) -> Result<()> {
+        self.seal_own_pack()?;
+        if self.holds_lock.load(Ordering::Relaxed) {
+            let _ = self.maintain_packs();
+        }
+        Ok(())
+    }
+
+    fn seal_own_pack(&self) -> Result<()> {
         let mut packs = self.packs();
         if let Some(open) = packs.writer.take() {
             open.writer
@@ -689,20 +689,30 @@ impl ObjectStore {
                 .map_err(|e| Error::io("write", &open.path, e))?;
         }
         packs.loaded = None; // read again when next needed
-        if !self.holds_lock.load(Ordering::Relaxed) {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// Seals any pack a dead build left unsealed and, with more than
+    /// [`MAX_PACKS`] packs, merges a run of them. The largest pack (in
+    /// general a full build's) splits them: the packs after it are merged
+    /// when there are at least two, else those before it. An edit's build
+    /// thus merges small packs only; the order of the rest stays. Only for
+    /// the lock holder: no one else writes packs, so an unsealed one is
+    /// not being written.
+    fn maintain_packs(&self) -> Result<()> {
         let list = list_packs(&self.dir.join(PACKS_DIR));
         let mut sizes = Vec::with_capacity(list.len());
         for (_, path) in &list {
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(path)
-                .map_err(|e| Error::io("open", path, e))?;
+            // (read-only to look: a pack may be another user's)
+            let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
             let (sealed, mut len) =
                 crate::pack::is_sealed(&file).map_err(|e| Error::io("read", path, e))?;
             if !sealed {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(path)
+                    .map_err(|e| Error::io("open", path, e))?;
                 let mut pack = Pack::open(file).map_err(|e| Error::io("read", path, e))?;
                 pack.seal_in_place()
                     .map_err(|e| Error::io("write", path, e))?;
@@ -739,10 +749,20 @@ impl ObjectStore {
             .map_err(|e| Error::io("write", newest, e))?;
         let mut w = PackWriter::start(file).map_err(|e| Error::io("write", newest, e))?;
         let mut taken: HashSet<(RecordKind, [u8; 32])> = HashSet::default();
+        let mut times: Option<(std::time::SystemTime, std::time::SystemTime)> = None;
         for (_, path) in packs.iter().rev() {
-            let Ok(pack) = File::open(path).and_then(Pack::open) else {
-                continue; // gone meanwhile, or unreadable: nothing to copy
-            };
+            // a pack that cannot be read is not dropped for it: the merge stops
+            let pack = File::open(path)
+                .and_then(Pack::open)
+                .map_err(|e| Error::io("read", path, e))?;
+            // the merged pack keeps the newest times, which gc's eviction
+            // order reads
+            if let Ok(m) = fs::metadata(path) {
+                let (a, w) = (m.accessed(), m.modified());
+                if let (Ok(a), Ok(w)) = (a, w) {
+                    times = Some(times.map_or((a, w), |(ta, tw)| (ta.max(a), tw.max(w))));
+                }
+            }
             for e in pack.entries() {
                 if !keep(path, e.kind, &e.key) || taken.contains(&(e.kind, e.key)) {
                     continue;
@@ -755,6 +775,9 @@ impl ObjectStore {
             }
         }
         let file = w.seal().map_err(|e| Error::io("write", newest, e))?;
+        if let Some((a, w)) = times {
+            let _ = file.set_times(fs::FileTimes::new().set_accessed(a).set_modified(w));
+        }
         file.sync_all().map_err(|e| Error::io("sync", newest, e))?;
         if taken.is_empty() {
             drop(tmp); // nothing kept: the packs just go
@@ -777,24 +800,31 @@ impl ObjectStore {
         Ok(())
     }
 
-    /// The newest copy of every record in the store's packs (for `mkt gc`).
-    pub fn packed_records(&self) -> Vec<PackedRecord> {
-        let mut packs = self.packs();
+    /// The newest copy that verifies of every record in the store's packs
+    /// (for `mkt gc`: every record is read). A pack that cannot be read
+    /// is an error, not a pack without records.
+    pub fn packed_records(&self) -> Result<Vec<PackedRecord>> {
         let mut seen: HashSet<(RecordKind, [u8; 32])> = HashSet::default();
         let mut out = Vec::new();
-        for p in packs.load(&self.dir).iter() {
-            for e in p.pack.entries() {
-                if seen.insert((e.kind, e.key)) {
+        for (_, path) in list_packs(&self.dir.join(PACKS_DIR)).into_iter().rev() {
+            let pack = match File::open(&path).and_then(Pack::open) {
+                Ok(p) => p,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io("read", &path, e)),
+            };
+            for e in pack.entries() {
+                if !seen.contains(&(e.kind, e.key)) && pack.read(&e).is_some() {
+                    seen.insert((e.kind, e.key));
                     out.push(PackedRecord {
                         kind: e.kind,
                         key: e.key,
                         bytes: e.record_bytes(),
-                        pack: p.path.clone(),
+                        pack: path.clone(),
                     });
                 }
             }
         }
-        out
+        Ok(out)
     }
 
     /// Rewrites each pack that holds a record `keep` refuses without it,
@@ -802,11 +832,13 @@ impl ObjectStore {
     /// at a time: the space it takes meanwhile is one pack's, which
     /// matters to a gc run on a full disk.
     pub fn repack(&self, keep: &KeepRecord<'_>) -> Result<()> {
-        self.seal_packs()?;
+        // sealed only: a merge now would move records out of the packs
+        // `keep` knows them in
+        self.seal_own_pack()?;
         for one in list_packs(&self.dir.join(PACKS_DIR)) {
-            let Ok(pack) = File::open(&one.1).and_then(Pack::open) else {
-                continue;
-            };
+            let pack = File::open(&one.1)
+                .and_then(Pack::open)
+                .map_err(|e| Error::io("read", &one.1, e))?;
             let entries = pack.entries();
             if entries.is_empty() || entries.iter().any(|e| !keep(&one.1, e.kind, &e.key)) {
                 self.merge(std::slice::from_ref(&one), keep)?;
@@ -837,30 +869,19 @@ impl ObjectStore {
     }
 }
 
-impl Drop for ObjectStore {
-    /// A store dropped with its pack unsealed (a build that failed before
-    /// its flush) seals it, so the next reader need not scan it; flushing
-    /// is left to the next build (the `sync-pending` mark says so).
-    fn drop(&mut self) {
-        let packs = self.packs.get_mut().unwrap_or_else(|e| e.into_inner());
-        if let Some(open) = packs.writer.take() {
-            let _ = open.writer.seal();
-        }
-    }
-}
-
 impl Packs {
     /// The packs on disk, newest first, opened at first use.
-    fn load(&mut self, store_dir: &Utf8Path) -> &[LoadedPack] {
+    fn load(&mut self, store_dir: &Utf8Path) -> &[Pack] {
         self.loaded.get_or_insert_with(|| {
-            let mut list = list_packs(&store_dir.join(PACKS_DIR));
-            list.reverse();
-            list.into_iter()
-                .filter_map(|(_, path)| {
-                    let pack = File::open(&path).and_then(Pack::open).ok()?;
-                    Some(LoadedPack { path, pack })
-                })
-                .collect()
+            // Oldest first: a merge renames its pack over the newest of
+            // those it merges, then removes the others, so opening in this
+            // order never misses a record a merge moved meanwhile.
+            let mut loaded: Vec<Pack> = list_packs(&store_dir.join(PACKS_DIR))
+                .into_iter()
+                .filter_map(|(_, path)| File::open(&path).and_then(Pack::open).ok())
+                .collect();
+            loaded.reverse();
+            loaded
         })
     }
 
@@ -886,9 +907,7 @@ impl Packs {
         {
             return true;
         }
-        self.load(store_dir)
-            .iter()
-            .any(|p| p.pack.contains(kind, key))
+        self.load(store_dir).iter().any(|p| p.contains(kind, key))
     }
 
     /// The newest copy of a record that verifies: this store's pack first,
@@ -906,7 +925,7 @@ impl Packs {
             return Found::Missing; // reported once, then as good as gone
         }
         for p in self.load(store_dir) {
-            match p.pack.get(kind, key) {
+            match p.get(kind, key) {
                 Found::Payload(b) => return Found::Payload(b),
                 Found::Corrupt => corrupt = true,
                 Found::Missing => {}
@@ -1373,6 +1392,28 @@ mod tests {
                 assert!(keys.insert((e.kind, e.key)) || e.kind == RecordKind::AcEntry);
             }
         }
+    }
+
+    /// A damaged header hides nothing, and no merge drops the pack.
+    #[test]
+    fn a_pack_with_a_damaged_header_still_serves_its_records() {
+        let (t, s) = store();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        let d = s.put(b"kept").unwrap();
+        s.sync().unwrap();
+        let pack = packs_of(&s).remove(0);
+        let mut b = fs::read(&pack).unwrap();
+        b[0] ^= 0xff;
+        fs::write(&pack, &b).unwrap();
+        for n in 0..=MAX_PACKS {
+            let s = ObjectStore::open(root).unwrap();
+            let _lock = s.lock(false, &|| {}).unwrap();
+            assert_eq!(s.get(&d), ObjectRead::Found(b"kept".to_vec()), "build {n}");
+            s.put(format!("build {n}").as_bytes()).unwrap();
+            s.sync().unwrap();
+        }
+        let s = ObjectStore::open_read_only(root).unwrap();
+        assert_eq!(s.get(&d), ObjectRead::Found(b"kept".to_vec()));
     }
 
     /// A build killed before its flush leaves its pack unsealed: it is
