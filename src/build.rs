@@ -949,6 +949,7 @@ pub fn build_in(
         }
     }
     drop(remote);
+    store.seal_own_pack()?;
     phases.mark("schedule and run");
     let mut rep = prog.into_report(); // the per-node bookkeeping is freed here
     rep.interrupted = crate::exec::interrupted();

@@ -140,33 +140,49 @@ fn verifies(kind: RecordKind, key: &[u8; 32], sum: &[u8; 32], payload: &[u8]) ->
 /// The seal of `entries` (sorted here), for a pack whose records end at
 /// `index_offset`.
 pub fn encode_seal(entries: &mut Vec<Entry>, index_offset: u64) -> Vec<u8> {
-    index_order(entries);
-    let mut s = Vec::with_capacity(entries.len() * INDEX_ENTRY + FOOTER);
-    for e in entries.iter() {
-        s.extend_from_slice(&e.key);
-        s.push(e.kind as u8);
-        s.extend_from_slice(&e.offset.to_le_bytes());
-        s.extend_from_slice(&e.len.to_le_bytes());
-    }
-    s.extend_from_slice(&index_offset.to_le_bytes());
-    s.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    s.extend_from_slice(SEAL_MAGIC);
+    let mut s = Vec::new();
+    write_seal(entries, index_offset, &mut |b| {
+        s.extend_from_slice(b);
+        Ok(())
+    })
+    .expect("a Vec takes every write");
     s
+}
+
+/// The seal of `entries` (sorted here), handed to `out` a piece at a
+/// time: a 10,000-target build's index is 1.4 MB, which would otherwise
+/// sit in memory whole at the end of the build, when its memory peaks.
+fn write_seal(
+    entries: &mut Vec<Entry>,
+    index_offset: u64,
+    out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+) -> io::Result<()> {
+    index_order(entries);
+    let mut buf = Vec::with_capacity(64 * 1024);
+    for e in entries.iter() {
+        buf.extend_from_slice(&e.key);
+        buf.push(e.kind as u8);
+        buf.extend_from_slice(&e.offset.to_le_bytes());
+        buf.extend_from_slice(&e.len.to_le_bytes());
+        if buf.len() + INDEX_ENTRY > buf.capacity() {
+            out(&buf)?;
+            buf.clear();
+        }
+    }
+    buf.extend_from_slice(&index_offset.to_le_bytes());
+    buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    buf.extend_from_slice(SEAL_MAGIC);
+    out(&buf)
 }
 
 /// Sorts `entries` by (key, kind), keeping of each only the one written
 /// last (an action-cache entry written twice in one build: the newer run).
 fn index_order(entries: &mut Vec<Entry>) {
-    // stable: of equal keys the later one stays later
+    // in place: newest first, a stable sort keeps it so among equal keys,
+    // and dedup keeps the first of each run
+    entries.reverse();
     entries.sort_by_key(|e| (e.key, e.kind));
-    let mut kept: Vec<Entry> = Vec::with_capacity(entries.len());
-    for e in entries.drain(..) {
-        match kept.last_mut() {
-            Some(last) if (last.key, last.kind) == (e.key, e.kind) => *last = e,
-            _ => kept.push(e),
-        }
-    }
-    *entries = kept;
+    entries.dedup_by_key(|e| (e.key, e.kind));
 }
 
 /// The index of a sealed pack of `len` bytes whose last bytes are
@@ -424,8 +440,17 @@ pub struct PackWriter {
     file: File,
     len: u64,
     entries: Vec<Entry>,
-    /// Index into `entries` by (kind, key): the newest record of each.
-    by_key: rustc_hash::FxHashMap<(RecordKind, [u8; 32]), usize>,
+    /// Positions in `entries`, found by key and kind: the newest record of
+    /// each. A table of bare `u32`s (5 bytes a record with its control
+    /// byte), where a map keyed by the 33 bytes cost a 10,000-target
+    /// build 3 MB at its peak.
+    by_key: hashbrown::HashTable<u32>,
+}
+
+/// A record's hash in [`PackWriter::by_key`]: its key is a BLAKE3 digest
+/// already, so eight of its bytes serve (mixed with the kind).
+fn table_hash(kind: RecordKind, key: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(key[..8].try_into().expect("8 bytes")) ^ kind as u64
 }
 
 impl PackWriter {
@@ -436,7 +461,7 @@ impl PackWriter {
             file,
             len: HEADER.len() as u64,
             entries: Vec::new(),
-            by_key: Default::default(),
+            by_key: hashbrown::HashTable::new(),
         })
     }
 
@@ -460,7 +485,22 @@ impl PackWriter {
             return Err(e);
         }
         let len = (rec.len() - RECORD_HEADER) as u32;
-        self.by_key.insert((kind, *key), self.entries.len());
+        let i = self.entries.len() as u32;
+        let entries = &self.entries;
+        let hash = |&j: &u32| {
+            let e = &entries[j as usize];
+            table_hash(e.kind, &e.key)
+        };
+        match self.by_key.entry(
+            table_hash(kind, key),
+            |&j| entries[j as usize].key == *key && entries[j as usize].kind == kind,
+            hash,
+        ) {
+            hashbrown::hash_table::Entry::Occupied(mut o) => *o.get_mut() = i,
+            hashbrown::hash_table::Entry::Vacant(v) => {
+                v.insert(i);
+            }
+        }
         self.entries.push(Entry {
             key: *key,
             kind,
@@ -471,13 +511,22 @@ impl PackWriter {
         Ok(())
     }
 
+    fn position(&self, kind: RecordKind, key: &[u8; 32]) -> Option<usize> {
+        let entries = &self.entries;
+        self.by_key
+            .find(table_hash(kind, key), |&j| {
+                entries[j as usize].key == *key && entries[j as usize].kind == kind
+            })
+            .map(|&j| j as usize)
+    }
+
     pub fn contains(&self, kind: RecordKind, key: &[u8; 32]) -> bool {
-        self.by_key.contains_key(&(kind, *key))
+        self.position(kind, key).is_some()
     }
 
     /// A record this writer wrote, read back and verified.
     pub fn get(&self, kind: RecordKind, key: &[u8; 32]) -> Found {
-        let Some(&i) = self.by_key.get(&(kind, *key)) else {
+        let Some(i) = self.position(kind, key) else {
             return Found::Missing;
         };
         let e = self.entries[i];
@@ -502,8 +551,14 @@ impl PackWriter {
     /// Writes the seal; the pack is then complete (not yet flushed).
     pub fn seal(mut self) -> io::Result<File> {
         let at = self.len;
-        let seal = encode_seal(&mut self.entries, at);
-        self.file.write_all_at(&seal, at)?;
+        self.by_key = hashbrown::HashTable::new(); // freed before the seal
+        let mut pos = at;
+        let file = &self.file;
+        write_seal(&mut self.entries, at, &mut |b| {
+            file.write_all_at(b, pos)?;
+            pos += b.len() as u64;
+            Ok(())
+        })?;
         Ok(self.file)
     }
 }

@@ -681,7 +681,12 @@ impl ObjectStore {
         Ok(())
     }
 
-    fn seal_own_pack(&self) -> Result<()> {
+    /// Seals the pack this store is writing, if any (it is written no
+    /// more; a later store write starts a new one). A build does so as
+    /// soon as its models are done, to free the pack's index before it
+    /// saves its state, where its memory peaks; [`ObjectStore::sync`]
+    /// does it otherwise.
+    pub fn seal_own_pack(&self) -> Result<()> {
         let mut packs = self.packs();
         if let Some(open) = packs.writer.take() {
             open.writer
