@@ -798,6 +798,19 @@ mod tests {
         }
     }
 
+    fn save_state(s: &ObjectStore, st: &crate::state::State) {
+        let (mut sf, _) = StateFiles::load(s.dir());
+        sf.snapshot(st).unwrap();
+    }
+
+    fn dry_run(root: &Utf8Path, opts: &GcOptions) -> GcReport {
+        let dry = GcOptions {
+            dry_run: true,
+            ..opts.clone()
+        };
+        gc(root, &dry, &|| {}).unwrap()
+    }
+
     /// Whether the store holds the run's entry and objects (read afresh).
     fn exists(s: &ObjectStore, m: &RunManifest) -> [bool; 3] {
         let root = s.dir().parent().unwrap();
@@ -822,8 +835,7 @@ mod tests {
             .collect();
         let mut st = crate::state::State::default();
         st.targets.insert("a".into(), record(&runs[1]));
-        let (mut sf, _) = StateFiles::load(s.dir());
-        sf.snapshot(&st).unwrap();
+        save_state(&s, &st);
         s.sync().unwrap(); // as a build ends: its pack sealed
         let stray = s.dir().join("packs").join(".mkt-tmp-old");
         fs::write(&stray, b"half").unwrap();
@@ -832,15 +844,7 @@ mod tests {
             keep_runs: 2,
             ..Default::default()
         };
-        let dry = gc(
-            root,
-            &GcOptions {
-                dry_run: true,
-                ..opts.clone()
-            },
-            &|| {},
-        )
-        .unwrap();
+        let dry = dry_run(root, &opts);
         assert!(
             exists(&s, &runs[0]).iter().all(|e| *e),
             "a dry run removes nothing"
@@ -906,8 +910,7 @@ mod tests {
         let mut st = crate::state::State::default();
         st.targets.insert("a".into(), record(&newer));
         st.targets.insert("b".into(), record(&b));
-        let (mut sf, _) = StateFiles::load(s.dir());
-        sf.snapshot(&st).unwrap();
+        save_state(&s, &st);
         let opts = GcOptions {
             keep_runs: 1,
             ..Default::default()
@@ -944,21 +947,12 @@ mod tests {
             }
         }
         let s = ObjectStore::open(root).unwrap();
-        let (mut sf, _) = StateFiles::load(s.dir());
-        sf.snapshot(&st).unwrap();
+        save_state(&s, &st);
         let opts = GcOptions {
             keep_runs: 0,
             ..Default::default()
         };
-        let dry = gc(
-            root,
-            &GcOptions {
-                dry_run: true,
-                ..opts.clone()
-            },
-            &|| {},
-        )
-        .unwrap();
+        let dry = dry_run(root, &opts);
         let rep = gc(root, &opts, &|| {}).unwrap();
         assert_eq!(rep.removed.len(), 3, "{:?}", rep.removed);
         assert_eq!(rep.size_after, dry.size_after);
@@ -983,8 +977,7 @@ mod tests {
         s.sync().unwrap();
         let mut st = crate::state::State::default();
         st.targets.insert("a".into(), record(&m));
-        let (mut sf, _) = StateFiles::load(s.dir());
-        sf.snapshot(&st).unwrap();
+        save_state(&s, &st);
         // a second pack holding the output again, then damaged
         let dir = root.join(".mkt/packs");
         let path = dir.join("0000000000000009.pack");
