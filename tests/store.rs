@@ -494,3 +494,64 @@ fn a_full_disk_fails_the_build_clearly_and_the_store_stays_consistent() {
         .success()
         .summary("0 ran, 1 cached, 0 up to date");
 }
+
+/// A build killed outright (SIGKILL: no handler runs, nothing is flushed
+/// or sealed) loses nothing it stored: the next build reads the dead
+/// build's pack by scanning it, serves what finished from it as a cache
+/// hit, and seals it.
+#[test]
+fn a_killed_build_keeps_what_it_stored_and_the_next_build_seals_its_pack() {
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[models.slow]\nprovider = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >/dev/null; echo $$ > pid.txt; exec sleep 30\"]\n\n\
+             [targets.quick]\ntemplate = \"q.md\"\noutput = \"out/q.md\"\n\n\
+             [targets.slow]\ntemplate = \"s.md\"\noutput = \"out/s.md\"\nmodel = \"slow\"\n",
+        )
+        .file("q.md", "quick\n")
+        .file("s.md", "slow\n")
+        .build();
+    let mut child = std::process::Command::new(support::mkt_bin())
+        .args(["build", "-j", "2"])
+        .current_dir(p.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !(p.exists("pid.txt") && p.exists("out/q.md")) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(p.exists("out/q.md"), "quick finished before the kill");
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let pid: i32 = p.read("pid.txt").trim().parse().unwrap();
+    // SAFETY: killing the model command the killed build left running.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let packs = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(p.path(".mkt/packs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    let sealed = |f: &std::path::Path| {
+        markitect::pack::is_sealed(&std::fs::File::open(f).unwrap())
+            .unwrap()
+            .0
+    };
+    assert_eq!(packs().len(), 1);
+    assert!(!sealed(&packs()[0]), "a killed build seals nothing");
+    p.remove("out/q.md");
+    p.replace("prompts.toml", "exec sleep 30", "cat s.md");
+    p.mkt(&["build"])
+        .success()
+        .cached_keys(&["quick"])
+        .ran_keys(&["slow"])
+        .summary("1 ran, 1 cached, 0 up to date");
+    assert!(!p.read("out/q.md").is_empty());
+    assert!(packs().iter().all(|f| sealed(f)), "{:?}", packs());
+    p.mkt(&["build"])
+        .success()
+        .stderr_eq("0 ran, 0 cached, 2 up to date\n");
+}
