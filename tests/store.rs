@@ -555,3 +555,42 @@ fn a_killed_build_keeps_what_it_stored_and_the_next_build_seals_its_pack() {
         .success()
         .stderr_eq("0 ran, 0 cached, 2 up to date\n");
 }
+
+/// A store from before packs (version 1: a loose file per object and per
+/// action-cache entry) keeps working: its files are served, the first
+/// new record makes it version 2, and gc collects loose files and packed
+/// records alike.
+#[test]
+fn a_version_1_store_of_loose_files_is_served_and_collected() {
+    let p = built_command_project();
+    edit_cycles(&p, 1);
+    // every record as a loose file, as a version 1 store held it
+    for r in p.store_records() {
+        let rel = if r.entry {
+            format!(".mkt/ac/{}/{}.json", &r.key[..2], r.key)
+        } else {
+            format!(".mkt/objects/{}/{}", &r.key[..2], r.key)
+        };
+        std::fs::create_dir_all(p.path(&rel).parent().unwrap()).unwrap();
+        std::fs::write(p.path(&rel), &r.payload).unwrap();
+    }
+    std::fs::remove_dir_all(p.path(".mkt/packs")).unwrap();
+    p.write(".mkt/VERSION", "1\n");
+    p.remove("out");
+    p.remove(".mkt/noop");
+    p.mkt(&["build"])
+        .success()
+        .summary("0 ran, 4 cached, 0 up to date");
+    assert_eq!(p.read(".mkt/VERSION"), "1\n", "nothing new was stored");
+    edit_cycles(&p, 1);
+    assert_eq!(p.read(".mkt/VERSION"), "2\n");
+    assert_eq!(entries(&p), 3, "the new runs, packed");
+    assert_eq!(count(&p, ".mkt/ac"), 7, "the old ones, loose");
+    // only what the current outputs need stays, loose or packed
+    p.mkt(&["gc", "--keep-runs", "0"]).success();
+    assert_eq!(count(&p, ".mkt/ac") + entries(&p), 4);
+    p.remove("out");
+    p.mkt(&["build"])
+        .success()
+        .summary("0 ran, 4 cached, 0 up to date");
+}
