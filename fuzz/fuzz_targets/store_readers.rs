@@ -14,8 +14,8 @@ use markitect::config::Project;
 use markitect::graph::Graph;
 use markitect::hash::Digest;
 use markitect::stamp::NoopStamp;
-use markitect::store::MappedFile;
 use markitect::state::{State, StateFiles};
+use markitect::store::MappedFile;
 use std::sync::OnceLock;
 
 const PROJECT: &str = "# résumé: a non-ASCII comment, so that spans can fall inside a character\n\
@@ -211,7 +211,7 @@ fuzz_target!(|data: &[u8]| {
             let file = std::fs::File::open(&path).unwrap();
             if let Ok(pack) = markitect::pack::Pack::open(file) {
                 for e in pack.entries() {
-                    if let Some(payload) = pack.read(e) {
+                    if let Some(payload) = pack.read(&e) {
                         if e.kind == markitect::pack::RecordKind::Object {
                             assert_eq!(Digest::of(&payload).0, e.key);
                         }
