@@ -137,26 +137,18 @@ fn verifies(kind: RecordKind, key: &[u8; 32], sum: &[u8; 32], payload: &[u8]) ->
     d == *sum && (kind != RecordKind::Object || d == *key)
 }
 
-/// The seal of `entries` (sorted here), for a pack whose records end at
-/// `index_offset`.
-pub fn encode_seal(entries: &mut Vec<Entry>, index_offset: u64) -> Vec<u8> {
-    let mut s = Vec::new();
-    write_seal(entries, index_offset, &mut |b| {
-        s.extend_from_slice(b);
+/// Writes the seal of `entries` (sorted here) into `file` after its
+/// records, which end at `index_offset`, 64 KB at a time: a 10,000-target
+/// build's index is 1.4 MB, which would otherwise sit in memory whole at
+/// the end of the build, when its memory peaks. Returns the file's new
+/// length.
+fn write_seal(file: &File, entries: &mut Vec<Entry>, index_offset: u64) -> io::Result<u64> {
+    let mut pos = index_offset;
+    let mut out = |b: &[u8]| -> io::Result<()> {
+        file.write_all_at(b, pos)?;
+        pos += b.len() as u64;
         Ok(())
-    })
-    .expect("a Vec takes every write");
-    s
-}
-
-/// The seal of `entries` (sorted here), handed to `out` a piece at a
-/// time: a 10,000-target build's index is 1.4 MB, which would otherwise
-/// sit in memory whole at the end of the build, when its memory peaks.
-fn write_seal(
-    entries: &mut Vec<Entry>,
-    index_offset: u64,
-    out: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-) -> io::Result<()> {
+    };
     index_order(entries);
     let mut buf = Vec::with_capacity(64 * 1024);
     for e in entries.iter() {
@@ -172,7 +164,25 @@ fn write_seal(
     buf.extend_from_slice(&index_offset.to_le_bytes());
     buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     buf.extend_from_slice(SEAL_MAGIC);
-    out(&buf)
+    out(&buf)?;
+    Ok(pos)
+}
+
+/// Reads the record `e` names from `file` (of `file_len` bytes) and
+/// verifies it; `None` when it does not verify or is not the record `e`
+/// says.
+fn read_record(file: &File, file_len: u64, e: &Entry) -> Option<Vec<u8>> {
+    // (an index entry is not trusted with a length to allocate)
+    let end = e.offset.checked_add(e.record_bytes())?;
+    if end > file_len {
+        return None;
+    }
+    let mut buf = vec![0u8; RECORD_HEADER + e.len as usize];
+    file.read_exact_at(&mut buf, e.offset).ok()?;
+    let (kind, len, key, sum) = parse_header(&buf)?;
+    let payload = &buf[RECORD_HEADER..];
+    (kind == e.kind && len == e.len && key == e.key && verifies(kind, &key, &sum, payload))
+        .then(|| buf.split_off(RECORD_HEADER))
 }
 
 /// Sorts `entries` by (key, kind), keeping of each only the one written
@@ -384,17 +394,7 @@ impl Pack {
     /// Reads and verifies the record `e` names; `None` when it does not
     /// verify or is not the record `e` says.
     pub fn read(&self, e: &Entry) -> Option<Vec<u8>> {
-        // (an index entry is not trusted with a length to allocate)
-        let end = e.offset.checked_add(e.record_bytes())?;
-        if end > self.file_len {
-            return None;
-        }
-        let mut buf = vec![0u8; RECORD_HEADER + e.len as usize];
-        self.file.read_exact_at(&mut buf, e.offset).ok()?;
-        let (kind, len, key, sum) = parse_header(&buf)?;
-        let payload = &buf[RECORD_HEADER..];
-        (kind == e.kind && len == e.len && key == e.key && verifies(kind, &key, &sum, payload))
-            .then(|| buf.split_off(RECORD_HEADER))
+        read_record(&self.file, self.file_len, e)
     }
 
     /// Every record the pack indexes, in index order (an entry of an
@@ -424,12 +424,10 @@ impl Pack {
         // entries: their targets run again).
         self.file.set_len(at)?;
         self.file.write_all_at(HEADER, 0)?;
-        let seal = encode_seal(&mut entries, at);
-        self.file.write_all_at(&seal, at)?;
+        self.file_len = write_seal(&self.file, &mut entries, at)?;
         self.index = Index::Scanned(entries);
         self.sealed = true;
         self.good_len = at;
-        self.file_len = at + seal.len() as u64;
         Ok(())
     }
 }
@@ -474,11 +472,7 @@ impl PackWriter {
             ));
         }
         let rec = encode_record(kind, key, payload);
-        self.append_encoded(kind, key, &rec)
-    }
-
-    fn append_encoded(&mut self, kind: RecordKind, key: &[u8; 32], rec: &[u8]) -> io::Result<()> {
-        if let Err(e) = self.file.write_all_at(rec, self.len) {
+        if let Err(e) = self.file.write_all_at(&rec, self.len) {
             // a short write leaves a torn record, which no reader believes;
             // the next record is written over it
             let _ = self.file.set_len(self.len);
@@ -529,18 +523,9 @@ impl PackWriter {
         let Some(i) = self.position(kind, key) else {
             return Found::Missing;
         };
-        let e = self.entries[i];
-        let mut buf = vec![0u8; RECORD_HEADER + e.len as usize];
-        if self.file.read_exact_at(&mut buf, e.offset).is_err() {
-            return Found::Corrupt;
-        }
-        match parse_header(&buf) {
-            Some((k, _, key, sum))
-                if k == kind && verifies(k, &key, &sum, &buf[RECORD_HEADER..]) =>
-            {
-                Found::Payload(buf.split_off(RECORD_HEADER))
-            }
-            _ => Found::Corrupt,
+        match read_record(&self.file, self.len, &self.entries[i]) {
+            Some(p) => Found::Payload(p),
+            None => Found::Corrupt,
         }
     }
 
@@ -550,15 +535,8 @@ impl PackWriter {
 
     /// Writes the seal; the pack is then complete (not yet flushed).
     pub fn seal(mut self) -> io::Result<File> {
-        let at = self.len;
         self.by_key = hashbrown::HashTable::new(); // freed before the seal
-        let mut pos = at;
-        let file = &self.file;
-        write_seal(&mut self.entries, at, &mut |b| {
-            file.write_all_at(b, pos)?;
-            pos += b.len() as u64;
-            Ok(())
-        })?;
+        write_seal(&self.file, &mut self.entries, self.len)?;
         Ok(self.file)
     }
 }
