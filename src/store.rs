@@ -25,10 +25,9 @@
 //! a run of consecutive ones into one (see [`ObjectStore::sync`]). Why
 //! packs and not a file each: `pack.rs`.
 //!
-//! **Writes** of other files are atomic, so a reader sees a whole file or none: a new
-//! file is written unnamed (`O_TMPFILE`) in its directory and then linked
-//! at its name ([`ObjectStore::write_new`]); a file that replaces another
-//! is a temp file beside it renamed over it. Durability is batched like
+//! **Writes** of other files are atomic, so a reader sees a whole file or
+//! none: a temp file beside the final name, renamed over it
+//! ([`ObjectStore::write_atomic`]). Durability is batched like
 //! git's `core.fsyncMethod=batch`: instead of an fsync per file (0.4 ms each
 //! here, one after another, which would double a 10,000-target build),
 //! [`ObjectStore::sync`] flushes once at the end of a build: the few files
@@ -404,25 +403,6 @@ impl ObjectStore {
         }
     }
 
-    /// [`write_atomic`] for a store file that should not exist yet (a new
-    /// object, action-cache entry or run manifest; not an output, which
-    /// file watchers would see written as `#<inode>`). The bytes go into an unnamed file in the destination's
-    /// directory (`O_TMPFILE`), which is then linked at `path`: a whole
-    /// file appears there or nothing does, with no temp name to create and
-    /// rename away, and a crash leaves no temp file behind. Measured here:
-    /// 43 µs a file against 60 µs for a temp file renamed into place; a
-    /// full build writes four files a target. Where that cannot be done
-    /// (a file system without `O_TMPFILE`, no `/proc`, or `path` exists
-    /// after all), it falls back to [`ObjectStore::write_atomic`], which
-    /// replaces what is there.
-    pub fn write_new(&self, path: &Utf8Path, bytes: &[u8]) -> Result<()> {
-        if link_new(path, bytes) {
-            self.note_written(path);
-            return Ok(());
-        }
-        self.write_atomic(path, bytes)
-    }
-
     /// [`replace_cache`], for one of this store's caches.
     pub fn write_cache(&self, path: &Utf8Path, bytes: &[u8]) -> Result<()> {
         replace_cache(path, &[bytes]).map_err(|e| Error::io("write", path, e))
@@ -598,7 +578,7 @@ impl ObjectStore {
     }
 
     pub fn put_run(&self, m: &RunManifest) -> Result<()> {
-        self.write_new(&self.run_path(&m.run_id), &m.to_json())
+        self.write_atomic(&self.run_path(&m.run_id), &m.to_json())
     }
 
     pub(crate) fn run_path(&self, run_id: &str) -> Utf8PathBuf {
@@ -963,61 +943,6 @@ fn temp_in(dir: &Utf8Path) -> std::io::Result<tempfile::NamedTempFile> {
         .tempfile_in(dir)
 }
 
-/// Writes `bytes` to a new file at `path` through an unnamed file linked
-/// into place (see [`ObjectStore::write_new`]); `false`, having changed
-/// nothing, when that cannot be done. Never replaces an existing `path`.
-#[cfg(target_os = "linux")]
-fn link_new(path: &Utf8Path, bytes: &[u8]) -> bool {
-    use std::ffi::CString;
-    use std::os::fd::FromRawFd;
-    let (Ok(dir), Ok(dest)) = (
-        CString::new(dir_of(path).as_str()),
-        CString::new(path.as_str()),
-    ) else {
-        return false;
-    };
-    // SAFETY: `dir` is a NUL-terminated path; 0666 less the umask, like any
-    // file a program creates.
-    let fd = unsafe {
-        libc::open(
-            dir.as_ptr(),
-            libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
-            0o666 as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return false; // no O_TMPFILE here, or no such directory yet
-    }
-    // SAFETY: `fd` was just opened and is owned by `file` alone (closed
-    // when it drops, after the link).
-    let mut file = unsafe { File::from_raw_fd(fd) };
-    if file.write_all(bytes).is_err() {
-        return false;
-    }
-    // Linking by descriptor (`AT_EMPTY_PATH`) needs a capability; linking
-    // its `/proc` name does not.
-    let Ok(by_fd) = CString::new(format!("/proc/self/fd/{fd}")) else {
-        return false;
-    };
-    // SAFETY: both paths are NUL-terminated; linkat fails with EEXIST
-    // rather than replace what is at `dest`.
-    let linked = unsafe {
-        libc::linkat(
-            libc::AT_FDCWD,
-            by_fd.as_ptr(),
-            libc::AT_FDCWD,
-            dest.as_ptr(),
-            libc::AT_SYMLINK_FOLLOW,
-        )
-    };
-    linked == 0
-}
-
-#[cfg(not(target_os = "linux"))]
-fn link_new(_path: &Utf8Path, _bytes: &[u8]) -> bool {
-    false
-}
-
 /// `fsync`s each of `paths` (files, and the directories the store
 /// created) and the directory holding each, on up to 16 threads at once,
 /// so that the file system can commit them together. A file that is gone
@@ -1257,32 +1182,23 @@ mod tests {
         assert_eq!(mode, 0o666 & !umask, "{path}");
     }
 
-    #[cfg(target_os = "linux")]
     #[test]
-    fn write_new_links_a_whole_new_file_and_never_replaces_by_link() {
+    fn write_atomic_creates_its_directory_replaces_and_leaves_no_temp_file() {
         let (_t, s) = store();
-        let shard = s.dir().join("objects").join("ab");
-        // no directory yet: the fallback creates it
-        let first = shard.join("first");
-        s.write_new(&first, b"one").unwrap();
+        let dir = s.dir().join("runs").join("new");
+        // no directory yet: it is created
+        let first = dir.join("first");
+        s.write_atomic(&first, b"one").unwrap();
         assert_eq!(fs::read(&first).unwrap(), b"one");
-        // the directory is there: linked into place
-        let second = shard.join("second");
-        assert!(link_new(&second, b"two"));
-        assert_eq!(fs::read(&second).unwrap(), b"two");
-        assert_created_like_open(&second);
-        // a link never replaces a file...
-        assert!(!link_new(&second, b"three"));
-        assert_eq!(fs::read(&second).unwrap(), b"two");
-        // ...`write_new` then does, through a temp file renamed over it
-        s.write_new(&second, b"three").unwrap();
-        assert_eq!(fs::read(&second).unwrap(), b"three");
-        let mut names: Vec<_> = fs::read_dir(&shard)
+        assert_created_like_open(&first);
+        // a file that is there is replaced
+        s.write_atomic(&first, b"two").unwrap();
+        assert_eq!(fs::read(&first).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        names.sort();
-        assert_eq!(names, ["first", "second"], "no temp file is left");
+        assert_eq!(names, ["first"], "no temp file is left");
     }
 
     fn store() -> (tempfile::TempDir, ObjectStore) {
@@ -1452,10 +1368,10 @@ mod tests {
         // once, with the directory its write created) and one removed
         // after it was written, and objects: their pack, once
         let kept = s.dir().join("runs").join("new").join("kept");
-        s.write_new(&kept, b"kept").unwrap();
-        s.write_new(&kept, b"kept").unwrap();
+        s.write_atomic(&kept, b"kept").unwrap();
+        s.write_atomic(&kept, b"kept").unwrap();
         let gone = s.dir().join("runs").join("gone");
-        s.write_new(&gone, b"gone").unwrap();
+        s.write_atomic(&gone, b"gone").unwrap();
         fs::remove_file(&gone).unwrap();
         s.put(b"one").unwrap();
         s.put(b"two").unwrap();
@@ -1472,7 +1388,7 @@ mod tests {
         assert_eq!(written(&s), (0, false), "a sync takes what was recorded");
         // past SYNC_EACH_MAX files only the count is kept: one syncfs
         for i in 0..=SYNC_EACH_MAX {
-            s.write_new(&s.dir().join("runs").join(format!("{i}")), b"x")
+            s.write_atomic(&s.dir().join("runs").join(format!("{i}")), b"x")
                 .unwrap();
         }
         assert_eq!(written(&s), (0, true));
