@@ -298,13 +298,19 @@ fn with_packed_records(store: &ObjectStore, mut files: Vec<StoreFile>) -> Result
     Ok(files)
 }
 
-/// Where a removal is, relative to the project root.
-fn removal_path(f: &StoreFile) -> Utf8PathBuf {
+/// The removal of `f`, with its path relative to the project root.
+fn removal(f: &StoreFile, why: Why) -> Removal {
     let in_store = match &f.packed {
         Some((_, _, pack)) => Utf8PathBuf::from(format!("{pack}:{}", f.rel)),
         None => f.rel.clone(),
     };
-    Utf8Path::new(STORE_DIR).join(in_store)
+    Removal {
+        path: Utf8Path::new(STORE_DIR).join(in_store),
+        packed: f.packed.as_ref().map(|(k, key, _)| (*k, *key)),
+        kind: f.kind,
+        bytes: f.bytes,
+        why,
+    }
 }
 
 /// Counts and bytes of each kind of file in the store.
@@ -474,13 +480,7 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         match why {
             Some(why) => {
                 size -= f.bytes;
-                rep.removed.push(Removal {
-                    path: removal_path(f),
-                    packed: f.packed.as_ref().map(|(k, key, _)| (*k, *key)),
-                    kind: f.kind,
-                    bytes: f.bytes,
-                    why,
-                });
+                rep.removed.push(removal(f, why));
             }
             None => {
                 by_path.insert(abs, f);
@@ -514,13 +514,7 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
                 }
                 if let Some(f) = by_path.remove(p) {
                     size -= f.bytes;
-                    rep.removed.push(Removal {
-                        path: removal_path(f),
-                        packed: f.packed.as_ref().map(|(k, key, _)| (*k, *key)),
-                        kind: f.kind,
-                        bytes: f.bytes,
-                        why: Why::Evicted,
-                    });
+                    rep.removed.push(removal(f, Why::Evicted));
                 }
             }
         }
@@ -528,21 +522,20 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
     }
     rep.evicted_runs = evicted.len();
     rep.recent_runs -= evicted.len();
-    // Records leave a pack when gc rewrites the packs as one: the old
-    // packs' own bytes go, the new one's come.
-    if rep.removed.iter().any(|r| r.packed.is_some()) {
-        let gone: HashSet<(RecordKind, [u8; 32])> =
-            rep.removed.iter().filter_map(|r| r.packed).collect();
+    // Records leave a pack when gc rewrites it (`ObjectStore::repack`):
+    // its old own bytes go, the rewritten pack's come.
+    let dropped: HashSet<(RecordKind, [u8; 32])> =
+        rep.removed.iter().filter_map(|r| r.packed).collect();
+    if !dropped.is_empty() {
+        // (records listed, records kept) of each pack
+        let mut counts: HashMap<&Utf8Path, (usize, usize)> = HashMap::default();
+        for (k, key, pack) in files.iter().filter_map(|f| f.packed.as_ref()) {
+            let c = counts.entry(pack.as_path()).or_default();
+            c.0 += 1;
+            c.1 += usize::from(!dropped.contains(&(*k, *key)));
+        }
         for pack in files.iter().filter(|f| f.kind == Kind::PackIndex) {
-            let (mut listed, mut kept) = (0, 0);
-            for (k, key, _) in files
-                .iter()
-                .filter_map(|f| f.packed.as_ref())
-                .filter(|(_, _, p)| *p == pack.rel)
-            {
-                listed += 1;
-                kept += usize::from(!gone.contains(&(*k, *key)));
-            }
+            let (listed, kept) = counts.get(pack.rel.as_path()).copied().unwrap_or_default();
             // rewritten when it loses a record or holds older copies
             if kept < listed || pack.bytes > crate::pack::own_bytes(listed) {
                 size = size - pack.bytes + crate::pack::own_bytes(kept);
@@ -577,8 +570,6 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         store.write_atomic(&history_path, &new_history)?;
     }
     remove_all(root, &rep.removed)?;
-    let dropped: HashSet<(RecordKind, [u8; 32])> =
-        rep.removed.iter().filter_map(|r| r.packed).collect();
     if !dropped.is_empty() {
         // what goes: the dropped records, and older copies of the others
         // (a copy that does not verify goes with any pack rewritten)

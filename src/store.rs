@@ -210,10 +210,8 @@ impl ObjectStore {
     }
 
     fn open_with(root: &Utf8Path, create: bool) -> Result<ObjectStore> {
-        let dir = root.join(STORE_DIR);
         let mut store = ObjectStore::open_unchecked(root);
         store.read_only = !create;
-        debug_assert_eq!(store.dir, dir);
         let version = store.dir.join("VERSION");
         let refuse = |what: String| {
             Error::InvalidFile {
@@ -523,10 +521,10 @@ impl ObjectStore {
                 m.input_bundle_hash == *ibh && m.status == crate::manifest::RunStatus::Ok
             })
         };
-        let packed_corrupt = {
+        let (packed_corrupt, loose) = {
             let mut packs = self.packs();
             let key = (RecordKind::AcEntry, ibh.0.0);
-            match packs.find(&self.dir, key.0, &key.1) {
+            let corrupt = match packs.find(&self.dir, key.0, &key.1) {
                 // (the payload verified, so this is a valid record of a
                 // manifest mkt would not write: treated as corrupt too)
                 Found::Payload(b) => match believed(&b) {
@@ -538,13 +536,14 @@ impl ObjectStore {
                 },
                 Found::Corrupt => true,
                 Found::Missing => false,
-            }
+            };
+            (corrupt, packs.loose(&self.dir))
         };
         let none = || match packed_corrupt {
             true => AcRead::Corrupt,
             false => AcRead::Missing,
         };
-        if !self.packs().loose(&self.dir) {
+        if !loose {
             return none();
         }
         let path = self.ac_path(ibh);
