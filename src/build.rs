@@ -16,11 +16,12 @@
 //! the changes are taken as recorded. Anything else gets the full check.
 //! At the end the state is saved first, then the history, one sync, and
 //! the new stamp last, so the stamp never vouches for what is not on disk.
-//! (That one sync waits for all of a build's writes, 120-130 ms at 10,000
-//! targets since the store packs its files, 0.5-0.8 s before. Flushing every second in the background while models ran, to
-//! leave it less, made full builds 3-4 s slower on a project whose files
-//! had just been written: a build's reads of cold file-system metadata
-//! then queued behind the flushes, 17-28 ms each.)
+//! (That one sync waits for all of a build's writes: 120-130 ms at 10,000
+//! targets since the store packs its files, 0.5-0.8 s before. Flushing
+//! every second in the background while models ran, to leave it less,
+//! made full builds 3-4 s slower on a project whose files had just been
+//! written: a build's reads of cold file-system metadata then queued
+//! behind the flushes, 17-28 ms each.)
 
 use crate::config::PROJECT_FILE;
 use crate::config::Project;

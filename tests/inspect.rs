@@ -1255,14 +1255,7 @@ fn inspection_commands_answer_during_a_build() {
         .file("b.md", "B\n")
         .build();
     p.mkt(&["build", "b"]).success();
-    let mut build = std::process::Command::new(support::mkt_bin())
-        .args(["build", "-q"])
-        .current_dir(p.root())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut build = p.spawn_mkt(&["build", "-q"]);
     // the build holds the lock once its model is running
     std::thread::sleep(std::time::Duration::from_millis(700));
     let started = std::time::Instant::now();

@@ -511,14 +511,7 @@ fn a_killed_build_keeps_what_it_stored_and_the_next_build_seals_its_pack() {
         .file("q.md", "quick\n")
         .file("s.md", "slow\n")
         .build();
-    let mut child = std::process::Command::new(support::mkt_bin())
-        .args(["build", "-j", "2"])
-        .current_dir(p.root())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = p.spawn_mkt(&["build", "-j", "2"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !(p.exists("pid.txt") && p.exists("out/q.md")) && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));

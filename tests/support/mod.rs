@@ -394,6 +394,19 @@ impl Project {
         w.seal().expect("seal pack");
     }
 
+    /// Starts `mkt ARGS` in the project without waiting for it, its
+    /// standard streams closed (for tests that race or kill a build).
+    pub fn spawn_mkt(&self, args: &[&str]) -> std::process::Child {
+        Command::new(mkt_bin())
+            .args(args)
+            .current_dir(self.root())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start mkt {args:?}: {e}"))
+    }
+
     /// The project's files, recursively, without `.mkt/`.
     pub fn listing(&self) -> String {
         listing(self.root())
@@ -683,14 +696,7 @@ pub fn hold_lock_with_slow_build(p: &Project, ms: u64) -> std::process::Child {
         "prompts.toml",
         format!("[models.default]\nprovider = \"mock\"\nlatency_ms = {ms}\n\n[targets.a]\ntemplate = \"t.md\"\noutput = \"out/a.md\"\n"),
     );
-    let child = Command::new(mkt_bin())
-        .args(["build", "-q"])
-        .current_dir(p.root())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let child = p.spawn_mkt(&["build", "-q"]);
     // the lock file appears once the build holds it; then give it a moment
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !p.exists(".mkt/lock") && std::time::Instant::now() < deadline {
