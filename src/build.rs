@@ -46,6 +46,7 @@ use camino::Utf8Path;
 use minijinja::Value;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -268,8 +269,8 @@ struct Done {
     /// The run that made the output; empty for a fresh node (see
     /// [`Done::fresh`]).
     run_id: String,
-    /// For a node that failed or was skipped: the failed node to blame.
-    blame: Option<String>,
+    /// For a node that failed or was skipped: why its dependants cannot run.
+    blame: Option<Blame>,
     /// `--dry-run`: would run, so its output may still change.
     pending: bool,
 }
@@ -296,12 +297,39 @@ impl Done {
     }
 
     fn failed(blame: String) -> Done {
+        Done::blamed(Blame::Failed(blame))
+    }
+
+    /// Not run because the build stopped (`why`, as its skip says).
+    fn stopped(why: &'static str) -> Done {
+        Done::blamed(Blame::Stopped(why))
+    }
+
+    fn blamed(blame: Blame) -> Done {
         Done {
             fresh: false,
             output_digest: Digest::default(),
             run_id: String::new(),
             blame: Some(blame),
             pending: false,
+        }
+    }
+}
+
+/// Why the dependants of a node that did not build are skipped.
+#[derive(Clone)]
+enum Blame {
+    /// This target failed (the node itself, or one upstream of it).
+    Failed(String),
+    /// The build stopped ([`INTERRUPTED`], [`STOPPED`]) before it.
+    Stopped(&'static str),
+}
+
+impl Blame {
+    fn because(&self) -> String {
+        match self {
+            Blame::Failed(key) => format!("`{key}` failed"),
+            Blame::Stopped(why) => why.to_string(),
         }
     }
 }
@@ -425,6 +453,28 @@ struct Ctx<'a> {
     forced: Vec<bool>,
     remote: Option<&'a crate::remote::Remote>,
     fetch_only: bool,
+    /// Set by the first failed job unless `--keep-going`: the jobs queued
+    /// behind it are then not started (the scheduler may have queued a
+    /// whole layer of independent targets before the failure).
+    stopping: std::sync::atomic::AtomicBool,
+    keep_going: bool,
+}
+
+/// Why a skipped node did not run, when the build stopped.
+const INTERRUPTED: &str = "the build was interrupted";
+const STOPPED: &str = "the build stopped after a failure (use `--keep-going` to go on)";
+
+impl Ctx<'_> {
+    /// Why a job should not start now, if the build is stopping.
+    fn why_stopped(&self) -> Option<&'static str> {
+        if crate::exec::interrupted() {
+            Some(INTERRUPTED)
+        } else if self.stopping.load(Ordering::SeqCst) {
+            Some(STOPPED)
+        } else {
+            None
+        }
+    }
 }
 
 /// What a long-running caller (`mkt watch`) keeps between builds, so that
@@ -716,6 +766,8 @@ pub fn build_in(
         forced: named.iter().map(|&n| n && opts.force).collect(),
         remote: remote.as_ref(),
         fetch_only: opts.fetch_only,
+        stopping: Default::default(),
+        keep_going: opts.keep_going,
     };
     let mut prog = Progress::new(&graph, &selected, total);
     // With a stamp that names what changed, the nodes that read or write
@@ -749,28 +801,26 @@ pub fn build_in(
             while let Some(i) = prog.ready.pop_front() {
                 let node = &graph.nodes[i];
                 if crate::exec::interrupted() {
-                    let because = "the build was interrupted".to_string();
-                    prog.complete(
-                        i,
-                        Outcome::Skipped { because },
-                        Done::failed(node.key.clone()),
-                        report,
-                    );
+                    let because = INTERRUPTED.to_string();
+                    let d = Done::stopped(INTERRUPTED);
+                    prog.complete(i, Outcome::Skipped { because }, d, report);
                     continue;
                 }
                 let blame = node
                     .upstream_nodes()
-                    .find_map(|u| prog.results[u].as_ref().and_then(|d| d.blame.clone()));
+                    .filter_map(|u| prog.results[u].as_ref().and_then(|d| d.blame.as_ref()))
+                    // a failure upstream says more than that the build stopped
+                    .min_by_key(|b| matches!(b, Blame::Stopped(_)))
+                    .cloned();
                 if let Some(blame) = blame {
-                    let because = format!("`{blame}` failed");
-                    let d = Done::failed(blame);
+                    let because = blame.because();
+                    let d = Done::blamed(blame);
                     prog.complete(i, Outcome::Skipped { because }, d, report);
                     continue;
                 }
-                if let (true, Some(first)) = (stop, &first_failure) {
-                    let d = Done::failed(first.clone());
-                    let because = "the build stopped after a failure (use `--keep-going` to go on)"
-                        .to_string();
+                if stop {
+                    let d = Done::stopped(STOPPED);
+                    let because = STOPPED.to_string();
                     prog.complete(i, Outcome::Skipped { because }, d, report);
                     continue;
                 }
@@ -886,7 +936,11 @@ pub fn build_in(
                                 Ok(j) => j,
                                 Err(_) => return,
                             };
-                            if tx.send(run_job(ctx, job)).is_err() {
+                            let r = run_job(ctx, job);
+                            if !ctx.keep_going && matches!(r.outcome, Outcome::Failed { .. }) {
+                                ctx.stopping.store(true, Ordering::SeqCst);
+                            }
+                            if tx.send(r).is_err() {
                                 return;
                             }
                         }
@@ -928,6 +982,13 @@ pub fn build_in(
             let key = graph.nodes[r.node].key.clone();
             let d = match &r.record {
                 Some(rec) if !rec.failed => Done::ok(rec.output_digest, rec.run_id.clone()),
+                // (a job the build stopped before it started)
+                _ if let Outcome::Skipped { because } = &r.outcome
+                    && let Some(why) =
+                        [INTERRUPTED, STOPPED].into_iter().find(|w| w == because) =>
+                {
+                    Done::stopped(why)
+                }
                 _ => Done::failed(key.clone()),
             };
             if matches!(r.outcome, Outcome::Failed { .. }) {
@@ -1438,6 +1499,17 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         spent: None,
         saved: None,
     };
+    let skipped = |because: &str, warnings: Vec<String>| JobResult {
+        node: job.node,
+        outcome: Outcome::Skipped {
+            because: because.to_string(),
+        },
+        record: None,
+        warnings,
+        history: None,
+        spent: None,
+        saved: None,
+    };
     let record_for = |ibh: Digest, digest: Digest, run_id: &str| TargetRecord {
         fingerprint: job.fingerprint.clone(),
         ibh,
@@ -1446,6 +1518,11 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         run_id: run_id.to_string(),
         failed: false,
     };
+
+    // a job queued before the build stopped is not started
+    if let Some(because) = ctx.why_stopped() {
+        return skipped(because, warnings);
+    }
 
     // 1. Only the output file is off: restore it from the store.
     if job.reason.output_only()
@@ -1585,17 +1662,7 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     }
 
     if ctx.fetch_only {
-        return JobResult {
-            node: job.node,
-            outcome: Outcome::Skipped {
-                because: "not in the remote cache".into(),
-            },
-            record: None,
-            warnings,
-            history: None,
-            spent: None,
-            saved: None,
-        };
+        return skipped("not in the remote cache", warnings);
     }
 
     // 4. Processing.

@@ -504,16 +504,19 @@ const SIDE_FAILURE: &str =
 #[test]
 fn failure_stops_the_build_without_keep_going() {
     let p = failing_side_project();
+    // `side` goes first; `outline`, queued behind it, is not started, and
+    // what depends on it says why it was not built (not that `side` failed)
     p.mkt(&["build", "-j", "1"])
         .code(1)
         .stderr_contains(SIDE_FAILURE)
-        .ran(&["outline (never built)"])
+        .ran(&[])
         .skipped(&[
+            "outline: the build stopped after a failure (use `--keep-going` to go on)",
             "summary: the build stopped after a failure (use `--keep-going` to go on)",
-            "final: `side` failed",
+            "final: the build stopped after a failure (use `--keep-going` to go on)",
         ])
-        .summary("1 ran, 0 cached, 0 up to date, 1 failed, 2 skipped");
-    assert_eq!(p.calls(), ["# outline"]);
+        .summary("0 ran, 0 cached, 0 up to date, 1 failed, 3 skipped");
+    assert_eq!(p.calls(), Vec::<String>::new());
     assert!(!p.exists("out/side.md") && !p.exists("out/summary.md") && !p.exists("out/final.md"));
 }
 
@@ -561,6 +564,73 @@ fn failure_downstream_of_a_failure_is_skipped_with_keep_going() {
         .ran(&["side (never built)"])
         .skipped(&["summary: `outline` failed", "final: `outline` failed"])
         .summary("1 ran, 0 cached, 0 up to date, 1 failed, 2 skipped");
+}
+
+/// Twelve independent targets whose model fails (or, with `sleep`, hangs)
+/// and logs each call: the scheduler queues all twelve at once.
+fn twelve_independent_targets(model: &str) -> Project {
+    let mut b = project()
+        .file(
+            "prompts.toml",
+            format!(
+                "[models.default]\nprovider = \"command\"\ncommand = [\"sh\", \"-c\", '{model}']\n\n\
+                 [targets.each]\nforeach = \"docs/*.txt\"\ntemplate = \"t.md\"\noutput = \"out/{{stem}}.md\"\n"
+            ),
+        )
+        .file("t.md", "# {{ item.stem }}\n");
+    for i in 0..12 {
+        b = b.file(&format!("docs/d{i:02}.txt"), "doc\n");
+    }
+    b.build()
+}
+
+#[test]
+fn failure_stops_targets_already_queued_without_keep_going() {
+    let failing = "IFS= read -r first; printf \"%s\\n\" \"$first\" >> calls.log; exit 3";
+    let p = twelve_independent_targets(failing);
+    // one call fails; the eleven queued behind it are not started
+    p.mkt(&["build", "-j", "1"])
+        .code(1)
+        .stderr_contains("the build stopped after a failure (use `--keep-going` to go on)")
+        .summary("0 ran, 0 cached, 0 up to date, 1 failed, 11 skipped");
+    assert_eq!(p.calls().len(), 1, "{:?}", p.calls());
+    std::fs::remove_file(p.path("calls.log")).unwrap();
+    p.mkt(&["build", "-j", "1", "-k"])
+        .code(1)
+        .summary("0 ran, 0 cached, 0 up to date, 12 failed");
+    assert_eq!(p.calls().len(), 12, "{:?}", p.calls());
+}
+
+#[test]
+fn ctrl_c_starts_none_of_the_targets_already_queued() {
+    let hanging = "cat >/dev/null; echo called >> calls.log; exec sleep 30";
+    let p = twelve_independent_targets(hanging);
+    let child = std::process::Command::new(support::mkt_bin())
+        .args(["build", "-j", "1"])
+        .current_dir(p.root())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while p.calls().is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(p.calls().len(), 1, "the first call started");
+    // SAFETY: sending SIGINT to the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    // the running call was stopped; the eleven queued were not started
+    // (they used to be, each killed as it started, and each a failure)
+    assert!(
+        stderr.contains("0 ran, 0 cached, 0 up to date, 1 failed, 11 skipped"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("skipped each[").count(), 11, "{stderr}");
+    assert_eq!(p.calls(), ["called"]);
 }
 
 #[test]
