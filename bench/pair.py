@@ -10,9 +10,20 @@ median and quartiles of the per-round ratio mkt / ninja.
 The directory is one the harness made (`../shared/bench/run.sh mkt 10000
 fan` and `... ninja 10000 fan` with the same BENCH_WORK), holding `mkt/`
 and `ninja/`, each already built.
+
+With `--full SHAPE --n N`, each round times a full build instead, of
+projects generated into DIR/round-K (`gen.py gen`) before the first round
+(all of them first: deleting a round's files before the next would time
+ext4's allocator after a mass deletion, see README). Each
+build's CPU time (user + system, its children included) is printed too:
+with the `command` model a full build is bound by the CPU its programs
+take, so that column says how far below ninja a build can go.
+
+    bench/pair.py /tmp/pair-full --full fan --n 10000 --rounds 4
 """
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import time
@@ -24,22 +35,42 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--mkt", default="target/release/mkt")
     ap.add_argument("--ninja", default="/tmp/peers-venv/bin/ninja")
+    ap.add_argument("--full", metavar="SHAPE", help="time full builds of a fresh SHAPE project")
+    ap.add_argument("--n", type=int, default=10000, help="targets, with --full")
+    ap.add_argument("--gen", default=os.path.join(os.path.dirname(__file__), "../../shared/bench/gen.py"))
     a = ap.parse_args()
     tools = [
         ("mkt", os.path.join(a.dir, "mkt"), [os.path.abspath(a.mkt), "build", "-j", "2", "-q"]),
         ("ninja", os.path.join(a.dir, "ninja"), [a.ninja, "-j", "2", "--quiet"]),
     ]
+    if a.full:
+        if os.path.exists(a.dir):
+            raise SystemExit(f"{a.dir} exists: give --full a new directory")
+        for i in range(a.rounds):
+            subprocess.run(["python3", a.gen, "gen", os.path.join(a.dir, f"round-{i + 1}"),
+                            "--shape", a.full, "--n", str(a.n), "--tools", "mkt,ninja"],
+                           check=True, stdout=subprocess.DEVNULL)
+        os.sync()  # the new files' writeback is not left to the builds
     times = {name: [] for name, _, _ in tools}
     ratios = []
     for i in range(a.rounds):
         took = {}
+        if a.full:
+            base = os.path.join(a.dir, f"round-{i + 1}")
+            tools = [(name, os.path.join(base, name), cmd) for name, _, cmd in tools]
         for name, d, cmd in tools if i % 2 == 0 else tools[::-1]:
-            with open(os.path.join(d, "inputs/0.md"), "a") as f:
-                f.write(f"paired edit {i}\n")
+            if not a.full:
+                with open(os.path.join(d, "inputs/0.md"), "a") as f:
+                    f.write(f"paired edit {i}\n")
+            cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             subprocess.run(cmd, cwd=d, check=True)
             took[name] = time.perf_counter() - t0
+            cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
             times[name].append(took[name] * 1e3)
+            if a.full:
+                print(f"round {i + 1} {name}: {took[name]:.2f} s, CPU {cpu:.2f} s ({cpu / took[name]:.2f} cores)")
         ratios.append(took["mkt"] / took["ninja"])
     for name, v in times.items():
         print(f"{name}: median {statistics.median(v):.1f} ms, min {min(v):.1f} ms")

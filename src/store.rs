@@ -1314,6 +1314,51 @@ mod tests {
         }
     }
 
+    /// A merge that meets a pack it cannot read stops there: it says which
+    /// pack, and every pack, the unreadable one too, stays as it was.
+    #[test]
+    fn a_merge_stops_on_a_pack_it_cannot_read_and_deletes_nothing() {
+        let (t, s) = store();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        drop(s);
+        let mut objects = Vec::new();
+        for n in 0..3 {
+            let s = ObjectStore::open(root).unwrap();
+            objects.push(s.put(format!("object {n}").as_bytes()).unwrap());
+            s.sync().unwrap();
+        }
+        let s = ObjectStore::open(root).unwrap();
+        let list = list_packs(&s.dir().join(PACKS_DIR));
+        assert_eq!(list.len(), 3);
+        // the middle pack becomes something that opens but cannot be read
+        let middle = &list[1].1;
+        fs::remove_file(middle).unwrap();
+        fs::create_dir(middle).unwrap();
+        let e = s.merge(&list, &|_, _, _| true).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("cannot read `{middle}`: Is a directory (os error 21)")
+        );
+        assert_eq!(
+            packs_of(&s),
+            list.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>()
+        );
+        assert!(middle.is_dir());
+        let names: Vec<_> = fs::read_dir(s.dir().join(PACKS_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.ends_with(".pack"))
+            .collect();
+        assert!(names.is_empty(), "no temp file is left: {names:?}");
+        let s = ObjectStore::open_read_only(root).unwrap();
+        for i in [0, 2] {
+            assert_eq!(
+                s.get(&objects[i]),
+                ObjectRead::Found(format!("object {i}").into_bytes())
+            );
+        }
+    }
+
     /// A damaged header hides nothing, and no merge drops the pack.
     #[test]
     fn a_pack_with_a_damaged_header_still_serves_its_records() {
