@@ -300,9 +300,9 @@ impl Done {
         Done::blamed(Blame::Failed(blame))
     }
 
-    /// Not run because the build stopped (`why`, as its skip says).
-    fn stopped(why: &'static str) -> Done {
-        Done::blamed(Blame::Stopped(why))
+    /// Not run, for the reason its skip gave.
+    fn not_run(why: &str) -> Done {
+        Done::blamed(Blame::NotRun(why.to_string()))
     }
 
     fn blamed(blame: Blame) -> Done {
@@ -321,15 +321,17 @@ impl Done {
 enum Blame {
     /// This target failed (the node itself, or one upstream of it).
     Failed(String),
-    /// The build stopped ([`INTERRUPTED`], [`STOPPED`]) before it.
-    Stopped(&'static str),
+    /// It was not run, for this reason (the build stopped before it:
+    /// [`INTERRUPTED`], [`STOPPED`]; or `mkt cache pull` found it in no
+    /// cache), which its dependants give too.
+    NotRun(String),
 }
 
 impl Blame {
     fn because(&self) -> String {
         match self {
             Blame::Failed(key) => format!("`{key}` failed"),
-            Blame::Stopped(why) => why.to_string(),
+            Blame::NotRun(why) => why.clone(),
         }
     }
 }
@@ -802,7 +804,7 @@ pub fn build_in(
                 let node = &graph.nodes[i];
                 if crate::exec::interrupted() {
                     let because = INTERRUPTED.to_string();
-                    let d = Done::stopped(INTERRUPTED);
+                    let d = Done::not_run(INTERRUPTED);
                     prog.complete(i, Outcome::Skipped { because }, d, report);
                     continue;
                 }
@@ -810,7 +812,7 @@ pub fn build_in(
                     .upstream_nodes()
                     .filter_map(|u| prog.results[u].as_ref().and_then(|d| d.blame.as_ref()))
                     // a failure upstream says more than that the build stopped
-                    .min_by_key(|b| matches!(b, Blame::Stopped(_)))
+                    .min_by_key(|b| matches!(b, Blame::NotRun(_)))
                     .cloned();
                 if let Some(blame) = blame {
                     let because = blame.because();
@@ -819,7 +821,7 @@ pub fn build_in(
                     continue;
                 }
                 if stop {
-                    let d = Done::stopped(STOPPED);
+                    let d = Done::not_run(STOPPED);
                     let because = STOPPED.to_string();
                     prog.complete(i, Outcome::Skipped { because }, d, report);
                     continue;
@@ -982,13 +984,9 @@ pub fn build_in(
             let key = graph.nodes[r.node].key.clone();
             let d = match &r.record {
                 Some(rec) if !rec.failed => Done::ok(rec.output_digest, rec.run_id.clone()),
-                // (a job the build stopped before it started)
-                _ if let Outcome::Skipped { because } = &r.outcome
-                    && let Some(why) =
-                        [INTERRUPTED, STOPPED].into_iter().find(|w| w == because) =>
-                {
-                    Done::stopped(why)
-                }
+                // (a job that did not run: the build stopped first, or `mkt cache
+                // pull` found it in no cache)
+                _ if let Outcome::Skipped { because } = &r.outcome => Done::not_run(because),
                 _ => Done::failed(key.clone()),
             };
             if matches!(r.outcome, Outcome::Failed { .. }) {

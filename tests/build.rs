@@ -605,14 +605,7 @@ fn failure_stops_targets_already_queued_without_keep_going() {
 fn ctrl_c_starts_none_of_the_targets_already_queued() {
     let hanging = "cat >/dev/null; echo called >> calls.log; exec sleep 30";
     let p = twelve_independent_targets(hanging);
-    let child = std::process::Command::new(support::mkt_bin())
-        .args(["build", "-j", "1"])
-        .current_dir(p.root())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = p.spawn_mkt_piped(&["build", "-j", "1"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while p.calls().is_empty() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -1797,14 +1790,7 @@ fn ctrl_c_stops_the_build_kills_model_commands_and_keeps_what_finished() {
         .file("s.md", "slow\n")
         .file("a.md", "after {{ targets.slow }}")
         .build();
-    let child = std::process::Command::new(support::mkt_bin())
-        .args(["build", "-j", "2"])
-        .current_dir(p.root())
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = p.spawn_mkt_piped(&["build", "-j", "2"]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while !p.exists("pid.txt") && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));

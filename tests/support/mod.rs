@@ -397,12 +397,22 @@ impl Project {
     /// Starts `mkt ARGS` in the project without waiting for it, its
     /// standard streams closed (for tests that race or kill a build).
     pub fn spawn_mkt(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_mkt_with(args, Stdio::null())
+    }
+
+    /// As [`Project::spawn_mkt`], with standard error piped, for the test
+    /// to read from `wait_with_output`.
+    pub fn spawn_mkt_piped(&self, args: &[&str]) -> std::process::Child {
+        self.spawn_mkt_with(args, Stdio::piped())
+    }
+
+    fn spawn_mkt_with(&self, args: &[&str], stderr: Stdio) -> std::process::Child {
         Command::new(mkt_bin())
             .args(args)
             .current_dir(self.root())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start mkt {args:?}: {e}"))
     }
