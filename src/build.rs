@@ -455,9 +455,10 @@ struct Ctx<'a> {
     forced: Vec<bool>,
     remote: Option<&'a crate::remote::Remote>,
     fetch_only: bool,
-    /// Set by the first failed job unless `--keep-going`: the jobs queued
-    /// behind it are then not started (the scheduler may have queued a
-    /// whole layer of independent targets before the failure).
+    /// Set by the first failure unless `--keep-going` ([`Ctx::failed`]):
+    /// no node is dispatched after it, and the jobs queued before it are
+    /// not started (the scheduler may have queued a whole layer of
+    /// independent targets before the failure).
     stopping: std::sync::atomic::AtomicBool,
     keep_going: bool,
 }
@@ -467,6 +468,15 @@ const INTERRUPTED: &str = "the build was interrupted";
 const STOPPED: &str = "the build stopped after a failure (use `--keep-going` to go on)";
 
 impl Ctx<'_> {
+    /// Notes a failure (in a worker, as soon as its job ends, so that the
+    /// job it takes next already sees it): the build stops unless
+    /// `--keep-going`.
+    fn failed(&self) {
+        if !self.keep_going {
+            self.stopping.store(true, Ordering::SeqCst);
+        }
+    }
+
     /// Why a job should not start now, if the build is stopping.
     fn why_stopped(&self) -> Option<&'static str> {
         if crate::exec::interrupted() {
@@ -789,8 +799,6 @@ pub fn build_in(
     }
     let mut new_records: HashMap<String, TargetRecord> = HashMap::default();
     let mut history = String::new();
-    let mut stop = false;
-    let mut first_failure: Option<String> = None;
 
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = Arc::new(Mutex::new(job_rx));
@@ -820,7 +828,7 @@ pub fn build_in(
                     prog.complete(i, Outcome::Skipped { because }, d, report);
                     continue;
                 }
-                if stop {
+                if ctx.stopping.load(Ordering::SeqCst) {
                     let d = Done::not_run(STOPPED);
                     let because = STOPPED.to_string();
                     prog.complete(i, Outcome::Skipped { because }, d, report);
@@ -846,7 +854,6 @@ pub fn build_in(
                     Ok(d) => d,
                     Err(e) => {
                         let d = Done::failed(node.key.clone());
-                        first_failure.get_or_insert_with(|| node.key.clone());
                         prog.complete(
                             i,
                             Outcome::Failed {
@@ -855,7 +862,7 @@ pub fn build_in(
                             d,
                             report,
                         );
-                        stop |= !opts.keep_going;
+                        ctx.failed();
                         continue;
                     }
                 };
@@ -939,8 +946,8 @@ pub fn build_in(
                                 Err(_) => return,
                             };
                             let r = run_job(ctx, job);
-                            if !ctx.keep_going && matches!(r.outcome, Outcome::Failed { .. }) {
-                                ctx.stopping.store(true, Ordering::SeqCst);
+                            if matches!(r.outcome, Outcome::Failed { .. }) {
+                                ctx.failed();
                             }
                             if tx.send(r).is_err() {
                                 return;
@@ -989,10 +996,6 @@ pub fn build_in(
                 _ if let Outcome::Skipped { because } = &r.outcome => Done::not_run(because),
                 _ => Done::failed(key.clone()),
             };
-            if matches!(r.outcome, Outcome::Failed { .. }) {
-                stop |= !opts.keep_going;
-                first_failure.get_or_insert_with(|| key.clone());
-            }
             if let Some(rec) = r.record {
                 new_records.insert(key, rec);
             }
