@@ -710,4 +710,40 @@ mod tests {
         );
         assert_eq!(w.get(RecordKind::AcEntry, &key(b"a")), Found::Missing);
     }
+
+    #[test]
+    fn a_payload_over_4_gib_is_refused_and_the_pack_goes_on() {
+        // 4 GiB and one byte, from a sparse file mapped but never touched:
+        // the length is checked before a byte of it is read, so the test
+        // costs no memory
+        let big = tempfile::tempfile().unwrap();
+        big.set_len(u64::from(u32::MAX) + 1).unwrap();
+        let payload = unsafe { memmap2::Mmap::map(&big) }.unwrap();
+        assert_eq!(payload.len() as u64, u64::from(u32::MAX) + 1);
+
+        let file = tempfile::tempfile().unwrap();
+        let mut w = PackWriter::start(file.try_clone().unwrap()).unwrap();
+        w.append(RecordKind::Object, &key(b"a"), b"a").unwrap();
+        let len = file.metadata().unwrap().len();
+        let e = w
+            .append(RecordKind::Object, &key(b"big"), &payload)
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(e.to_string(), "a store record is limited to 4 GiB");
+        assert_eq!(file.metadata().unwrap().len(), len, "nothing written");
+        assert!(!w.contains(RecordKind::Object, &key(b"big")));
+        // the pack takes the next record and seals with both small ones
+        w.append(RecordKind::Object, &key(b"b"), b"b").unwrap();
+        w.seal().unwrap();
+        let mut bytes = vec![0; file.metadata().unwrap().len() as usize];
+        file.read_exact_at(&mut bytes, 0).unwrap();
+        let pack = open_bytes(&bytes);
+        for k in [b"a", b"b"] {
+            assert_eq!(
+                pack.get(RecordKind::Object, &key(k)),
+                Found::Payload(k.to_vec())
+            );
+        }
+        assert_eq!(pack.get(RecordKind::Object, &key(b"big")), Found::Missing);
+    }
 }

@@ -1092,10 +1092,9 @@ impl StateFiles {
         use std::io::Write;
         let path = self.dir.join("state");
         let io = |e| crate::error::Error::io("write", &path, e);
-        let tmp = tempfile::Builder::new()
-            .prefix(".mkt-tmp-")
-            .tempfile_in(&self.dir)
-            .map_err(io)?;
+        // (readable as any file mkt writes: another user sharing the
+        // project would otherwise read no state, and hash every file again)
+        let tmp = crate::store::temp_in(&self.dir).map_err(io)?;
         let mut w = std::io::BufWriter::with_capacity(256 * 1024, tmp);
         let (len, sum) = st.encode_to(&mut w).map_err(io)?;
         w.flush().map_err(io)?;
@@ -1220,6 +1219,23 @@ mod tests {
         sf.snapshot(&st).unwrap();
         save(&mut sf, "d", || unreachable!("no compaction"));
         assert_eq!(StateFiles::load(dir).1.targets.len(), 5);
+    }
+
+    /// The snapshot is created as any file a program creates (0666 less the
+    /// umask), as the store's other files are, not tempfile's 0600.
+    #[test]
+    fn a_snapshot_is_as_readable_as_any_new_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let dir = camino::Utf8Path::from_path(t.path()).unwrap();
+        let (mut sf, _) = StateFiles::load(dir);
+        sf.snapshot(&sample()).unwrap();
+        let mode = |p: &camino::Utf8Path| std::fs::metadata(p).unwrap().permissions().mode();
+        std::fs::File::create(dir.join("plain")).unwrap();
+        assert_eq!(
+            format!("{:o}", mode(&dir.join("state")) & 0o777),
+            format!("{:o}", mode(&dir.join("plain")) & 0o777)
+        );
     }
 
     /// Reading only the target records, one by one, gives the records a

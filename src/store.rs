@@ -935,7 +935,7 @@ fn dir_of(path: &Utf8Path) -> &Utf8Path {
 /// A temp file (`.mkt-tmp-*`) in `dir`, to be renamed into place: 0666
 /// less the umask, like any file a program creates (tempfile's default
 /// 0600 would leave outputs unreadable to others).
-fn temp_in(dir: &Utf8Path) -> std::io::Result<tempfile::NamedTempFile> {
+pub(crate) fn temp_in(dir: &Utf8Path) -> std::io::Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
         .prefix(".mkt-tmp-")
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
