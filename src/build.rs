@@ -575,6 +575,12 @@ pub fn build_in(
     let noop_path = root.join(STORE_DIR).join("noop");
     let graph_path = root.join(STORE_DIR).join("graph");
     let mut prior: Option<(Arc<NoopStamp>, HashSet<String>)> = None;
+    // A stamp that saw the graph's shape change vouches for no node, only
+    // for the files it did not see change: their stat and digest, just
+    // checked, spare the analysis and the freshness check a second and
+    // third `lstat` of every file (a third of a 10,000-target build after
+    // an edit of `prompts.toml`).
+    let mut verified: Option<(Arc<NoopStamp>, HashSet<String>)> = None;
     let mut checked_at = 0;
     let mut stamp_from_session = false;
     if opts.targets.is_empty() && !opts.force {
@@ -617,7 +623,9 @@ pub fn build_in(
                     ..Default::default()
                 });
             }
-            if !structural {
+            if structural {
+                verified = Some((Arc::new(stamp), paths));
+            } else {
                 prior = Some((Arc::new(stamp), paths));
             }
         }
@@ -711,8 +719,10 @@ pub fn build_in(
         ..
     } = state;
     let mut files = ProjectFiles::new(root, old_files);
-    if let (Some((stamp, changed)), Some(_)) = (&prior, &cached) {
-        files.vouch(Arc::clone(stamp), changed.clone(), checked_at);
+    match (&prior, verified) {
+        (Some((stamp, changed)), _) => files.vouch(Arc::clone(stamp), changed.clone(), checked_at),
+        (None, Some((stamp, changed))) => files.vouch(stamp, changed, checked_at),
+        (None, None) => {}
     }
     let graph_from_cache = cached.is_some();
     let mut graph = match cached {

@@ -1494,6 +1494,54 @@ fn noop_stamp_answers_and_every_kind_of_change_gets_past_it() {
     p.mkt(&["build"]).success().ran_keys(&["index"]);
 }
 
+/// After an edit of `prompts.toml` the graph is analysed again, but the
+/// stamp still vouches for the files it saw unchanged: never for one it saw
+/// change, whatever the new project asks of it.
+#[test]
+fn a_structural_change_takes_the_stamps_word_only_for_unchanged_files() {
+    let p = project().fixture("command").build();
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    // in one step: a new target that asks what `side` asks (a cache hit),
+    // `outline` pointed at a file the stamp saw unchanged, and an edit
+    p.append(
+        "prompts.toml",
+        "\n[targets.extra]\ntemplate = \"templates/side.md\"\n\
+         inputs = { aside = \"aside.txt\" }\noutput = \"out/extra.md\"\n",
+    );
+    p.replace(
+        "prompts.toml",
+        "topic = \"topic.txt\"",
+        "topic = \"aside.txt\"",
+    );
+    p.append("notes.txt", "More notes.\n");
+    p.mkt(&["build"])
+        .success()
+        .ran_keys(&["outline", "summary", "final"])
+        .cached_keys(&["extra"]);
+    let aside = p.read("aside.txt");
+    assert!(
+        p.read("out/outline.md")
+            .contains(&format!("Outline: {aside}"))
+    );
+    assert_eq!(p.read("out/extra.md"), p.read("out/side.md"));
+    p.mkt(&["build"]).success().nothing_ran();
+    // a structural change and an input swapped for a symlink out of the
+    // project, together: the symlink is seen, not the stamp's old entry
+    stamped(&p);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("aside.txt"), "secret\n").unwrap();
+    p.remove("aside.txt");
+    p.symlink("aside.txt", outside.path().join("aside.txt"));
+    p.append(
+        "prompts.toml",
+        "\n# a comment is an edit of prompts.toml too\n",
+    );
+    p.mkt(&["build"])
+        .code(2)
+        .stderr_contains("leads outside the project");
+}
+
 #[test]
 fn noop_stamp_is_not_used_for_named_targets_or_force() {
     let p = project().fixture("foreach").build();
