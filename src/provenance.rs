@@ -54,13 +54,17 @@ pub enum RunLookup {
 }
 
 impl Snapshot {
-    /// Loads the project at `root` and analyses it, without writing.
+    /// Loads the project at `root` and its graph (analysed, or from the
+    /// cache when the no-op stamp vouches for it), without writing.
     pub fn load(root: &Utf8Path) -> Result<Snapshot> {
         let store = ObjectStore::open_read_only(root)?;
         let (project, _) = Project::load_cached(root, &store.dir().join("project-cache.json"))?;
         let (_, state) = StateFiles::load(store.dir());
-        let files = ProjectFiles::new(root, state.files);
-        let graph = analyse_project(&project, &files, &state.analysis)?;
+        let mut files = ProjectFiles::new(root, state.files);
+        let graph = match crate::build::graph_from_stamp(root, &project, &mut files) {
+            Some(g) => g,
+            None => analyse_project(&project, &files, &state.analysis)?,
+        };
         Ok(Snapshot {
             root: root.to_owned(),
             project,

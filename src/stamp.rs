@@ -46,6 +46,14 @@ use rayon::prelude::*;
 
 const MAGIC: &[u8; 8] = b"MKTNOOP2";
 
+/// The entries a stamp saw change ([`NoopStamp::changes`]).
+pub struct Changes {
+    /// Whether any can change the graph's shape (then the graph cache and
+    /// the nodes' records vouch for nothing).
+    pub structural: bool,
+    pub paths: rustc_hash::FxHashSet<String>,
+}
+
 /// What an entry is to the build: only `Project`, `Structure` and `Dir`
 /// entries can change the shape of the graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -328,6 +336,24 @@ impl NoopStamp {
             .map(|i| self.entry(i))
             .filter(|e| !e.unchanged(root))
             .collect()
+    }
+
+    /// What [`NoopStamp::changed`] (or, given the paths a file watcher
+    /// reported, [`NoopStamp::changed_among`]) finds, as a build needs it:
+    /// the paths, and whether any of them can change the graph's shape.
+    pub fn changes(
+        &self,
+        root: &std::fs::File,
+        hint: Option<&rustc_hash::FxHashSet<String>>,
+    ) -> Changes {
+        let changed = match hint {
+            Some(h) => self.changed_among(root, h),
+            None => self.changed(root),
+        };
+        Changes {
+            structural: changed.iter().any(|e| e.changes_structure(root)),
+            paths: changed.iter().map(|e| e.path.to_string()).collect(),
+        }
     }
 
     /// [`NoopStamp::changed`] for a caller that knows which paths can have

@@ -1554,6 +1554,28 @@ fn noop_stamp_is_not_used_for_named_targets_or_force() {
     p.mkt(&["build"]).success().nothing_ran();
 }
 
+/// A build of named targets takes the stamp's word for what did not
+/// change, as a build of everything does, and runs exactly the stale part
+/// of what it was asked for; only a build of everything writes a stamp.
+#[test]
+fn named_targets_are_built_from_what_the_stamp_saw_change() {
+    let p = project().fixture("command").build();
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    p.append("aside.txt", "More aside.\n");
+    p.append("notes.txt", "More notes.\n");
+    p.mkt(&["build", "outline"]).success().nothing_ran();
+    assert!(p.exists(".mkt/noop"), "nothing ran: the stamp still holds");
+    p.mkt(&["build", "final"]).success().ran(&[
+        "summary (input `notes.txt` changed)",
+        "final (upstream `summary` output changed)",
+    ]);
+    assert!(!p.exists(".mkt/noop"), "a partial build removes the stamp");
+    p.mkt(&["build"])
+        .success()
+        .ran(&["side (input `aside.txt` changed)"]);
+}
+
 #[test]
 fn stamp_with_only_content_changes_reuses_the_graph_and_stays_exact() {
     let p = project().fixture("command").build();

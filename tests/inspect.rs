@@ -510,6 +510,67 @@ fn explain_a_stale_target_names_the_changed_input_and_diffs_the_prompt() {
     );
 }
 
+/// Once its files are a moment old, a build leaves a no-op stamp, and
+/// `status` and `explain` of named targets, `show` and `graph` answer from
+/// it and the graph cache. Whatever changed since, they must say exactly
+/// what they say without it.
+#[test]
+fn named_status_explain_show_and_graph_say_the_same_with_the_stamp_or_without() {
+    let p = built_command_project();
+    std::thread::sleep(std::time::Duration::from_millis(120));
+    p.mkt(&["build"]).success().nothing_ran();
+    assert!(p.exists(".mkt/noop"), "the stamp is written");
+    let stamp = p.read_bytes(".mkt/noop");
+    let commands: [&[&str]; 7] = [
+        &["status", "summary"],
+        &["status", "side"],
+        &["explain", "summary"],
+        &["explain", "final"],
+        &["explain", "side"],
+        &["show", "final"],
+        &["graph", "--dot"],
+    ];
+    let answers = |p: &Project| -> Vec<(Option<i32>, String, String)> {
+        commands
+            .iter()
+            .map(|c| {
+                let r = p.mkt(c);
+                (r.code, r.stdout.clone(), r.stderr.clone())
+            })
+            .collect()
+    };
+    let compare = |p: &Project, what: &str| -> Vec<(Option<i32>, String, String)> {
+        p.write(".mkt/noop", &stamp);
+        let with = answers(p);
+        assert_eq!(p.read_bytes(".mkt/noop"), stamp, "read, never written");
+        p.remove(".mkt/noop");
+        let without = answers(p);
+        for (c, (w, wo)) in commands.iter().zip(with.iter().zip(&without)) {
+            assert_eq!(w, wo, "`mkt {}` after {what}", c.join(" "));
+        }
+        with
+    };
+    let fresh = compare(&p, "no change");
+    assert_eq!(fresh[0].2, "all 2 targets are fresh\n");
+    // an input of `summary`, and so the cone below it
+    p.write("notes.txt", "be thorough\n");
+    let edited = compare(&p, "an input edit");
+    assert_eq!(edited[0].1, "summary  input `notes.txt` changed\n");
+    assert_eq!(edited[1].2, "the 1 target is fresh\n");
+    assert!(
+        edited[3]
+            .1
+            .contains("`final` is stale: upstream `summary` is out of date")
+    );
+    // a hand-edited output
+    p.write("out/side.md", "by hand\n");
+    let by_hand = compare(&p, "an output edit");
+    assert_ne!(by_hand[4], edited[4], "`explain side` sees the output edit");
+    // and a change of prompts.toml on top: nothing is taken from the stamp
+    p.append("prompts.toml", "\n# a comment\n");
+    compare(&p, "an edit of prompts.toml");
+}
+
 #[test]
 fn explain_a_template_change_shows_it_in_the_prompt_diff() {
     let p = built_command_project();
