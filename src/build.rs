@@ -559,7 +559,9 @@ pub fn build_in(
     changed: Option<&HashSet<String>>,
     report: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<BuildReport> {
-    if session.disk.is_some() && session.disk != Some(Session::disk_now(root)) {
+    // what the store's stamp and state were when this build looked at them
+    let disk_seen = Session::disk_now(root);
+    if session.disk.is_some() && session.disk != Some(disk_seen) {
         // someone else wrote the store
         *session = Session {
             one_shot: session.one_shot,
@@ -642,6 +644,20 @@ pub fn build_in(
     };
     if !opts.dry_run {
         store.begin_writes()?;
+    }
+    // Another build that took the lock after this one read the stamp may
+    // have changed outputs and records since: what the stamp saw change
+    // then no longer covers what did, and nothing it said can be used.
+    if (prior.is_some() || verified.is_some() || session.disk.is_some())
+        && Session::disk_now(root) != disk_seen
+    {
+        prior = None;
+        verified = None;
+        stamp_from_session = false;
+        *session = Session {
+            one_shot: session.one_shot,
+            ..Session::default()
+        };
     }
     // with a stamp that saw no structural change, `prompts.toml` is as the
     // session's project was read from, and the session's graph still holds
@@ -1079,6 +1095,19 @@ pub fn build_in(
         noop_stamp(&project, &graph, &files, project_stat)
             .inspect(|s| graph_key = Some(s.structure_key()))
     };
+    // A build that writes no stamp removes the old one before it saves
+    // anything: records saved after the stamp would let its word ("only
+    // these files changed") hide what they changed, were the history or
+    // the sync to fail, or the build be killed, before a later removal.
+    // (A build of named targets that found them all up to date changed
+    // nothing the stamp describes: it still holds.)
+    if new_stamp.is_none() && (opts.targets.is_empty() || jobs > 0) {
+        match std::fs::remove_file(&noop_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(crate::error::Error::io("remove", &noop_path, e)),
+        }
+    }
     let (old_files, seen) = files.into_parts();
     let (wrote_state, appended) = {
         let mut delta = StateDelta::default();
@@ -1166,19 +1195,12 @@ pub fn build_in(
         store.end_writes(); // nothing written: nothing to flush
     }
     phases.mark("append the history, sync");
-    match &new_stamp {
-        Some(stamp) => {
-            if let Some(key) = graph_key {
-                store.write_cache(&graph_path, &graph.encode(&key))?;
-            }
-            store.write_stamp(&noop_path, stamp)?
+    // (with none, the old one was removed above if it no longer holds)
+    if let Some(stamp) = &new_stamp {
+        if let Some(key) = graph_key {
+            store.write_cache(&graph_path, &graph.encode(&key))?;
         }
-        // (a build of named targets that found them all up to date
-        // changed nothing the stamp describes: it still holds)
-        None if !opts.targets.is_empty() && jobs == 0 => {}
-        None => {
-            let _ = std::fs::remove_file(&noop_path);
-        }
+        store.write_stamp(&noop_path, stamp)?
     }
     phases.mark("write the stamp and caches");
     rep.phases = phases;

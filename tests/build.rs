@@ -1576,6 +1576,65 @@ fn named_targets_are_built_from_what_the_stamp_saw_change() {
         .ran(&["side (input `aside.txt` changed)"]);
 }
 
+/// A build of `outline` alone saves its new record; if it then fails (here
+/// its history cannot be appended to), the stamp must already be gone: its
+/// word that `summary` reads nothing that changed would hide that
+/// `summary` was built from the old `outline`.
+#[test]
+fn a_build_that_fails_after_saving_its_records_leaves_no_stamp_to_hide_them() {
+    let p = project().fixture("command").build();
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    p.append("topic.txt", "More topic.\n");
+    p.remove(".mkt/history.jsonl");
+    std::fs::create_dir(p.path(".mkt/history.jsonl")).unwrap();
+    let run = p.mkt(&["build", "outline"]);
+    run.code(1).ran_keys(&["outline"]);
+    assert!(!p.exists(".mkt/noop"), "{}", run.stderr);
+    std::fs::remove_dir(p.path(".mkt/history.jsonl")).unwrap();
+    p.mkt(&["build"]).success().ran(&[
+        "summary (upstream `outline` output changed)",
+        "final (upstream `summary` output changed)",
+    ]);
+}
+
+/// A build that read the stamp and then waited for the lock must not use
+/// it once the build that held the lock has changed outputs and records.
+#[test]
+fn a_build_that_waited_for_the_lock_does_not_trust_the_stamp_it_read_before() {
+    let p = project().fixture("command").build();
+    // the model takes a second while the file `slow` exists
+    p.replace(
+        "prompts.toml",
+        ">> calls.log;",
+        ">> calls.log; if [ -f slow ]; then sleep 1; fi;",
+    );
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    p.append("topic.txt", "More topic.\n");
+    p.write("slow", "");
+    let calls = p.calls().len();
+    let first = p.spawn_mkt(&["build", "-q", "outline"]);
+    // `outline` is running, so the first build holds the lock
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while p.calls().len() == calls && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let second = p.mkt(&["build"]);
+    let first = first.wait_with_output().unwrap();
+    assert!(first.status.success());
+    second
+        .success()
+        .stderr_contains("mkt: waiting for another mkt build of this project to finish...")
+        // (the stamp it read had `out/outline.md` as it was before: taken
+        // at its word, that file looked edited since its new record)
+        .restored(&[])
+        .ran(&[
+            "summary (upstream `outline` output changed)",
+            "final (upstream `summary` output changed)",
+        ]);
+}
+
 #[test]
 fn stamp_with_only_content_changes_reuses_the_graph_and_stays_exact() {
     let p = project().fixture("command").build();
