@@ -1453,6 +1453,17 @@ fn item_value(path: &str, content: Option<String>) -> Value {
 }
 
 fn write_output(ctx: &Ctx<'_>, node: &Node, bytes: &[u8], digest: Digest) -> Result<()> {
+    // Checked again here, not only by analysis: a graph from its cache was
+    // checked when its directories were as they were then, and one of them
+    // may since have been swapped for a symlink out of the project.
+    if ctx.src.files.check_writable(&node.output).is_err() {
+        let (message, help) = crate::graph::output_escapes(&node.key, &node.output);
+        return Err(crate::error::Error::InvalidFile {
+            path: node.output.clone().into(),
+            message,
+            help: Some(help),
+        });
+    }
     if ctx.src.files.digest(&node.output).ok().flatten() == Some(digest) {
         return Ok(());
     }

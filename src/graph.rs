@@ -112,6 +112,18 @@ fn expand_output(pattern: &str, item: &str) -> String {
         .join("/")
 }
 
+/// The error, and what to do, for an output that would be written outside
+/// the project or into `.mkt/`: found by analysis, and again when a build
+/// is about to write it.
+pub fn output_escapes(key: &str, output: &str) -> (String, String) {
+    (
+        format!(
+            "output `{output}` of `{key}` would be written outside the project (through a symlinked directory) or into `.mkt/`"
+        ),
+        "write outputs to a directory inside the project".to_string(),
+    )
+}
+
 struct Analyser<'a> {
     files: &'a ProjectFiles,
     old: &'a HashMap<Digest, TemplateRefs>,
@@ -354,11 +366,8 @@ pub fn analyse_project(
                 ));
             }
             if files.check_writable(&output).is_err() {
-                return Err(project.error(
-                    &decl.output_span,
-                    format!("output `{output}` of `{key}` would be written outside the project (through a symlinked directory) or into `.mkt/`"),
-                    Some("write outputs to a directory inside the project".into()),
-                ));
+                let (message, help) = output_escapes(&key, &output);
+                return Err(project.error(&decl.output_span, message, Some(help)));
             }
             outputs.insert(output.clone(), nodes.len());
             nodes.push(Node {
