@@ -8,8 +8,21 @@
 //! stat from before the listing. The next `mkt build` with no target names
 //! and no `--force` stats them all; if nothing changed the build is a no-op
 //! and nothing else is read. Any difference (an edit, a touch, a new file
-//! in a globbed directory, a deleted output) falls back to the full
-//! freshness check (`state.rs`), which never trusts this file.
+//! in a globbed directory, a deleted output) goes on to the freshness check
+//! (`state.rs`), which takes the stamp's word for no more than this: each
+//! file it did not see change has the stat and digest it records, and,
+//! when nothing that shapes the graph changed, the cached graph holds and
+//! a node that reads and writes none of the changed files, below only such
+//! nodes, is as its record says (`build.rs`). Builds of named targets and
+//! the commands that only read (`status`, `explain`, `show`, `graph`) use
+//! it the same way, but never write one.
+//!
+//! That last rule holds only while the records are those of the build that
+//! wrote the stamp. So a build that will write no stamp removes the old one
+//! before it saves its records (unless it ran nothing, so changed no
+//! record), and a build that read the stamp before it
+//! got the lock uses none of it if the stamp or the state changed on disk
+//! meanwhile (another build ran).
 //!
 //! An entry seen within the file system's timestamp granularity of its
 //! mtime is "racy" (git's term): a second write in the same tick would
