@@ -47,6 +47,19 @@ impl FileError {
 /// `lstat` of `rel` relative to an open directory (no path walk from `/`);
 /// `None` when `rel` cannot be passed to the kernel (a NUL byte).
 pub fn lstat_at(dir: &std::fs::File, rel: &str) -> Option<std::io::Result<libc::stat>> {
+    fstat_at(dir, rel, libc::AT_SYMLINK_NOFOLLOW)
+}
+
+/// [`lstat_at`], following a final symlink.
+pub fn stat_at(dir: &std::fs::File, rel: &str) -> Option<std::io::Result<libc::stat>> {
+    fstat_at(dir, rel, 0)
+}
+
+fn fstat_at(
+    dir: &std::fs::File,
+    rel: &str,
+    flags: libc::c_int,
+) -> Option<std::io::Result<libc::stat>> {
     use std::os::fd::AsRawFd;
     let rel = if rel.is_empty() { "." } else { rel };
     if rel.as_bytes().contains(&0) {
@@ -67,14 +80,7 @@ pub fn lstat_at(dir: &std::fs::File, rel: &str) -> Option<std::io::Result<libc::
     // SAFETY: `c` is NUL-terminated with no NUL before (checked above),
     // `st` is written by fstatat before it is read, and `dir` keeps the
     // descriptor open.
-    let rc = unsafe {
-        libc::fstatat(
-            dir.as_raw_fd(),
-            c.as_ptr().cast(),
-            st.as_mut_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
+    let rc = unsafe { libc::fstatat(dir.as_raw_fd(), c.as_ptr().cast(), st.as_mut_ptr(), flags) };
     if rc != 0 {
         return Some(Err(std::io::Error::last_os_error()));
     }

@@ -434,6 +434,8 @@ impl EntryRef<'_> {
     pub fn changes_structure(&self, root: &std::fs::File) -> bool {
         match self.kind {
             EntryKind::Project | EntryKind::Structure | EntryKind::Dir => true,
+            // (a symlink that changed is judged by analysis, which checks
+            // where it leads)
             EntryKind::Content => {
                 !matches!(lstat_at(root, self.path), Some(Ok(st)) if st.st_mode & libc::S_IFMT == libc::S_IFREG)
             }
@@ -441,8 +443,25 @@ impl EntryRef<'_> {
         }
     }
 
+    /// The entry's stat as it was taken when the stamp was written: a
+    /// file's own, or, for a symlink (one inside the project: the build
+    /// checked it), that of the file it leads to; a directory's own.
+    fn stat_now(&self, root: &std::fs::File) -> Option<std::io::Result<libc::stat>> {
+        let st = lstat_at(root, self.path)?;
+        match st {
+            Ok(l) if l.st_mode & libc::S_IFMT == libc::S_IFLNK && self.kind != EntryKind::Dir => {
+                // (a link since led elsewhere, out of the project too, leads
+                // to another file: another inode, or the same one with a
+                // new ctime if it was moved, so a stat that still matches
+                // is the file that was checked)
+                crate::files::stat_at(root, self.path)
+            }
+            other => Some(other),
+        }
+    }
+
     fn unchanged(&self, root: &std::fs::File) -> bool {
-        let now = match lstat_at(root, self.path) {
+        let now = match self.stat_now(root) {
             Some(Ok(st)) => Some(FileStat::from_libc(&st)),
             Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
             _ => return false,

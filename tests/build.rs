@@ -1598,6 +1598,41 @@ fn a_build_that_fails_after_saving_its_records_leaves_no_stamp_to_hide_them() {
     ]);
 }
 
+/// An input that is a symlink to a file inside the project: the stamp
+/// checks the file it leads to, so a no-op build stays a stat per file (it
+/// used to see the link's own stat as a change, on every build), an edit
+/// of that file is seen, and a link led out of the project is refused.
+#[test]
+fn a_symlinked_input_keeps_the_no_op_fast_path_and_its_changes_are_seen() {
+    let p = project().fixture("command").build();
+    std::fs::rename(p.path("aside.txt"), p.path("aside-real.txt")).unwrap();
+    p.symlink("aside.txt", "aside-real.txt");
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    let noop = p.mkt(&["build", "--timings"]);
+    noop.success().nothing_ran().stderr_lacks("analyse");
+    p.append("aside-real.txt", "More aside.\n");
+    p.mkt(&["build"])
+        .success()
+        .ran(&["side (input `aside.txt` changed)"]);
+    stamped(&p);
+    // the same bytes somewhere else in the project: another file, seen
+    p.write("aside-copy.txt", p.read("aside-real.txt"));
+    p.remove("aside.txt");
+    p.symlink("aside.txt", "aside-copy.txt");
+    p.mkt(&["build"])
+        .success()
+        .stderr_contains("0 ran, 0 cached, 4 up to date");
+    stamped(&p);
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("aside.txt"), p.read("aside-copy.txt")).unwrap();
+    p.remove("aside.txt");
+    p.symlink("aside.txt", outside.path().join("aside.txt"));
+    p.mkt(&["build"])
+        .code(2)
+        .stderr_contains("leads outside the project");
+}
+
 /// The output directory swapped for a symlink out of the project after the
 /// graph was cached: only outputs changed, so the graph comes from its
 /// cache, but nothing may be written through the symlink.
