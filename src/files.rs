@@ -470,7 +470,8 @@ pub fn glob_walk(
         // changes the directory's mtime after this stat, and one added in
         // the same tick is caught by the racy rule
         let seen_at = now_ns();
-        let stat = std::fs::symlink_metadata(&abs)
+        // (of the directory listed: through a symlink, the one it leads to)
+        let stat = std::fs::metadata(&abs)
             .ok()
             .filter(|m| m.is_dir())
             .map(|m| FileStat::from_metadata(&m));

@@ -444,12 +444,12 @@ impl EntryRef<'_> {
     }
 
     /// The entry's stat as it was taken when the stamp was written: a
-    /// file's own, or, for a symlink (one inside the project: the build
-    /// checked it), that of the file it leads to; a directory's own.
+    /// file's or directory's own, or, for a symlink (one inside the
+    /// project: the build checked it), that of what it leads to.
     fn stat_now(&self, root: &std::fs::File) -> Option<std::io::Result<libc::stat>> {
         let st = lstat_at(root, self.path)?;
         match st {
-            Ok(l) if l.st_mode & libc::S_IFMT == libc::S_IFLNK && self.kind != EntryKind::Dir => {
+            Ok(l) if l.st_mode & libc::S_IFMT == libc::S_IFLNK => {
                 // (a link since led elsewhere, out of the project too, leads
                 // to another file: another inode, or the same one with a
                 // new ctime if it was moved, so a stat that still matches

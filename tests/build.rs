@@ -1633,6 +1633,26 @@ fn a_symlinked_input_keeps_the_no_op_fast_path_and_its_changes_are_seen() {
         .stderr_contains("leads outside the project");
 }
 
+/// A `foreach` over a directory that is a symlink inside the project: the
+/// stamp records the directory listed (the one the link leads to), so a
+/// no-op build stays a stat per file and a file added there is seen.
+#[test]
+fn a_foreach_over_a_symlinked_directory_keeps_the_no_op_fast_path() {
+    let p = project().fixture("foreach").build();
+    std::fs::rename(p.path("docs"), p.path("docs-real")).unwrap();
+    p.symlink("docs", "docs-real");
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    p.mkt(&["build", "--timings"])
+        .success()
+        .nothing_ran()
+        .stderr_lacks("analyse");
+    p.write("docs-real/c.md", "Gamma notes.\n");
+    p.mkt(&["build"])
+        .success()
+        .ran_keys(&["summary[docs/c.md]", "index"]);
+}
+
 /// The output directory swapped for a symlink out of the project after the
 /// graph was cached: only outputs changed, so the graph comes from its
 /// cache, but nothing may be written through the symlink.
