@@ -531,13 +531,17 @@ impl Session {
 
     fn disk_now(root: &Utf8Path) -> [Option<FileStat>; 3] {
         let dir = root.join(STORE_DIR);
-        ["noop", "state", "state.log"].map(|f| {
+        [NOOP_STAMP_FILE, "state", "state.log"].map(|f| {
             std::fs::symlink_metadata(dir.join(f))
                 .ok()
                 .map(|m| FileStat::from_metadata(&m))
         })
     }
 }
+
+/// The no-op stamp (`stamp.rs`) and the graph cache (`graph.rs`), in `.mkt/`.
+const NOOP_STAMP_FILE: &str = "noop";
+const GRAPH_CACHE_FILE: &str = "graph";
 
 /// Builds the selected targets of the project at `root` (module docs).
 pub fn build(
@@ -574,8 +578,8 @@ pub fn build_in(
     // did not see change, and the graph can come from its cache.
     crate::exec::begin_build();
     let mut phases = Phases::start();
-    let noop_path = root.join(STORE_DIR).join("noop");
-    let graph_path = root.join(STORE_DIR).join("graph");
+    let noop_path = root.join(STORE_DIR).join(NOOP_STAMP_FILE);
+    let graph_path = root.join(STORE_DIR).join(GRAPH_CACHE_FILE);
     let mut prior: Option<(Arc<NoopStamp>, HashSet<String>)> = None;
     // A stamp that saw the graph's shape change vouches for no node, only
     // for the files it did not see change: their stat and digest, just
@@ -1490,14 +1494,14 @@ pub fn graph_from_stamp(
     files: &mut ProjectFiles,
 ) -> Option<Graph> {
     let store = root.join(STORE_DIR);
-    let stamp = NoopStamp::decode(crate::store::map_replaced(&store.join("noop")).ok()?)?;
+    let stamp = NoopStamp::decode(crate::store::map_replaced(&store.join(NOOP_STAMP_FILE)).ok()?)?;
     let dir = std::fs::File::open(root).ok()?;
     let checked_at = now_ns(); // before any stat: see the racy rule
     let Changes { structural, paths } = stamp.changes(&dir, None);
     if structural {
         return None;
     }
-    let bytes = crate::store::map_replaced(&store.join("graph")).ok()?;
+    let bytes = crate::store::map_replaced(&store.join(GRAPH_CACHE_FILE)).ok()?;
     let graph = Graph::decode(&bytes, &stamp.structure_key()).filter(|g| g.fits(project))?;
     files.vouch(Arc::new(stamp), paths, checked_at);
     Some(graph)
