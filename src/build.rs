@@ -601,7 +601,7 @@ pub fn build_in(
                 .and_then(NoopStamp::decode)
         });
         phases.mark("read the no-op stamp");
-        if let (Some(mut stamp), Ok(dir)) = (stamp, std::fs::File::open(root)) {
+        if let (Some(mut stamp), Some(dir)) = (stamp, crate::stamp::Root::open(root)) {
             checked_at = now_ns(); // before any stat: see the racy rule
             let Changes { structural, paths } = stamp.changes(&dir, hint);
             phases.mark("stat the stamp's files");
@@ -1272,7 +1272,55 @@ fn noop_stamp(
             digest: Digest::default(),
         });
     }
+    let resolve = resolve_entries(&entries, files)?;
+    entries.extend(resolve);
     Some(NoopStamp::new(graph.nodes.len() as u32, &entries))
+}
+
+/// The `Resolve` entries for a stamp of `entries` (see `stamp.rs`): every
+/// directory on a stamped path and every stamped path that is a symlink,
+/// as they were when this build (or the stamp that vouched for them)
+/// checked where they lead; `None` when one was not checked and is a
+/// symlink now (the next build then checks it).
+fn resolve_entries(entries: &[StampEntry], files: &ProjectFiles) -> Option<Vec<StampEntry>> {
+    let dirs: HashSet<&str> = (entries.iter())
+        .filter_map(|e| Some(e.path.rsplit_once('/')?.0))
+        .collect();
+    let mut needed: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
+    for dir in dirs {
+        for (i, _) in dir.match_indices('/') {
+            needed.insert(dir[..i].to_string());
+        }
+        needed.insert(dir.to_string());
+    }
+    let links = files.noted_symlinks();
+    if !links.is_empty() {
+        let stamped: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        needed.extend(links.into_iter().filter(|p| stamped.contains(p.as_str())));
+    }
+    let is = |r: &crate::files::Resolution, kind: libc::mode_t| {
+        r.is_some_and(|(st, _)| st.size == kind as u64)
+    };
+    let mut out = Vec::with_capacity(needed.len());
+    for path in needed {
+        let r = match files.resolution(&path) {
+            Some(r @ Some(_)) => r,
+            // not there when it was checked (a directory mkt made since),
+            // or not checked: a directory now is inside, as its parent is
+            _ => match files.resolution_now(&path)? {
+                r if r.is_none() || is(&r, libc::S_IFDIR) => r,
+                _ => return None,
+            },
+        };
+        out.push(StampEntry {
+            path,
+            kind: EntryKind::Resolve,
+            stat: r.map(|(st, _)| st),
+            racy: false,
+            digest: r.map(|(_, d)| d).unwrap_or_default(),
+        });
+    }
+    Some(out)
 }
 
 /// Hands freed heap pages back to the system. glibc keeps them (and its
@@ -1495,7 +1543,7 @@ pub fn graph_from_stamp(
 ) -> Option<Graph> {
     let store = root.join(STORE_DIR);
     let stamp = NoopStamp::decode(crate::store::map_replaced(&store.join(NOOP_STAMP_FILE)).ok()?)?;
-    let dir = std::fs::File::open(root).ok()?;
+    let dir = crate::stamp::Root::open(root)?;
     let checked_at = now_ns(); // before any stat: see the racy rule
     let Changes { structural, paths } = stamp.changes(&dir, None);
     if structural {

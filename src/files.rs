@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("`{0}` is a symlink that leads outside the project")]
+    #[error("`{0}` leads outside the project through a symlink")]
     Escapes(String),
     #[error("`{0}` is not a regular file")]
     NotAFile(String),
@@ -28,7 +28,7 @@ impl FileError {
     /// themselves ("template `x` is a symlink ...").
     pub fn reason(&self) -> String {
         match self {
-            FileError::Escapes(_) => "is a symlink that leads outside the project".to_string(),
+            FileError::Escapes(_) => "leads outside the project through a symlink".to_string(),
             FileError::NotAFile(_) => "is not a regular file".to_string(),
             FileError::Io(_, e) => format!("cannot be read: {e}"),
         }
@@ -134,7 +134,14 @@ pub struct ProjectFiles {
     vouched: Option<Vouched>,
     /// Directories listed by globs: path, stat before listing, when.
     walked: Mutex<Vec<WalkedDir>>,
+    /// What resolving a path depended on (`stamp::resolution`), taken
+    /// before the path was checked to stay inside: each directory checked,
+    /// each symlink followed.
+    resolved: Mutex<HashMap<String, Resolution>>,
 }
+
+/// A `Resolve` entry's stat and digest (`None`: nothing was there).
+pub type Resolution = Option<(FileStat, Digest)>;
 
 /// The entries of a no-op stamp just verified against the disk, found by
 /// path through an index of positions (not a map of copied paths: at
@@ -146,6 +153,8 @@ struct Vouched {
     /// What the stamp saw change: not vouched for.
     except: HashSet<String>,
     verified_at: i64,
+    /// The stamp's `Resolve` entries (a few: one per directory).
+    resolutions: HashMap<String, Resolution>,
 }
 
 fn path_hash(path: &str) -> u64 {
@@ -183,8 +192,57 @@ impl ProjectFiles {
             seen: Mutex::new(HashMap::default()),
             dirs_ok: Default::default(),
             walked: Default::default(),
+            resolved: Default::default(),
             vouched: None,
         }
+    }
+
+    /// Notes what resolving `rel` depends on, unless already noted: call
+    /// before checking where it leads.
+    fn note_resolution(&self, rel: &str) {
+        if self.resolved.lock().unwrap().contains_key(rel) {
+            return;
+        }
+        let Some(dir) = &self.root_dir else { return };
+        if let Some(r) = crate::stamp::resolution(dir, &self.root, rel) {
+            self.resolved.lock().unwrap().insert(rel.to_string(), r);
+        }
+    }
+
+    /// What resolving `rel` depended on when this build checked it, or
+    /// when the stamp that vouches for it did; `None` if neither did.
+    pub fn resolution(&self, rel: &str) -> Option<Resolution> {
+        if let Some(r) = self.resolved.lock().unwrap().get(rel) {
+            return Some(*r);
+        }
+        let v = self.vouched.as_ref()?;
+        if v.except.contains(rel) {
+            return None;
+        }
+        v.resolutions.get(rel).copied()
+    }
+
+    /// The symlinks whose resolution this build or the vouching stamp noted.
+    pub fn noted_symlinks(&self) -> Vec<String> {
+        let is_link = |r: &Resolution| r.is_some_and(|(st, _)| st.size == libc::S_IFLNK as u64);
+        let mut out: Vec<String> = (self.resolved.lock().unwrap().iter())
+            .filter(|(_, r)| is_link(r))
+            .map(|(p, _)| p.clone())
+            .collect();
+        if let Some(v) = &self.vouched {
+            out.extend(
+                (v.resolutions.iter())
+                    .filter(|(p, r)| is_link(r) && !v.except.contains(*p))
+                    .map(|(p, _)| p.clone()),
+            );
+        }
+        out
+    }
+
+    /// [`ProjectFiles::resolution`] of `rel` as it is now (for a
+    /// directory mkt created: nothing was there when it was checked).
+    pub fn resolution_now(&self, rel: &str) -> Option<Resolution> {
+        crate::stamp::resolution(self.root_dir.as_ref()?, &self.root, rel)
     }
 
     pub fn root(&self) -> &Utf8Path {
@@ -202,6 +260,11 @@ impl ProjectFiles {
         if let Some(ok) = self.dirs_ok.read().unwrap().get(rel_dir) {
             return *ok;
         }
+        // (each directory on the path, before it is resolved: see `stamp.rs`)
+        for (i, _) in rel_dir.as_str().match_indices('/') {
+            self.note_resolution(&rel_dir.as_str()[..i]);
+        }
+        self.note_resolution(rel_dir.as_str());
         // A directory that does not exist yet is judged by its nearest
         // existing ancestor (a missing `out/x` under a symlinked `out`).
         let mut probe = Some(rel_dir);
@@ -257,6 +320,7 @@ impl ProjectFiles {
             Err(e) => return Err(FileError::Io(rel.to_string(), e)),
         };
         let meta = if meta.file_type().is_symlink() {
+            self.note_resolution(rel);
             match std::fs::canonicalize(&abs) {
                 Ok(c) if c.starts_with(&self.root_canon) => {}
                 Ok(_) => return Err(FileError::Escapes(rel.to_string())),
@@ -280,6 +344,12 @@ impl ProjectFiles {
     /// directories looked at and their stat from before they were read.
     pub fn glob(&self, pattern: &str) -> Result<Vec<String>, globset::Error> {
         let (files, dirs) = glob_walk(&self.root, pattern)?;
+        // (a directory listed through a symlink: how it resolved)
+        for (d, _, _) in &dirs {
+            if !d.is_empty() {
+                self.dir_inside(Utf8Path::new(d));
+            }
+        }
         self.walked.lock().unwrap().extend(dirs);
         Ok(files)
     }
@@ -384,8 +454,11 @@ impl ProjectFiles {
     /// the stamp's, just checked, win.)
     pub fn vouch(&mut self, stamp: Arc<NoopStamp>, changed: HashSet<String>, verified_at: i64) {
         let mut index = hashbrown::HashTable::with_capacity(stamp.len());
+        let mut resolutions = HashMap::default();
         for (i, e) in stamp.entries().enumerate() {
-            if e.kind != EntryKind::Dir && e.stat.is_some() {
+            if e.kind == EntryKind::Resolve {
+                resolutions.insert(e.path.to_string(), e.stat.map(|st| (st, e.digest)));
+            } else if e.kind != EntryKind::Dir && e.stat.is_some() {
                 let hash = |&i: &u32| path_hash(stamp.entry(i as usize).path);
                 index.insert_unique(path_hash(e.path), i as u32, hash);
             }
@@ -395,6 +468,7 @@ impl ProjectFiles {
             stamp,
             except: changed,
             verified_at,
+            resolutions,
         });
     }
 

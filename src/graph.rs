@@ -441,7 +441,26 @@ pub fn analyse_project(
                 .map(|i| i.pattern.as_str()),
         );
     }
+    // (and each `foreach` file: one that leads out of the project is an
+    // error here, before anything runs, like any other input)
+    prefetch.extend(nodes.iter().filter_map(|n| n.item.as_deref()));
     files.digest_all(&prefetch);
+    for n in &nodes {
+        let (Some(item), Some((_, span))) = (&n.item, &project.targets[n.target].foreach) else {
+            continue;
+        };
+        match files.digest(item) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(project.error(
+                    span,
+                    format!("`{item}` matched the `foreach` glob but is gone"),
+                    Some("run the build again".into()),
+                ));
+            }
+            Err(e) => return Err(file_error(project, span, e)),
+        }
+    }
     let an = Analyser {
         files,
         old: old_analysis,

@@ -24,6 +24,17 @@
 //! got the lock uses none of it if the stamp or the state changed on disk
 //! meanwhile (another build ran).
 //!
+//! A path's stat says nothing of how the path resolves: a directory moved
+//! out of the project and replaced by a symlink to it keeps every file's
+//! stat. So the stamp also records what resolving each path depends on
+//! (`Resolve` entries): every directory on a stamped path, and each stamped
+//! path that is itself a symlink, by file type and inode (a directory's
+//! times change whenever a file is created in it, so they are not kept),
+//! and a symlink also by the digest of the path it resolves to. These are
+//! taken before the build checked the path stays inside the project
+//! (`files.rs`). One that changed makes the change structural and takes
+//! the word of the stamp for nothing below it, so analysis checks again.
+//!
 //! An entry seen within the file system's timestamp granularity of its
 //! mtime is "racy" (git's term): a second write in the same tick would
 //! leave the stat unchanged, so a racy file is re-hashed and compared by
@@ -33,12 +44,16 @@
 //! # File format of `.mkt/noop`
 //!
 //! ```text
-//! "MKTNOOP2" | str mkt version | u32 nodes | u32 n | n × ENTRY | BLAKE3 of all before
+//! "MKTNOOP3" | str mkt version | u32 nodes | u32 n | n × ENTRY | BLAKE3 of all before
 //! ENTRY := str path | u8 kind | u8 present | u8 racy | u64 size | u64 mtime_ns
 //!          | u64 ctime_ns | u64 ino | 32-byte digest
 //! kind  := 0 prompts.toml | 1 template or partial | 2 input, item or verbatim
-//!          | 3 output | 4 directory
+//!          | 3 output | 4 directory | 5 resolve
 //! ```
+//!
+//! A `resolve` entry keeps the file type (`st_mode & S_IFMT`) in `size`,
+//! zero times, and for a symlink the BLAKE3 of its canonical path as its
+//! digest (zero otherwise).
 //!
 //! (`str` and integers as in `state.rs`.) A directory that did not exist is
 //! recorded as absent, so creating it is noticed.
@@ -55,9 +70,56 @@ use crate::files::lstat_at;
 use crate::hash::Digest;
 use crate::state::{FileStat, Reader, Writer};
 use crate::store::MappedFile;
+use camino::{Utf8Path, Utf8PathBuf};
 use rayon::prelude::*;
 
-const MAGIC: &[u8; 8] = b"MKTNOOP2";
+const MAGIC: &[u8; 8] = b"MKTNOOP3";
+
+/// The project root a stamp is checked against: open (paths are stat'ed
+/// relative to it) and by path (a symlink is resolved from it).
+pub struct Root {
+    pub dir: std::fs::File,
+    pub path: Utf8PathBuf,
+}
+
+impl Root {
+    pub fn open(path: &Utf8Path) -> Option<Root> {
+        Some(Root {
+            dir: std::fs::File::open(path).ok()?,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// What resolving `rel` depends on, as a `Resolve` entry records it (see
+/// the module note): `Some(None)` when nothing is there, `None` when it
+/// cannot be told (an error, a symlink that leads nowhere).
+pub fn resolution(
+    dir: &std::fs::File,
+    root: &Utf8Path,
+    rel: &str,
+) -> Option<Option<(FileStat, Digest)>> {
+    let st = match lstat_at(dir, rel)? {
+        Ok(st) => st,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(None),
+        Err(_) => return None,
+    };
+    let kind = st.st_mode & libc::S_IFMT;
+    let stat = FileStat {
+        size: kind as u64,
+        mtime_ns: 0,
+        ctime_ns: 0,
+        ino: st.st_ino,
+    };
+    let digest = if kind == libc::S_IFLNK {
+        use std::os::unix::ffi::OsStrExt;
+        let canonical = std::fs::canonicalize(root.join(rel)).ok()?;
+        Digest::of(canonical.as_os_str().as_bytes())
+    } else {
+        Digest::default()
+    };
+    Some(Some((stat, digest)))
+}
 
 /// The entries a stamp saw change ([`NoopStamp::changes`]).
 pub struct Changes {
@@ -67,8 +129,8 @@ pub struct Changes {
     pub paths: rustc_hash::FxHashSet<String>,
 }
 
-/// What an entry is to the build: only `Project`, `Structure` and `Dir`
-/// entries can change the shape of the graph.
+/// What an entry is to the build: only `Project`, `Structure`, `Dir` and
+/// `Resolve` entries can change the shape of the graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
     Project,
@@ -76,6 +138,9 @@ pub enum EntryKind {
     Content,
     Output,
     Dir,
+    /// What resolving a path depends on: a directory on it, or the path
+    /// itself when it is a symlink (see the module note).
+    Resolve,
 }
 
 impl EntryKind {
@@ -96,6 +161,7 @@ impl EntryKind {
             2 => EntryKind::Content,
             3 => EntryKind::Output,
             4 => EntryKind::Dir,
+            5 => EntryKind::Resolve,
             _ => return None,
         })
     }
@@ -342,7 +408,7 @@ impl NoopStamp {
 
     /// The entries that changed since the stamp was written (empty: the
     /// build is a no-op).
-    pub fn changed(&self, root: &std::fs::File) -> Vec<EntryRef<'_>> {
+    pub fn changed(&self, root: &Root) -> Vec<EntryRef<'_>> {
         (0..self.len())
             .into_par_iter()
             .with_min_len(512)
@@ -354,18 +420,36 @@ impl NoopStamp {
     /// What [`NoopStamp::changed`] (or, given the paths a file watcher
     /// reported, [`NoopStamp::changed_among`]) finds, as a build needs it:
     /// the paths, and whether any of them can change the graph's shape.
-    pub fn changes(
-        &self,
-        root: &std::fs::File,
-        hint: Option<&rustc_hash::FxHashSet<String>>,
-    ) -> Changes {
+    pub fn changes(&self, root: &Root, hint: Option<&rustc_hash::FxHashSet<String>>) -> Changes {
         let changed = match hint {
             Some(h) => self.changed_among(root, h),
             None => self.changed(root),
         };
+        let mut paths: rustc_hash::FxHashSet<String> =
+            changed.iter().map(|e| e.path.to_string()).collect();
+        // what a path resolves through changed: nothing below it is as the
+        // stamp saw it, whatever its stat says
+        let moved: Vec<&str> = changed
+            .iter()
+            .filter(|e| e.kind == EntryKind::Resolve)
+            .map(|e| e.path)
+            .collect();
+        if !moved.is_empty() {
+            let below = |p: &str| {
+                moved.iter().any(|m| {
+                    p.strip_prefix(m)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+                })
+            };
+            paths.extend(
+                self.entries()
+                    .filter(|e| below(e.path))
+                    .map(|e| e.path.to_string()),
+            );
+        }
         Changes {
-            structural: changed.iter().any(|e| e.changes_structure(root)),
-            paths: changed.iter().map(|e| e.path.to_string()).collect(),
+            structural: changed.iter().any(|e| e.changes_structure(&root.dir)),
+            paths,
         }
     }
 
@@ -375,7 +459,7 @@ impl NoopStamp {
     /// checked; every other entry is taken as unchanged.
     pub fn changed_among(
         &self,
-        root: &std::fs::File,
+        root: &Root,
         paths: &rustc_hash::FxHashSet<String>,
     ) -> Vec<EntryRef<'_>> {
         let parent = |p: &str| p.rsplit_once('/').map_or("", |(d, _)| d).to_string();
@@ -385,6 +469,9 @@ impl NoopStamp {
                 e.racy
                     || paths.contains(e.path)
                     || (e.kind == EntryKind::Dir && dirs.contains(e.path))
+                    // (a symlink can lead elsewhere when a file it leads
+                    // through changes, which no watcher reports by its path)
+                    || e.is_symlink_resolution()
             })
             .filter(|e| !e.unchanged(root))
             .collect()
@@ -433,7 +520,7 @@ impl EntryRef<'_> {
     /// report that).
     pub fn changes_structure(&self, root: &std::fs::File) -> bool {
         match self.kind {
-            EntryKind::Project | EntryKind::Structure | EntryKind::Dir => true,
+            EntryKind::Project | EntryKind::Structure | EntryKind::Dir | EntryKind::Resolve => true,
             // (a symlink that changed is judged by analysis, which checks
             // where it leads)
             EntryKind::Content => {
@@ -460,7 +547,18 @@ impl EntryRef<'_> {
         }
     }
 
-    fn unchanged(&self, root: &std::fs::File) -> bool {
+    /// A `Resolve` entry of a symlink.
+    fn is_symlink_resolution(&self) -> bool {
+        self.kind == EntryKind::Resolve
+            && self.stat.is_some_and(|st| st.size == libc::S_IFLNK as u64)
+    }
+
+    fn unchanged(&self, root: &Root) -> bool {
+        if self.kind == EntryKind::Resolve {
+            return resolution(&root.dir, &root.path, self.path)
+                .is_some_and(|now| now == self.stat.map(|st| (st, self.digest)));
+        }
+        let root = &root.dir;
         let now = match self.stat_now(root) {
             Some(Ok(st)) => Some(FileStat::from_libc(&st)),
             Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -579,12 +677,13 @@ mod tests {
     fn changes_are_noticed_and_racy_files_are_checked_by_content() {
         let t = tempfile::tempdir().unwrap();
         std::fs::write(t.path().join("a"), "x").unwrap();
-        let root = std::fs::File::open(t.path()).unwrap();
+        let root = Root::open(Utf8Path::from_path(t.path()).unwrap()).unwrap();
+        let dir = &root.dir;
         let stamp = NoopStamp::new(
             1,
             &[
-                entry(&root, "a", EntryKind::Content, false, b"x"),
-                entry(&root, "d", EntryKind::Dir, false, b""),
+                entry(dir, "a", EntryKind::Content, false, b"x"),
+                entry(dir, "d", EntryKind::Dir, false, b""),
             ],
         );
         assert!(stamp.changed(&root).is_empty());
@@ -595,21 +694,21 @@ mod tests {
         assert_eq!(stamp.changed(&root)[0].path, "a");
 
         // a racy entry whose stat still matches is compared by digest
-        let mut racy = NoopStamp::new(1, &[entry(&root, "a", EntryKind::Content, true, b"yy")]);
+        let mut racy = NoopStamp::new(1, &[entry(dir, "a", EntryKind::Content, true, b"yy")]);
         assert!(racy.changed(&root).is_empty());
         let stat = racy.entry(0).stat;
         racy.set(0, stat, true, Digest::of(b"zz")); // as if rewritten within the same tick
         assert_eq!(racy.changed(&root).len(), 1);
         // once past the window, a verified racy entry is stamped as settled
-        let aged = decode(&racy_settled(&root)).unwrap();
+        let aged = decode(&racy_settled(dir)).unwrap();
         assert!(!aged.entry(0).racy);
         // told which paths can have changed, only those are checked
         std::fs::write(t.path().join("b"), "b").unwrap();
         let two = NoopStamp::new(
             1,
             &[
-                entry(&root, "a", EntryKind::Content, false, b"yy"),
-                entry(&root, "b", EntryKind::Content, false, b"b"),
+                entry(dir, "a", EntryKind::Content, false, b"yy"),
+                entry(dir, "b", EntryKind::Content, false, b"b"),
             ],
         );
         std::fs::write(t.path().join("a"), "zzz").unwrap();
@@ -623,8 +722,69 @@ mod tests {
         assert_eq!(got, ["b"]);
         assert_eq!(two.changed(&root).len(), 2);
         // a racy directory always counts as changed
-        let dir = NoopStamp::new(1, &[entry(&root, "", EntryKind::Dir, true, b"")]);
+        let dir = NoopStamp::new(1, &[entry(dir, "", EntryKind::Dir, true, b"")]);
         assert_eq!(dir.changed(&root).len(), 1);
+    }
+
+    #[test]
+    fn a_directory_that_resolves_elsewhere_takes_everything_below_it_along() {
+        let t = tempfile::tempdir().unwrap();
+        let root_path = Utf8Path::from_path(t.path()).unwrap();
+        for d in ["d", "d2", "real"] {
+            std::fs::create_dir(t.path().join(d)).unwrap();
+        }
+        std::fs::write(t.path().join("d/a"), "x").unwrap();
+        std::fs::write(t.path().join("real/b"), "y").unwrap();
+        std::os::unix::fs::symlink("real", t.path().join("link")).unwrap();
+        let root = Root::open(root_path).unwrap();
+        let resolve = |path: &str| {
+            let r = resolution(&root.dir, root_path, path).unwrap();
+            StampEntry {
+                path: path.into(),
+                kind: EntryKind::Resolve,
+                stat: r.map(|(st, _)| st),
+                racy: false,
+                digest: r.map(|(_, d)| d).unwrap_or_default(),
+            }
+        };
+        let stamp = NoopStamp::new(
+            2,
+            &[
+                entry(&root.dir, "d/a", EntryKind::Content, false, b"x"),
+                entry(&root.dir, "link/b", EntryKind::Content, false, b"y"),
+                resolve("d"),
+                resolve("link"),
+                resolve("gone"),
+            ],
+        );
+        assert!(stamp.changed(&root).is_empty());
+        // a file created in a directory changes its times, not how it resolves
+        std::fs::write(t.path().join("d/new"), "n").unwrap();
+        assert!(stamp.changed(&root).is_empty());
+        // `d` moved away and a symlink to it put in its place: `d/a` has its
+        // stat, but it is not the file that was checked
+        std::fs::rename(t.path().join("d"), t.path().join("d2/d")).unwrap();
+        std::os::unix::fs::symlink("d2/d", t.path().join("d")).unwrap();
+        let c = stamp.changes(&root, None);
+        assert!(c.structural);
+        let mut paths: Vec<&str> = c.paths.iter().map(String::as_str).collect();
+        paths.sort();
+        assert_eq!(paths, ["d", "d/a"]);
+        // what `link` leads through moved: the same link, another target
+        std::fs::remove_file(t.path().join("d")).unwrap();
+        std::fs::rename(t.path().join("d2/d"), t.path().join("d")).unwrap();
+        assert!(stamp.changed(&root).is_empty());
+        std::fs::rename(t.path().join("real"), t.path().join("d2/real")).unwrap();
+        std::os::unix::fs::symlink("d2/real", t.path().join("real")).unwrap();
+        let mut paths: Vec<String> = stamp.changes(&root, None).paths.into_iter().collect();
+        paths.sort();
+        assert_eq!(paths, ["link", "link/b"]);
+        // and a watcher that reported nothing still has the link checked
+        let none = rustc_hash::FxHashSet::default();
+        assert_eq!(stamp.changed_among(&root, &none).len(), 1);
+        // something where nothing was
+        std::fs::create_dir(t.path().join("gone")).unwrap();
+        assert!(stamp.changed(&root).iter().any(|e| e.path == "gone"));
     }
 
     #[test]

@@ -1136,7 +1136,7 @@ fn invalid_symlink_leading_outside_the_project() {
         .build();
     assert_invalid(
         &p,
-        "prompts.toml:3:18: `in.txt` is a symlink that leads outside the project\n  \
+        "prompts.toml:3:18: `in.txt` leads outside the project through a symlink\n  \
          help: every file a target uses must be a regular file inside the project",
     );
 
@@ -1154,7 +1154,29 @@ fn invalid_symlink_leading_outside_the_project() {
         .build();
     assert_invalid(
         &p,
-        "prompts.toml:3:18: `linked/secret.txt` is a symlink that leads outside the project\n  \
+        "prompts.toml:3:18: `linked/secret.txt` leads outside the project through a symlink\n  \
+         help: every file a target uses must be a regular file inside the project",
+    );
+
+    // a `foreach` over a symlinked directory: refused before anything runs
+    // (it used to fail at run time, as a failed target)
+    let p = project()
+        .file(
+            "prompts.toml",
+            format!(
+                "{}{LOG_MODEL}",
+                toml.replace(
+                    "inputs = { doc = \"in.txt\" }\noutput = \"out/a.md\"",
+                    "foreach = \"linked/*.txt\"\noutput = \"out/{stem}.md\""
+                )
+            ),
+        )
+        .file("t/a.md", "# a\n{{ item.content }}\n")
+        .symlink("linked", outside.path())
+        .build();
+    assert_invalid(
+        &p,
+        "prompts.toml:3:11: `linked/secret.txt` leads outside the project through a symlink\n  \
          help: every file a target uses must be a regular file inside the project",
     );
 
@@ -1179,7 +1201,7 @@ fn invalid_symlinked_template_leading_outside_the_project() {
     let run = p.mkt(&["build"]);
     run.code(2)
         .stderr_contains("error: prompts.toml:2:12: template `t/link.md`")
-        .stderr_contains("is a symlink that leads outside the project\n");
+        .stderr_contains("leads outside the project through a symlink\n");
     assert_eq!(p.calls(), Vec::<String>::new());
 }
 
@@ -1190,11 +1212,11 @@ fn symlinked_template_error_names_the_path_once() {
     let p = inline("[targets.a]\ntemplate = \"t/link.md\"\noutput = \"out/a.md\"\n")
         .symlink("t/link.md", outside.path().join("t.md"))
         .build();
-    // today: "template `t/link.md` `t/link.md` is a symlink ..." with the
+    // once: "template `t/link.md` `t/link.md` leads outside ..." with the
     // help "create the file or fix the `template` path"
     let run = p.mkt(&["build"]);
     run.code(2).stderr_contains(
-        "prompts.toml:2:12: template `t/link.md` is a symlink that leads outside the project",
+        "prompts.toml:2:12: template `t/link.md` leads outside the project through a symlink",
     );
 }
 
@@ -1654,8 +1676,9 @@ fn a_foreach_over_a_symlinked_directory_keeps_the_no_op_fast_path() {
 }
 
 /// The output directory swapped for a symlink out of the project after the
-/// graph was cached: only outputs changed, so the graph comes from its
-/// cache, but nothing may be written through the symlink.
+/// graph was cached: only outputs changed by their stat, but the stamp saw
+/// `out` resolve elsewhere, so the project is analysed again and refused
+/// before anything runs, and nothing is written through the symlink.
 #[test]
 fn an_output_directory_swapped_for_a_symlink_out_is_not_written_through() {
     let p = project().fixture("command").build();
@@ -1664,28 +1687,13 @@ fn an_output_directory_swapped_for_a_symlink_out_is_not_written_through() {
     let outside = tempfile::tempdir().unwrap();
     std::fs::remove_dir_all(p.path("out")).unwrap();
     p.symlink("out", outside.path());
-    let run = p.mkt(&["build"]);
-    // (`outline` or `side`, whichever is first: the build stops there)
-    run.code(1).stderr_contains(
-        "` would be written outside the project (through a symlinked directory) or into `.mkt/`\n    \
-         help: write outputs to a directory inside the project\n",
-    );
-    let first = run.stderr.lines().next().unwrap_or_default();
-    assert!(
-        first == "error: `outline` failed (output `out/outline.md` missing):"
-            || first == "error: `side` failed (output `out/side.md` missing):",
-        "{}",
-        run.stderr
-    );
+    let refused = "error: prompts.toml:23:10: output `out/final.md` of `final` would be written \
+                   outside the project (through a symlinked directory) or into `.mkt/`\n  \
+                   help: write outputs to a directory inside the project\n";
+    p.mkt(&["build"]).code(2).nothing_ran().stderr_eq(refused);
     let written: Vec<_> = std::fs::read_dir(outside.path()).unwrap().collect();
-    assert!(written.is_empty(), "{written:?}\n{}", run.stderr);
-    // the failed build left no stamp: the next one analyses the project,
-    // and says so before it runs anything
-    assert!(!p.exists(".mkt/noop"));
-    p.mkt(&["build"])
-        .code(2)
-        .nothing_ran()
-        .stderr_contains("would be written outside the project");
+    assert!(written.is_empty(), "{written:?}");
+    p.mkt(&["build", "side"]).code(2).stderr_eq(refused);
 }
 
 /// A build that read the stamp and then waited for the lock must not use
@@ -2131,5 +2139,50 @@ fn timings_list_the_phases_each_kind_of_build_went_through() {
             "write the stamp and caches",
             "in all"
         ]
+    );
+}
+
+/// A directory moved out of the project and replaced by a symlink to where
+/// it went keeps every file's stat (same inodes, same times). The stamp
+/// records how each path resolved, so the next build, and `status`, check
+/// again and refuse the project instead of calling it up to date; the same
+/// for a directory that a symlink in the project leads through.
+#[test]
+fn a_directory_moved_out_and_linked_back_is_refused_not_called_up_to_date() {
+    let p = project().fixture("command").build();
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    // beside the project, so the rename keeps the inodes
+    let outside = tempfile::tempdir_in(p.root().parent().unwrap()).unwrap();
+    std::fs::rename(p.path("templates"), outside.path().join("templates")).unwrap();
+    p.symlink("templates", outside.path().join("templates"));
+    p.mkt(&["status"])
+        .code(2)
+        .stderr_contains("leads outside the project through a symlink");
+    p.mkt(&["build"])
+        .code(2)
+        .nothing_ran()
+        .stderr_contains("leads outside the project through a symlink");
+    p.remove("templates");
+    std::fs::rename(outside.path().join("templates"), p.path("templates")).unwrap();
+    p.mkt(&["build"]).success().nothing_ran();
+
+    // through a symlink inside the project: `docs -> docs-real`, then
+    // `docs-real` moved out and linked back
+    let p = project().fixture("foreach").build();
+    std::fs::rename(p.path("docs"), p.path("docs-real")).unwrap();
+    p.symlink("docs", "docs-real");
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    p.mkt(&["build", "--timings"])
+        .success()
+        .nothing_ran()
+        .stderr_lacks("analyse");
+    let outside = tempfile::tempdir_in(p.root().parent().unwrap()).unwrap();
+    std::fs::rename(p.path("docs-real"), outside.path().join("docs")).unwrap();
+    p.symlink("docs-real", outside.path().join("docs"));
+    p.mkt(&["build"]).code(2).nothing_ran().stderr_eq(
+        "error: prompts.toml:9:11: `docs/a.md` leads outside the project through a symlink\n  \
+         help: every file a target uses must be a regular file inside the project\n",
     );
 }
