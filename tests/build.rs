@@ -2140,6 +2140,17 @@ fn timings_list_the_phases_each_kind_of_build_went_through() {
             "in all"
         ]
     );
+    // then where the CPU went, mkt's own and its commands'
+    let cpu = edit
+        .stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("cpu: mkt "))
+        .unwrap_or_else(|| panic!("no cpu line in:\n{}", edit.stderr));
+    let (own, rest) = cpu.split_once(" s (user ").unwrap();
+    let (_, commands) = rest.split_once("), the commands it ran ").unwrap();
+    for v in [own, commands.strip_suffix(" s").unwrap()] {
+        assert!(v.parse::<f64>().is_ok_and(|v| v >= 0.0), "{cpu}");
+    }
 }
 
 /// A directory moved out of the project and replaced by a symlink to where

@@ -243,7 +243,32 @@ fn timings_text(phases: &markitect::build::Phases) -> String {
     }
     let total: std::time::Duration = phases.done.iter().map(|(_, d)| *d).sum();
     s.push_str(&format!("\n{:9.1} ms  in all", ms(total)));
+    // where the CPU went: mkt's own work against the commands it ran (a
+    // build that spawns a program per target is bound by those spawns)
+    let (own_user, own_sys) = cpu_seconds(libc::RUSAGE_SELF);
+    let (cmd_user, cmd_sys) = cpu_seconds(libc::RUSAGE_CHILDREN);
+    s.push_str(&format!(
+        "\ncpu: mkt {:.2} s (user {own_user:.2} s, system {own_sys:.2} s), \
+         the commands it ran {:.2} s",
+        own_user + own_sys,
+        cmd_user + cmd_sys
+    ));
     s
+}
+
+/// User and system CPU seconds of this process (`RUSAGE_SELF`, all its
+/// threads) or of the children it waited for (`RUSAGE_CHILDREN`).
+fn cpu_seconds(who: libc::c_int) -> (f64, f64) {
+    let mut r = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` into the zeroed buffer, which
+    // is read only when it returned 0.
+    if unsafe { libc::getrusage(who, r.as_mut_ptr()) } != 0 {
+        return (0.0, 0.0);
+    }
+    // SAFETY: see above.
+    let r = unsafe { r.assume_init() };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(r.ru_utime), secs(r.ru_stime))
 }
 
 /// `3 ran, 1 cached, 12 up to date[, 1 failed][, 2 skipped][, 1 from the
