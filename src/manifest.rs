@@ -155,7 +155,11 @@ pub fn new_run_id() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    let salt = Digest::of(format!("{nanos}-{}-{seq}", std::process::id()).as_bytes());
+    // (the process id, asked once: a getpid per run id was a system call
+    // per target)
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
+    let salt = Digest::of(format!("{nanos}-{pid}-{seq}").as_bytes());
     format!(
         "{}-{}",
         &compact[..compact.len().min(17)],

@@ -663,6 +663,12 @@ pub fn open_for(
 /// This machine's name, recorded in the manifests of the runs it makes so
 /// that a result served from the remote says where it was made.
 pub fn hostname() -> Option<String> {
+    // (asked once: a full build makes a manifest per target)
+    static NAME: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    NAME.get_or_init(ask_hostname).clone()
+}
+
+fn ask_hostname() -> Option<String> {
     let mut buf = [0u8; 256];
     // SAFETY: gethostname writes at most `buf.len()` bytes into `buf`.
     let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
