@@ -454,8 +454,11 @@ pub fn analyse_project(
             Ok(None) => {
                 return Err(project.error(
                     span,
-                    format!("`{item}` matched the `foreach` glob but is gone"),
-                    Some("run the build again".into()),
+                    format!(
+                        "`{item}` matched the `foreach` glob but cannot be read: \
+                         a symlink that leads nowhere, or removed since"
+                    ),
+                    Some("fix or remove the symlink, or run the build again".into()),
                 ));
             }
             Err(e) => return Err(file_error(project, span, e)),

@@ -1191,6 +1191,24 @@ fn invalid_symlink_leading_outside_the_project() {
     assert_eq!(p.read("out/a.md"), "# a\nreal\n\n");
 }
 
+/// A dangling symlink among a `foreach` glob's files is named before
+/// anything runs, not met as a failed target.
+#[test]
+fn invalid_dangling_symlink_in_a_foreach_directory() {
+    let p = inline(
+        "[targets.a]\ntemplate = \"t/a.md\"\nforeach = \"docs/*.md\"\noutput = \"out/{stem}.md\"\n",
+    )
+    .file("docs/real.md", "real\n")
+    .symlink("docs/gone.md", "nowhere.md")
+    .build();
+    assert_invalid(
+        &p,
+        "prompts.toml:3:11: `docs/gone.md` matched the `foreach` glob but cannot be read: \
+         a symlink that leads nowhere, or removed since\n  \
+         help: fix or remove the symlink, or run the build again",
+    );
+}
+
 #[test]
 fn invalid_symlinked_template_leading_outside_the_project() {
     let outside = tempfile::tempdir().unwrap();
