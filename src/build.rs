@@ -632,7 +632,8 @@ pub fn build_in(
             }
         }
     }
-    let project_stat = std::fs::symlink_metadata(root.join(PROJECT_FILE))
+    // (of the file itself, through a symlink: as the stamp checks it)
+    let project_stat = std::fs::metadata(root.join(PROJECT_FILE))
         .ok()
         .map(|m| (FileStat::from_metadata(&m), now_ns()));
     let store = if opts.dry_run {
@@ -1083,7 +1084,14 @@ pub fn build_in(
     let mut graph_key = None;
     let new_stamp = if !(opts.targets.is_empty() && rep.success()) {
         None
-    } else if let (Some((old, _)), true) = (prior.take(), graph_from_cache) {
+    } else if let (Some((old, _)), true) = (
+        // (a file the stamp knew as a file that is a symlink now needs a
+        // `Resolve` entry, which a stamp patched in place cannot gain)
+        prior
+            .take()
+            .filter(|_| !files.followed_unstamped_symlinks()),
+        graph_from_cache,
+    ) {
         // the entries of the files this build saw, found through the
         // vouching index before it lets go of the stamp
         let seen: Vec<(usize, StatEntry)> = files.with_seen(|seen| {
@@ -1298,26 +1306,36 @@ fn resolve_entries(entries: &[StampEntry], files: &ProjectFiles) -> Option<Vec<S
         let stamped: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         needed.extend(links.into_iter().filter(|p| stamped.contains(p.as_str())));
     }
-    let is = |r: &crate::files::Resolution, kind: libc::mode_t| {
-        r.is_some_and(|(st, _)| st.size == kind as u64)
+    // (a directory is inside when its parent is; a symlink, when the
+    // kernel says it leads inside or nowhere)
+    let sound = |r: &crate::files::Resolution| match r {
+        None => true,
+        Some(st) if st.size == libc::S_IFDIR as u64 => true,
+        Some(st) if st.size == libc::S_IFLNK as u64 => {
+            matches!(
+                st.mtime_ns,
+                crate::stamp::LEADS_INSIDE | crate::stamp::LEADS_NOWHERE
+            )
+        }
+        Some(_) => false,
     };
     let mut out = Vec::with_capacity(needed.len());
     for path in needed {
         let r = match files.resolution(&path) {
             Some(r @ Some(_)) => r,
             // not there when it was checked (a directory mkt made since),
-            // or not checked: a directory now is inside, as its parent is
+            // or not checked: taken as it is now if that is sound
             _ => match files.resolution_now(&path)? {
-                r if r.is_none() || is(&r, libc::S_IFDIR) => r,
+                r if sound(&r) => r,
                 _ => return None,
             },
         };
         out.push(StampEntry {
             path,
             kind: EntryKind::Resolve,
-            stat: r.map(|(st, _)| st),
+            stat: r,
             racy: false,
-            digest: r.map(|(_, d)| d).unwrap_or_default(),
+            digest: Digest::default(),
         });
     }
     Some(out)

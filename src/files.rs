@@ -140,8 +140,11 @@ pub struct ProjectFiles {
     resolved: Mutex<HashMap<String, Resolution>>,
 }
 
-/// A `Resolve` entry's stat and digest (`None`: nothing was there).
-pub type Resolution = Option<(FileStat, Digest)>;
+pub use crate::stamp::Resolution;
+
+fn is_symlink(r: &Resolution) -> bool {
+    r.is_some_and(|st| st.size == libc::S_IFLNK as u64)
+}
 
 /// The entries of a no-op stamp just verified against the disk, found by
 /// path through an index of positions (not a map of copied paths: at
@@ -153,8 +156,8 @@ struct Vouched {
     /// What the stamp saw change: not vouched for.
     except: HashSet<String>,
     verified_at: i64,
-    /// The stamp's `Resolve` entries (a few: one per directory).
-    resolutions: HashMap<String, Resolution>,
+    /// Positions of the stamp's `Resolve` entries, hashed by path.
+    resolve_index: hashbrown::HashTable<u32>,
 }
 
 fn path_hash(path: &str) -> u64 {
@@ -173,11 +176,24 @@ impl Vouched {
 
     /// Where the stamp holds `rel`'s entry (files only).
     fn position(&self, rel: &str) -> Option<usize> {
-        let stamp = &self.stamp;
-        self.index
-            .find(path_hash(rel), |&i| stamp.entry(i as usize).path == rel)
-            .map(|&i| i as usize)
+        find(&self.stamp, &self.index, rel)
     }
+
+    /// The stamp's `Resolve` entry for `rel`, unless it saw it change.
+    fn resolution(&self, rel: &str) -> Option<Resolution> {
+        if self.except.contains(rel) {
+            return None;
+        }
+        let i = find(&self.stamp, &self.resolve_index, rel)?;
+        Some(self.stamp.entry(i).stat)
+    }
+}
+
+/// The position, in `index` over `stamp`'s entries, of `rel`'s.
+fn find(stamp: &NoopStamp, index: &hashbrown::HashTable<u32>, rel: &str) -> Option<usize> {
+    index
+        .find(path_hash(rel), |&i| stamp.entry(i as usize).path == rel)
+        .map(|&i| i as usize)
 }
 
 impl ProjectFiles {
@@ -209,34 +225,50 @@ impl ProjectFiles {
         }
     }
 
+    /// [`ProjectFiles::note_resolution`] of `rel` and each directory above.
+    fn note_path_resolution(&self, rel: &str) {
+        for (i, _) in rel.match_indices('/') {
+            self.note_resolution(&rel[..i]);
+        }
+        self.note_resolution(rel);
+    }
+
     /// What resolving `rel` depended on when this build checked it, or
     /// when the stamp that vouches for it did; `None` if neither did.
     pub fn resolution(&self, rel: &str) -> Option<Resolution> {
         if let Some(r) = self.resolved.lock().unwrap().get(rel) {
             return Some(*r);
         }
-        let v = self.vouched.as_ref()?;
-        if v.except.contains(rel) {
-            return None;
-        }
-        v.resolutions.get(rel).copied()
+        self.vouched.as_ref()?.resolution(rel)
     }
 
     /// The symlinks whose resolution this build or the vouching stamp noted.
     pub fn noted_symlinks(&self) -> Vec<String> {
-        let is_link = |r: &Resolution| r.is_some_and(|(st, _)| st.size == libc::S_IFLNK as u64);
         let mut out: Vec<String> = (self.resolved.lock().unwrap().iter())
-            .filter(|(_, r)| is_link(r))
+            .filter(|(_, r)| is_symlink(r))
             .map(|(p, _)| p.clone())
             .collect();
         if let Some(v) = &self.vouched {
-            out.extend(
-                (v.resolutions.iter())
-                    .filter(|(p, r)| is_link(r) && !v.except.contains(*p))
-                    .map(|(p, _)| p.clone()),
-            );
+            for &i in v.resolve_index.iter() {
+                let e = v.stamp.entry(i as usize);
+                if is_symlink(&e.stat) && !v.except.contains(e.path) {
+                    out.push(e.path.to_string());
+                }
+            }
         }
         out
+    }
+
+    /// Whether this build followed a symlink that the vouching stamp has
+    /// no `Resolve` entry for (a file replaced by a link since): a stamp
+    /// patched in place would then not check where it leads.
+    pub fn followed_unstamped_symlinks(&self) -> bool {
+        let resolved = self.resolved.lock().unwrap();
+        let Some(v) = &self.vouched else {
+            return resolved.values().any(is_symlink);
+        };
+        (resolved.iter())
+            .any(|(p, r)| is_symlink(r) && find(&v.stamp, &v.resolve_index, p).is_none())
     }
 
     /// [`ProjectFiles::resolution`] of `rel` as it is now (for a
@@ -261,10 +293,7 @@ impl ProjectFiles {
             return *ok;
         }
         // (each directory on the path, before it is resolved: see `stamp.rs`)
-        for (i, _) in rel_dir.as_str().match_indices('/') {
-            self.note_resolution(&rel_dir.as_str()[..i]);
-        }
-        self.note_resolution(rel_dir.as_str());
+        self.note_path_resolution(rel_dir.as_str());
         // A directory that does not exist yet is judged by its nearest
         // existing ancestor (a missing `out/x` under a symlinked `out`).
         let mut probe = Some(rel_dir);
@@ -280,7 +309,11 @@ impl ProjectFiles {
                 Err(_) => probe = dir.parent(),
             }
         };
-        self.dirs_ok.write().unwrap().insert(rel_dir.to_owned(), ok);
+        // (an answer for a directory not there yet holds only until it is
+        // made, by mkt or by anyone: it is not kept)
+        if probe == Some(rel_dir) {
+            self.dirs_ok.write().unwrap().insert(rel_dir.to_owned(), ok);
+        }
         ok
     }
 
@@ -344,10 +377,10 @@ impl ProjectFiles {
     /// directories looked at and their stat from before they were read.
     pub fn glob(&self, pattern: &str) -> Result<Vec<String>, globset::Error> {
         let (files, dirs) = glob_walk(&self.root, pattern)?;
-        // (a directory listed through a symlink: how it resolved)
+        // (how each directory listed resolved, and the ones above it)
         for (d, _, _) in &dirs {
             if !d.is_empty() {
-                self.dir_inside(Utf8Path::new(d));
+                self.note_path_resolution(d);
             }
         }
         self.walked.lock().unwrap().extend(dirs);
@@ -454,10 +487,11 @@ impl ProjectFiles {
     /// the stamp's, just checked, win.)
     pub fn vouch(&mut self, stamp: Arc<NoopStamp>, changed: HashSet<String>, verified_at: i64) {
         let mut index = hashbrown::HashTable::with_capacity(stamp.len());
-        let mut resolutions = HashMap::default();
+        let mut resolve_index = hashbrown::HashTable::new();
         for (i, e) in stamp.entries().enumerate() {
             if e.kind == EntryKind::Resolve {
-                resolutions.insert(e.path.to_string(), e.stat.map(|st| (st, e.digest)));
+                let hash = |&i: &u32| path_hash(stamp.entry(i as usize).path);
+                resolve_index.insert_unique(path_hash(e.path), i as u32, hash);
             } else if e.kind != EntryKind::Dir && e.stat.is_some() {
                 let hash = |&i: &u32| path_hash(stamp.entry(i as usize).path);
                 index.insert_unique(path_hash(e.path), i as u32, hash);
@@ -468,7 +502,7 @@ impl ProjectFiles {
             stamp,
             except: changed,
             verified_at,
-            resolutions,
+            resolve_index,
         });
     }
 

@@ -441,29 +441,7 @@ pub fn analyse_project(
                 .map(|i| i.pattern.as_str()),
         );
     }
-    // (and each `foreach` file: one that leads out of the project is an
-    // error here, before anything runs, like any other input)
-    prefetch.extend(nodes.iter().filter_map(|n| n.item.as_deref()));
     files.digest_all(&prefetch);
-    for n in &nodes {
-        let (Some(item), Some((_, span))) = (&n.item, &project.targets[n.target].foreach) else {
-            continue;
-        };
-        match files.digest(item) {
-            Ok(Some(_)) => {}
-            Ok(None) => {
-                return Err(project.error(
-                    span,
-                    format!(
-                        "`{item}` matched the `foreach` glob but cannot be read: \
-                         a symlink that leads nowhere, or removed since"
-                    ),
-                    Some("fix or remove the symlink, or run the build again".into()),
-                ));
-            }
-            Err(e) => return Err(file_error(project, span, e)),
-        }
-    }
     let an = Analyser {
         files,
         old: old_analysis,
@@ -655,6 +633,34 @@ pub fn analyse_project(
             n.upstream = upstream.clone();
         }
         let _ = ti;
+    }
+
+    // Each `foreach` file a template uses is a source like any input:
+    // one that leads out of the project is an error here, before anything
+    // runs. (One no template reads is never opened, so it may be anything.)
+    let used_items: Vec<&str> = (nodes.iter())
+        .filter(|n| n.uses_item)
+        .filter_map(|n| n.item.as_deref())
+        .collect();
+    files.digest_all(&used_items);
+    for n in nodes.iter().filter(|n| n.uses_item) {
+        let (Some(item), Some((_, span))) = (&n.item, &project.targets[n.target].foreach) else {
+            continue;
+        };
+        match files.digest(item) {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return Err(project.error(
+                    span,
+                    format!(
+                        "`{item}` matched the `foreach` glob but cannot be read: \
+                         a symlink that leads nowhere, or removed since"
+                    ),
+                    Some("fix or remove the symlink, or run the build again".into()),
+                ));
+            }
+            Err(e) => return Err(file_error(project, span, e)),
+        }
     }
 
     // 3. the DAG, its order, and cycles

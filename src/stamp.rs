@@ -30,10 +30,13 @@
 //! (`Resolve` entries): every directory on a stamped path, and each stamped
 //! path that is itself a symlink, by file type and inode (a directory's
 //! times change whenever a file is created in it, so they are not kept),
-//! and a symlink also by the digest of the path it resolves to. These are
-//! taken before the build checked the path stays inside the project
-//! (`files.rs`). One that changed makes the change structural and takes
-//! the word of the stamp for nothing below it, so analysis checks again.
+//! and a symlink also by whether it leads inside the project, nowhere, or
+//! out (where inside it leads is the stat of the file it leads to, which
+//! its own entry checks). These are taken before the build checked the
+//! path stays inside the project (`files.rs`). One that changed makes the
+//! change structural and takes the word of the stamp for nothing below
+//! it, so analysis checks again. Nothing absolute is kept: the project
+//! can be moved, or reached through a bind mount, and keep its stamp.
 //!
 //! An entry seen within the file system's timestamp granularity of its
 //! mtime is "racy" (git's term): a second write in the same tick would
@@ -52,8 +55,8 @@
 //! ```
 //!
 //! A `resolve` entry keeps the file type (`st_mode & S_IFMT`) in `size`,
-//! zero times, and for a symlink the BLAKE3 of its canonical path as its
-//! digest (zero otherwise).
+//! for a symlink where it leads in `mtime_ns` (1 inside, 2 nowhere, 3 out;
+//! 0 for anything else), a zero `ctime_ns` and a zero digest.
 //!
 //! (`str` and integers as in `state.rs`.) A directory that did not exist is
 //! recorded as absent, so creating it is noticed.
@@ -91,34 +94,90 @@ impl Root {
     }
 }
 
-/// What resolving `rel` depends on, as a `Resolve` entry records it (see
-/// the module note): `Some(None)` when nothing is there, `None` when it
-/// cannot be told (an error, a symlink that leads nowhere).
-pub fn resolution(
-    dir: &std::fs::File,
-    root: &Utf8Path,
-    rel: &str,
-) -> Option<Option<(FileStat, Digest)>> {
+/// What resolving a path yields, as a `Resolve` entry records it (see the
+/// module note): `None` when nothing is there, else its file type (in
+/// `size`), its inode and, for a symlink, where it leads (in `mtime_ns`:
+/// [`LEADS_INSIDE`], [`LEADS_NOWHERE`] or [`LEADS_OUTSIDE`]).
+pub type Resolution = Option<FileStat>;
+
+/// Where a symlink leads, as a `Resolve` entry records it.
+pub const LEADS_INSIDE: i64 = 1;
+pub const LEADS_NOWHERE: i64 = 2;
+pub const LEADS_OUTSIDE: i64 = 3;
+
+/// [`Resolution`] of `rel` now; `None` when it cannot be told (an error
+/// other than "not there").
+pub fn resolution(dir: &std::fs::File, root: &Utf8Path, rel: &str) -> Option<Resolution> {
     let st = match lstat_at(dir, rel)? {
         Ok(st) => st,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Some(None),
         Err(_) => return None,
     };
     let kind = st.st_mode & libc::S_IFMT;
-    let stat = FileStat {
+    let leads = if kind == libc::S_IFLNK {
+        where_it_leads(dir, root, rel)
+    } else {
+        0
+    };
+    Some(Some(FileStat {
         size: kind as u64,
-        mtime_ns: 0,
+        mtime_ns: leads,
         ctime_ns: 0,
         ino: st.st_ino,
+    }))
+}
+
+/// Whether the symlink `rel` leads inside the project, nowhere, or out.
+/// (Where inside it leads is the stat of what it leads to, which the
+/// stamp checks too: another file is another inode.)
+fn where_it_leads(dir: &std::fs::File, root: &Utf8Path, rel: &str) -> i64 {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // one system call where it works: the kernel refuses to leave the
+        // directory (`RESOLVE_BENEATH`), so success means inside
+        if let Ok(c) = std::ffi::CString::new(rel) {
+            // SAFETY: `open_how` is plain integers; all zero is valid.
+            let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+            how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+            how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+            // SAFETY: `c` is NUL-terminated, `how` is a valid `open_how`
+            // of the size passed, and a non-negative result is a new
+            // descriptor, closed at once.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_openat2,
+                    dir.as_raw_fd(),
+                    c.as_ptr(),
+                    &how as *const libc::open_how,
+                    std::mem::size_of::<libc::open_how>(),
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: `fd` is ours and open.
+                unsafe { libc::close(fd as libc::c_int) };
+                return LEADS_INSIDE;
+            }
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP) => {
+                    return LEADS_NOWHERE;
+                }
+                // out, or in through an absolute link; or no openat2 here
+                _ => {}
+            }
+        }
+    }
+    let (Ok(path), Ok(top)) = (
+        std::fs::canonicalize(root.join(rel)),
+        std::fs::canonicalize(root),
+    ) else {
+        return LEADS_NOWHERE;
     };
-    let digest = if kind == libc::S_IFLNK {
-        use std::os::unix::ffi::OsStrExt;
-        let canonical = std::fs::canonicalize(root.join(rel)).ok()?;
-        Digest::of(canonical.as_os_str().as_bytes())
+    if path.starts_with(top) {
+        LEADS_INSIDE
     } else {
-        Digest::default()
-    };
-    Some(Some((stat, digest)))
+        LEADS_OUTSIDE
+    }
 }
 
 /// The entries a stamp saw change ([`NoopStamp::changes`]).
@@ -429,17 +488,13 @@ impl NoopStamp {
             changed.iter().map(|e| e.path.to_string()).collect();
         // what a path resolves through changed: nothing below it is as the
         // stamp saw it, whatever its stat says
-        let moved: Vec<&str> = changed
-            .iter()
+        let moved: rustc_hash::FxHashSet<&str> = (changed.iter())
             .filter(|e| e.kind == EntryKind::Resolve)
             .map(|e| e.path)
             .collect();
         if !moved.is_empty() {
             let below = |p: &str| {
-                moved.iter().any(|m| {
-                    p.strip_prefix(m)
-                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
-                })
+                moved.contains(p) || p.match_indices('/').any(|(i, _)| moved.contains(&p[..i]))
             };
             paths.extend(
                 self.entries()
@@ -469,10 +524,13 @@ impl NoopStamp {
                 e.racy
                     || paths.contains(e.path)
                     || (e.kind == EntryKind::Dir && dirs.contains(e.path))
-                    // (a symlink can lead elsewhere when a file it leads
-                    // through changes, which no watcher reports by its path)
-                    || e.is_symlink_resolution()
+                    // (how a path resolves can change where no watcher
+                    // looks: a directory above it, or one a symlink leads
+                    // through; there are few of these, one per directory)
+                    || e.kind == EntryKind::Resolve
             })
+            .collect::<Vec<_>>()
+            .into_par_iter()
             .filter(|e| !e.unchanged(root))
             .collect()
     }
@@ -547,16 +605,10 @@ impl EntryRef<'_> {
         }
     }
 
-    /// A `Resolve` entry of a symlink.
-    fn is_symlink_resolution(&self) -> bool {
-        self.kind == EntryKind::Resolve
-            && self.stat.is_some_and(|st| st.size == libc::S_IFLNK as u64)
-    }
-
     fn unchanged(&self, root: &Root) -> bool {
         if self.kind == EntryKind::Resolve {
             return resolution(&root.dir, &root.path, self.path)
-                .is_some_and(|now| now == self.stat.map(|st| (st, self.digest)));
+                .is_some_and(|now| now == self.stat);
         }
         let root = &root.dir;
         let now = match self.stat_now(root) {
@@ -609,12 +661,12 @@ mod tests {
                 kind: EntryKind::Resolve,
                 stat: Some(FileStat {
                     size: libc::S_IFLNK as u64,
-                    mtime_ns: 0,
+                    mtime_ns: LEADS_INSIDE,
                     ctime_ns: 0,
                     ino: 8,
                 }),
                 racy: false,
-                digest: Digest::of(b"/project/real"),
+                digest: Digest::default(),
             },
             StampEntry {
                 path: "docs".into(),
@@ -741,23 +793,24 @@ mod tests {
     #[test]
     fn a_directory_that_resolves_elsewhere_takes_everything_below_it_along() {
         let t = tempfile::tempdir().unwrap();
-        let root_path = Utf8Path::from_path(t.path()).unwrap();
-        for d in ["d", "d2", "real"] {
-            std::fs::create_dir(t.path().join(d)).unwrap();
+        let (top, outside) = (t.path().join("project"), t.path().join("outside"));
+        let at = |p: &str| top.join(p);
+        for d in ["", "d", "d2", "real"] {
+            std::fs::create_dir(at(d)).unwrap();
         }
-        std::fs::write(t.path().join("d/a"), "x").unwrap();
-        std::fs::write(t.path().join("real/b"), "y").unwrap();
-        std::os::unix::fs::symlink("real", t.path().join("link")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(at("d/a"), "x").unwrap();
+        std::fs::write(at("real/b"), "y").unwrap();
+        std::os::unix::fs::symlink("real", at("link")).unwrap();
+        std::os::unix::fs::symlink("nowhere", at("dangling")).unwrap();
+        let root_path = Utf8Path::from_path(&top).unwrap();
         let root = Root::open(root_path).unwrap();
-        let resolve = |path: &str| {
-            let r = resolution(&root.dir, root_path, path).unwrap();
-            StampEntry {
-                path: path.into(),
-                kind: EntryKind::Resolve,
-                stat: r.map(|(st, _)| st),
-                racy: false,
-                digest: r.map(|(_, d)| d).unwrap_or_default(),
-            }
+        let resolve = |path: &str| StampEntry {
+            path: path.into(),
+            kind: EntryKind::Resolve,
+            stat: resolution(&root.dir, root_path, path).unwrap(),
+            racy: false,
+            digest: Digest::default(),
         };
         let stamp = NoopStamp::new(
             2,
@@ -767,36 +820,50 @@ mod tests {
                 resolve("d"),
                 resolve("link"),
                 resolve("gone"),
+                resolve("dangling"),
             ],
         );
+        assert_eq!(stamp.entry(3).stat.unwrap().mtime_ns, LEADS_INSIDE);
+        assert_eq!(stamp.entry(5).stat.unwrap().mtime_ns, LEADS_NOWHERE);
         assert!(stamp.changed(&root).is_empty());
         // a file created in a directory changes its times, not how it resolves
-        std::fs::write(t.path().join("d/new"), "n").unwrap();
+        std::fs::write(at("d/new"), "n").unwrap();
         assert!(stamp.changed(&root).is_empty());
         // `d` moved away and a symlink to it put in its place: `d/a` has its
         // stat, but it is not the file that was checked
-        std::fs::rename(t.path().join("d"), t.path().join("d2/d")).unwrap();
-        std::os::unix::fs::symlink("d2/d", t.path().join("d")).unwrap();
+        std::fs::rename(at("d"), at("d2/d")).unwrap();
+        std::os::unix::fs::symlink("d2/d", at("d")).unwrap();
         let c = stamp.changes(&root, None);
         assert!(c.structural);
         let mut paths: Vec<&str> = c.paths.iter().map(String::as_str).collect();
         paths.sort();
         assert_eq!(paths, ["d", "d/a"]);
-        // what `link` leads through moved: the same link, another target
-        std::fs::remove_file(t.path().join("d")).unwrap();
-        std::fs::rename(t.path().join("d2/d"), t.path().join("d")).unwrap();
+        std::fs::remove_file(at("d")).unwrap();
+        std::fs::rename(at("d2/d"), at("d")).unwrap();
         assert!(stamp.changed(&root).is_empty());
-        std::fs::rename(t.path().join("real"), t.path().join("d2/real")).unwrap();
-        std::os::unix::fs::symlink("d2/real", t.path().join("real")).unwrap();
+        // what `link` leads through moved, inside the project: `link/b` is
+        // the same file, which its own stat says
+        std::fs::rename(at("real"), at("d2/real")).unwrap();
+        std::os::unix::fs::symlink("d2/real", at("real")).unwrap();
+        assert!(stamp.changed(&root).is_empty());
+        // and then out of it (an absolute link, so the kernel's check says
+        // only "not beneath" and the canonical path decides)
+        std::fs::remove_file(at("real")).unwrap();
+        std::fs::rename(at("d2/real"), outside.join("real")).unwrap();
+        std::os::unix::fs::symlink(outside.join("real"), at("real")).unwrap();
         let mut paths: Vec<String> = stamp.changes(&root, None).paths.into_iter().collect();
         paths.sort();
         assert_eq!(paths, ["link", "link/b"]);
-        // and a watcher that reported nothing still has the link checked
+        // a watcher that reported nothing still has every `Resolve` entry
+        // checked
         let none = rustc_hash::FxHashSet::default();
         assert_eq!(stamp.changed_among(&root, &none).len(), 1);
-        // something where nothing was
-        std::fs::create_dir(t.path().join("gone")).unwrap();
-        assert!(stamp.changed(&root).iter().any(|e| e.path == "gone"));
+        // the dangling link now leads somewhere; something where nothing was
+        std::fs::write(at("nowhere"), "").unwrap();
+        std::fs::create_dir(at("gone")).unwrap();
+        let mut paths: Vec<&str> = stamp.changed(&root).iter().map(|e| e.path).collect();
+        paths.sort();
+        assert_eq!(paths, ["dangling", "gone", "link"]);
     }
 
     #[test]

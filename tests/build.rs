@@ -1196,8 +1196,9 @@ fn invalid_symlink_leading_outside_the_project() {
 #[test]
 fn invalid_dangling_symlink_in_a_foreach_directory() {
     let p = inline(
-        "[targets.a]\ntemplate = \"t/a.md\"\nforeach = \"docs/*.md\"\noutput = \"out/{stem}.md\"\n",
+        "[targets.a]\ntemplate = \"t/item.md\"\nforeach = \"docs/*.md\"\noutput = \"out/{stem}.md\"\n",
     )
+    .file("t/item.md", "# a\n{{ item.content }}\n")
     .file("docs/real.md", "real\n")
     .symlink("docs/gone.md", "nowhere.md")
     .build();
@@ -2214,4 +2215,138 @@ fn a_directory_moved_out_and_linked_back_is_refused_not_called_up_to_date() {
         "error: prompts.toml:9:11: `docs/a.md` leads outside the project through a symlink\n  \
          help: every file a target uses must be a regular file inside the project\n",
     );
+}
+
+/// The ways a path can come to lead out of the project while every file
+/// keeps its stat, each refused by the build and `status` as analysis
+/// refuses it: a directory a symlinked input leads through, and a plain
+/// input directory, each moved out and linked back.
+#[test]
+fn a_path_led_out_through_a_moved_directory_is_refused_however_it_is_reached() {
+    // `topic.txt -> vendor/topic.txt`, then `vendor` moved out
+    let p = project().fixture("command").build();
+    std::fs::create_dir(p.path("vendor")).unwrap();
+    std::fs::rename(p.path("topic.txt"), p.path("vendor/topic.txt")).unwrap();
+    p.symlink("topic.txt", "vendor/topic.txt");
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    let outside = tempfile::tempdir_in(p.root().parent().unwrap()).unwrap();
+    std::fs::rename(p.path("vendor"), outside.path().join("vendor")).unwrap();
+    p.symlink("vendor", outside.path().join("vendor"));
+    let refused = "error: prompts.toml:13:20: `topic.txt` leads outside the project through a \
+                   symlink\n  help: every file a target uses must be a regular file inside the \
+                   project\n";
+    p.mkt(&["status"]).code(2).stderr_eq(refused);
+    p.mkt(&["build"]).code(2).nothing_ran().stderr_eq(refused);
+
+    // `data/topic.txt`, then `data` moved out
+    let p = project().fixture("command").build();
+    p.replace("prompts.toml", "\"topic.txt\"", "\"data/topic.txt\"");
+    std::fs::create_dir(p.path("data")).unwrap();
+    std::fs::rename(p.path("topic.txt"), p.path("data/topic.txt")).unwrap();
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    let outside = tempfile::tempdir_in(p.root().parent().unwrap()).unwrap();
+    std::fs::rename(p.path("data"), outside.path().join("data")).unwrap();
+    p.symlink("data", outside.path().join("data"));
+    let refused = refused.replace("`topic.txt`", "`data/topic.txt`");
+    p.mkt(&["build"]).code(2).nothing_ran().stderr_eq(&refused);
+}
+
+/// An output replaced by a symlink to a copy inside the project: the stamp
+/// the next builds write checks where that link leads, so once the copy's
+/// directory is moved out and linked back, `status` says what it says with
+/// no stamp at all.
+#[test]
+fn an_output_turned_symlink_is_checked_where_it_leads() {
+    let p = project().fixture("command").build();
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    std::fs::create_dir(p.path("keep")).unwrap();
+    p.write("keep/side.md", p.read("out/side.md"));
+    p.remove("out/side.md");
+    p.symlink("out/side.md", "../keep/side.md");
+    stamped(&p);
+    let outside = tempfile::tempdir_in(p.root().parent().unwrap()).unwrap();
+    std::fs::rename(p.path("keep"), outside.path().join("keep")).unwrap();
+    p.symlink("keep", outside.path().join("keep"));
+    let with_stamp = p.mkt(&["status"]);
+    assert!(p.exists(".mkt/noop"));
+    p.remove(".mkt/noop");
+    let without = p.mkt(&["status"]);
+    assert_eq!(
+        (with_stamp.code, &with_stamp.stdout, &with_stamp.stderr),
+        (without.code, &without.stdout, &without.stderr)
+    );
+    without.code(1);
+    assert!(without.stdout.contains("side"), "{}", without.stdout);
+}
+
+/// What the stamp keeps is relative to the project: a project moved
+/// elsewhere (or reached through another mount) keeps the no-op path, with
+/// a symlinked input and a symlinked `prompts.toml` too; and a glob under
+/// a symlink that leads nowhere yet does not stop a stamp from being kept.
+#[test]
+fn a_moved_project_keeps_its_stamp_and_odd_symlinks_do_not_lose_it() {
+    let p = project().fixture("command").build();
+    std::fs::rename(p.path("aside.txt"), p.path("aside-real.txt")).unwrap();
+    p.symlink("aside.txt", "aside-real.txt");
+    std::fs::rename(p.path("prompts.toml"), p.path("project.toml")).unwrap();
+    p.symlink("prompts.toml", "project.toml");
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    p.mkt(&["build", "--timings"])
+        .success()
+        .nothing_ran()
+        .stderr_lacks("analyse");
+    let moved = p.root().with_extension("moved");
+    std::fs::rename(p.root(), &moved).unwrap();
+    let out = std::process::Command::new(support::mkt_bin())
+        .args(["build", "--timings"])
+        .current_dir(&moved)
+        .output()
+        .unwrap();
+    std::fs::rename(&moved, p.root()).unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("0 ran, 0 cached, 4 up to date") && !stderr.contains("analyse"),
+        "{stderr}"
+    );
+
+    // `foreach = "gen/docs/*.md"` with `gen` a symlink to nothing yet
+    let p = project().fixture("foreach").build();
+    p.replace("prompts.toml", "\"docs/*.md\"", "\"gen/docs/*.md\"");
+    p.symlink("gen", "not-yet-there");
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    p.mkt(&["build", "--timings"])
+        .success()
+        .nothing_ran()
+        .stderr_lacks("analyse");
+    // and once it leads somewhere, the files there are seen
+    std::fs::create_dir(p.path("not-yet-there")).unwrap();
+    std::fs::rename(p.path("docs"), p.path("not-yet-there/docs")).unwrap();
+    p.mkt(&["build"]).success().ran_keys(&[
+        "summary[gen/docs/a.md]",
+        "summary[gen/docs/b.md]",
+        "index",
+    ]);
+}
+
+/// A `foreach` file that no template reads is never opened: it may be a
+/// symlink out of the project, as before analysis checked items.
+#[test]
+fn a_foreach_file_no_template_reads_may_be_anything() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("x.md"), "outside\n").unwrap();
+    let p = inline(
+        "[targets.a]\ntemplate = \"t/a.md\"\nforeach = \"docs/*.md\"\noutput = \"out/{stem}.md\"\n",
+    )
+    .file("docs/real.md", "real\n")
+    .symlink("docs/x.md", outside.path().join("x.md"))
+    .build();
+    p.mkt(&["build"])
+        .success()
+        .ran_keys(&["a[docs/real.md]", "a[docs/x.md]"]);
 }
