@@ -1128,56 +1128,45 @@ fn invalid_symlink_leading_outside_the_project() {
     std::fs::write(outside.path().join("secret.txt"), "secret\n").unwrap();
     let toml = "[targets.a]\ntemplate = \"t/a.md\"\ninputs = { doc = \"in.txt\" }\noutput = \"out/a.md\"\n";
 
+    let refused =
+        |toml: String, template: &str, (link, to): (&str, std::path::PathBuf), message: &str| {
+            let p = project()
+                .file("prompts.toml", format!("{toml}{LOG_MODEL}"))
+                .file("t/a.md", template)
+                .symlink(link, to)
+                .build();
+            assert_invalid(
+                &p,
+                &format!(
+                    "{message} leads outside the project through a symlink\n  \
+                 help: every file a target uses must be a regular file inside the project"
+                ),
+            );
+        };
     // a symlinked file
-    let p = project()
-        .file("prompts.toml", format!("{toml}{LOG_MODEL}"))
-        .file("t/a.md", "# a\n{{ inputs.doc }}\n")
-        .symlink("in.txt", outside.path().join("secret.txt"))
-        .build();
-    assert_invalid(
-        &p,
-        "prompts.toml:3:18: `in.txt` leads outside the project through a symlink\n  \
-         help: every file a target uses must be a regular file inside the project",
+    refused(
+        toml.to_string(),
+        "# a\n{{ inputs.doc }}\n",
+        ("in.txt", outside.path().join("secret.txt")),
+        "prompts.toml:3:18: `in.txt`",
     );
-
     // a file in a symlinked directory
-    let p = project()
-        .file(
-            "prompts.toml",
-            format!(
-                "{}{LOG_MODEL}",
-                toml.replace("\"in.txt\"", "\"linked/secret.txt\"")
-            ),
-        )
-        .file("t/a.md", "# a\n{{ inputs.doc }}\n")
-        .symlink("linked", outside.path())
-        .build();
-    assert_invalid(
-        &p,
-        "prompts.toml:3:18: `linked/secret.txt` leads outside the project through a symlink\n  \
-         help: every file a target uses must be a regular file inside the project",
+    refused(
+        toml.replace("\"in.txt\"", "\"linked/secret.txt\""),
+        "# a\n{{ inputs.doc }}\n",
+        ("linked", outside.path().to_owned()),
+        "prompts.toml:3:18: `linked/secret.txt`",
     );
-
     // a `foreach` over a symlinked directory: refused before anything runs
     // (it used to fail at run time, as a failed target)
-    let p = project()
-        .file(
-            "prompts.toml",
-            format!(
-                "{}{LOG_MODEL}",
-                toml.replace(
-                    "inputs = { doc = \"in.txt\" }\noutput = \"out/a.md\"",
-                    "foreach = \"linked/*.txt\"\noutput = \"out/{stem}.md\""
-                )
-            ),
-        )
-        .file("t/a.md", "# a\n{{ item.content }}\n")
-        .symlink("linked", outside.path())
-        .build();
-    assert_invalid(
-        &p,
-        "prompts.toml:3:11: `linked/secret.txt` leads outside the project through a symlink\n  \
-         help: every file a target uses must be a regular file inside the project",
+    refused(
+        toml.replace(
+            "inputs = { doc = \"in.txt\" }\noutput = \"out/a.md\"",
+            "foreach = \"linked/*.txt\"\noutput = \"out/{stem}.md\"",
+        ),
+        "# a\n{{ item.content }}\n",
+        ("linked", outside.path().to_owned()),
+        "prompts.toml:3:11: `linked/secret.txt`",
     );
 
     // a symlink that stays inside the project is fine
@@ -1473,6 +1462,25 @@ fn repository_example_builds_and_then_is_up_to_date() {
 
 /// Builds, then waits out the racy window and builds again, so the stamp
 /// gets written (entries seen within 50 ms of their mtime never are).
+/// A build that is a no-op from the stamp alone (no analysis).
+fn no_op_without_analysis(p: &Project) {
+    p.mkt(&["build", "--timings"])
+        .success()
+        .nothing_ran()
+        .stderr_lacks("analyse");
+}
+
+/// The `foreach` fixture with `docs` a symlink to `docs-real`, built and
+/// stamped.
+fn foreach_over_symlinked_docs() -> Project {
+    let p = project().fixture("foreach").build();
+    std::fs::rename(p.path("docs"), p.path("docs-real")).unwrap();
+    p.symlink("docs", "docs-real");
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    p
+}
+
 fn stamped(p: &Project) {
     std::thread::sleep(std::time::Duration::from_millis(120));
     p.mkt(&["build"]).success().nothing_ran();
@@ -1679,15 +1687,8 @@ fn a_symlinked_input_keeps_the_no_op_fast_path_and_its_changes_are_seen() {
 /// no-op build stays a stat per file and a file added there is seen.
 #[test]
 fn a_foreach_over_a_symlinked_directory_keeps_the_no_op_fast_path() {
-    let p = project().fixture("foreach").build();
-    std::fs::rename(p.path("docs"), p.path("docs-real")).unwrap();
-    p.symlink("docs", "docs-real");
-    p.mkt(&["build"]).success();
-    stamped(&p);
-    p.mkt(&["build", "--timings"])
-        .success()
-        .nothing_ran()
-        .stderr_lacks("analyse");
+    let p = foreach_over_symlinked_docs();
+    no_op_without_analysis(&p);
     p.write("docs-real/c.md", "Gamma notes.\n");
     p.mkt(&["build"])
         .success()
@@ -2199,15 +2200,8 @@ fn a_directory_moved_out_and_linked_back_is_refused_not_called_up_to_date() {
 
     // through a symlink inside the project: `docs -> docs-real`, then
     // `docs-real` moved out and linked back
-    let p = project().fixture("foreach").build();
-    std::fs::rename(p.path("docs"), p.path("docs-real")).unwrap();
-    p.symlink("docs", "docs-real");
-    p.mkt(&["build"]).success();
-    stamped(&p);
-    p.mkt(&["build", "--timings"])
-        .success()
-        .nothing_ran()
-        .stderr_lacks("analyse");
+    let p = foreach_over_symlinked_docs();
+    no_op_without_analysis(&p);
     let outside = tempfile::tempdir_in(p.root().parent().unwrap()).unwrap();
     std::fs::rename(p.path("docs-real"), outside.path().join("docs")).unwrap();
     p.symlink("docs-real", outside.path().join("docs"));
@@ -2295,10 +2289,7 @@ fn a_moved_project_keeps_its_stamp_and_odd_symlinks_do_not_lose_it() {
     p.symlink("prompts.toml", "project.toml");
     p.mkt(&["build"]).success();
     stamped(&p);
-    p.mkt(&["build", "--timings"])
-        .success()
-        .nothing_ran()
-        .stderr_lacks("analyse");
+    no_op_without_analysis(&p);
     let moved = p.root().with_extension("moved");
     std::fs::rename(p.root(), &moved).unwrap();
     let out = std::process::Command::new(support::mkt_bin())
@@ -2320,10 +2311,7 @@ fn a_moved_project_keeps_its_stamp_and_odd_symlinks_do_not_lose_it() {
     p.symlink("gen", "not-yet-there");
     p.mkt(&["build"]).success();
     stamped(&p);
-    p.mkt(&["build", "--timings"])
-        .success()
-        .nothing_ran()
-        .stderr_lacks("analyse");
+    no_op_without_analysis(&p);
     // and once it leads somewhere, the files there are seen
     std::fs::create_dir(p.path("not-yet-there")).unwrap();
     std::fs::rename(p.path("docs"), p.path("not-yet-there/docs")).unwrap();
