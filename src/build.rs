@@ -1306,19 +1306,6 @@ fn resolve_entries(entries: &[StampEntry], files: &ProjectFiles) -> Option<Vec<S
         let stamped: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         needed.extend(links.into_iter().filter(|p| stamped.contains(p.as_str())));
     }
-    // (a directory is inside when its parent is; a symlink, when the
-    // kernel says it leads inside or nowhere)
-    let sound = |r: &crate::files::Resolution| match r {
-        None => true,
-        Some(st) if st.size == libc::S_IFDIR as u64 => true,
-        Some(st) if st.size == libc::S_IFLNK as u64 => {
-            matches!(
-                st.mtime_ns,
-                crate::stamp::LEADS_INSIDE | crate::stamp::LEADS_NOWHERE
-            )
-        }
-        Some(_) => false,
-    };
     let mut out = Vec::with_capacity(needed.len());
     for path in needed {
         let r = match files.resolution(&path) {
@@ -1326,7 +1313,7 @@ fn resolve_entries(entries: &[StampEntry], files: &ProjectFiles) -> Option<Vec<S
             // not there when it was checked (a directory mkt made since),
             // or not checked: taken as it is now if that is sound
             _ => match files.resolution_now(&path)? {
-                r if sound(&r) => r,
+                r if crate::stamp::resolves_soundly(&r) => r,
                 _ => return None,
             },
         };

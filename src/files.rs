@@ -141,10 +141,7 @@ pub struct ProjectFiles {
 }
 
 pub use crate::stamp::Resolution;
-
-fn is_symlink(r: &Resolution) -> bool {
-    r.is_some_and(|st| st.size == libc::S_IFLNK as u64)
-}
+use crate::stamp::is_symlink;
 
 /// The entries of a no-op stamp just verified against the disk, found by
 /// path through an index of positions (not a map of copied paths: at

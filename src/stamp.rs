@@ -105,6 +105,23 @@ pub const LEADS_INSIDE: i64 = 1;
 pub const LEADS_NOWHERE: i64 = 2;
 pub const LEADS_OUTSIDE: i64 = 3;
 
+/// Whether a [`Resolution`] is of a symlink.
+pub fn is_symlink(r: &Resolution) -> bool {
+    r.is_some_and(|st| st.size == libc::S_IFLNK as u64)
+}
+
+/// Whether a path that resolves so can be stamped without the build having
+/// checked it: nothing there, a directory (inside when its parent is), or
+/// a symlink the kernel says leads inside or nowhere.
+pub fn resolves_soundly(r: &Resolution) -> bool {
+    match r {
+        None => true,
+        Some(st) if st.size == libc::S_IFDIR as u64 => true,
+        Some(st) if is_symlink(r) => matches!(st.mtime_ns, LEADS_INSIDE | LEADS_NOWHERE),
+        Some(_) => false,
+    }
+}
+
 /// [`Resolution`] of `rel` now; `None` when it cannot be told (an error
 /// other than "not there").
 pub fn resolution(dir: &std::fs::File, root: &Utf8Path, rel: &str) -> Option<Resolution> {
