@@ -563,6 +563,9 @@ pub fn build_in(
     changed: Option<&HashSet<String>>,
     report: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<BuildReport> {
+    // (before anything of the store is read, or written: the stamp's
+    // fast path writes it too)
+    crate::store::check_store_dir(root)?;
     // what the store's stamp and state were when this build looked at them
     let disk_seen = Session::disk_now(root);
     if session.disk.is_some() && session.disk != Some(disk_seen) {
@@ -722,6 +725,12 @@ pub fn build_in(
     };
     // what was read of the state: the target records only, or everything
     let records_only = records_only && cached.is_some();
+    // The stamp's word for a node (as its record says) holds only for the
+    // records its build saved: a journal cut short or removed leaves older
+    // ones, each consistent alone (`StateFiles::tip`).
+    let records_vouched = prior
+        .as_ref()
+        .is_some_and(|(stamp, _)| stamp.state_tip() == state_files.tip());
     if let (Some(bytes), false) = (&new_cache, opts.dry_run) {
         store.write_cache(&cache_path, bytes)?;
     }
@@ -864,8 +873,9 @@ pub fn build_in(
                 // With a stamp that lists what changed, a node that reads and
                 // writes none of it, below only untouched nodes, is up to date
                 // as recorded: the stamp was written after a complete,
-                // successful build whose records were saved first.
-                if let Some((_, changed)) = &prior
+                // successful build whose records were saved first, and
+                // these are they.
+                if let Some((_, changed)) = prior.as_ref().filter(|_| records_vouched)
                     && node
                         .upstream_nodes()
                         .all(|u| prog.results[u].as_ref().is_some_and(|d| d.fresh))
@@ -1082,7 +1092,7 @@ pub fn build_in(
     // The next stamp: patched from the old one when the graph came from
     // its cache (same entries, same order), else built from scratch.
     let mut graph_key = None;
-    let new_stamp = if !(opts.targets.is_empty() && rep.success()) {
+    let mut new_stamp = if !(opts.targets.is_empty() && rep.success()) {
         None
     } else if let (Some((old, _)), true) = (
         // (a file the stamp knew as a file that is a symlink now needs a
@@ -1208,7 +1218,8 @@ pub fn build_in(
     }
     phases.mark("append the history, sync");
     // (with none, the old one was removed above if it no longer holds)
-    if let Some(stamp) = &new_stamp {
+    if let Some(stamp) = &mut new_stamp {
+        stamp.set_state_tip(state_files.tip());
         if let Some(key) = graph_key {
             store.write_cache(&graph_path, &graph.encode(&key))?;
         }
@@ -1546,6 +1557,7 @@ pub fn graph_from_stamp(
     project: &Project,
     files: &mut ProjectFiles,
 ) -> Option<Graph> {
+    crate::store::check_store_dir(root).ok()?; // (the store's open refuses it)
     let store = root.join(STORE_DIR);
     let stamp = NoopStamp::decode(crate::store::map_replaced(&store.join(NOOP_STAMP_FILE)).ok()?)?;
     let dir = crate::stamp::Root::open(root)?;

@@ -87,6 +87,25 @@ pub enum Error {
     #[error("{what}{}", help_line(.help))]
     NotAvailable { what: String, help: Option<String> },
 
+    /// `.mkt` (or a directory of the store) is a symlink or a file: every
+    /// write, and `mkt gc`'s deletes, would go where it leads.
+    #[error(
+        "`{path}` is {what}, not a directory: mkt keeps its store in a directory of the project's own and never writes through a link\n  help: remove it (`rm {path}`) and the next build makes a new store there; to keep the store elsewhere, move or link the whole project instead"
+    )]
+    StoreNotADirectory { path: Utf8PathBuf, what: String },
+
+    /// A file of the store that mkt writes in place is a symlink.
+    #[error(
+        "`{path}` is a symlink: mkt writes the files of its store in place, never through a link\n  help: remove it (`rm {path}`); the store then costs a full build at most"
+    )]
+    StoreFileIsALink { path: Utf8PathBuf },
+
+    /// `mkt gc --all` found a `.mkt` that mkt did not create.
+    #[error(
+        "`{path}` is not a store mkt created (it has no `CACHEDIR.TAG` of mkt's), so `mkt gc --all` deletes nothing in it\n  help: look at what it holds; if it is yours to delete, remove it by hand"
+    )]
+    NotAStore { path: Utf8PathBuf },
+
     #[error(
         "another `mkt` holds the lock on `{path}`\n  help: wait for it to finish, or drop `--no-wait` to wait for it"
     )]
@@ -117,7 +136,10 @@ impl Error {
             | Error::Invalid { .. }
             | Error::InvalidFile { .. }
             | Error::Cycle { .. }
-            | Error::UnknownTarget { .. } => 2,
+            | Error::UnknownTarget { .. }
+            | Error::StoreNotADirectory { .. }
+            | Error::StoreFileIsALink { .. }
+            | Error::NotAStore { .. } => 2,
             _ => 1,
         }
     }

@@ -47,7 +47,10 @@
 //! for a run replaced by a later one. `--all` deletes every file of the
 //! store but the lock file and writes the store's marker files again; it
 //! reads neither the state nor VERSION, so it works on a store of a format
-//! this mkt does not know.
+//! this mkt does not know. It deletes only in a directory mkt created as
+//! its store (not a symlink, and marked by mkt's `CACHEDIR.TAG`), and
+//! there only files named as mkt names them: a file it did not write is
+//! left, and reported.
 
 use crate::error::{Error, Result};
 use crate::hash::InputBundleHash;
@@ -186,6 +189,8 @@ pub struct GcReport {
     pub evicted_runs: usize,
     /// History lines before and after.
     pub history_lines: (usize, usize),
+    /// `--all`: files in the store that mkt does not name so, left alone.
+    pub left_alone: Vec<Utf8PathBuf>,
     /// With `--max-size`: whether the store fits now (it may not when the
     /// pinned runs alone are larger).
     pub fits: Option<bool>,
@@ -621,13 +626,20 @@ fn remove_all(root: &Utf8Path, removed: &[Removal]) -> Result<()> {
     }
 }
 
-/// `mkt gc --all`: everything but the lock file goes; the store is then
-/// marked again, so it is a valid empty store of this version.
+/// `mkt gc --all`: every file of the store but the lock goes; the store
+/// is then marked again, so it is a valid empty store of this version. It
+/// deletes only in a directory mkt created as its store (a real
+/// directory, with mkt's `CACHEDIR.TAG`), and there only the files whose
+/// names mkt gives ([`is_store_file`]): anything else is left and listed.
 fn gc_all(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcReport> {
+    crate::store::check_store_dir(root)?;
     let store = ObjectStore::open_unchecked(root);
     let dir = store.dir().to_owned();
     if !dir.is_dir() {
         return Ok(GcReport::default());
+    }
+    if !crate::store::is_marked_store(&dir) {
+        return Err(Error::NotAStore { path: dir });
     }
     let _lock = if opts.dry_run {
         None
@@ -640,6 +652,10 @@ fn gc_all(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         ..Default::default()
     };
     for f in files.iter().filter(|f| f.rel != "lock") {
+        if !is_store_file(f.rel.as_str()) {
+            rep.left_alone.push(Utf8Path::new(STORE_DIR).join(&f.rel));
+            continue;
+        }
         rep.removed.push(Removal {
             packed: None,
             path: Utf8Path::new(STORE_DIR).join(&f.rel),
@@ -648,38 +664,84 @@ fn gc_all(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
             why: Why::All,
         });
     }
+    rep.left_alone.sort();
     rep.size_after = rep.size_before - rep.freed();
     if opts.dry_run {
         return Ok(rep);
     }
-    // the files in parallel (see `remove_all`), then the emptied
-    // directories, and anything the walk skipped (a name that is not UTF-8)
+    // the files in parallel (see `remove_all`), then the directories they
+    // emptied (one that still holds something is left)
     remove_all(root, &rep.removed)?;
-    let entries = fs::read_dir(&dir).map_err(|e| Error::io("read", &dir, e))?;
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
-        let path = entry.path();
-        if entry.file_name() == "lock" {
-            continue;
-        }
-        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
-        let removed = if is_dir {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        match removed {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                let p = Utf8PathBuf::from_path_buf(path).unwrap_or_else(|_| dir.clone());
-                return Err(Error::io("remove", p, e));
-            }
-        }
-    }
+    remove_emptied_dirs(&dir);
     store.init()?;
     rep.size_after = walk(&dir)?.iter().map(|f| f.bytes).sum();
     Ok(rep)
+}
+
+/// Whether `rel` (inside `.mkt/`) is named as mkt names the files of its
+/// store (the layout in `store.rs`); only those may `gc --all` delete.
+fn is_store_file(rel: &str) -> bool {
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let parts: Vec<&str> = rel.split('/').collect();
+    let name = parts[parts.len() - 1];
+    if name.starts_with(".mkt-tmp-")
+        && (parts.len() == 1 || is_store_file_dir(&parts[..parts.len() - 1]))
+    {
+        return true;
+    }
+    match parts.as_slice() {
+        [top] => {
+            matches!(
+                *top,
+                "VERSION"
+                    | "CACHEDIR.TAG"
+                    | ".gitignore"
+                    | "state"
+                    | "state.log"
+                    | "noop"
+                    | "graph"
+                    | "project-cache.json"
+                    | "sync-pending"
+            ) || *top == HISTORY_FILE
+        }
+        [crate::store::PACKS_DIR, p] => p.strip_suffix(".pack").is_some_and(|h| hex(h, 16)),
+        ["objects", xx, d] => hex(xx, 2) && hex(d, 64) && d.starts_with(xx),
+        ["ac", xx, e] => {
+            hex(xx, 2)
+                && e.strip_suffix(".json")
+                    .is_some_and(|h| hex(h, 64) && h.starts_with(xx))
+        }
+        ["runs", r] => r.strip_suffix(".json").is_some_and(|id| {
+            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        }),
+        _ => false,
+    }
+}
+
+/// Whether a directory (as the parts of its path in `.mkt/`) is one mkt
+/// makes: where its temp files can be.
+fn is_store_file_dir(parts: &[&str]) -> bool {
+    matches!(
+        parts,
+        [crate::store::PACKS_DIR] | ["runs"] | ["objects", _] | ["ac", _]
+    )
+}
+
+/// Removes the store's directories that are empty now, deepest first
+/// (`remove_dir`: never one that still holds a file mkt did not write).
+fn remove_emptied_dirs(dir: &Utf8Path) {
+    for sub in ["objects", "ac", crate::store::PACKS_DIR, "runs"] {
+        let top = dir.join(sub);
+        let Ok(entries) = fs::read_dir(&top) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let _ = fs::remove_dir(e.path()); // (not empty: kept)
+            }
+        }
+        let _ = fs::remove_dir(&top);
+    }
 }
 
 /// Parses a size such as `500M`, `2G`, `1.5GiB` or `4096` (bytes). Units

@@ -18,7 +18,9 @@
 //! it the same way, but never write one.
 //!
 //! That last rule holds only while the records are those of the build that
-//! wrote the stamp. So a build that will write no stamp removes the old one
+//! wrote the stamp. The stamp names them (the state's tip, `state.rs`), and
+//! a build whose state read is not those records (a journal cut short or
+//! removed, a snapshot replaced) takes the stamp's word for files only. So a build that will write no stamp removes the old one
 //! before it saves its records (unless it ran nothing, so changed no
 //! record), and a build that read the stamp before it
 //! got the lock uses none of it if the stamp or the state changed on disk
@@ -47,7 +49,8 @@
 //! # File format of `.mkt/noop`
 //!
 //! ```text
-//! "MKTNOOP3" | str mkt version | u32 nodes | u32 n | n × ENTRY | BLAKE3 of all before
+//! "MKTNOOP4" | str mkt version | u32 nodes | digest state | u32 n | n × ENTRY
+//!            | BLAKE3 of all before
 //! ENTRY := str path | u8 kind | u8 present | u8 racy | u64 size | u64 mtime_ns
 //!          | u64 ctime_ns | u64 ino | 32-byte digest
 //! kind  := 0 prompts.toml | 1 template or partial | 2 input, item or verbatim
@@ -76,7 +79,9 @@ use crate::store::MappedFile;
 use camino::{Utf8Path, Utf8PathBuf};
 use rayon::prelude::*;
 
-const MAGIC: &[u8; 8] = b"MKTNOOP3";
+const MAGIC: &[u8; 8] = b"MKTNOOP4";
+/// Where the state tip starts: after the magic, the version and the node count.
+const STATE_AT: usize = 8 + 4 + env!("CARGO_PKG_VERSION").len() + 4;
 
 /// The project root a stamp is checked against: open (paths are stat'ed
 /// relative to it) and by path (a symlink is resolved from it).
@@ -316,6 +321,7 @@ impl NoopStamp {
         w.0.extend_from_slice(MAGIC);
         w.str(env!("CARGO_PKG_VERSION"));
         w.u32(nodes);
+        w.digest(&Digest::default()); // the state tip: set_state_tip
         w.u32(entries.len() as u32);
         let mut starts = Vec::with_capacity(entries.len());
         for e in entries {
@@ -367,6 +373,7 @@ impl NoopStamp {
             return None;
         }
         let nodes = r.u32()?;
+        r.digest()?;
         let n = r.count(4 + ENTRY_TAIL)?;
         let mut starts = Vec::with_capacity(n);
         for _ in 0..n {
@@ -440,6 +447,21 @@ impl NoopStamp {
         let at = self.starts[i] as usize;
         let len = u32::from_le_bytes(self.body()[at..at + 4].try_into().expect("4 bytes"));
         at + 4 + len as usize
+    }
+
+    /// The [`StateFiles::tip`](crate::state::StateFiles::tip) of the
+    /// records saved by the build that wrote the stamp.
+    pub fn state_tip(&self) -> Digest {
+        Digest(
+            self.body()[STATE_AT..STATE_AT + 32]
+                .try_into()
+                .expect("32 bytes"),
+        )
+    }
+
+    /// Sets [`NoopStamp::state_tip`] (in place, as [`NoopStamp::set`]).
+    pub fn set_state_tip(&mut self, tip: Digest) {
+        self.bytes.bytes_mut()[STATE_AT..STATE_AT + 32].copy_from_slice(&tip.0);
     }
 
     /// Rewrites entry `i`'s stat, racy flag and digest in place (in a

@@ -979,6 +979,12 @@ impl StateDelta<'_> {
 /// checksum; the next append first truncates the log there. A log whose
 /// header names another snapshot is ignored. When the log grows past half
 /// the snapshot's size, the next save writes a new snapshot and drops it.
+///
+/// Which records were read is named by [`StateFiles::tip`]: the snapshot's
+/// checksum, the length of the log that replayed and its last record's
+/// checksum. A no-op stamp records the tip its build saved, and vouches for
+/// no record unless the state read is that one (`stamp.rs`): a log cut
+/// short or removed reverts records to older ones, each consistent alone.
 pub struct StateFiles {
     dir: camino::Utf8PathBuf,
     /// Checksum of the snapshot read (zero when there was none).
@@ -986,6 +992,8 @@ pub struct StateFiles {
     base_len: u64,
     /// Bytes of the log that decoded cleanly (0: no usable log).
     log_len: u64,
+    /// Checksum of the log's last record that decoded (zero: none).
+    last_record: Digest,
 }
 
 const LOG_MAGIC: &[u8; 8] = b"MKTSLOG1";
@@ -1001,7 +1009,8 @@ impl StateFiles {
         };
         files.found_base(&base.unwrap_or(MappedFile::Owned(Vec::new())));
         if let Ok(log) = std::fs::read(dir.join("state.log")) {
-            files.log_len = replay_log(&log, &files.base_id, &mut st, Sections::All);
+            (files.log_len, files.last_record) =
+                replay_log(&log, &files.base_id, &mut st, Sections::All);
         }
         (files, st)
     }
@@ -1020,7 +1029,8 @@ impl StateFiles {
         files.found_base(&ix.bytes);
         if let Ok(log) = std::fs::read(dir.join("state.log")) {
             let mut st = State::default();
-            files.log_len = replay_log(&log, &files.base_id, &mut st, Sections::TargetsOnly);
+            (files.log_len, files.last_record) =
+                replay_log(&log, &files.base_id, &mut st, Sections::TargetsOnly);
             ix.newer = st.targets;
         }
         (files, TargetRecords(Records::Indexed(Box::new(ix))))
@@ -1032,7 +1042,19 @@ impl StateFiles {
             base_id: Digest::default(),
             base_len: 0,
             log_len: 0,
+            last_record: Digest::default(),
         }
+    }
+
+    /// Names the records read, or last saved, through this handle: equal
+    /// tips, equal records (see the type's note).
+    pub fn tip(&self) -> Digest {
+        let mut b = Vec::with_capacity(8 + 32 + 8 + 32);
+        b.extend_from_slice(b"mkt.tip1");
+        b.extend_from_slice(&self.base_id.0);
+        b.extend_from_slice(&self.log_len.to_le_bytes());
+        b.extend_from_slice(&self.last_record.0);
+        Digest::of(&b)
     }
 
     /// Notes the intact snapshot `base` as the one the log extends.
@@ -1062,12 +1084,12 @@ impl StateFiles {
         }
         let log_path = self.dir.join("state.log");
         let io = |e| crate::error::Error::io("write", &log_path, e);
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&log_path)
-            .map_err(io)?;
+        let mut opts = std::fs::OpenOptions::new();
+        let mut f = crate::store::open_in_place(
+            opts.create(true).truncate(false).write(true),
+            &log_path,
+            "write",
+        )?;
         let mut rec = Vec::with_capacity(body.len() + 48 + 40);
         if self.log_len == 0 {
             f.set_len(0).map_err(io)?;
@@ -1080,9 +1102,11 @@ impl StateFiles {
         f.seek(std::io::SeekFrom::End(0)).map_err(io)?;
         rec.extend_from_slice(&(body.len() as u64).to_le_bytes());
         rec.extend_from_slice(body);
-        rec.extend_from_slice(&Digest::of(body).0);
+        let sum = Digest::of(body);
+        rec.extend_from_slice(&sum.0);
         f.write_all(&rec).map_err(io)?;
         self.log_len += rec.len() as u64;
+        self.last_record = sum;
         Ok(true)
     }
 
@@ -1107,19 +1131,21 @@ impl StateFiles {
         self.base_id = sum;
         self.base_len = len;
         self.log_len = 0;
+        self.last_record = Digest::default();
         Ok(())
     }
 }
 
 /// Applies the log's intact records to `st`; returns how many bytes of it
-/// are intact (0 if the header is wrong).
-fn replay_log(log: &[u8], base_id: &Digest, st: &mut State, sections: Sections) -> u64 {
+/// are intact (0 if the header is wrong) and the last one's checksum.
+fn replay_log(log: &[u8], base_id: &Digest, st: &mut State, sections: Sections) -> (u64, Digest) {
     let mut r = Reader { buf: log, pos: 0 };
     match (r.take(8), r.digest()) {
         (Some(m), Some(id)) if m == LOG_MAGIC && id == *base_id => {}
-        _ => return 0,
+        _ => return (0, Digest::default()),
     }
     let mut good = r.pos;
+    let mut last = Digest::default();
     while let Some(len) = r.u64().and_then(|l| usize::try_from(l).ok()) {
         let (Some(body), Some(sum)) = (r.take(len), r.digest()) else {
             break;
@@ -1128,8 +1154,9 @@ fn replay_log(log: &[u8], base_id: &Digest, st: &mut State, sections: Sections) 
             break;
         }
         good = r.pos;
+        last = sum;
     }
-    good as u64
+    (good as u64, last)
 }
 
 #[cfg(test)]
@@ -1284,6 +1311,48 @@ mod tests {
                 assert_eq!(ix.get("summary"), sample().targets.get("summary"));
             }
         }
+    }
+
+    #[test]
+    fn the_tip_names_the_records_read_and_changes_with_every_save() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = camino::Utf8Path::from_path(t.path()).unwrap();
+        let (mut sf, _) = StateFiles::load(dir);
+        let mut tips = vec![sf.tip()];
+        save(&mut sf, "x", sample); // a snapshot
+        tips.push(sf.tip());
+        save(&mut sf, "a", || unreachable!());
+        tips.push(sf.tip());
+        save(&mut sf, "b", || unreachable!());
+        tips.push(sf.tip());
+        // what a save leaves is what a later load reads
+        assert_eq!(StateFiles::load(dir).0.tip(), tips[3]);
+        assert_eq!(StateFiles::load_records(dir).0.tip(), tips[3]);
+        let mut distinct = tips.clone();
+        distinct.sort_by_key(|d| d.0);
+        distinct.dedup();
+        assert_eq!(distinct.len(), tips.len(), "every save has its own tip");
+        // a journal cut back to a record boundary, or removed, reads as
+        // the older records it holds: never as the newest
+        let log = std::fs::read(dir.join("state.log")).unwrap();
+        let first_end = log.len() - (log.len() - 40) / 2;
+        std::fs::write(dir.join("state.log"), &log[..first_end]).unwrap();
+        assert_eq!(StateFiles::load(dir).0.tip(), tips[2]);
+        std::fs::remove_file(dir.join("state.log")).unwrap();
+        assert_eq!(StateFiles::load(dir).0.tip(), tips[1]);
+        // the same length of another record is another tip
+        let mut other = log.clone();
+        let n = other.len();
+        let at = (first_end..n)
+            .find(|&i| other[i..].starts_with(b"run-b"))
+            .expect("the last record's run id");
+        other[at + 4] = b'z'; // another run id, and a checksum to match
+        let sum = Digest::of(&other[first_end + 8..n - 32]);
+        other[n - 32..].copy_from_slice(&sum.0);
+        std::fs::write(dir.join("state.log"), &other).unwrap();
+        let (files, st) = StateFiles::load(dir);
+        assert_eq!(st.targets.len(), 3, "the altered record still decodes");
+        assert_ne!(files.tip(), tips[3]);
     }
 
     #[test]

@@ -196,6 +196,66 @@ pub enum ObjectRead {
     Corrupt,
 }
 
+/// The store's directories: each must be a directory of its own, never a
+/// symlink (see [`check_store_dir`]).
+const STORE_SUBDIRS: [&str; 4] = [PACKS_DIR, "runs", "objects", "ac"];
+
+/// The first line of the `CACHEDIR.TAG` of every store mkt creates (the
+/// tag's standard signature) and the line after it, which says it is
+/// mkt's: `mkt gc --all` empties only a directory that carries both.
+const CACHEDIR_TAG: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n# This file marks mkt's store (.mkt/) as a cache directory.\n";
+
+/// Refuses a store (`.mkt`, or one of its directories) that is a symlink
+/// or a file: through a link, builds would write, and `mkt gc` delete,
+/// wherever it leads (a cloned repository can carry `.mkt -> ~`). A
+/// store not there yet is fine.
+pub fn check_store_dir(root: &Utf8Path) -> Result<()> {
+    let dir = root.join(STORE_DIR);
+    let subdirs = STORE_SUBDIRS.iter().map(|d| dir.join(d));
+    for path in std::iter::once(dir.clone()).chain(subdirs) {
+        let what = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(m) if m.file_type().is_symlink() => match fs::read_link(&path) {
+                Ok(to) => format!("a symlink to `{}`", to.display()),
+                Err(_) => "a symlink".to_string(),
+            },
+            Ok(_) => "a file".to_string(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == dir => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io("read", path, e)),
+        };
+        return Err(Error::StoreNotADirectory { path, what });
+    }
+    Ok(())
+}
+
+/// Whether `dir` carries the `CACHEDIR.TAG` mkt writes into every store
+/// it creates.
+pub fn is_marked_store(dir: &Utf8Path) -> bool {
+    let tag = dir.join("CACHEDIR.TAG");
+    fs::symlink_metadata(&tag).is_ok_and(|m| m.is_file())
+        && fs::read(&tag).is_ok_and(|b| b.starts_with(CACHEDIR_TAG))
+}
+
+/// Opens a file of the store that is written in place (appended to, cut
+/// back, locked), never through a symlink: `O_NOFOLLOW`, and a link
+/// refused as [`Error::StoreFileIsALink`].
+pub(crate) fn open_in_place(
+    opts: &mut OpenOptions,
+    path: &Utf8Path,
+    action: &'static str,
+) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    opts.custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => Error::StoreFileIsALink {
+                path: path.to_owned(),
+            },
+            _ => Error::io(action, path, e),
+        })
+}
+
 impl ObjectStore {
     /// Opens (creating if needed) the store of the project at `root`.
     pub fn open(root: &Utf8Path) -> Result<ObjectStore> {
@@ -210,6 +270,7 @@ impl ObjectStore {
     }
 
     fn open_with(root: &Utf8Path, create: bool) -> Result<ObjectStore> {
+        check_store_dir(root)?;
         let mut store = ObjectStore::open_unchecked(root);
         store.read_only = !create;
         let version = store.dir.join("VERSION");
@@ -272,10 +333,7 @@ impl ObjectStore {
         for sub in [PACKS_DIR, "runs"] {
             self.create_dirs(&self.dir.join(sub))?;
         }
-        self.write_atomic(
-            &self.dir.join("CACHEDIR.TAG"),
-            b"Signature: 8a477f597d28d172789f06886806bc55\n# This file marks mkt's store (.mkt/) as a cache directory.\n",
-        )?;
+        self.write_atomic(&self.dir.join("CACHEDIR.TAG"), CACHEDIR_TAG)?;
         self.write_atomic(&self.dir.join(".gitignore"), b"*\n")?;
         self.write_atomic(
             &self.dir.join("VERSION"),
@@ -307,12 +365,8 @@ impl ObjectStore {
     /// `on_wait` once first so the caller can say why it is waiting.
     pub fn lock(&self, wait: bool, on_wait: &dyn Fn()) -> Result<StoreLock> {
         let path = self.dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
+        let mut opts = OpenOptions::new();
+        let file = open_in_place(opts.create(true).truncate(false).write(true), &path, "open")?;
         match file.try_lock() {
             Ok(()) => {}
             Err(fs::TryLockError::WouldBlock) if wait => {
@@ -600,11 +654,8 @@ impl ObjectStore {
             return Ok(());
         }
         let path = self.dir.join(crate::history::HISTORY_FILE);
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io("open", &path, e))?;
+        let mut opts = OpenOptions::new();
+        let mut f = open_in_place(opts.create(true).append(true), &path, "open")?;
         f.write_all(lines.as_bytes())
             .map_err(|e| Error::io("write", &path, e))?;
         self.note_written(&path);
@@ -692,11 +743,8 @@ impl ObjectStore {
             let (sealed, mut len) =
                 crate::pack::is_sealed(&file).map_err(|e| Error::io("read", path, e))?;
             if !sealed {
-                let file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(path)
-                    .map_err(|e| Error::io("open", path, e))?;
+                let mut opts = OpenOptions::new();
+                let file = open_in_place(opts.read(true).write(true), path, "open")?;
                 let mut pack = Pack::open(file).map_err(|e| Error::io("read", path, e))?;
                 pack.seal_in_place()
                     .map_err(|e| Error::io("write", path, e))?;

@@ -587,3 +587,168 @@ fn a_version_1_store_of_loose_files_is_served_and_collected() {
         .success()
         .summary("0 ran, 4 cached, 0 up to date");
 }
+
+// ---------------------------------------------------------------------------
+// A store mkt did not make: never written through, never emptied
+
+/// A project beside `victim/`, a directory of someone's files.
+fn project_beside_a_victim() -> (Project, std::path::PathBuf) {
+    let p = project()
+        .file(
+            "project/prompts.toml",
+            "[targets.t]\ntemplate = \"t.md\"\noutput = \"out/t.md\"\n",
+        )
+        .file("project/t.md", "hi\n")
+        .file("victim/important.txt", "keep\n")
+        .file("victim/sub/f.txt", "keep too\n")
+        .build();
+    let victim = p.path("victim");
+    (p, victim)
+}
+
+fn victim_listing(victim: &std::path::Path) -> Vec<(String, u64)> {
+    let mut out = Vec::new();
+    let mut stack = vec![victim.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                stack.push(path.clone());
+            }
+            let rel = path.strip_prefix(victim).unwrap().display().to_string();
+            out.push((rel, std::fs::metadata(&path).unwrap().len()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_dot_mkt_that_is_a_symlink_is_refused_and_nothing_is_written_or_deleted_where_it_leads() {
+    let (p, victim) = project_beside_a_victim();
+    let before = victim_listing(&victim);
+    p.symlink("project/.mkt", "../victim");
+    let dot_mkt = p.path("project/.mkt").display().to_string();
+    let refusal = format!(
+        "error: `{dot_mkt}` is a symlink to `../victim`, not a directory: mkt keeps its store in a directory of the project's own and never writes through a link\n  \
+         help: remove it (`rm {dot_mkt}`) and the next build makes a new store there; to keep the store elsewhere, move or link the whole project instead\n"
+    );
+    for args in [
+        &["build"][..],
+        &["gc", "--all"],
+        &["gc"],
+        &["gc", "--stats"],
+        &["clean"],
+        &["status"],
+        &["explain", "t"],
+        &["show", "t"],
+        &["runs"],
+    ] {
+        p.mkt_in("project", args).code(2).stderr_eq(&refusal);
+    }
+    assert_eq!(
+        victim_listing(&victim),
+        before,
+        "nothing changed in `victim/`"
+    );
+    assert!(!p.exists("project/out"), "nothing was built");
+    // as the help says
+    p.remove("project/.mkt");
+    p.mkt_in("project", &["build"])
+        .success()
+        .summary("1 ran, 0 cached, 0 up to date");
+}
+
+#[test]
+fn a_store_directory_that_is_a_symlink_is_refused() {
+    let (p, victim) = project_beside_a_victim();
+    p.mkt_in("project", &["build"]).success();
+    let before = victim_listing(&victim);
+    p.remove("project/.mkt/runs");
+    p.symlink("project/.mkt/runs", "../../victim");
+    let runs = p.path("project/.mkt/runs").display().to_string();
+    for args in [&["build", "--force"][..], &["gc", "--all"]] {
+        p.mkt_in("project", args).code(2).stderr_contains(&format!(
+            "error: `{runs}` is a symlink to `../../victim`, not a directory"
+        ));
+    }
+    assert_eq!(victim_listing(&victim), before);
+}
+
+#[test]
+fn a_store_file_that_is_a_symlink_is_not_written_through() {
+    for file in ["history.jsonl", "state.log", "lock"] {
+        let (p, _) = project_beside_a_victim();
+        p.mkt_in("project", &["build"]).success();
+        p.write("project/t.md", "once more\n"); // (a journal from now on)
+        p.mkt_in("project", &["build"]).success();
+        assert!(p.exists(&format!("project/.mkt/{file}")));
+        p.write("project/t.md", "edited\n"); // so the next build appends
+        p.remove(&format!("project/.mkt/{file}"));
+        p.symlink(
+            &format!("project/.mkt/{file}"),
+            "../../victim/important.txt",
+        );
+        let path = p
+            .path(&format!("project/.mkt/{file}"))
+            .display()
+            .to_string();
+        p.mkt_in("project", &["build"]).code(2).stderr_contains(&format!(
+            "error: `{path}` is a symlink: mkt writes the files of its store in place, never through a link\n  \
+             help: remove it (`rm {path}`); the store then costs a full build at most\n"
+        ));
+        assert_eq!(p.read("victim/important.txt"), "keep\n", "{file}");
+        // as the help says; nothing is lost
+        p.remove(&format!("project/.mkt/{file}"));
+        p.mkt_in("project", &["build"]).success();
+        assert!(p.read("project/out/t.md").contains("edited"), "{file}");
+        p.mkt_in("project", &["status"]).success();
+    }
+}
+
+#[test]
+fn gc_all_deletes_nothing_in_a_dot_mkt_that_mkt_did_not_create() {
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[targets.t]\ntemplate = \"t.md\"\noutput = \"out/t.md\"\n",
+        )
+        .file("t.md", "hi\n")
+        .file(".mkt/notes.txt", "mine\n")
+        .file(".mkt/state", "not mkt's\n")
+        .build();
+    let dot_mkt = p.path(".mkt").display().to_string();
+    p.mkt(&["gc", "--all"]).code(2).stderr_eq(&format!(
+        "error: `{dot_mkt}` is not a store mkt created (it has no `CACHEDIR.TAG` of mkt's), so `mkt gc --all` deletes nothing in it\n  \
+         help: look at what it holds; if it is yours to delete, remove it by hand\n"
+    ));
+    assert_eq!(p.read(".mkt/notes.txt"), "mine\n");
+    assert_eq!(p.read(".mkt/state"), "not mkt's\n");
+}
+
+#[test]
+fn gc_all_removes_only_the_files_mkt_names_and_says_what_it_left() {
+    let p = built_command_project();
+    p.write(".mkt/notes.txt", "mine\n");
+    p.write(".mkt/packs/mine.txt", "mine too\n");
+    p.write(".mkt/runs/sub/deep.json", "{}\n");
+    let run = p.mkt(&["gc", "--all"]);
+    run.success();
+    assert_eq!(
+        run.lines_after("left "),
+        [
+            "`.mkt/notes.txt`: not a file mkt writes (remove it by hand if it is yours to delete)",
+            "`.mkt/packs/mine.txt`: not a file mkt writes (remove it by hand if it is yours to delete)",
+            "`.mkt/runs/sub/deep.json`: not a file mkt writes (remove it by hand if it is yours to delete)",
+        ]
+    );
+    assert_eq!(p.read(".mkt/notes.txt"), "mine\n");
+    assert_eq!(p.read(".mkt/packs/mine.txt"), "mine too\n");
+    assert_eq!(p.read(".mkt/runs/sub/deep.json"), "{}\n");
+    assert_eq!(objects(&p) + entries(&p), 0, "mkt's own files are gone");
+    assert!(!p.exists(".mkt/history.jsonl") && !p.exists(".mkt/state"));
+    assert_eq!(p.read(".mkt/VERSION"), "2\n");
+    p.mkt(&["build"])
+        .success()
+        .summary("4 ran, 0 cached, 0 up to date");
+}

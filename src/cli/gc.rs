@@ -107,6 +107,9 @@ pub fn run(root: &Utf8Path, args: GcArgs) -> i32 {
     let n = rep.removed.len();
     let files = if n == 1 { "file" } else { "files" };
     eprintln!("{verb} {n} {files}, {}{what}", human_bytes(rep.freed()));
+    for p in &rep.left_alone {
+        eprintln!("left `{p}`: not a file mkt writes (remove it by hand if it is yours to delete)");
+    }
     if !opts.all {
         let runs = |n: usize| if n == 1 { "run" } else { "runs" };
         eprintln!(

@@ -35,6 +35,9 @@ pub fn run(root: &Utf8Path, args: RunsArgs) -> i32 {
         failed_only: args.failed,
         limit: (!args.all).then_some(args.limit),
     };
+    if let Err(e) = markitect::store::check_store_dir(root) {
+        return super::report_error(&e);
+    }
     let dir = root.join(STORE_DIR);
     let (entries, total) = match runs(&dir, &filter) {
         Ok(r) => r,
