@@ -357,6 +357,13 @@ pub fn analyse_project(
                 ),
                 None => (decl.name.clone(), decl.output.clone()),
             };
+            if output == crate::config::PROJECT_FILE {
+                return Err(project.error(
+                    &decl.output_span,
+                    format!("output `{output}` of `{key}` is the project file"),
+                    Some("write outputs to a directory inside the project, such as `out/`".into()),
+                ));
+            }
             if let Some(&other) = outputs.get(&output) {
                 let o = &nodes[other];
                 return Err(project.error(

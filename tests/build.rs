@@ -1955,6 +1955,27 @@ fn sources_that_are_outputs_are_refused() {
 }
 
 #[test]
+fn output_that_is_the_project_file_is_refused() {
+    let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"prompts.toml\"\n").build();
+    let before = p.read("prompts.toml");
+    assert_invalid(
+        &p,
+        "prompts.toml:3:10: output `prompts.toml` of `a` is the project file\n  help: write outputs to a directory inside the project, such as `out/`",
+    );
+    assert_eq!(p.read("prompts.toml"), before);
+    // also when a `foreach` expansion yields it
+    let p = inline(
+        "[targets.a]\nforeach = \"docs/*.md\"\ntemplate = \"t/a.md\"\noutput = \"{stem}.toml\"\n",
+    )
+    .file("docs/prompts.md", "doc\n")
+    .build();
+    assert_invalid(
+        &p,
+        "prompts.toml:4:10: output `prompts.toml` of `a[docs/prompts.md]` is the project file\n  help: write outputs to a directory inside the project, such as `out/`",
+    );
+}
+
+#[test]
 fn dot_slash_names_in_templates_work() {
     let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n")
         .file(
