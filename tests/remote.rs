@@ -382,6 +382,60 @@ fn corrupt_objects_and_forged_manifests_are_rebuilt() {
     }
 }
 
+/// An object or an entry grown to 2 GiB on the remote (sparse files, so
+/// the test costs no disk) is rejected from its length alone: the build
+/// reads none of it, stays small, and runs those targets itself.
+#[test]
+fn oversized_remote_objects_and_manifests_are_not_read() {
+    let (dir, url) = remote_dir();
+    let cache = format!("remote = {url:?}");
+    let a = with_cache(&cache);
+    a.mkt(&["build"]).success();
+    let want = a.read_bytes("out/side.md");
+    let side = walk(&dir.path().join("objects"))
+        .into_iter()
+        .find(|p| std::fs::read(p).unwrap() == want)
+        .expect("the output's object is on the remote");
+    let grow = |p: &std::path::Path| {
+        let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.set_len(2 << 30).unwrap();
+    };
+    grow(&side);
+    let summary = walk(&dir.path().join("ac"))
+        .into_iter()
+        .find(|p| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            v["target"] == "summary"
+        })
+        .unwrap();
+    grow(&summary);
+
+    let b = with_cache(&cache);
+    let started = Instant::now();
+    let run = b.mkt(&["build"]);
+    let took = started.elapsed();
+    run.success()
+        .summary("2 ran, 2 cached, 0 up to date, 2 from the remote cache");
+    let hex = side.file_name().unwrap().to_str().unwrap();
+    run.stderr_contains(&format!(
+        "warning: the remote cache `{url}`: object `objects/{}/{hex}` has 2147483648 bytes, not the {} its entry says (not read); not used for `side`, running the model\n",
+        &hex[..2],
+        want.len()
+    ));
+    run.stderr_contains("has 2147483648 bytes, more than a run manifest may have (16777216); not used for `summary`, running the model\n");
+    assert_eq!(b.read_bytes("out/side.md"), want);
+    // reading either whole took 17 s and 4 GB; the build itself needs a
+    // few MB (every child of this test process counts: all are small)
+    let max_rss_kib = {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) }, 0);
+        u.ru_maxrss
+    };
+    assert!(max_rss_kib < 256 << 10, "a child used {max_rss_kib} KiB");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
 /// A closed port: the build finishes locally with one warning, and no
 /// credential appears in what it says.
 #[test]
