@@ -1976,6 +1976,68 @@ fn output_that_is_the_project_file_is_refused() {
 }
 
 #[test]
+fn template_that_includes_itself_is_refused() {
+    let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n")
+        .file("t/a.md", "# a\n{% include \"t/a.md\" %}\n")
+        .build();
+    assert_invalid(
+        &p,
+        "t/a.md:2:1: partial `t/a.md` includes itself: `t/a.md` → `t/a.md`\n  \
+         help: a template cannot include itself, directly or through other partials; for recursion, use a macro that calls itself",
+    );
+}
+
+#[test]
+fn include_cycle_of_two_files_is_refused() {
+    let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n")
+        .file("t/a.md", "{% include \"t/p.md\" %}\n")
+        .file("t/p.md", "p\n{% include \"t/q.md\" %}\n")
+        .file("t/q.md", "q\n\n{% include \"t/p.md\" %}\n")
+        .build();
+    assert_invalid(
+        &p,
+        "t/q.md:3:1: partial `t/p.md` includes itself: `t/p.md` → `t/q.md` → `t/p.md`\n  \
+         help: a template cannot include itself, directly or through other partials; for recursion, use a macro that calls itself",
+    );
+}
+
+/// `t/0.md` includes `t/1.md`, which includes `t/2.md`... `t/{depth}.md`.
+fn include_chain(depth: usize, wrap: (&str, &str)) -> Project {
+    let mut b = inline("[targets.a]\ntemplate = \"t/0.md\"\noutput = \"out/a.md\"\n");
+    for i in 0..depth {
+        let (open, close) = wrap;
+        let text = format!("{i} {open}{{% include \"t/{}.md\" %}}{close}", i + 1);
+        b = b.file(&format!("t/{i}.md"), text);
+    }
+    b.file(&format!("t/{depth}.md"), "end\n").build()
+}
+
+#[test]
+fn thousand_deep_include_chain_says_which_limit_it_hit() {
+    let p = include_chain(1000, ("", ""));
+    assert_invalid(
+        &p,
+        "t/49.md:1:1: includes nest more than 49 levels deep from `t/0.md`, the most templates may nest\n  \
+         help: include the partials of a long chain from one file instead of each from the one before",
+    );
+    // the deepest chain allowed renders
+    let p = include_chain(49, ("", ""));
+    p.mkt(&["build"]).success();
+    assert!(
+        p.read("out/a.md").starts_with("0 1 2 "),
+        "{}",
+        p.read("out/a.md")
+    );
+    // loops count towards minijinja's limit too: the render names it and
+    // the file where it was hit, not only the outermost include
+    let p = include_chain(47, ("{% for x in [1] %}", "{% endfor %}"));
+    p.mkt(&["build"]).code(1).stderr_contains(
+        "error: `a` failed (never built):\n  t/46.md:1:25: recursion limit exceeded\n    \
+         help: includes, macro calls and loops nest too deeply (includes at most 49 levels, fewer inside loops or macros); flatten the nesting\n",
+    );
+}
+
+#[test]
 fn dot_slash_names_in_templates_work() {
     let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n")
         .file(
