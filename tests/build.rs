@@ -7,7 +7,9 @@
 
 mod support;
 
-use support::{Project, failing_side_project, hold_lock_with_slow_build, project, repo_dir};
+use support::{
+    Project, failing_side_project, files_under, hold_lock_with_slow_build, project, repo_dir,
+};
 
 /// The fixtures' logging echo model (see `fixtures/command/prompts.toml`).
 /// Inline projects put it last so that the line numbers of the targets
@@ -500,6 +502,35 @@ fn dry_run_lists_what_would_run_and_runs_nothing() {
 
 const SIDE_FAILURE: &str =
     "error: `side` failed (never built):\n  `sh` exited with code 3:\n  side: model exploded\n";
+
+#[test]
+fn failing_command_stderr_keeps_a_bounded_tail() {
+    // 25 short lines, then one line of 5,000,000 bytes, then one more
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[models.default]\nprovider = \"command\"\ncommand = [\"sh\", \"-c\", \
+             'for i in $(seq 1 25); do echo line $i; done >&2; head -c 5000000 /dev/zero | tr \"\\\\0\" x >&2; \
+             echo >&2; echo last line >&2; exit 3']\n\n\
+             [targets.a]\ntemplate = \"a.md\"\noutput = \"out/a.md\"\n",
+        )
+        .file("a.md", "a\n")
+        .build();
+    // the last 64 KiB: the end of the long line and the line after it
+    let run = p.mkt(&["build"]);
+    run.code(1).stderr_contains(&format!(
+        "error: `a` failed (never built):\n  `sh` exited with code 3:\n  \
+         [4934666 earlier bytes of stderr not shown]\n  {}\n  last line\n",
+        "x".repeat(65536 - "\nlast line\n".len())
+    ));
+    assert!(run.stderr.len() < 70_000, "{} bytes", run.stderr.len());
+    // and the failed run's manifest (like everything in `.mkt/`) is small
+    let store = files_under(&p, ".mkt");
+    assert!(!store.is_empty());
+    for (f, len) in store {
+        assert!(len < 100_000, "`{f}` has {len} bytes");
+    }
+}
 
 #[test]
 fn failure_stops_the_build_without_keep_going() {
