@@ -1530,7 +1530,7 @@ fn write_output(ctx: &Ctx<'_>, node: &Node, bytes: &[u8], digest: Digest) -> Res
     // under a made-up name, `#<inode>`, in the output's directory)
     ctx.src
         .store
-        .write_atomic(&ctx.src.files.abs(&node.output), bytes)?;
+        .write_output(&ctx.src.files.abs(&node.output), bytes)?;
     ctx.src.files.wrote(&node.output, digest);
     Ok(())
 }

@@ -51,6 +51,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
 pub const STORE_DIR: &str = ".mkt";
 pub const STORE_VERSION: &str = "2";
@@ -75,6 +76,11 @@ pub struct ObjectStore {
     /// It took the project lock: only then may it seal or merge packs
     /// it did not write.
     holds_lock: AtomicBool,
+    /// When it was opened: a temp file older than that is no write of
+    /// this build's.
+    opened: SystemTime,
+    /// Output directories already cleared of stale temp files.
+    swept: Mutex<HashSet<Utf8PathBuf>>,
 }
 
 /// The store's packs, read at first use.
@@ -263,6 +269,8 @@ impl ObjectStore {
             packs: Default::default(),
             loose_version: AtomicBool::new(false),
             holds_lock: AtomicBool::new(false),
+            opened: SystemTime::now(),
+            swept: Default::default(),
         }
     }
 
@@ -346,6 +354,24 @@ impl ObjectStore {
             .map_err(|e| Error::io("write", path, e.error))?;
         self.note_written(path);
         Ok(())
+    }
+
+    /// [`ObjectStore::write_atomic`] for a build's output: the first write
+    /// into a directory also removes the temp files that interrupted
+    /// writes (a SIGKILL between creating and renaming) left there. Only
+    /// under the project lock, which every writer of outputs holds, and
+    /// only files older than this store: so none is a write in progress.
+    pub fn write_output(&self, path: &Utf8Path, bytes: &[u8]) -> Result<()> {
+        let dir = dir_of(path);
+        if self.holds_lock.load(Ordering::Relaxed) {
+            let mut swept = self.swept.lock().unwrap();
+            // held while sweeping: another worker's temp file in `dir`
+            // is created only after this
+            if swept.insert(dir.to_owned()) {
+                remove_stale_temps(dir, self.opened);
+            }
+        }
+        self.write_atomic(path, bytes)
     }
 
     /// Creates `dir` and the directories above it that are missing, each
@@ -937,9 +963,79 @@ fn dir_of(path: &Utf8Path) -> &Utf8Path {
 /// 0600 would leave outputs unreadable to others).
 pub(crate) fn temp_in(dir: &Utf8Path) -> std::io::Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
-        .prefix(".mkt-tmp-")
+        .prefix(TEMP_PREFIX)
+        .rand_bytes(TEMP_RANDOM_CHARS)
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
+}
+
+/// [`temp_in`]'s names: this prefix, then random letters and digits.
+const TEMP_PREFIX: &str = ".mkt-tmp-";
+const TEMP_RANDOM_CHARS: usize = 6;
+
+/// Whether `name` is one [`temp_in`] makes.
+fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX).is_some_and(|r| {
+        r.len() == TEMP_RANDOM_CHARS && r.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// The temp files of interrupted writes in `dir`: regular files with
+/// [`temp_in`]'s names last modified before `before`. Anything else,
+/// a directory or symlink of that name among them, is not mkt's.
+pub fn stale_temps(dir: &Utf8Path, before: SystemTime) -> Vec<Utf8PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Utf8PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(is_temp_name))
+        .filter(|e| {
+            // DirEntry::metadata does not follow a symlink
+            e.metadata()
+                .is_ok_and(|m| m.is_file() && m.modified().is_ok_and(|t| t < before))
+        })
+        .filter_map(|e| Utf8PathBuf::from_path_buf(e.path()).ok())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Removes [`stale_temps`]`(dir, before)`; returns those it removed.
+/// Best effort: one that cannot be removed is left for the next time.
+pub fn remove_stale_temps(dir: &Utf8Path, before: SystemTime) -> Vec<Utf8PathBuf> {
+    let mut found = stale_temps(dir, before);
+    found.retain(|p| fs::remove_file(p).is_ok());
+    found
+}
+
+/// The stale temp files in the directories of `outputs` (paths relative to
+/// `root`), removed unless `dry_run`: for `mkt clean`. Relative paths,
+/// sorted.
+pub fn clear_temps_beside<'a>(
+    root: &Utf8Path,
+    outputs: impl Iterator<Item = &'a str>,
+    before: SystemTime,
+    dry_run: bool,
+) -> Vec<String> {
+    let dirs: std::collections::BTreeSet<&Utf8Path> =
+        outputs.map(|o| dir_of(Utf8Path::new(o))).collect();
+    let mut found = Vec::new();
+    for d in dirs {
+        let dir = root.join(d);
+        let temps = if dry_run {
+            stale_temps(&dir, before)
+        } else {
+            remove_stale_temps(&dir, before)
+        };
+        found.extend(
+            temps
+                .iter()
+                .filter_map(|p| p.strip_prefix(root).ok())
+                .map(|p| p.to_string()),
+        );
+    }
+    found
 }
 
 /// `fsync`s each of `paths` (files, and the directories the store

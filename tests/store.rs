@@ -114,6 +114,59 @@ fn init_refuses_an_existing_project() {
 // mkt gc
 
 #[test]
+fn empty_temp_files_left_by_a_sigkill_are_removed() {
+    let p = built_command_project();
+    // what a SIGKILL between creating a temp file and renaming it leaves
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let left = |rel: &str| {
+        p.write(rel, "");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(p.path(rel))
+            .unwrap();
+        f.set_modified(an_hour_ago).unwrap();
+    };
+    left("out/.mkt-tmp-Ab3xY9");
+    // not mkt's names: left alone
+    p.write("out/.mkt-tmp-notes.txt", "mine\n");
+    p.write("out/.mkt-tmp-ab", "");
+    // a build that writes into `out/` removes the stale one
+    p.append("topic.txt", "edit\n");
+    p.mkt(&["build"])
+        .success()
+        .summary("3 ran, 0 cached, 1 up to date");
+    assert!(!p.exists("out/.mkt-tmp-Ab3xY9"));
+    assert!(p.exists("out/.mkt-tmp-notes.txt") && p.exists("out/.mkt-tmp-ab"));
+    // and so does `mkt clean`, saying so
+    left("out/.mkt-tmp-Zz0000");
+    let run = p.mkt(&["clean", "-n"]);
+    run.success();
+    let temps: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains(".mkt-tmp-"))
+        .collect();
+    assert_eq!(
+        temps,
+        ["would remove out/.mkt-tmp-Zz0000 (left by an interrupted write)"]
+    );
+    assert!(p.exists("out/.mkt-tmp-Zz0000"));
+    let run = p.mkt(&["clean"]);
+    run.success();
+    let temps: Vec<&str> = run
+        .stdout
+        .lines()
+        .filter(|l| l.contains(".mkt-tmp-"))
+        .collect();
+    assert_eq!(
+        temps,
+        ["removed out/.mkt-tmp-Zz0000 (left by an interrupted write)"]
+    );
+    assert!(!p.exists("out/.mkt-tmp-Zz0000"));
+    assert!(p.exists("out/.mkt-tmp-notes.txt") && p.exists("out/.mkt-tmp-ab"));
+}
+
+#[test]
 fn gc_keeps_the_last_runs_and_what_the_current_outputs_need() {
     let p = built_command_project();
     edit_cycles(&p, 3);
