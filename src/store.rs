@@ -219,15 +219,11 @@ impl ObjectStore {
         let mut store = ObjectStore::open_unchecked(root);
         store.read_only = !create;
         let version = store.dir.join("VERSION");
-        let refuse = |what: String| {
-            Error::InvalidFile {
+        let start_over = "run `mkt gc --all` to delete the store and start over (the next build runs everything again)";
+        let refuse = |what: String, help: String| Error::InvalidFile {
             path: version.clone(),
             message: format!("the store `{}` {what}", store.dir),
-            help: Some(
-                "upgrade mkt to the version that wrote it, or run `mkt gc --all` to delete the store and start over (the next build runs everything again)"
-                    .into(),
-            ),
-        }
+            help: Some(help),
         };
         match fs::read(&version) {
             Ok(v) if v.trim_ascii() == STORE_VERSION.as_bytes() => {}
@@ -235,17 +231,25 @@ impl ObjectStore {
                 store.loose_version.store(true, Ordering::Relaxed);
             }
             Ok(v) => {
-                // shown as text only when it is short printable text
-                let v = String::from_utf8(v)
-                    .ok()
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| v.len() <= 16 && v.bytes().all(|b| b.is_ascii_graphic()))
-                    .map_or("an unreadable VERSION".to_string(), |v| {
-                        format!("version {v}")
-                    });
-                return Err(refuse(format!(
-                    "has format {v}, this mkt reads version {STORE_VERSION}"
-                )));
+                let v = v.trim_ascii();
+                // a version is short printable text; anything else is damage
+                let damage = if v.is_empty() {
+                    "is empty"
+                } else if v.len() > 16 || !v.iter().all(u8::is_ascii_graphic) {
+                    "holds no version number"
+                } else {
+                    let v = String::from_utf8_lossy(v);
+                    return Err(refuse(
+                        format!("has format version {v}, this mkt reads version {STORE_VERSION}"),
+                        format!("upgrade mkt to the version that wrote it, or {start_over}"),
+                    ));
+                };
+                return Err(refuse(
+                    format!(
+                        "is damaged: its `VERSION` file {damage} (this mkt reads version {STORE_VERSION})"
+                    ),
+                    start_over.to_string(),
+                ));
             }
             // no VERSION: no store yet (only then may `init` write one)
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -1617,7 +1621,9 @@ mod tests {
         fs::write(s.dir().join("VERSION"), b"\xff\xfe\x00garbage").unwrap();
         let e = ObjectStore::open(root).err().unwrap().to_string();
         assert!(
-            e.contains("has format an unreadable VERSION, this mkt reads version 2"),
+            e.contains(
+                "is damaged: its `VERSION` file holds no version number (this mkt reads version 2)"
+            ),
             "{e}"
         );
         assert_eq!(

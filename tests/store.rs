@@ -300,6 +300,26 @@ fn gc_stats_counts_files_and_bytes_by_kind() {
 }
 
 #[test]
+fn a_damaged_or_empty_store_version_says_so() {
+    let p = built_command_project();
+    p.remove(".mkt/noop");
+    let dir = p.path(".mkt");
+    for (bytes, damage) in [
+        (&b""[..], "is empty"),
+        (b"\n", "is empty"),
+        (b"\xff\xfe\x00garbage", "holds no version number"),
+        (b"2\x1b[31m", "holds no version number"),
+    ] {
+        p.write(".mkt/VERSION", bytes);
+        p.mkt(&["build"]).code(2).stderr_eq(&format!(
+            "error: the store `{}` is damaged: its `VERSION` file {damage} (this mkt reads version 2)\n  \
+             help: run `mkt gc --all` to delete the store and start over (the next build runs everything again)\n",
+            dir.display()
+        ));
+    }
+}
+
+#[test]
 fn an_unknown_store_version_is_refused_with_a_way_out() {
     let p = built_command_project();
     p.write(".mkt/VERSION", "99\n");
