@@ -342,6 +342,28 @@ fn check_includes(
     Ok(deepest)
 }
 
+/// A warning for each `foreach` target whose glob matched no file (a
+/// misspelt or missing directory, most often): it has no node, so it
+/// would otherwise vanish from the build without a word.
+pub fn empty_foreach(project: &Project, graph: &Graph) -> Vec<String> {
+    let mut has_nodes = vec![false; project.targets.len()];
+    for n in &graph.nodes {
+        has_nodes[n.target] = true;
+    }
+    project
+        .targets
+        .iter()
+        .zip(has_nodes)
+        .filter_map(|(t, has)| match &t.foreach {
+            Some((glob, _)) if !has => Some(format!(
+                "the `foreach` glob `{glob}` of target `{}` matches no file, so it builds nothing",
+                t.name
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Checks a path named in a template the way `prompts.toml` paths are.
 fn normalise_ref(file: &str, r: &Ref, what: &str) -> Result<String> {
     crate::config::normalise_project_path(&r.name).map_err(|why| {

@@ -2069,6 +2069,151 @@ fn thousand_deep_include_chain_says_which_limit_it_hit() {
 }
 
 #[test]
+fn non_utf8_prompts_toml_is_refused_with_its_position() {
+    let p = project()
+        .file(
+            "prompts.toml",
+            b"[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/\xff.md\"\n".as_slice(),
+        )
+        .file("t/a.md", "a\n")
+        .build();
+    assert_invalid(
+        &p,
+        "prompts.toml:3:15: `prompts.toml` is not UTF-8 text (byte 46)\n  \
+         help: TOML files are UTF-8: save it in that encoding",
+    );
+}
+
+#[test]
+fn nul_in_output_is_refused_at_load() {
+    let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a\\u0000.md\"\n").build();
+    assert_invalid(
+        &p,
+        "prompts.toml:3:10: output `out/a\\u{0}.md` contains a NUL character\n  \
+         help: paths in `prompts.toml` are relative to the project root and must stay inside it",
+    );
+}
+
+#[test]
+fn output_naming_a_directory_is_refused() {
+    for output in ["out/", "out/."] {
+        let p = inline(&format!(
+            "[targets.a]\ntemplate = \"t/a.md\"\noutput = \"{output}\"\n"
+        ))
+        .build();
+        assert_invalid(
+            &p,
+            &format!(
+                "prompts.toml:3:10: output `{output}` names a directory\n  \
+                 help: name the file to write, for example `out/a.md`"
+            ),
+        );
+    }
+}
+
+#[test]
+fn non_finite_temperature_is_refused_at_load() {
+    for (value, shown) in [("nan", "NaN"), ("inf", "inf"), ("-inf", "-inf")] {
+        let p = project()
+            .file(
+                "prompts.toml",
+                format!(
+                    "[models.default]\nprovider = \"openai\"\nmodel = \"m\"\ntemperature = {value}\n\n\
+                     [targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n"
+                ),
+            )
+            .file("t/a.md", "a\n")
+            .build();
+        assert_invalid(
+            &p,
+            &format!(
+                "prompts.toml:1:1: model `default`: `temperature` is {shown}, not a finite number\n  \
+                 help: give `temperature` a finite value, or remove it"
+            ),
+        );
+    }
+}
+
+#[test]
+fn huge_latency_ms_is_refused_at_load() {
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[models.default]\nprovider = \"mock\"\nlatency_ms = 18446744073709551615\n\n\
+             [targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n",
+        )
+        .file("t/a.md", "a\n")
+        .build();
+    assert_invalid(
+        &p,
+        "prompts.toml:1:1: model `default`: `latency_ms` is more than 3600000 (an hour)\n  \
+         help: the mock's latency simulates a model: use milliseconds to seconds",
+    );
+}
+
+#[test]
+fn terminal_escapes_in_file_names_are_not_printed_raw() {
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[models.default]\nprovider = \"mock\"\n\n\
+             [targets.s]\nforeach = \"docs/*.md\"\ntemplate = \"t.md\"\noutput = \"out/{stem}.md\"\n",
+        )
+        .file("t.md", "{{ item.content }}")
+        .file("docs/\x1b[2J\x1b[31mred\r.md", "x\n")
+        .build();
+    let run = p.mkt(&["build"]);
+    run.success()
+        .stderr_contains("ran s[docs/\\u{1b}[2J\\u{1b}[31mred\\r.md] (never built)\n");
+    assert!(!run.stderr.contains(['\x1b', '\r']), "{:?}", run.stderr);
+    p.write("docs/\x1b[2J\x1b[31mred\r.md", "y\n");
+    let run = p.mkt(&["status"]);
+    run.code(1);
+    assert!(
+        run.stdout
+            .starts_with("s[docs/\\u{1b}[2J\\u{1b}[31mred\\r.md]  "),
+        "{:?}",
+        run.stdout
+    );
+}
+
+#[test]
+fn foreach_over_a_missing_directory_warns() {
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[models.default]\nprovider = \"mock\"\n\n\
+             [targets.s]\nforeach = \"dcos/*.md\"\ntemplate = \"t.md\"\noutput = \"out/{stem}.md\"\n",
+        )
+        .file("t.md", "{{ item.name }}")
+        .build();
+    p.mkt(&["build"]).success().stderr_eq(
+        "warning: the `foreach` glob `dcos/*.md` of target `s` matches no file, so it builds nothing\n\
+         0 ran, 0 cached, 0 up to date\n",
+    );
+}
+
+#[test]
+fn non_utf8_foreach_file_works_when_only_its_name_is_used() {
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[models.default]\nprovider = \"command\"\ncommand = [\"cat\"]\n\n\
+             [targets.s]\nforeach = \"img/*.png\"\ntemplate = \"t.md\"\noutput = \"out/{stem}.md\"\n",
+        )
+        .file("t.md", "describe {{ item.name }}\n")
+        .file("img/a.png", b"\x89PNG\r\n\x1a\n\xff\xfe".as_slice())
+        .build();
+    p.mkt(&["build"]).success();
+    assert_eq!(p.read("out/a.md"), "describe a.png\n");
+    // the content is still refused where it is used
+    p.write("t.md", "describe {{ item.content }}\n");
+    p.mkt(&["build"])
+        .code(1)
+        .stderr_contains("  t.md:1:13: `img/a.png` is not UTF-8 text\n");
+}
+
+#[test]
 fn dot_slash_names_in_templates_work() {
     let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n")
         .file(

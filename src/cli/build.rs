@@ -69,7 +69,7 @@ impl Printer {
             let _ = write!(err, "\r\x1b[K");
             *shown = false;
         }
-        let _ = writeln!(err, "{text}");
+        let _ = writeln!(err, "{}", super::shown(text));
     }
 
     /// The command's product (the `--dry-run` list) goes to stdout.
@@ -79,7 +79,7 @@ impl Printer {
             let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
             *shown = false;
         }
-        println!("{text}");
+        println!("{}", super::shown(text));
     }
 
     /// Draws the progress line; `text` is only made when it is drawn. A
@@ -100,7 +100,7 @@ impl Printer {
         let text = text();
         let mut shown = self.status_shown.lock().unwrap();
         let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[K{text}");
+        let _ = write!(err, "\r\x1b[K{}", super::shown(&text));
         let _ = err.flush();
         *shown = true;
     }
