@@ -508,7 +508,14 @@ impl ObjectStore {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io("create", &path, e))?;
-        let writer = PackWriter::start(file).map_err(|e| Error::io("write", &path, e))?;
+        let writer = match PackWriter::start(file) {
+            Ok(w) => w,
+            Err(e) => {
+                // (a full disk): no empty pack is left behind
+                let _ = fs::remove_file(&path);
+                return Err(Error::io("write", &path, e));
+            }
+        };
         self.note_written(&path);
         Ok(OpenPack { path, writer })
     }
@@ -698,9 +705,16 @@ impl ObjectStore {
     pub fn seal_own_pack(&self) -> Result<()> {
         let mut packs = self.packs();
         if let Some(open) = packs.writer.take() {
-            open.writer
-                .seal()
-                .map_err(|e| Error::io("write", &open.path, e))?;
+            if open.writer.is_empty() {
+                // every append failed (a full disk): a pack of nothing
+                // is not kept
+                drop(open.writer);
+                let _ = fs::remove_file(&open.path);
+            } else {
+                open.writer
+                    .seal()
+                    .map_err(|e| Error::io("write", &open.path, e))?;
+            }
         }
         packs.loaded = None; // read again when next needed
         Ok(())

@@ -568,6 +568,43 @@ fn a_full_disk_fails_the_build_clearly_and_the_store_stays_consistent() {
         .summary("0 ran, 1 cached, 0 up to date");
 }
 
+#[test]
+fn a_disk_full_build_prints_its_summary_and_leaves_no_empty_pack() {
+    let p = project().build();
+    let Some(_tmpfs) = Tmpfs::mount(p.root(), "1m") else {
+        return;
+    };
+    p.write(
+        "prompts.toml",
+        "[targets.a]\ntemplate = \"t.md\"\ninputs = { i = \"in.txt\" }\noutput = \"out/a.md\"\n",
+    );
+    p.write("t.md", "{{ inputs.i }}\n");
+    p.write("in.txt", "one\n");
+    p.mkt(&["build"]).success();
+    p.write("in.txt", "two\n");
+    let packs = || files_under(&p, ".mkt/packs");
+    let before = packs();
+    // fill the disk to the last byte
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(p.path("fill")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&chunk[..1]).is_ok() {}
+    }
+    let run = p.mkt(&["build"]);
+    run.code(1)
+        .stderr_contains("No space left on device")
+        .summary("0 ran, 0 cached, 0 up to date, 1 failed");
+    assert_eq!(packs(), before, "no new pack, empty or not");
+    // space freed: the next build runs the edit
+    p.remove("fill");
+    p.mkt(&["build"])
+        .success()
+        .summary("1 ran, 0 cached, 0 up to date");
+    assert!(p.read("out/a.md").ends_with("\ntwo\n\n"));
+}
+
 /// A build killed outright (SIGKILL: no handler runs, nothing is flushed
 /// or sealed) loses nothing it stored: the next build reads the dead
 /// build's pack by scanning it, serves what finished from it as a cache
