@@ -296,6 +296,31 @@ fn a_key_echoed_by_the_api_is_redacted() {
     assert_key_nowhere(&p, &[&r]);
 }
 
+#[test]
+fn a_partially_masked_key_echoed_by_the_api_is_redacted() {
+    // as OpenAI's 401 answers show a key: its first 8 and last 4 characters
+    let api = FakeApi::start(|r, _| {
+        let key = r
+            .header("authorization")
+            .unwrap_or("")
+            .replace("Bearer ", "");
+        let masked = format!("{}...{}", &key[..8], &key[key.len() - 4..]);
+        Reply::json(
+            401,
+            json!({"error": {"message": format!("Incorrect API key provided: {masked}. You can find your API key at https://platform.example/account/api-keys."), "type": "invalid_request_error", "code": "invalid_api_key"}}),
+        )
+    });
+    let p = one_target(&openai_model(&api, ""));
+    let r = p.mkt_env(&["build"], ENV);
+    r.code(1)
+        .stderr_contains("Incorrect API key provided: [redacted]. You can find")
+        .stderr_lacks("sk-test-...CRET");
+    for f in store_files(&p) {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        assert!(!text.contains("sk-test-...CRET"), "in {}", f.display());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Retries
 
