@@ -171,6 +171,24 @@ pub struct BuildReport {
     pub phases: Phases,
 }
 
+impl BuildReport {
+    /// Counts one node's outcome.
+    pub fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Fresh => self.fresh += 1,
+            Outcome::Restored => self.restored += 1,
+            Outcome::Cached { remote, .. } => {
+                self.cached += 1;
+                self.remote += usize::from(*remote);
+            }
+            Outcome::Ran { .. } => self.ran += 1,
+            Outcome::Failed { .. } => self.failed += 1,
+            Outcome::Skipped { .. } => self.skipped += 1,
+            Outcome::WouldRun => {}
+        }
+    }
+}
+
 /// Phase timings: each entry is a phase's name and how long it took.
 #[derive(Debug, Clone, Default)]
 pub struct Phases {
@@ -398,19 +416,7 @@ impl<'g> Progress<'g> {
         d: Done,
         report: &(dyn Fn(Event<'_>) + Sync),
     ) {
-        let rep = &mut self.rep;
-        match &outcome {
-            Outcome::Fresh => rep.fresh += 1,
-            Outcome::Restored => rep.restored += 1,
-            Outcome::Cached { remote, .. } => {
-                rep.cached += 1;
-                rep.remote += usize::from(*remote);
-            }
-            Outcome::Ran { .. } => rep.ran += 1,
-            Outcome::Failed { .. } => rep.failed += 1,
-            Outcome::Skipped { .. } => rep.skipped += 1,
-            Outcome::WouldRun => {}
-        }
+        self.rep.count(&outcome);
         self.results[i] = Some(d);
         self.done += 1;
         report(Event::Finished {

@@ -139,27 +139,19 @@ fn empty_temp_files_left_by_a_sigkill_are_removed() {
     assert!(p.exists("out/.mkt-tmp-notes.txt") && p.exists("out/.mkt-tmp-ab"));
     // and so does `mkt clean`, saying so
     left("out/.mkt-tmp-Zz0000");
-    let run = p.mkt(&["clean", "-n"]);
-    run.success();
-    let temps: Vec<&str> = run
-        .stdout
-        .lines()
-        .filter(|l| l.contains(".mkt-tmp-"))
-        .collect();
+    let temp_lines = |args: &[&str]| -> Vec<String> {
+        let run = p.mkt(args);
+        run.success();
+        let lines = run.stdout.lines().filter(|l| l.contains(".mkt-tmp-"));
+        lines.map(str::to_string).collect()
+    };
     assert_eq!(
-        temps,
+        temp_lines(&["clean", "-n"]),
         ["would remove out/.mkt-tmp-Zz0000 (left by an interrupted write)"]
     );
     assert!(p.exists("out/.mkt-tmp-Zz0000"));
-    let run = p.mkt(&["clean"]);
-    run.success();
-    let temps: Vec<&str> = run
-        .stdout
-        .lines()
-        .filter(|l| l.contains(".mkt-tmp-"))
-        .collect();
     assert_eq!(
-        temps,
+        temp_lines(&["clean"]),
         ["removed out/.mkt-tmp-Zz0000 (left by an interrupted write)"]
     );
     assert!(!p.exists("out/.mkt-tmp-Zz0000"));
@@ -523,17 +515,24 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn a_full_disk_fails_the_build_clearly_and_the_store_stays_consistent() {
+/// A project on a 1 MB tmpfs whose target `a` renders `big.txt`; `None`
+/// where no tmpfs can be mounted.
+fn project_on_a_small_disk() -> Option<(Project, Tmpfs)> {
     let p = project().build();
-    let Some(_tmpfs) = Tmpfs::mount(p.root(), "1m") else {
-        return;
-    };
+    let tmpfs = Tmpfs::mount(p.root(), "1m")?;
     p.write(
         "prompts.toml",
         "[targets.a]\ntemplate = \"t.md\"\ninputs = { big = \"big.txt\" }\noutput = \"out/a.md\"\n",
     );
     p.write("t.md", "{{ inputs.big }}\n");
+    Some((p, tmpfs))
+}
+
+#[test]
+fn a_full_disk_fails_the_build_clearly_and_the_store_stays_consistent() {
+    let Some((p, _tmpfs)) = project_on_a_small_disk() else {
+        return;
+    };
     // the prompt object, the output object and the output: three copies
     // of 400 KB do not fit in 1 MB
     p.write("big.txt", "x".repeat(400 * 1024));
@@ -570,18 +569,12 @@ fn a_full_disk_fails_the_build_clearly_and_the_store_stays_consistent() {
 
 #[test]
 fn a_disk_full_build_prints_its_summary_and_leaves_no_empty_pack() {
-    let p = project().build();
-    let Some(_tmpfs) = Tmpfs::mount(p.root(), "1m") else {
+    let Some((p, _tmpfs)) = project_on_a_small_disk() else {
         return;
     };
-    p.write(
-        "prompts.toml",
-        "[targets.a]\ntemplate = \"t.md\"\ninputs = { i = \"in.txt\" }\noutput = \"out/a.md\"\n",
-    );
-    p.write("t.md", "{{ inputs.i }}\n");
-    p.write("in.txt", "one\n");
+    p.write("big.txt", "one\n");
     p.mkt(&["build"]).success();
-    p.write("in.txt", "two\n");
+    p.write("big.txt", "two\n");
     let packs = || files_under(&p, ".mkt/packs");
     let before = packs();
     // fill the disk to the last byte

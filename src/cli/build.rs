@@ -130,7 +130,7 @@ impl Printer {
                 total,
             } => {
                 let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
-                self.count(outcome);
+                self.seen.lock().unwrap().count(outcome);
                 match outcome {
                     Outcome::Failed { error } => {
                         self.line(&format!("error: `{key}` failed{why}:\n{}", indent(error)))
@@ -160,22 +160,6 @@ impl Printer {
 }
 
 impl Printer {
-    fn count(&self, outcome: &Outcome) {
-        let mut seen = self.seen.lock().unwrap();
-        match outcome {
-            Outcome::Fresh => seen.fresh += 1,
-            Outcome::Restored => seen.restored += 1,
-            Outcome::Cached { remote, .. } => {
-                seen.cached += 1;
-                seen.remote += usize::from(*remote);
-            }
-            Outcome::Ran { .. } => seen.ran += 1,
-            Outcome::Failed { .. } => seen.failed += 1,
-            Outcome::Skipped { .. } => seen.skipped += 1,
-            Outcome::WouldRun => {}
-        }
-    }
-
     /// What the outcomes seen say, when any target finished.
     fn summary_so_far(&self, elapsed: std::time::Duration) -> Option<String> {
         let seen = self.seen.lock().unwrap();
