@@ -2175,6 +2175,15 @@ fn terminal_escapes_in_file_names_are_not_printed_raw() {
         "{:?}",
         run.stdout
     );
+    let run = p.mkt(&["explain", "s[docs/\x1b[2J\x1b[31mred\r.md]"]);
+    run.success();
+    assert!(
+        run.stdout
+            .starts_with("`s[docs/\\u{1b}[2J\\u{1b}[31mred\\r.md]` is stale"),
+        "{:?}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains(['\x1b', '\r']), "{:?}", run.stdout);
 }
 
 #[test]

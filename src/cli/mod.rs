@@ -1,6 +1,13 @@
 //! The command line: argument parsing and printing only; all decisions are
 //! made in the library.
 
+/// `println!` through [`shown`]: for lines that hold names or file text.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", crate::cli::shown(&format!($($arg)*)))
+    };
+}
+
 mod build;
 mod cache;
 mod clean;
