@@ -2151,15 +2151,23 @@ fn huge_latency_ms_is_refused_at_load() {
     );
 }
 
-#[test]
-fn terminal_escapes_in_file_names_are_not_printed_raw() {
-    let p = project()
+/// A `foreach` target `s` over `glob`, rendering `t.md` with `model`
+/// (a `[models.default]` body).
+fn foreach_over(glob: &str, model: &str, template: &str) -> support::ProjectBuilder {
+    project()
         .file(
             "prompts.toml",
-            "[models.default]\nprovider = \"mock\"\n\n\
-             [targets.s]\nforeach = \"docs/*.md\"\ntemplate = \"t.md\"\noutput = \"out/{stem}.md\"\n",
+            format!(
+                "[models.default]\n{model}\n\n\
+                 [targets.s]\nforeach = \"{glob}\"\ntemplate = \"t.md\"\noutput = \"out/{{stem}}.md\"\n"
+            ),
         )
-        .file("t.md", "{{ item.content }}")
+        .file("t.md", template)
+}
+
+#[test]
+fn terminal_escapes_in_file_names_are_not_printed_raw() {
+    let p = foreach_over("docs/*.md", "provider = \"mock\"", "{{ item.content }}")
         .file("docs/\x1b[2J\x1b[31mred\r.md", "x\n")
         .build();
     let run = p.mkt(&["build"]);
@@ -2188,14 +2196,7 @@ fn terminal_escapes_in_file_names_are_not_printed_raw() {
 
 #[test]
 fn foreach_over_a_missing_directory_warns() {
-    let p = project()
-        .file(
-            "prompts.toml",
-            "[models.default]\nprovider = \"mock\"\n\n\
-             [targets.s]\nforeach = \"dcos/*.md\"\ntemplate = \"t.md\"\noutput = \"out/{stem}.md\"\n",
-        )
-        .file("t.md", "{{ item.name }}")
-        .build();
+    let p = foreach_over("dcos/*.md", "provider = \"mock\"", "{{ item.name }}").build();
     p.mkt(&["build"]).success().stderr_eq(
         "warning: the `foreach` glob `dcos/*.md` of target `s` matches no file, so it builds nothing\n\
          0 ran, 0 cached, 0 up to date\n",
@@ -2204,13 +2205,8 @@ fn foreach_over_a_missing_directory_warns() {
 
 #[test]
 fn non_utf8_foreach_file_works_when_only_its_name_is_used() {
-    let p = project()
-        .file(
-            "prompts.toml",
-            "[models.default]\nprovider = \"command\"\ncommand = [\"cat\"]\n\n\
-             [targets.s]\nforeach = \"img/*.png\"\ntemplate = \"t.md\"\noutput = \"out/{stem}.md\"\n",
-        )
-        .file("t.md", "describe {{ item.name }}\n")
+    let model = "provider = \"command\"\ncommand = [\"cat\"]";
+    let p = foreach_over("img/*.png", model, "describe {{ item.name }}\n")
         .file("img/a.png", b"\x89PNG\r\n\x1a\n\xff\xfe".as_slice())
         .build();
     p.mkt(&["build"]).success();
