@@ -296,6 +296,27 @@ fn remote_cache_off_and_the_environment_variable() {
         .summary("0 ran, 4 cached, 0 up to date, 4 from the remote cache");
 }
 
+/// The file of a `file://` remote (in `dir`) holding the object with
+/// the bytes of `a`'s output `rel`.
+fn remote_object(dir: &std::path::Path, a: &Project, rel: &str) -> std::path::PathBuf {
+    let want = a.read_bytes(rel);
+    walk(&dir.join("objects"))
+        .into_iter()
+        .find(|p| std::fs::read(p).unwrap() == want)
+        .expect("the output's object is on the remote")
+}
+
+/// The file of a `file://` remote (in `dir`) holding `target`'s manifest.
+fn remote_manifest(dir: &std::path::Path, target: &str) -> std::path::PathBuf {
+    walk(&dir.join("ac"))
+        .into_iter()
+        .find(|p| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            v["target"] == target
+        })
+        .expect("the target's manifest is on the remote")
+}
+
 /// The remote's objects and manifests are checked before they are
 /// believed: a corrupt or truncated object and a forged manifest are each
 /// reported once and rebuilt locally; nothing of them reaches the store.
@@ -305,13 +326,7 @@ fn corrupt_objects_and_forged_manifests_are_rebuilt() {
     let cache = format!("remote = {url:?}");
     let a = with_cache(&cache);
     a.mkt(&["build"]).success();
-    let remote_object = |rel: &str| {
-        let want = a.read_bytes(rel);
-        walk(&dir.path().join("objects"))
-            .into_iter()
-            .find(|p| std::fs::read(p).unwrap() == want)
-            .expect("the output's object is on the remote")
-    };
+    let remote_object = |rel: &str| remote_object(dir.path(), &a, rel);
     // side: one byte flipped; outline: truncated
     let side = remote_object("out/side.md");
     let mut bytes = std::fs::read(&side).unwrap();
@@ -327,18 +342,7 @@ fn corrupt_objects_and_forged_manifests_are_rebuilt() {
         .unwrap();
     // summary: its manifest replaced by side's (a valid manifest filed
     // under another InputBundleHash)
-    let entries = walk(&dir.path().join("ac"));
-    let manifest_of = |target: &str| {
-        entries
-            .iter()
-            .find(|p| {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-                v["target"] == target
-            })
-            .unwrap()
-            .clone()
-    };
+    let manifest_of = |target: &str| remote_manifest(dir.path(), target);
     std::fs::copy(manifest_of("side"), manifest_of("summary")).unwrap();
 
     let b = with_cache(&cache);
@@ -392,23 +396,13 @@ fn oversized_remote_objects_and_manifests_are_not_read() {
     let a = with_cache(&cache);
     a.mkt(&["build"]).success();
     let want = a.read_bytes("out/side.md");
-    let side = walk(&dir.path().join("objects"))
-        .into_iter()
-        .find(|p| std::fs::read(p).unwrap() == want)
-        .expect("the output's object is on the remote");
+    let side = remote_object(dir.path(), &a, "out/side.md");
     let grow = |p: &std::path::Path| {
         let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
         f.set_len(2 << 30).unwrap();
     };
     grow(&side);
-    let summary = walk(&dir.path().join("ac"))
-        .into_iter()
-        .find(|p| {
-            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-            v["target"] == "summary"
-        })
-        .unwrap();
-    grow(&summary);
+    grow(&remote_manifest(dir.path(), "summary"));
 
     let b = with_cache(&cache);
     let started = Instant::now();
