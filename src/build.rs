@@ -171,6 +171,24 @@ pub struct BuildReport {
     pub phases: Phases,
 }
 
+impl BuildReport {
+    /// Counts one node's outcome.
+    pub fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Fresh => self.fresh += 1,
+            Outcome::Restored => self.restored += 1,
+            Outcome::Cached { remote, .. } => {
+                self.cached += 1;
+                self.remote += usize::from(*remote);
+            }
+            Outcome::Ran { .. } => self.ran += 1,
+            Outcome::Failed { .. } => self.failed += 1,
+            Outcome::Skipped { .. } => self.skipped += 1,
+            Outcome::WouldRun => {}
+        }
+    }
+}
+
 /// Phase timings: each entry is a phase's name and how long it took.
 #[derive(Debug, Clone, Default)]
 pub struct Phases {
@@ -398,19 +416,7 @@ impl<'g> Progress<'g> {
         d: Done,
         report: &(dyn Fn(Event<'_>) + Sync),
     ) {
-        let rep = &mut self.rep;
-        match &outcome {
-            Outcome::Fresh => rep.fresh += 1,
-            Outcome::Restored => rep.restored += 1,
-            Outcome::Cached { remote, .. } => {
-                rep.cached += 1;
-                rep.remote += usize::from(*remote);
-            }
-            Outcome::Ran { .. } => rep.ran += 1,
-            Outcome::Failed { .. } => rep.failed += 1,
-            Outcome::Skipped { .. } => rep.skipped += 1,
-            Outcome::WouldRun => {}
-        }
+        self.rep.count(&outcome);
         self.results[i] = Some(d);
         self.done += 1;
         report(Event::Finished {
@@ -764,6 +770,11 @@ pub fn build_in(
     } else {
         crate::clean::leftovers(root, &graph, &old_targets)
     };
+    if !graph_from_cache {
+        for w in crate::graph::empty_foreach(&project, &graph) {
+            report(Event::Warning(w));
+        }
+    }
     phases.mark("analyse");
     report(Event::Planned { total });
 
@@ -1445,7 +1456,7 @@ pub(crate) fn compile_node(
         Some(p) => item_value(
             p,
             if node.uses_item {
-                Some(read_text(src.files, expected, p)?)
+                Some(read_checked(src.files, expected, p)?)
             } else {
                 None
             },
@@ -1476,13 +1487,27 @@ fn read_text(
     expected: &HashMap<&str, Digest>,
     path: &str,
 ) -> std::result::Result<String, String> {
+    let bytes = read_checked(files, expected, path)?;
+    String::from_utf8(bytes).map_err(|_| not_utf8(path))
+}
+
+/// [`read_text`] without the UTF-8 check.
+fn read_checked(
+    files: &ProjectFiles,
+    expected: &HashMap<&str, Digest>,
+    path: &str,
+) -> std::result::Result<Vec<u8>, String> {
     let bytes = files.read(path).map_err(|e| e.to_string())?;
     if expected.get(path).is_some_and(|d| *d != Digest::of(&bytes)) {
         return Err(format!(
             "`{path}` changed while the build was running; run `mkt build` again"
         ));
     }
-    String::from_utf8(bytes).map_err(|_| format!("`{path}` is not UTF-8 text"))
+    Ok(bytes)
+}
+
+fn not_utf8(path: &str) -> String {
+    format!("`{path}` is not UTF-8 text")
 }
 
 /// The text of an upstream output: from the store (verified), else from
@@ -1508,7 +1533,17 @@ fn upstream_text(
     String::from_utf8(bytes).map_err(|_| format!("the output of `{}` is not UTF-8 text", node.key))
 }
 
-fn item_value(path: &str, content: Option<String>) -> Value {
+/// `item`; its `content` is an error only where the template uses it,
+/// so a template that reads `item.name` works on a file that is not text.
+fn item_value(path: &str, content: Option<Vec<u8>>) -> Value {
+    let content = match content.map(String::from_utf8) {
+        Some(Ok(text)) => Value::from(text),
+        Some(Err(_)) => Value::from(minijinja::Error::new(
+            minijinja::ErrorKind::InvalidOperation,
+            not_utf8(path),
+        )),
+        None => Value::from(""),
+    };
     let p = Utf8Path::new(path);
     let name = p.file_name().unwrap_or(path);
     minijinja::context! {
@@ -1516,7 +1551,7 @@ fn item_value(path: &str, content: Option<String>) -> Value {
         name => name,
         stem => p.file_stem().unwrap_or(name),
         dir => p.parent().map_or("", |d| d.as_str()),
-        content => content.unwrap_or_default(),
+        content => content,
     }
 }
 
@@ -1541,7 +1576,7 @@ fn write_output(ctx: &Ctx<'_>, node: &Node, bytes: &[u8], digest: Digest) -> Res
     // under a made-up name, `#<inode>`, in the output's directory)
     ctx.src
         .store
-        .write_atomic(&ctx.src.files.abs(&node.output), bytes)?;
+        .write_output(&ctx.src.files.abs(&node.output), bytes)?;
     ctx.src.files.wrote(&node.output, digest);
     Ok(())
 }

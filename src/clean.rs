@@ -53,11 +53,14 @@ pub struct CleanReport {
     pub left_alone: Vec<(String, LeftAlone)>,
     /// `--stale`: records dropped from the state.
     pub records_dropped: usize,
+    /// Temp files of interrupted writes beside the outputs, removed.
+    pub temps: Vec<String>,
 }
 
 /// Removes outputs as the module docs say. `on_wait` is called once if
 /// another mkt holds the lock.
 pub fn clean(root: &Utf8Path, opts: &CleanOptions, on_wait: &dyn Fn()) -> Result<CleanReport> {
+    let started = std::time::SystemTime::now();
     let (store, _lock) = ObjectStore::open_for(root, opts.dry_run, opts.wait_for_lock, on_wait)?;
     let (mut state_files, mut state) = StateFiles::load(store.dir());
     // (record key, is a current output path)
@@ -96,6 +99,8 @@ pub fn clean(root: &Utf8Path, opts: &CleanOptions, on_wait: &dyn Fn()) -> Result
     if opts.stale {
         rep.records_dropped = candidates.len();
     }
+    let outputs = state.targets.values().map(|r| r.output.as_str());
+    rep.temps = crate::store::clear_temps_beside(root, outputs, started, opts.dry_run);
     if opts.dry_run {
         return Ok(rep);
     }

@@ -357,7 +357,17 @@ impl Project {
 
     pub fn read_source(root: &Utf8Path) -> Result<String> {
         let path = root.join(PROJECT_FILE);
-        std::fs::read_to_string(&path).map_err(|e| Error::io("read", &path, e))
+        let bytes = std::fs::read(&path).map_err(|e| Error::io("read", &path, e))?;
+        String::from_utf8(bytes).map_err(|e| {
+            let valid = e.utf8_error().valid_up_to();
+            // the bytes before the first bad one are valid UTF-8
+            let before = std::str::from_utf8(&e.as_bytes()[..valid]).unwrap_or_default();
+            Error::invalid(
+                Location::at_offset(PROJECT_FILE, before, valid),
+                format!("`{PROJECT_FILE}` is not UTF-8 text (byte {valid})"),
+                Some("TOML files are UTF-8: save it in that encoding".into()),
+            )
+        })
     }
 
     /// Loads the project through a cache of its parsed form (parsing a
@@ -712,8 +722,35 @@ fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usi
         );
     }
     let s = &mut m.settings;
+    let numbers = [
+        ("temperature", s.temperature),
+        ("top_p", s.top_p),
+        ("price_input_per_mtok", s.price_input_per_mtok),
+        ("price_output_per_mtok", s.price_output_per_mtok),
+    ];
+    if let Some((key, v)) = numbers
+        .into_iter()
+        .find_map(|(k, v)| v.filter(|v| !v.is_finite()).map(|v| (k, v)))
+    {
+        return err(
+            format!("model `{}`: `{key}` is {v}, not a finite number", m.name),
+            Some(format!("give `{key}` a finite value, or remove it")),
+        );
+    }
     match m.provider {
-        Provider::Mock => {}
+        Provider::Mock => {
+            if s.latency_ms.is_some_and(|l| l > MAX_LATENCY_MS) {
+                return err(
+                    format!(
+                        "model `{}`: `latency_ms` is more than {MAX_LATENCY_MS} (an hour)",
+                        m.name
+                    ),
+                    Some(
+                        "the mock's latency simulates a model: use milliseconds to seconds".into(),
+                    ),
+                );
+            }
+        }
         Provider::Command => {
             match &s.command {
                 Some(argv) if !argv.is_empty() && !argv[0].is_empty() => {}
@@ -839,6 +876,10 @@ fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usi
     Ok(())
 }
 
+/// The mock's `latency_ms` at most: a typo of a huge value would make a
+/// build sleep for ever.
+const MAX_LATENCY_MS: u64 = 3_600_000;
+
 pub fn is_glob(pattern: &str) -> bool {
     pattern.contains(['*', '?', '[', '{'])
 }
@@ -849,6 +890,9 @@ pub fn is_glob(pattern: &str) -> bool {
 pub fn normalise_project_path(value: &str) -> std::result::Result<String, &'static str> {
     if value.is_empty() {
         return Err("is empty");
+    }
+    if value.contains('\0') {
+        return Err("contains a NUL character");
     }
     if value.starts_with('/') || value.starts_with('\\') || Utf8Path::new(value).is_absolute() {
         return Err("is absolute");
@@ -928,6 +972,15 @@ fn resolve_target(project: &Project, name: &Spanned<String>, raw: RawTarget) -> 
     };
 
     let output = check_project_path(project, raw.output.get_ref(), &raw.output.span(), "output")?;
+    if raw.output.get_ref().ends_with(['/', '\\']) || raw.output.get_ref().ends_with("/.") {
+        return Err(project.error(
+            &raw.output.span(),
+            format!("output `{}` names a directory", raw.output.get_ref()),
+            Some(format!(
+                "name the file to write, for example `{output}/{name}.md`"
+            )),
+        ));
+    }
     check_output_placeholders(project, &output, &raw.output.span(), foreach.is_some())?;
 
     let (model_name, model_span) = match &raw.model {

@@ -14,7 +14,7 @@ use crate::error::{Error, Location, Result};
 use crate::files::{FileError, ProjectFiles, glob_matcher};
 use crate::hash::Digest;
 use crate::state::{Dep, DepKind};
-use crate::template::{Ref, TemplateRefs, analyse};
+use crate::template::{MAX_INCLUDE_DEPTH, Ref, TemplateRefs, analyse};
 use camino::Utf8Path;
 use petgraph::graph::{DiGraph, NodeIndex};
 use rustc_hash::FxHashMap as HashMap;
@@ -211,8 +211,10 @@ fn reach(
         )
     })?;
     let mut out = Reach::default();
-    let mut stack = vec![(template, refs)];
+    let mut includes = Includes::default();
+    let mut stack = vec![(template.clone(), refs)];
     while let Some((file, refs)) = stack.pop() {
+        let mut edges = Vec::with_capacity(refs.partials.len());
         out.all_inputs |= refs.all_inputs;
         out.uses_item |= refs.uses_item;
         out.inputs
@@ -237,6 +239,7 @@ fn reach(
                     ),
                 ));
             }
+            edges.push((name.clone(), p.line));
             if out.partials.insert(name.clone()) {
                 let prefs = an.refs(&name, |why, help| {
                     Error::invalid(
@@ -257,8 +260,108 @@ fn reach(
                 stack.push((name, prefs));
             }
         }
+        includes.insert(file, edges);
     }
+    check_includes(
+        &includes,
+        &template,
+        &mut Vec::new(),
+        &mut HashMap::default(),
+    )?;
     Ok(out)
+}
+
+/// Each template file reached, with the partials it names and their lines.
+type Includes = HashMap<String, Vec<(String, u32)>>;
+
+/// Refuses an include cycle (minijinja would recurse until its limit) and
+/// a chain of includes deeper than minijinja renders, naming the files.
+/// `path` holds the files being included, outermost first; `depth_below`
+/// the deepest chain under each file already checked, so a file included
+/// from many places is walked once. Returns the depth below `file`.
+fn check_includes(
+    includes: &Includes,
+    file: &str,
+    path: &mut Vec<(String, u32)>,
+    depth_below: &mut HashMap<String, usize>,
+) -> Result<usize> {
+    if let Some(&d) = depth_below.get(file) {
+        return Ok(d);
+    }
+    let mut deepest = 0;
+    for (name, line) in includes.get(file).into_iter().flatten() {
+        let at = Location {
+            file: file.into(),
+            line: *line as usize,
+            col: 1,
+        };
+        let chain = |from: usize| {
+            let names: Vec<String> = path[from..]
+                .iter()
+                .map(|(f, _)| f.as_str())
+                .chain([file, name.as_str()])
+                .map(|f| format!("`{f}`"))
+                .collect();
+            names.join(" → ")
+        };
+        if name == file || path.iter().any(|(f, _)| f == name) {
+            let from = path
+                .iter()
+                .position(|(f, _)| f == name)
+                .unwrap_or(path.len());
+            return Err(Error::invalid(
+                at,
+                format!("partial `{name}` includes itself: {}", chain(from)),
+                Some("a template cannot include itself, directly or through other partials; for recursion, use a macro that calls itself".into()),
+            ));
+        }
+        let top = path.first().map_or(file, |(f, _)| f.as_str()).to_string();
+        let too_deep = |below: usize, depth: usize| {
+            (depth + 1 + below > MAX_INCLUDE_DEPTH).then(|| {
+                Error::invalid(
+                    at.clone(),
+                    format!("includes nest more than {MAX_INCLUDE_DEPTH} levels deep from `{top}`, the most templates may nest"),
+                    Some("include the partials of a long chain from one file instead of each from the one before".into()),
+                )
+            })
+        };
+        // checked on the way down too, so a long chain is not walked whole
+        if let Some(e) = too_deep(0, path.len()) {
+            return Err(e);
+        }
+        path.push((file.to_string(), *line));
+        let below = check_includes(includes, name, path, depth_below);
+        path.pop();
+        let below = below?;
+        if let Some(e) = too_deep(below, path.len()) {
+            return Err(e);
+        }
+        deepest = deepest.max(below + 1);
+    }
+    depth_below.insert(file.to_string(), deepest);
+    Ok(deepest)
+}
+
+/// A warning for each `foreach` target whose glob matched no file (a
+/// misspelt or missing directory, most often): it has no node, so it
+/// would otherwise vanish from the build without a word.
+pub fn empty_foreach(project: &Project, graph: &Graph) -> Vec<String> {
+    let mut has_nodes = vec![false; project.targets.len()];
+    for n in &graph.nodes {
+        has_nodes[n.target] = true;
+    }
+    project
+        .targets
+        .iter()
+        .zip(has_nodes)
+        .filter_map(|(t, has)| match &t.foreach {
+            Some((glob, _)) if !has => Some(format!(
+                "the `foreach` glob `{glob}` of target `{}` matches no file, so it builds nothing",
+                t.name
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Checks a path named in a template the way `prompts.toml` paths are.
@@ -357,6 +460,13 @@ pub fn analyse_project(
                 ),
                 None => (decl.name.clone(), decl.output.clone()),
             };
+            if output == crate::config::PROJECT_FILE {
+                return Err(project.error(
+                    &decl.output_span,
+                    format!("output `{output}` of `{key}` is the project file"),
+                    Some("write outputs to a directory inside the project, such as `out/`".into()),
+                ));
+            }
             if let Some(&other) = outputs.get(&output) {
                 let o = &nodes[other];
                 return Err(project.error(

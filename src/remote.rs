@@ -17,7 +17,9 @@
 //! ([`RunManifest::from_json`]), is filed under the InputBundleHash it
 //! names, says `ok`, and names the compiled prompt this machine just
 //! rendered; its output object must hash (BLAKE3) to the digest the
-//! manifest names and have its length. Anything else is a miss that the
+//! manifest names and have its length. Lengths are asked first and bound
+//! what is read (a manifest's by [`MAX_MANIFEST_BYTES`]), so a grown
+//! object costs one request, not its size in time and memory. Anything else is a miss that the
 //! caller reports once; nothing unverified reaches the local store.
 //!
 //! **Failure policy**: the remote is optional. Every operation has a
@@ -192,6 +194,17 @@ pub enum Fetch {
     Bad(String),
     /// The remote is down (or was found down earlier in this process).
     Down,
+}
+
+/// The largest run manifest read from a remote: a real one is a few KiB,
+/// growing by one short record per input file.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// A remote file read with a bound on its length.
+enum Bounded {
+    Fits(Vec<u8>),
+    /// Longer than the bound: its length, and nothing read.
+    TooLarge(u64),
 }
 
 /// One successful run to publish: objects first, then the manifest.
@@ -499,19 +512,44 @@ impl Inner {
         }
     }
 
-    /// Reads `key`: `Ok(None)` when it is not there; `Err(())` when the
-    /// remote is down (now or before).
-    fn read(&self, key: &str, doing: &str) -> std::result::Result<Option<Vec<u8>>, ()> {
+    /// Reads `key` if it holds at most `max` bytes: its length is asked
+    /// first, and only that many bytes are read, so an object that grew
+    /// on the remote costs neither the time nor the memory to read it
+    /// whole. `Ok(None)` when it is not there; `Err(())` when the remote
+    /// is down (now or before).
+    fn read(&self, key: &str, max: u64, doing: &str) -> std::result::Result<Option<Bounded>, ()> {
         if self.down.load(Ordering::Relaxed) {
             return Err(());
         }
-        match self.op.read(key) {
-            Ok(buf) => Ok(Some(buf.to_vec())),
-            Err(e) if e.kind() == opendal::ErrorKind::NotFound => Ok(None),
-            Err(e) => {
+        let fail = |e: opendal::Error| match e.kind() {
+            opendal::ErrorKind::NotFound => Ok(None),
+            _ => {
                 self.mark_down(doing, &e);
                 Err(())
             }
+        };
+        let len = match self.op.stat(key) {
+            Ok(m) => m.content_length(),
+            Err(e) => return fail(e),
+        };
+        if len > max {
+            return Ok(Some(Bounded::TooLarge(len)));
+        }
+        if len == 0 {
+            return Ok(Some(Bounded::Fits(Vec::new())));
+        }
+        let opts = opendal::options::ReadOptions {
+            range: (0..len).into(),
+            ..Default::default()
+        };
+        match self.op.read_options(key, opts) {
+            Ok(buf) => Ok(Some(Bounded::Fits(buf.to_vec()))),
+            // replaced by a shorter one since it was measured: what it
+            // holds is not what was measured, so it fails verification
+            Err(e) if e.kind() == opendal::ErrorKind::RangeNotSatisfied => {
+                Ok(Some(Bounded::Fits(Vec::new())))
+            }
+            Err(e) => fail(e),
         }
     }
 
@@ -547,10 +585,15 @@ impl Inner {
 
     fn fetch_checked(&self, ibh: &InputBundleHash, prompt: Option<&Digest>) -> Fetch {
         let key = ac_key(ibh);
-        let bytes = match self.read(&key, "looking up a result") {
+        let bytes = match self.read(&key, MAX_MANIFEST_BYTES, "looking up a result") {
             Err(()) => return Fetch::Down,
             Ok(None) => return Fetch::Miss,
-            Ok(Some(b)) => b,
+            Ok(Some(Bounded::Fits(b))) => b,
+            Ok(Some(Bounded::TooLarge(len))) => {
+                return Fetch::Bad(format!(
+                    "entry `{key}` has {len} bytes, more than a run manifest may have ({MAX_MANIFEST_BYTES})"
+                ));
+            }
         };
         let m = match RunManifest::from_json(&bytes) {
             Some(m) => m,
@@ -566,17 +609,23 @@ impl Inner {
         }
         let out = &m.outputs[0];
         let okey = object_key(&out.digest);
-        match self.read(&okey, "fetching a result") {
+        match self.read(&okey, out.bytes, "fetching a result") {
             Err(()) => Fetch::Down,
             Ok(None) => Fetch::Bad(format!(
                 "entry `{key}` names object `{okey}`, which the remote does not have"
             )),
-            Ok(Some(b)) if Digest::of(&b) != out.digest || b.len() as u64 != out.bytes => {
+            Ok(Some(Bounded::TooLarge(len))) => Fetch::Bad(format!(
+                "object `{okey}` has {len} bytes, not the {} its entry says (not read)",
+                out.bytes
+            )),
+            Ok(Some(Bounded::Fits(b)))
+                if Digest::of(&b) != out.digest || b.len() as u64 != out.bytes =>
+            {
                 Fetch::Bad(format!(
                     "object `{okey}` does not hash to its name (corrupt or truncated)"
                 ))
             }
-            Ok(Some(output)) => Fetch::Hit {
+            Ok(Some(Bounded::Fits(output))) => Fetch::Hit {
                 manifest: Box::new(m),
                 output,
             },

@@ -51,6 +51,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
+use std::time::SystemTime;
 
 pub const STORE_DIR: &str = ".mkt";
 pub const STORE_VERSION: &str = "2";
@@ -75,6 +76,11 @@ pub struct ObjectStore {
     /// It took the project lock: only then may it seal or merge packs
     /// it did not write.
     holds_lock: AtomicBool,
+    /// When it was opened: a temp file older than that is no write of
+    /// this build's.
+    opened: SystemTime,
+    /// Output directories already cleared of stale temp files.
+    swept: Mutex<HashSet<Utf8PathBuf>>,
 }
 
 /// The store's packs, read at first use.
@@ -274,15 +280,11 @@ impl ObjectStore {
         let mut store = ObjectStore::open_unchecked(root);
         store.read_only = !create;
         let version = store.dir.join("VERSION");
-        let refuse = |what: String| {
-            Error::InvalidFile {
+        let start_over = "run `mkt gc --all` to delete the store and start over (the next build runs everything again)";
+        let refuse = |what: String, help: String| Error::InvalidFile {
             path: version.clone(),
             message: format!("the store `{}` {what}", store.dir),
-            help: Some(
-                "upgrade mkt to the version that wrote it, or run `mkt gc --all` to delete the store and start over (the next build runs everything again)"
-                    .into(),
-            ),
-        }
+            help: Some(help),
         };
         match fs::read(&version) {
             Ok(v) if v.trim_ascii() == STORE_VERSION.as_bytes() => {}
@@ -290,17 +292,25 @@ impl ObjectStore {
                 store.loose_version.store(true, Ordering::Relaxed);
             }
             Ok(v) => {
-                // shown as text only when it is short printable text
-                let v = String::from_utf8(v)
-                    .ok()
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| v.len() <= 16 && v.bytes().all(|b| b.is_ascii_graphic()))
-                    .map_or("an unreadable VERSION".to_string(), |v| {
-                        format!("version {v}")
-                    });
-                return Err(refuse(format!(
-                    "has format {v}, this mkt reads version {STORE_VERSION}"
-                )));
+                let v = v.trim_ascii();
+                // a version is short printable text; anything else is damage
+                let damage = if v.is_empty() {
+                    "is empty"
+                } else if v.len() > 16 || !v.iter().all(u8::is_ascii_graphic) {
+                    "holds no version number"
+                } else {
+                    let v = String::from_utf8_lossy(v);
+                    return Err(refuse(
+                        format!("has format version {v}, this mkt reads version {STORE_VERSION}"),
+                        format!("upgrade mkt to the version that wrote it, or {start_over}"),
+                    ));
+                };
+                return Err(refuse(
+                    format!(
+                        "is damaged: its `VERSION` file {damage} (this mkt reads version {STORE_VERSION})"
+                    ),
+                    start_over.to_string(),
+                ));
             }
             // no VERSION: no store yet (only then may `init` write one)
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -324,6 +334,8 @@ impl ObjectStore {
             packs: Default::default(),
             loose_version: AtomicBool::new(false),
             holds_lock: AtomicBool::new(false),
+            opened: SystemTime::now(),
+            swept: Default::default(),
         }
     }
 
@@ -400,6 +412,24 @@ impl ObjectStore {
             .map_err(|e| Error::io("write", path, e.error))?;
         self.note_written(path);
         Ok(())
+    }
+
+    /// [`ObjectStore::write_atomic`] for a build's output: the first write
+    /// into a directory also removes the temp files that interrupted
+    /// writes (a SIGKILL between creating and renaming) left there. Only
+    /// under the project lock, which every writer of outputs holds, and
+    /// only files older than this store: so none is a write in progress.
+    pub fn write_output(&self, path: &Utf8Path, bytes: &[u8]) -> Result<()> {
+        let dir = dir_of(path);
+        if self.holds_lock.load(Ordering::Relaxed) {
+            let mut swept = self.swept.lock().unwrap();
+            // held while sweeping: another worker's temp file in `dir`
+            // is created only after this
+            if swept.insert(dir.to_owned()) {
+                remove_stale_temps(dir, self.opened);
+            }
+        }
+        self.write_atomic(path, bytes)
     }
 
     /// Creates `dir` and the directories above it that are missing, each
@@ -532,7 +562,14 @@ impl ObjectStore {
             .create_new(true)
             .open(&path)
             .map_err(|e| Error::io("create", &path, e))?;
-        let writer = PackWriter::start(file).map_err(|e| Error::io("write", &path, e))?;
+        let writer = match PackWriter::start(file) {
+            Ok(w) => w,
+            Err(e) => {
+                // (a full disk): no empty pack is left behind
+                let _ = fs::remove_file(&path);
+                return Err(Error::io("write", &path, e));
+            }
+        };
         self.note_written(&path);
         Ok(OpenPack { path, writer })
     }
@@ -719,9 +756,16 @@ impl ObjectStore {
     pub fn seal_own_pack(&self) -> Result<()> {
         let mut packs = self.packs();
         if let Some(open) = packs.writer.take() {
-            open.writer
-                .seal()
-                .map_err(|e| Error::io("write", &open.path, e))?;
+            if open.writer.is_empty() {
+                // every append failed (a full disk): a pack of nothing
+                // is not kept
+                drop(open.writer);
+                let _ = fs::remove_file(&open.path);
+            } else {
+                open.writer
+                    .seal()
+                    .map_err(|e| Error::io("write", &open.path, e))?;
+            }
         }
         packs.loaded = None; // read again when next needed
         Ok(())
@@ -985,9 +1029,79 @@ fn dir_of(path: &Utf8Path) -> &Utf8Path {
 /// 0600 would leave outputs unreadable to others).
 pub(crate) fn temp_in(dir: &Utf8Path) -> std::io::Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
-        .prefix(".mkt-tmp-")
+        .prefix(TEMP_PREFIX)
+        .rand_bytes(TEMP_RANDOM_CHARS)
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
+}
+
+/// [`temp_in`]'s names: this prefix, then random letters and digits.
+const TEMP_PREFIX: &str = ".mkt-tmp-";
+const TEMP_RANDOM_CHARS: usize = 6;
+
+/// Whether `name` is one [`temp_in`] makes.
+fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX).is_some_and(|r| {
+        r.len() == TEMP_RANDOM_CHARS && r.bytes().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// The temp files of interrupted writes in `dir`: regular files with
+/// [`temp_in`]'s names last modified before `before`. Anything else,
+/// a directory or symlink of that name among them, is not mkt's.
+pub fn stale_temps(dir: &Utf8Path, before: SystemTime) -> Vec<Utf8PathBuf> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut found: Vec<Utf8PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_str().is_some_and(is_temp_name))
+        .filter(|e| {
+            // DirEntry::metadata does not follow a symlink
+            e.metadata()
+                .is_ok_and(|m| m.is_file() && m.modified().is_ok_and(|t| t < before))
+        })
+        .filter_map(|e| Utf8PathBuf::from_path_buf(e.path()).ok())
+        .collect();
+    found.sort();
+    found
+}
+
+/// Removes [`stale_temps`]`(dir, before)`; returns those it removed.
+/// Best effort: one that cannot be removed is left for the next time.
+pub fn remove_stale_temps(dir: &Utf8Path, before: SystemTime) -> Vec<Utf8PathBuf> {
+    let mut found = stale_temps(dir, before);
+    found.retain(|p| fs::remove_file(p).is_ok());
+    found
+}
+
+/// The stale temp files in the directories of `outputs` (paths relative to
+/// `root`), removed unless `dry_run`: for `mkt clean`. Relative paths,
+/// sorted.
+pub fn clear_temps_beside<'a>(
+    root: &Utf8Path,
+    outputs: impl Iterator<Item = &'a str>,
+    before: SystemTime,
+    dry_run: bool,
+) -> Vec<String> {
+    let dirs: std::collections::BTreeSet<&Utf8Path> =
+        outputs.map(|o| dir_of(Utf8Path::new(o))).collect();
+    let mut found = Vec::new();
+    for d in dirs {
+        let dir = root.join(d);
+        let temps = if dry_run {
+            stale_temps(&dir, before)
+        } else {
+            remove_stale_temps(&dir, before)
+        };
+        found.extend(
+            temps
+                .iter()
+                .filter_map(|p| p.strip_prefix(root).ok())
+                .map(|p| p.to_string()),
+        );
+    }
+    found
 }
 
 /// `fsync`s each of `paths` (files, and the directories the store
@@ -1569,7 +1683,9 @@ mod tests {
         fs::write(s.dir().join("VERSION"), b"\xff\xfe\x00garbage").unwrap();
         let e = ObjectStore::open(root).err().unwrap().to_string();
         assert!(
-            e.contains("has format an unreadable VERSION, this mkt reads version 2"),
+            e.contains(
+                "is damaged: its `VERSION` file holds no version number (this mkt reads version 2)"
+            ),
             "{e}"
         );
         assert_eq!(

@@ -50,6 +50,10 @@ pub struct TemplateRefs {
     pub uses_item: bool,
 }
 
+/// How many includes (or imports, or `extends`) may nest: minijinja stops
+/// at a recursion depth of 500, and each include costs 10 of it.
+pub const MAX_INCLUDE_DEPTH: usize = 49;
+
 const ROLES: [&str; 3] = ["system", "user", "assistant"];
 const ROLE_FN: &str = "__mkt_role__";
 
@@ -91,6 +95,9 @@ fn syntax_error(path: &Utf8Path, source: &str, err: &minijinja::Error) -> Error 
             "every name must be defined; guard optional values with `is defined` or `| default(...)`"
                 .to_string(),
         ),
+        minijinja::ErrorKind::InvalidOperation if err.detail() == Some("recursion limit exceeded") => {
+            Some(format!("includes, macro calls and loops nest too deeply (includes at most {MAX_INCLUDE_DEPTH} levels, fewer inside loops or macros); flatten the nesting"))
+        }
         minijinja::ErrorKind::SyntaxError => {
             Some("see the template reference in README.md; literal `{{` can be written `{{ \"{{\" }}` or kept in a `verbatim(...)` file".to_string())
         }
@@ -393,14 +400,25 @@ pub fn compile(input: &RenderInput<'_>) -> Result<CompiledPrompt> {
         .template_from_named_str(name, &main)
         .map_err(|e| syntax_error(input.template_path, &main, &e))?;
     let text = tmpl.render(&input.context).map_err(|e| {
+        // An error inside a partial is wrapped in one "error in" per
+        // include: the innermost says what and where.
+        let e = innermost(&e);
         // Errors inside a partial carry the partial's name.
         let (path, src) = match e.name() {
             Some(n) if n != name => (Utf8Path::new(n), sources.get(n).map_or("", |s| s.as_str())),
             _ => (input.template_path, main.as_ref()),
         };
-        syntax_error(path, src, &e)
+        syntax_error(path, src, e)
     })?;
     Ok(split_roles(text))
+}
+
+fn innermost(e: &minijinja::Error) -> &minijinja::Error {
+    let mut e = e;
+    while let Some(inner) = std::error::Error::source(e).and_then(|s| s.downcast_ref()) {
+        e = inner;
+    }
+    e
 }
 
 #[cfg(test)]

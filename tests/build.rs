@@ -7,7 +7,9 @@
 
 mod support;
 
-use support::{Project, failing_side_project, hold_lock_with_slow_build, project, repo_dir};
+use support::{
+    Project, failing_side_project, files_under, hold_lock_with_slow_build, project, repo_dir,
+};
 
 /// The fixtures' logging echo model (see `fixtures/command/prompts.toml`).
 /// Inline projects put it last so that the line numbers of the targets
@@ -500,6 +502,35 @@ fn dry_run_lists_what_would_run_and_runs_nothing() {
 
 const SIDE_FAILURE: &str =
     "error: `side` failed (never built):\n  `sh` exited with code 3:\n  side: model exploded\n";
+
+#[test]
+fn failing_command_stderr_keeps_a_bounded_tail() {
+    // 25 short lines, then one line of 5,000,000 bytes, then one more
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[models.default]\nprovider = \"command\"\ncommand = [\"sh\", \"-c\", \
+             'for i in $(seq 1 25); do echo line $i; done >&2; head -c 5000000 /dev/zero | tr \"\\\\0\" x >&2; \
+             echo >&2; echo last line >&2; exit 3']\n\n\
+             [targets.a]\ntemplate = \"a.md\"\noutput = \"out/a.md\"\n",
+        )
+        .file("a.md", "a\n")
+        .build();
+    // the last 64 KiB: the end of the long line and the line after it
+    let run = p.mkt(&["build"]);
+    run.code(1).stderr_contains(&format!(
+        "error: `a` failed (never built):\n  `sh` exited with code 3:\n  \
+         [4934666 earlier bytes of stderr not shown]\n  {}\n  last line\n",
+        "x".repeat(65536 - "\nlast line\n".len())
+    ));
+    assert!(run.stderr.len() < 70_000, "{} bytes", run.stderr.len());
+    // and the failed run's manifest (like everything in `.mkt/`) is small
+    let store = files_under(&p, ".mkt");
+    assert!(!store.is_empty());
+    for (f, len) in store {
+        assert!(len < 100_000, "`{f}` has {len} bytes");
+    }
+}
 
 #[test]
 fn failure_stops_the_build_without_keep_going() {
@@ -1952,6 +1983,239 @@ fn sources_that_are_outputs_are_refused() {
         &p,
         "t/c.md:2:1: verbatim file `out/a.txt` is the output of `a`\n  help: use `targets.a` instead, so mkt knows the order",
     );
+}
+
+#[test]
+fn output_that_is_the_project_file_is_refused() {
+    let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"prompts.toml\"\n").build();
+    let before = p.read("prompts.toml");
+    assert_invalid(
+        &p,
+        "prompts.toml:3:10: output `prompts.toml` of `a` is the project file\n  help: write outputs to a directory inside the project, such as `out/`",
+    );
+    assert_eq!(p.read("prompts.toml"), before);
+    // also when a `foreach` expansion yields it
+    let p = inline(
+        "[targets.a]\nforeach = \"docs/*.md\"\ntemplate = \"t/a.md\"\noutput = \"{stem}.toml\"\n",
+    )
+    .file("docs/prompts.md", "doc\n")
+    .build();
+    assert_invalid(
+        &p,
+        "prompts.toml:4:10: output `prompts.toml` of `a[docs/prompts.md]` is the project file\n  help: write outputs to a directory inside the project, such as `out/`",
+    );
+}
+
+#[test]
+fn template_that_includes_itself_is_refused() {
+    let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n")
+        .file("t/a.md", "# a\n{% include \"t/a.md\" %}\n")
+        .build();
+    assert_invalid(
+        &p,
+        "t/a.md:2:1: partial `t/a.md` includes itself: `t/a.md` → `t/a.md`\n  \
+         help: a template cannot include itself, directly or through other partials; for recursion, use a macro that calls itself",
+    );
+}
+
+#[test]
+fn include_cycle_of_two_files_is_refused() {
+    let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n")
+        .file("t/a.md", "{% include \"t/p.md\" %}\n")
+        .file("t/p.md", "p\n{% include \"t/q.md\" %}\n")
+        .file("t/q.md", "q\n\n{% include \"t/p.md\" %}\n")
+        .build();
+    assert_invalid(
+        &p,
+        "t/q.md:3:1: partial `t/p.md` includes itself: `t/p.md` → `t/q.md` → `t/p.md`\n  \
+         help: a template cannot include itself, directly or through other partials; for recursion, use a macro that calls itself",
+    );
+}
+
+/// `t/0.md` includes `t/1.md`, which includes `t/2.md`... `t/{depth}.md`.
+fn include_chain(depth: usize, wrap: (&str, &str)) -> Project {
+    let mut b = inline("[targets.a]\ntemplate = \"t/0.md\"\noutput = \"out/a.md\"\n");
+    for i in 0..depth {
+        let (open, close) = wrap;
+        let text = format!("{i} {open}{{% include \"t/{}.md\" %}}{close}", i + 1);
+        b = b.file(&format!("t/{i}.md"), text);
+    }
+    b.file(&format!("t/{depth}.md"), "end\n").build()
+}
+
+#[test]
+fn thousand_deep_include_chain_says_which_limit_it_hit() {
+    let p = include_chain(1000, ("", ""));
+    assert_invalid(
+        &p,
+        "t/49.md:1:1: includes nest more than 49 levels deep from `t/0.md`, the most templates may nest\n  \
+         help: include the partials of a long chain from one file instead of each from the one before",
+    );
+    // the deepest chain allowed renders
+    let p = include_chain(49, ("", ""));
+    p.mkt(&["build"]).success();
+    assert!(
+        p.read("out/a.md").starts_with("0 1 2 "),
+        "{}",
+        p.read("out/a.md")
+    );
+    // loops count towards minijinja's limit too: the render names it and
+    // the file where it was hit, not only the outermost include
+    let p = include_chain(47, ("{% for x in [1] %}", "{% endfor %}"));
+    p.mkt(&["build"]).code(1).stderr_contains(
+        "error: `a` failed (never built):\n  t/46.md:1:25: recursion limit exceeded\n    \
+         help: includes, macro calls and loops nest too deeply (includes at most 49 levels, fewer inside loops or macros); flatten the nesting\n",
+    );
+}
+
+#[test]
+fn non_utf8_prompts_toml_is_refused_with_its_position() {
+    let p = project()
+        .file(
+            "prompts.toml",
+            b"[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/\xff.md\"\n".as_slice(),
+        )
+        .file("t/a.md", "a\n")
+        .build();
+    assert_invalid(
+        &p,
+        "prompts.toml:3:15: `prompts.toml` is not UTF-8 text (byte 46)\n  \
+         help: TOML files are UTF-8: save it in that encoding",
+    );
+}
+
+#[test]
+fn nul_in_output_is_refused_at_load() {
+    let p = inline("[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a\\u0000.md\"\n").build();
+    assert_invalid(
+        &p,
+        "prompts.toml:3:10: output `out/a\\u{0}.md` contains a NUL character\n  \
+         help: paths in `prompts.toml` are relative to the project root and must stay inside it",
+    );
+}
+
+#[test]
+fn output_naming_a_directory_is_refused() {
+    for output in ["out/", "out/."] {
+        let p = inline(&format!(
+            "[targets.a]\ntemplate = \"t/a.md\"\noutput = \"{output}\"\n"
+        ))
+        .build();
+        assert_invalid(
+            &p,
+            &format!(
+                "prompts.toml:3:10: output `{output}` names a directory\n  \
+                 help: name the file to write, for example `out/a.md`"
+            ),
+        );
+    }
+}
+
+#[test]
+fn non_finite_temperature_is_refused_at_load() {
+    for (value, shown) in [("nan", "NaN"), ("inf", "inf"), ("-inf", "-inf")] {
+        let p = project()
+            .file(
+                "prompts.toml",
+                format!(
+                    "[models.default]\nprovider = \"openai\"\nmodel = \"m\"\ntemperature = {value}\n\n\
+                     [targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n"
+                ),
+            )
+            .file("t/a.md", "a\n")
+            .build();
+        assert_invalid(
+            &p,
+            &format!(
+                "prompts.toml:1:1: model `default`: `temperature` is {shown}, not a finite number\n  \
+                 help: give `temperature` a finite value, or remove it"
+            ),
+        );
+    }
+}
+
+#[test]
+fn huge_latency_ms_is_refused_at_load() {
+    let p = project()
+        .file(
+            "prompts.toml",
+            "[models.default]\nprovider = \"mock\"\nlatency_ms = 18446744073709551615\n\n\
+             [targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\n",
+        )
+        .file("t/a.md", "a\n")
+        .build();
+    assert_invalid(
+        &p,
+        "prompts.toml:1:1: model `default`: `latency_ms` is more than 3600000 (an hour)\n  \
+         help: the mock's latency simulates a model: use milliseconds to seconds",
+    );
+}
+
+/// A `foreach` target `s` over `glob`, rendering `t.md` with `model`
+/// (a `[models.default]` body).
+fn foreach_over(glob: &str, model: &str, template: &str) -> support::ProjectBuilder {
+    project()
+        .file(
+            "prompts.toml",
+            format!(
+                "[models.default]\n{model}\n\n\
+                 [targets.s]\nforeach = \"{glob}\"\ntemplate = \"t.md\"\noutput = \"out/{{stem}}.md\"\n"
+            ),
+        )
+        .file("t.md", template)
+}
+
+#[test]
+fn terminal_escapes_in_file_names_are_not_printed_raw() {
+    let p = foreach_over("docs/*.md", "provider = \"mock\"", "{{ item.content }}")
+        .file("docs/\x1b[2J\x1b[31mred\r.md", "x\n")
+        .build();
+    let run = p.mkt(&["build"]);
+    run.success()
+        .stderr_contains("ran s[docs/\\u{1b}[2J\\u{1b}[31mred\\r.md] (never built)\n");
+    assert!(!run.stderr.contains(['\x1b', '\r']), "{:?}", run.stderr);
+    p.write("docs/\x1b[2J\x1b[31mred\r.md", "y\n");
+    let run = p.mkt(&["status"]);
+    run.code(1);
+    assert!(
+        run.stdout
+            .starts_with("s[docs/\\u{1b}[2J\\u{1b}[31mred\\r.md]  "),
+        "{:?}",
+        run.stdout
+    );
+    let run = p.mkt(&["explain", "s[docs/\x1b[2J\x1b[31mred\r.md]"]);
+    run.success();
+    assert!(
+        run.stdout
+            .starts_with("`s[docs/\\u{1b}[2J\\u{1b}[31mred\\r.md]` is stale"),
+        "{:?}",
+        run.stdout
+    );
+    assert!(!run.stdout.contains(['\x1b', '\r']), "{:?}", run.stdout);
+}
+
+#[test]
+fn foreach_over_a_missing_directory_warns() {
+    let p = foreach_over("dcos/*.md", "provider = \"mock\"", "{{ item.name }}").build();
+    p.mkt(&["build"]).success().stderr_eq(
+        "warning: the `foreach` glob `dcos/*.md` of target `s` matches no file, so it builds nothing\n\
+         0 ran, 0 cached, 0 up to date\n",
+    );
+}
+
+#[test]
+fn non_utf8_foreach_file_works_when_only_its_name_is_used() {
+    let model = "provider = \"command\"\ncommand = [\"cat\"]";
+    let p = foreach_over("img/*.png", model, "describe {{ item.name }}\n")
+        .file("img/a.png", b"\x89PNG\r\n\x1a\n\xff\xfe".as_slice())
+        .build();
+    p.mkt(&["build"]).success();
+    assert_eq!(p.read("out/a.md"), "describe a.png\n");
+    // the content is still refused where it is used
+    p.write("t.md", "describe {{ item.content }}\n");
+    p.mkt(&["build"])
+        .code(1)
+        .stderr_contains("  t.md:1:13: `img/a.png` is not UTF-8 text\n");
 }
 
 #[test]

@@ -274,26 +274,51 @@ fn a_missing_key_fails_before_any_request() {
     assert_eq!(api.requests().len(), 0);
 }
 
-#[test]
-fn a_key_echoed_by_the_api_is_redacted() {
-    let api = FakeApi::start(|r, _| {
+/// One build against an API that answers 401, echoing `echo(key)` of the
+/// key it was sent.
+fn build_against_a_401_echoing(echo: fn(&str) -> String) -> (FakeApi, Project, support::Run) {
+    let api = FakeApi::start(move |r, _| {
         let key = r
             .header("authorization")
             .unwrap_or("")
             .replace("Bearer ", "");
+        let message = format!(
+            "Incorrect API key provided: {}. You can find your API key at https://platform.example/account/api-keys.",
+            echo(&key)
+        );
         Reply::json(
             401,
-            json!({"error": {"message": format!("Incorrect API key provided: {key}"), "type": "invalid_request_error", "code": "invalid_api_key"}}),
+            json!({"error": {"message": message, "type": "invalid_request_error", "code": "invalid_api_key"}}),
         )
     });
     let p = one_target(&openai_model(&api, ""));
     let r = p.mkt_env(&["build"], ENV);
+    (api, p, r)
+}
+
+#[test]
+fn a_key_echoed_by_the_api_is_redacted() {
+    let (api, p, r) = build_against_a_401_echoing(|key| key.to_string());
     r.code(1)
         .stderr_contains("HTTP 401 from `")
-        .stderr_contains("Incorrect API key provided: [redacted]");
+        .stderr_contains("Incorrect API key provided: [redacted]. You can find");
     // a 401 is not retried
     assert_eq!(api.requests().len(), 1);
     assert_key_nowhere(&p, &[&r]);
+}
+
+#[test]
+fn a_partially_masked_key_echoed_by_the_api_is_redacted() {
+    // as OpenAI's 401 answers show a key: its first 8 and last 4 characters
+    let (_api, p, r) =
+        build_against_a_401_echoing(|key| format!("{}...{}", &key[..8], &key[key.len() - 4..]));
+    r.code(1)
+        .stderr_contains("Incorrect API key provided: [redacted]. You can find")
+        .stderr_lacks("sk-test-...CRET");
+    for f in store_files(&p) {
+        let text = String::from_utf8_lossy(&std::fs::read(&f).unwrap()).into_owned();
+        assert!(!text.contains("sk-test-...CRET"), "in {}", f.display());
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -296,6 +296,27 @@ fn remote_cache_off_and_the_environment_variable() {
         .summary("0 ran, 4 cached, 0 up to date, 4 from the remote cache");
 }
 
+/// The file of a `file://` remote (in `dir`) holding the object with
+/// the bytes of `a`'s output `rel`.
+fn remote_object(dir: &std::path::Path, a: &Project, rel: &str) -> std::path::PathBuf {
+    let want = a.read_bytes(rel);
+    walk(&dir.join("objects"))
+        .into_iter()
+        .find(|p| std::fs::read(p).unwrap() == want)
+        .expect("the output's object is on the remote")
+}
+
+/// The file of a `file://` remote (in `dir`) holding `target`'s manifest.
+fn remote_manifest(dir: &std::path::Path, target: &str) -> std::path::PathBuf {
+    walk(&dir.join("ac"))
+        .into_iter()
+        .find(|p| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            v["target"] == target
+        })
+        .expect("the target's manifest is on the remote")
+}
+
 /// The remote's objects and manifests are checked before they are
 /// believed: a corrupt or truncated object and a forged manifest are each
 /// reported once and rebuilt locally; nothing of them reaches the store.
@@ -305,13 +326,7 @@ fn corrupt_objects_and_forged_manifests_are_rebuilt() {
     let cache = format!("remote = {url:?}");
     let a = with_cache(&cache);
     a.mkt(&["build"]).success();
-    let remote_object = |rel: &str| {
-        let want = a.read_bytes(rel);
-        walk(&dir.path().join("objects"))
-            .into_iter()
-            .find(|p| std::fs::read(p).unwrap() == want)
-            .expect("the output's object is on the remote")
-    };
+    let remote_object = |rel: &str| remote_object(dir.path(), &a, rel);
     // side: one byte flipped; outline: truncated
     let side = remote_object("out/side.md");
     let mut bytes = std::fs::read(&side).unwrap();
@@ -327,18 +342,7 @@ fn corrupt_objects_and_forged_manifests_are_rebuilt() {
         .unwrap();
     // summary: its manifest replaced by side's (a valid manifest filed
     // under another InputBundleHash)
-    let entries = walk(&dir.path().join("ac"));
-    let manifest_of = |target: &str| {
-        entries
-            .iter()
-            .find(|p| {
-                let v: serde_json::Value =
-                    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
-                v["target"] == target
-            })
-            .unwrap()
-            .clone()
-    };
+    let manifest_of = |target: &str| remote_manifest(dir.path(), target);
     std::fs::copy(manifest_of("side"), manifest_of("summary")).unwrap();
 
     let b = with_cache(&cache);
@@ -380,6 +384,50 @@ fn corrupt_objects_and_forged_manifests_are_rebuilt() {
     for r in b.store_objects() {
         assert_ne!(r.payload, bytes, "{r:?} is the corrupt object");
     }
+}
+
+/// An object or an entry grown to 2 GiB on the remote (sparse files, so
+/// the test costs no disk) is rejected from its length alone: the build
+/// reads none of it, stays small, and runs those targets itself.
+#[test]
+fn oversized_remote_objects_and_manifests_are_not_read() {
+    let (dir, url) = remote_dir();
+    let cache = format!("remote = {url:?}");
+    let a = with_cache(&cache);
+    a.mkt(&["build"]).success();
+    let want = a.read_bytes("out/side.md");
+    let side = remote_object(dir.path(), &a, "out/side.md");
+    let grow = |p: &std::path::Path| {
+        let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.set_len(2 << 30).unwrap();
+    };
+    grow(&side);
+    grow(&remote_manifest(dir.path(), "summary"));
+
+    let b = with_cache(&cache);
+    let started = Instant::now();
+    let run = b.mkt(&["build"]);
+    let took = started.elapsed();
+    run.success()
+        .summary("2 ran, 2 cached, 0 up to date, 2 from the remote cache");
+    let hex = side.file_name().unwrap().to_str().unwrap();
+    run.stderr_contains(&format!(
+        "warning: the remote cache `{url}`: object `objects/{}/{hex}` has 2147483648 bytes, not the {} its entry says (not read); not used for `side`, running the model\n",
+        &hex[..2],
+        want.len()
+    ));
+    run.stderr_contains("has 2147483648 bytes, more than a run manifest may have (16777216); not used for `summary`, running the model\n");
+    assert_eq!(b.read_bytes("out/side.md"), want);
+    // reading either whole took 17 s and 4 GB; the build itself needs a
+    // few MB (every child of this test process counts: all are small)
+    let max_rss_kib = {
+        // SAFETY: getrusage fills the struct it is given.
+        let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) }, 0);
+        u.ru_maxrss
+    };
+    assert!(max_rss_kib < 256 << 10, "a child used {max_rss_kib} KiB");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
 }
 
 /// A closed port: the build finishes locally with one warning, and no

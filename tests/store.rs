@@ -114,6 +114,51 @@ fn init_refuses_an_existing_project() {
 // mkt gc
 
 #[test]
+fn empty_temp_files_left_by_a_sigkill_are_removed() {
+    let p = built_command_project();
+    // what a SIGKILL between creating a temp file and renaming it leaves
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let left = |rel: &str| {
+        p.write(rel, "");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(p.path(rel))
+            .unwrap();
+        f.set_modified(an_hour_ago).unwrap();
+    };
+    left("out/.mkt-tmp-Ab3xY9");
+    // not mkt's names: left alone
+    p.write("out/.mkt-tmp-notes.txt", "mine\n");
+    p.write("out/.mkt-tmp-ab", "");
+    // a build that writes into `out/` removes the stale one
+    p.append("topic.txt", "edit\n");
+    p.mkt(&["build"])
+        .success()
+        .summary("3 ran, 0 cached, 1 up to date");
+    assert!(!p.exists("out/.mkt-tmp-Ab3xY9"));
+    assert!(p.exists("out/.mkt-tmp-notes.txt") && p.exists("out/.mkt-tmp-ab"));
+    // and so does `mkt clean`, saying so
+    left("out/.mkt-tmp-Zz0000");
+    let temp_lines = |args: &[&str]| -> Vec<String> {
+        let run = p.mkt(args);
+        run.success();
+        let lines = run.stdout.lines().filter(|l| l.contains(".mkt-tmp-"));
+        lines.map(str::to_string).collect()
+    };
+    assert_eq!(
+        temp_lines(&["clean", "-n"]),
+        ["would remove out/.mkt-tmp-Zz0000 (left by an interrupted write)"]
+    );
+    assert!(p.exists("out/.mkt-tmp-Zz0000"));
+    assert_eq!(
+        temp_lines(&["clean"]),
+        ["removed out/.mkt-tmp-Zz0000 (left by an interrupted write)"]
+    );
+    assert!(!p.exists("out/.mkt-tmp-Zz0000"));
+    assert!(p.exists("out/.mkt-tmp-notes.txt") && p.exists("out/.mkt-tmp-ab"));
+}
+
+#[test]
 fn gc_keeps_the_last_runs_and_what_the_current_outputs_need() {
     let p = built_command_project();
     edit_cycles(&p, 3);
@@ -244,6 +289,26 @@ fn gc_stats_counts_files_and_bytes_by_kind() {
     assert_eq!(line("history")[1], "1");
     assert!(run.stdout.starts_with("KIND "));
     assert!(run.stdout.lines().last().unwrap().starts_with("total "));
+}
+
+#[test]
+fn a_damaged_or_empty_store_version_says_so() {
+    let p = built_command_project();
+    p.remove(".mkt/noop");
+    let dir = p.path(".mkt");
+    for (bytes, damage) in [
+        (&b""[..], "is empty"),
+        (b"\n", "is empty"),
+        (b"\xff\xfe\x00garbage", "holds no version number"),
+        (b"2\x1b[31m", "holds no version number"),
+    ] {
+        p.write(".mkt/VERSION", bytes);
+        p.mkt(&["build"]).code(2).stderr_eq(&format!(
+            "error: the store `{}` is damaged: its `VERSION` file {damage} (this mkt reads version 2)\n  \
+             help: run `mkt gc --all` to delete the store and start over (the next build runs everything again)\n",
+            dir.display()
+        ));
+    }
 }
 
 #[test]
@@ -450,17 +515,24 @@ impl Drop for Tmpfs {
     }
 }
 
-#[test]
-fn a_full_disk_fails_the_build_clearly_and_the_store_stays_consistent() {
+/// A project on a 1 MB tmpfs whose target `a` renders `big.txt`; `None`
+/// where no tmpfs can be mounted.
+fn project_on_a_small_disk() -> Option<(Project, Tmpfs)> {
     let p = project().build();
-    let Some(_tmpfs) = Tmpfs::mount(p.root(), "1m") else {
-        return;
-    };
+    let tmpfs = Tmpfs::mount(p.root(), "1m")?;
     p.write(
         "prompts.toml",
         "[targets.a]\ntemplate = \"t.md\"\ninputs = { big = \"big.txt\" }\noutput = \"out/a.md\"\n",
     );
     p.write("t.md", "{{ inputs.big }}\n");
+    Some((p, tmpfs))
+}
+
+#[test]
+fn a_full_disk_fails_the_build_clearly_and_the_store_stays_consistent() {
+    let Some((p, _tmpfs)) = project_on_a_small_disk() else {
+        return;
+    };
     // the prompt object, the output object and the output: three copies
     // of 400 KB do not fit in 1 MB
     p.write("big.txt", "x".repeat(400 * 1024));
@@ -493,6 +565,37 @@ fn a_full_disk_fails_the_build_clearly_and_the_store_stays_consistent() {
     p.mkt(&["build"])
         .success()
         .summary("0 ran, 1 cached, 0 up to date");
+}
+
+#[test]
+fn a_disk_full_build_prints_its_summary_and_leaves_no_empty_pack() {
+    let Some((p, _tmpfs)) = project_on_a_small_disk() else {
+        return;
+    };
+    p.write("big.txt", "one\n");
+    p.mkt(&["build"]).success();
+    p.write("big.txt", "two\n");
+    let packs = || files_under(&p, ".mkt/packs");
+    let before = packs();
+    // fill the disk to the last byte
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(p.path("fill")).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        while f.write_all(&chunk[..1]).is_ok() {}
+    }
+    let run = p.mkt(&["build"]);
+    run.code(1)
+        .stderr_contains("No space left on device")
+        .summary("0 ran, 0 cached, 0 up to date, 1 failed");
+    assert_eq!(packs(), before, "no new pack, empty or not");
+    // space freed: the next build runs the edit
+    p.remove("fill");
+    p.mkt(&["build"])
+        .success()
+        .summary("1 ran, 0 cached, 0 up to date");
+    assert!(p.read("out/a.md").ends_with("\ntwo\n\n"));
 }
 
 /// A build killed outright (SIGKILL: no handler runs, nothing is flushed

@@ -48,6 +48,9 @@ pub(super) struct Printer {
     /// When the progress line was last drawn: it is redrawn at most every
     /// [`STATUS_EVERY`], so 10,000 fresh targets are not 10,000 writes.
     status_drawn: Mutex<Option<std::time::Instant>>,
+    /// The outcomes seen so far in this build, for a summary line when
+    /// the build fails after running targets (a full disk as it saves).
+    seen: Mutex<BuildReport>,
 }
 
 const STATUS_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
@@ -59,6 +62,7 @@ impl Printer {
             tty: std::io::stderr().is_terminal(),
             status_shown: Mutex::new(false),
             status_drawn: Mutex::new(None),
+            seen: Mutex::new(BuildReport::default()),
         }
     }
 
@@ -69,7 +73,7 @@ impl Printer {
             let _ = write!(err, "\r\x1b[K");
             *shown = false;
         }
-        let _ = writeln!(err, "{text}");
+        let _ = writeln!(err, "{}", super::shown(text));
     }
 
     /// The command's product (the `--dry-run` list) goes to stdout.
@@ -79,7 +83,7 @@ impl Printer {
             let _ = write!(std::io::stderr().lock(), "\r\x1b[K");
             *shown = false;
         }
-        println!("{text}");
+        println!("{}", super::shown(text));
     }
 
     /// Draws the progress line; `text` is only made when it is drawn. A
@@ -100,7 +104,7 @@ impl Printer {
         let text = text();
         let mut shown = self.status_shown.lock().unwrap();
         let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[K{text}");
+        let _ = write!(err, "\r\x1b[K{}", super::shown(&text));
         let _ = err.flush();
         *shown = true;
     }
@@ -110,7 +114,12 @@ impl Printer {
             Event::WaitingForLock => {
                 self.line("mkt: waiting for another mkt build of this project to finish...")
             }
-            Event::Planned { .. } => {}
+            Event::Planned { total } => {
+                *self.seen.lock().unwrap() = BuildReport {
+                    total,
+                    ..BuildReport::default()
+                }
+            }
             Event::Started { key, .. } => self.status(false, || format!("running {key}")),
             Event::Warning(w) => self.line(&format!("warning: {w}")),
             Event::Finished {
@@ -121,6 +130,7 @@ impl Printer {
                 total,
             } => {
                 let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                self.seen.lock().unwrap().count(outcome);
                 match outcome {
                     Outcome::Failed { error } => {
                         self.line(&format!("error: `{key}` failed{why}:\n{}", indent(error)))
@@ -146,6 +156,15 @@ impl Printer {
                 }
             }
         }
+    }
+}
+
+impl Printer {
+    /// What the outcomes seen say, when any target finished.
+    fn summary_so_far(&self, elapsed: std::time::Duration) -> Option<String> {
+        let seen = self.seen.lock().unwrap();
+        let any = seen.fresh + seen.restored + seen.cached + seen.ran + seen.failed + seen.skipped;
+        (any > 0).then(|| summary_line(&seen, elapsed))
     }
 }
 
@@ -193,6 +212,10 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
     match result {
         Err(e) => {
             printer.line(&format!("error: {e}"));
+            // still the last line, for scripts, once targets have finished
+            if let Some(summary) = printer.summary_so_far(started.elapsed()) {
+                printer.line(&summary);
+            }
             e.exit_code()
         }
         Ok(r) => {

@@ -41,6 +41,11 @@ pub fn run(root: &Utf8Path, args: CleanArgs) -> i32 {
             break; // a closed pipe (`| head`)
         }
     }
+    for p in &rep.temps {
+        if writeln!(out, "{verb} {p} (left by an interrupted write)").is_err() {
+            break;
+        }
+    }
     for (p, why) in &rep.left_alone {
         let why = match why {
             LeftAlone::Edited => "edited since mkt wrote it",

@@ -20,11 +20,11 @@ pub fn run(root: &Utf8Path, args: ExplainArgs) -> i32 {
     };
     let key = &ex.key;
     match &ex.state {
-        NodeState::Fresh => println!("`{key}` is fresh"),
-        NodeState::NeverBuilt => println!("`{key}` has never been built"),
-        NodeState::Failed => println!("`{key}` failed in its last run"),
-        NodeState::Stale(r) => println!("`{key}` is stale: {r}"),
-        NodeState::Broken(e) => println!("`{key}` cannot be built as the project stands: {e}"),
+        NodeState::Fresh => say!("`{key}` is fresh"),
+        NodeState::NeverBuilt => say!("`{key}` has never been built"),
+        NodeState::Failed => say!("`{key}` failed in its last run"),
+        NodeState::Stale(r) => say!("`{key}` is stale: {r}"),
+        NodeState::Broken(e) => say!("`{key}` cannot be built as the project stands: {e}"),
     }
     match &ex.run {
         RunLookup::Found(m) => {
@@ -33,7 +33,7 @@ pub fn run(root: &Utf8Path, args: ExplainArgs) -> i32 {
             } else {
                 "built by run"
             };
-            println!(
+            say!(
                 "{what} {} at {}: InputBundleHash {}, model `{}` ({})",
                 m.run_id,
                 m.timing.finished_at,
@@ -42,43 +42,43 @@ pub fn run(root: &Utf8Path, args: ExplainArgs) -> i32 {
                 m.model.provider
             );
             if let Some(e) = &m.error {
-                println!("error: {}", e.lines().next().unwrap_or(""));
+                say!("error: {}", e.lines().next().unwrap_or(""));
             }
         }
         RunLookup::Gone { run_id, why } if !run_id.is_empty() => {
-            println!("built by run {run_id}, whose manifest is gone: {why}")
+            say!("built by run {run_id}, whose manifest is gone: {why}")
         }
-        RunLookup::Gone { why, .. } => println!("its last run {why}"),
+        RunLookup::Gone { why, .. } => say!("its last run {why}"),
         RunLookup::Unknown => {}
     }
     if !ex.changes.is_empty() {
-        println!("\nchanged since that run:");
+        say!("\nchanged since that run:");
         for c in &ex.changes {
             let old = c.old.as_deref().unwrap_or("(none)");
             let new = c.new.as_deref().unwrap_or("(none)");
-            println!("  {}: {old} -> {new}", c.what);
+            say!("  {}: {old} -> {new}", c.what);
             if let Some(d) = &c.diff {
                 for l in d.lines() {
-                    println!("    {l}");
+                    say!("    {l}");
                 }
             }
         }
     } else if matches!(ex.run, RunLookup::Found(_)) && !ex.state.is_fresh() {
-        println!("\nnothing it reads changed since that run");
+        say!("\nnothing it reads changed since that run");
     }
     if let (Some(old), Some(new)) = ex.bundle
         && old != new
     {
-        println!("\nInputBundleHash: {} -> {}", old.0.short(), new.0.short());
+        say!("\nInputBundleHash: {} -> {}", old.0.short(), new.0.short());
     }
     if let Some(d) = &ex.prompt_diff {
-        println!("\ncompiled prompt:");
+        say!("\ncompiled prompt:");
         for l in d.lines() {
-            println!("  {l}");
+            say!("  {l}");
         }
     }
     for n in &ex.notes {
-        println!("note: {n}");
+        say!("note: {n}");
     }
     0
 }

@@ -1,6 +1,13 @@
 //! The command line: argument parsing and printing only; all decisions are
 //! made in the library.
 
+/// `println!` through [`shown`]: for lines that hold names or file text.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", crate::cli::shown(&format!($($arg)*)))
+    };
+}
+
 mod build;
 mod cache;
 mod clean;
@@ -64,8 +71,28 @@ enum Command {
 
 /// Prints an error the way every command does, returning its exit code.
 pub fn report_error(e: &Error) -> i32 {
-    eprintln!("error: {e}");
+    eprintln!("error: {}", shown(&e.to_string()));
     e.exit_code()
+}
+
+/// `text` as it may reach a terminal: control characters other than
+/// newline and tab (an escape sequence in a file or target name, a bare
+/// `\r`) are written as Rust escapes (`\u{1b}`), so a name cannot
+/// recolour, move or erase what mkt prints.
+pub(crate) fn shown(text: &str) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if !text.contains(bad) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if bad(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out.into()
 }
 
 pub fn run() -> i32 {

@@ -119,9 +119,9 @@ pub fn run(root: &Utf8Path, args: RunsArgs) -> i32 {
         }
         s
     };
-    println!("{}", line(header.to_vec()));
+    say!("{}", line(header.to_vec()));
     for r in &rows {
-        println!("{}", line(r.iter().map(String::as_str).collect()));
+        say!("{}", line(r.iter().map(String::as_str).collect()));
     }
     if total > entries.len() {
         eprintln!(

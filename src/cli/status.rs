@@ -66,7 +66,7 @@ pub fn run(root: &Utf8Path, args: StatusArgs) -> i32 {
                 NodeState::Broken(e) => format!("cannot be built: {e}"),
                 st => st.reason().unwrap_or_default(),
             };
-            println!("{key:width$}  {reason}");
+            say!("{key:width$}  {reason}");
         }
         if rep.all_fresh() {
             match rep.total {

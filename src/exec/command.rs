@@ -87,11 +87,62 @@ fn search(path_var: &[u8], prog: &str) -> Option<PathBuf> {
     None
 }
 
-fn tail(stderr: &[u8]) -> String {
-    let text = String::from_utf8_lossy(stderr);
-    let lines: Vec<&str> = text.lines().collect();
-    let start = lines.len().saturating_sub(20);
-    lines[start..].join("\n")
+/// How much of the end of a program's stderr is kept: one that writes
+/// megabytes of it must not put them all in memory, on the terminal and
+/// into the failed run's manifest.
+const STDERR_KEPT: usize = 64 * 1024;
+
+/// Lines of stderr shown for a failed run, at most.
+const STDERR_LINES: usize = 20;
+
+/// The end of a program's stderr, and how many bytes came before it.
+#[derive(Default)]
+struct Tail {
+    kept: Vec<u8>,
+    cut: u64,
+}
+
+/// Reads `r` to its end (so the program never blocks on a full pipe),
+/// keeping only the last [`STDERR_KEPT`] bytes.
+fn read_tail(mut r: impl std::io::Read) -> Tail {
+    let mut t = Tail::default();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => t.kept.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+        // drained in halves, not per read: each byte moves at most twice
+        if t.kept.len() > 2 * STDERR_KEPT {
+            t.drop_front(t.kept.len() - STDERR_KEPT);
+        }
+    }
+    t.drop_front(t.kept.len().saturating_sub(STDERR_KEPT));
+    t
+}
+
+impl Tail {
+    fn drop_front(&mut self, n: usize) {
+        self.kept.drain(..n);
+        self.cut += n as u64;
+    }
+
+    /// The last [`STDERR_LINES`] lines, after a line saying how many bytes
+    /// before them are not shown, if any.
+    fn text(&self) -> String {
+        let text = String::from_utf8_lossy(&self.kept);
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(STDERR_LINES);
+        let shown = lines[start..].join("\n");
+        let hidden_lines: usize = lines[..start].iter().map(|l| l.len() + 1).sum();
+        let hidden = self.cut + hidden_lines as u64;
+        if hidden == 0 {
+            return shown;
+        }
+        format!("[{hidden} earlier bytes of stderr not shown]\n{shown}")
+    }
 }
 
 impl ModelAdapter for Command {
@@ -131,6 +182,8 @@ impl ModelAdapter for Command {
                 let _ = stdin.write_all(&input);
             }))
         };
+        let stderr = child.stderr.take().expect("piped");
+        let stderr = std::thread::spawn(move || read_tail(stderr));
         let pid = child.id() as i32;
         let _group = super::RunningGroup::register(pid);
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -146,6 +199,8 @@ impl ModelAdapter for Command {
         });
         let out = child.wait_with_output();
         let _ = done_tx.send(());
+        // `wait_with_output` read stdout and waited: stderr is at its end
+        let stderr = stderr.join().unwrap_or_default();
         let timed_out = watchdog.is_some_and(|w| w.join().unwrap_or(false));
         if let Some(w) = writer {
             let _ = w.join();
@@ -168,7 +223,7 @@ impl ModelAdapter for Command {
                 (None, Some(s)) => format!("was killed by signal {s}"),
                 _ => "failed".to_string(),
             };
-            let err = tail(&out.stderr);
+            let err = stderr.text();
             let mut msg = format!("`{prog}` {how}");
             if !err.is_empty() {
                 msg.push_str(":\n");

@@ -101,7 +101,7 @@ pub fn send(
 ) -> Result<serde_json::Value, ModelError> {
     let m = req.model;
     let redact = |s: String| match req.secret {
-        Some(k) if !k.is_empty() => s.replace(k, "[redacted]"),
+        Some(k) if !k.is_empty() => redact_key(&s, k),
         _ => s,
     };
     let max_retries = m.settings.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
@@ -194,6 +194,57 @@ pub fn send(
         }
         return Err(ModelError::new(what));
     }
+}
+
+/// `text` with `key` replaced by `[redacted]`, and so is a masked form
+/// of it that error bodies echo: a start of the key (4 characters or
+/// more), a mask of `.`, `*` or `…`, and an end of the key (OpenAI's
+/// `Incorrect API key provided: sk-SECRE...7890`).
+fn redact_key(text: &str, key: &str) -> String {
+    const SHORTEST: usize = 4;
+    let text = text.replace(key, "[redacted]");
+    if key.len() < 2 * SHORTEST || !key.is_ascii() {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find(&key[..SHORTEST]) {
+        out.push_str(&rest[..at]);
+        let here = &rest[at..];
+        match masked_len(here, key) {
+            Some(n) => {
+                out.push_str("[redacted]");
+                rest = &here[n..];
+            }
+            None => {
+                out.push_str(&here[..SHORTEST]);
+                rest = &here[SHORTEST..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The length of a masked `key` at the start of `s`, if one is there.
+fn masked_len(s: &str, key: &str) -> Option<usize> {
+    let head = s
+        .bytes()
+        .zip(key.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let after_head = &s[head..];
+    let mask = after_head
+        .find(|c: char| !matches!(c, '.' | '*' | '…'))
+        .unwrap_or(after_head.len());
+    if mask == 0 {
+        return None;
+    }
+    let tail_start = &after_head[mask..];
+    let tail = tail_start
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .unwrap_or(tail_start.len());
+    (tail >= 2 && key.ends_with(&tail_start[..tail])).then_some(head + mask + tail)
 }
 
 /// The start of a body that is not what was expected, for the message.
@@ -391,6 +442,26 @@ impl Drop for Slot<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_key_and_its_masked_forms_are_redacted() {
+        let key = "sk-SECRET-0123-4567890";
+        for (text, want) in [
+            ("bad key sk-SECRET-0123-4567890.", "bad key [redacted]."),
+            (
+                "Incorrect API key provided: sk-SECRE...7890. You can find",
+                "Incorrect API key provided: [redacted]. You can find",
+            ),
+            ("key sk-S****************7890", "key [redacted]"),
+            ("key sk-SEC…890!", "key [redacted]!"),
+            // not the key: kept
+            ("sk-SECOND...7890", "sk-SECOND...7890"),
+            ("sk-SECRE...1111", "sk-SECRE...1111"),
+            ("sk-SECRET and more", "sk-SECRET and more"),
+        ] {
+            assert_eq!(redact_key(text, key), want, "{text}");
+        }
+    }
 
     #[test]
     fn retry_after_prefers_milliseconds_and_is_capped() {
