@@ -63,7 +63,9 @@ fn fixture() -> &'static Fixture {
         let body_counts = 3 * 4; // three empty u32 counts
         let state_header = state[..state.len() - 32 - body_counts].to_vec();
         let noop = NoopStamp::new(0, &[]).encode();
-        let noop_header = noop[..noop.len() - 32 - 8].to_vec();
+        // (magic and version: less the checksum, the entry count, the
+        // state tip and the node count)
+        let noop_header = noop[..noop.len() - 32 - 4 - 32 - 4].to_vec();
         let key = Digest::of(b"fuzz key");
         let mut graph_header = noop_header.clone();
         graph_header[..8].copy_from_slice(b"MKTGRPH1");
