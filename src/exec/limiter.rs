@@ -6,10 +6,11 @@
 //!   `prompts.toml` (`requests_per_minute`, spread evenly;
 //!   `tokens_per_minute`) and the ones learnt from the rate-limit headers
 //!   of the answers (`x-ratelimit-*`, `anthropic-ratelimit-*`), whose
-//!   level is re-read from every answer. A request reserves its cost
-//!   (1 request, its estimated tokens) before it is sent and waits until
-//!   the bucket holds it, so waiting workers leave one after the other
-//!   instead of all at once;
+//!   level is re-read from every answer. Requests wait in line: the first
+//!   waits until every bucket holds its cost (1 request, its estimated
+//!   tokens), takes it and goes, so waiting workers leave one after the
+//!   other instead of all at once, and an answer that corrects a bucket
+//!   counts at once;
 //! - a concurrency window in the manner of TCP: unbounded (so `-j` and
 //!   `max_concurrency` are the only bounds) until an answer of 429 or 529
 //!   or a timeout halves it, then one more request in flight per window's
@@ -70,9 +71,12 @@ struct Bucket {
     capacity: f64,
     /// Units per second.
     rate: f64,
-    /// May go below zero: the units reserved by waiting requests.
+    /// Below zero after a request larger than the bucket.
     level: f64,
     updated: Instant,
+    /// When the request whose answer last set a learnt level was sent: an
+    /// answer to an earlier one is older news and may only lower it.
+    synced: Option<Instant>,
 }
 
 impl Bucket {
@@ -84,6 +88,7 @@ impl Bucket {
             rate: per_minute / 60.0,
             level: capacity,
             updated: Instant::now(),
+            synced: None,
         }
     }
 
@@ -93,14 +98,15 @@ impl Bucket {
         self.updated = self.updated.max(now);
     }
 
-    /// Takes `amount` and says how long until it is there.
-    fn reserve(&mut self, amount: f64, now: Instant) -> Duration {
+    /// How long until the bucket holds `amount` (or is full, for an
+    /// amount larger than it holds).
+    fn wait_for(&mut self, amount: f64, now: Instant) -> Duration {
         self.refill(now);
-        self.level -= amount;
-        if self.level >= 0.0 {
+        let need = amount.min(self.capacity);
+        if self.level >= need {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64(-self.level / self.rate)
+            Duration::from_secs_f64((need - self.level) / self.rate)
         }
     }
 }
@@ -114,9 +120,13 @@ struct State {
     /// it do not halve it again (one decrease per congestion event).
     last_decrease: Option<Instant>,
     buckets: Vec<Bucket>,
-    /// Per [`Kind`]: the units reserved by requests whose answer has not
+    /// Per [`Kind`]: the units taken by requests whose answer has not
     /// come back (whether or not a bucket of that kind exists yet).
     pending: [f64; 4],
+    /// Requests take their turn in the order they came: the next ticket
+    /// to give, and the one whose turn it is.
+    next_ticket: u64,
+    serving: u64,
 }
 
 const KINDS: [Kind; 4] = [
@@ -199,11 +209,14 @@ pub fn wait(pause: Duration) -> Result<(), ModelError> {
     if pause.is_zero() {
         return Ok(());
     }
-    let until = Instant::now() + pause;
-    let ms = until.saturating_duration_since(*EPOCH).as_millis() as u64;
-    WAIT_UNTIL_MS.fetch_max(ms, Ordering::Relaxed);
+    show_wait(Instant::now() + pause);
     WAITED_US.fetch_add(pause.as_micros() as u64, Ordering::Relaxed);
     sleep_interruptible(pause)
+}
+
+fn show_wait(until: Instant) {
+    let ms = until.saturating_duration_since(*EPOCH).as_millis() as u64;
+    WAIT_UNTIL_MS.fetch_max(ms, Ordering::Relaxed);
 }
 
 pub fn sleep_interruptible(pause: Duration) -> Result<(), ModelError> {
@@ -220,14 +233,12 @@ pub fn sleep_interruptible(pause: Duration) -> Result<(), ModelError> {
     Ok(())
 }
 
-/// A request's reservation: its place in flight and its cost in the
-/// buckets, given back by [`Permit::answered`] or when dropped.
+/// A request on its way: its place in flight and its cost in the buckets'
+/// pending units, given back by [`Permit::answered`] or when dropped.
 pub struct Permit<'a> {
     limiter: &'a Limiter,
     cost: Cost,
     sent: Instant,
-    /// Counted in `in_flight`.
-    flying: bool,
     done: bool,
 }
 
@@ -252,48 +263,69 @@ impl Limiter {
                 last_decrease: None,
                 buckets,
                 pending: [0.0; 4],
+                next_ticket: 0,
+                serving: 0,
             }),
             freed: Condvar::new(),
         }
     }
 
-    /// Waits until a request of `cost` may be sent: its share of every
-    /// bucket, then a place in flight. Returns the time it waited.
+    /// Waits until a request of `cost` may be sent: its turn, its share
+    /// of every bucket and a place in flight; then takes them. The first
+    /// in line waits for the buckets, re-reading them as answers correct
+    /// them; the others wait for their turn. Returns the time it waited.
     pub fn acquire(&self, cost: Cost) -> Result<(Permit<'_>, Duration), ModelError> {
         let t = Instant::now();
-        let pause = {
-            let mut st = lock(&self.state);
-            st.add_pending(cost, 1.0);
-            st.buckets
-                .iter_mut()
-                .map(|b| b.reserve(cost.of(b.kind), t))
-                .max()
-                .unwrap_or_default()
-        };
-        let mut permit = Permit {
-            limiter: self,
-            cost,
-            sent: t,
-            flying: false,
-            done: false,
-        };
-        wait(pause)?;
         let mut st = lock(&self.state);
-        while self.full(&st) {
+        let ticket = st.next_ticket;
+        st.next_ticket += 1;
+        loop {
             if super::interrupted() {
+                if st.serving == ticket {
+                    st.serving += 1;
+                    self.freed.notify_all();
+                }
                 return Err(ModelError::Interrupted);
             }
+            let now = Instant::now();
+            let nap = if st.serving != ticket || self.full(&st) {
+                Duration::from_millis(50)
+            } else {
+                let need = st
+                    .buckets
+                    .iter_mut()
+                    .map(|b| b.wait_for(cost.of(b.kind), now));
+                match need.max().unwrap_or_default() {
+                    d if d.is_zero() => break,
+                    d => {
+                        show_wait(now + d);
+                        d.min(Duration::from_millis(100))
+                    }
+                }
+            };
             st = self
                 .freed
-                .wait_timeout(st, Duration::from_millis(50))
+                .wait_timeout(st, nap)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        for b in &mut st.buckets {
+            b.level -= cost.of(b.kind);
+        }
+        st.add_pending(cost, 1.0);
         st.in_flight += 1;
+        st.serving += 1;
         drop(st);
-        permit.flying = true;
-        permit.sent = Instant::now();
-        Ok((permit, t.elapsed()))
+        self.freed.notify_all();
+        let waited = t.elapsed();
+        WAITED_US.fetch_add(waited.as_micros() as u64, Ordering::Relaxed);
+        let permit = Permit {
+            limiter: self,
+            cost,
+            sent: Instant::now(),
+            done: false,
+        };
+        Ok((permit, waited))
     }
 
     fn full(&self, st: &State) -> bool {
@@ -315,7 +347,7 @@ impl Permit<'_> {
         let now = Instant::now();
         for n in learnt {
             let pending = st.pending[n.kind as usize];
-            learn(&mut st.buckets, n, pending, now);
+            learn(&mut st.buckets, n, pending, self.sent, now);
         }
         match signal {
             Signal::Fine if st.window.is_finite() => st.window += 1.0 / st.window,
@@ -332,9 +364,11 @@ impl Permit<'_> {
 }
 
 /// Sets the learnt bucket of `n.kind` from an answer: its level is what
-/// the server has left less what other requests reserved since (a lower
-/// bound of the truth: some of them may already be counted).
-fn learn(buckets: &mut Vec<Bucket>, n: &Learnt, pending: f64, now: Instant) {
+/// the server has left less what the other requests in flight took (a
+/// lower bound of the truth: some of them may already be counted). Only
+/// the answer to a request sent later than the last one that set it may
+/// raise it (answers come back out of order).
+fn learn(buckets: &mut Vec<Bucket>, n: &Learnt, pending: f64, sent: Instant, now: Instant) {
     if n.limit == 0 {
         return;
     }
@@ -349,8 +383,14 @@ fn learn(buckets: &mut Vec<Bucket>, n: &Learnt, pending: f64, now: Instant) {
     let b = &mut buckets[i];
     b.capacity = limit;
     b.rate = limit * LEARNT_RATE / 60.0;
-    b.level = (n.remaining as f64).min(limit) - pending;
-    b.updated = now;
+    let level = (n.remaining as f64).min(limit) - pending;
+    b.refill(now);
+    if b.synced.is_none_or(|t| sent >= t) {
+        b.level = level;
+        b.synced = Some(sent);
+    } else {
+        b.level = b.level.min(level);
+    }
 }
 
 impl Drop for Permit<'_> {
@@ -361,9 +401,7 @@ impl Drop for Permit<'_> {
         let l = self.limiter;
         // given back without an answer (interrupted, or no HTTP answer)
         let mut st = lock(&l.state);
-        if self.flying {
-            st.in_flight -= 1;
-        }
+        st.in_flight -= 1;
         st.add_pending(self.cost, -1.0);
         drop(st);
         l.freed.notify_all();
@@ -455,7 +493,29 @@ mod tests {
     }
 
     #[test]
-    fn tokens_are_reserved_as_estimated() {
+    fn an_answer_to_an_older_request_cannot_raise_a_learnt_level() {
+        let l = limiter(ModelSettings::default());
+        let (older, _) = l.acquire(Cost::default()).unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let (newer, _) = l.acquire(Cost::default()).unwrap();
+        let told = |remaining| Learnt {
+            kind: Kind::Requests,
+            limit: 6000,
+            remaining,
+        };
+        newer.answered(&[told(0)], Signal::Fine);
+        // the server counted `older` before `newer`: its 50 left are stale
+        older.answered(&[told(50)], Signal::Fine);
+        let level = lock(&l.state).buckets[0].level;
+        assert!(level < 0.0, "{level}");
+        // a newer answer may raise it
+        let (p, _) = l.acquire(Cost::default()).unwrap_or_else(|e| panic!("{e}"));
+        p.answered(&[told(30)], Signal::Fine);
+        assert_eq!(lock(&l.state).buckets[0].level, 30.0);
+    }
+
+    #[test]
+    fn tokens_are_taken_as_estimated() {
         // 60,000 tokens a minute: 1000 a second, a burst of 1000
         let l = limiter(ModelSettings {
             tokens_per_minute: Some(60_000),
