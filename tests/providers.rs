@@ -333,7 +333,9 @@ fn rate_limits_never_count_against_max_retries() {
         _ => Reply::openai("done", 1, 1, 0),
     });
     let p = one_target(&openai_model(&api, "max_retries = 0\n"));
-    p.mkt_env(&["build"], ENV).success();
+    p.mkt_env(&["build", "--timings"], ENV)
+        .success()
+        .stderr_contains("\nrate limits: requests waited 0.");
     assert_eq!(api.requests().len(), 5);
     let m = &ac_manifests(&p)[0];
     assert_eq!(m["timing"]["attempts"], 5);

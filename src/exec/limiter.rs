@@ -515,6 +515,18 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_under_way_is_shown_and_counted() {
+        let before = rate_limit_waited();
+        std::thread::scope(|s| {
+            s.spawn(|| wait(Duration::from_millis(300)).unwrap());
+            std::thread::sleep(Duration::from_millis(100));
+            let left = rate_limit_wait_left().expect("a wait under way");
+            assert!(left <= Duration::from_millis(200), "{left:?}");
+        });
+        assert!(rate_limit_waited() >= before + Duration::from_millis(300));
+    }
+
+    #[test]
     fn tokens_are_taken_as_estimated() {
         // 60,000 tokens a minute: 1000 a second, a burst of 1000
         let l = limiter(ModelSettings {
