@@ -1840,7 +1840,8 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     // 4. Processing.
     let started_at = manifest::now_rfc3339();
     let t_process = Instant::now();
-    let response = crate::exec::call(&decl.model, &prompt, ctx.src.files.root());
+    let mut stats = crate::exec::CallStats::default();
+    let response = crate::exec::call(&decl.model, &prompt, ctx.src.files.root(), &mut stats);
     let process_ms = t_process.elapsed().as_secs_f64() * 1e3;
     let run_id = manifest::new_run_id();
     let digest_of = |p: &str| ctx.src.files.digest(p).ok().flatten().unwrap_or_default();
@@ -1900,6 +1901,9 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
             finished_at: manifest::now_rfc3339(),
             compile_ms,
             process_ms,
+            attempts: (stats.attempts > 0).then_some(stats.attempts),
+            rate_limit_wait_ms: (stats.attempts > 0)
+                .then_some(stats.rate_limit_wait.as_secs_f64() * 1e3),
         },
         tool_version: env!("CARGO_PKG_VERSION").into(),
         host: crate::remote::hostname(),
@@ -1931,12 +1935,9 @@ fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
             }
             Err(e) => {
                 m.status = RunStatus::Failed;
-                m.error = Some(e.message.clone());
-                m.cost_usd = e
-                    .usage
-                    .as_ref()
-                    .and_then(|u| decl.model.settings.cost_usd(u));
-                m.usage = e.usage;
+                m.error = Some(e.to_string());
+                m.cost_usd = e.usage().and_then(|u| decl.model.settings.cost_usd(u));
+                m.usage = e.into_usage();
                 ctx.src.store.put_run(&m)?;
                 Ok(None)
             }

@@ -83,6 +83,12 @@ pub struct ModelSettings {
     /// Requests started per minute at most (not hashed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub requests_per_minute: Option<u32>,
+    /// Tokens per minute at most, estimated before sending (not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens_per_minute: Option<u64>,
+    /// Seconds one target may wait out 429 and 529 answers (not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_wait_s: Option<u64>,
     /// US dollars per million input tokens (not hashed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub price_input_per_mtok: Option<f64>,
@@ -118,6 +124,8 @@ impl ModelSettings {
             max_retries: over.max_retries.or(self.max_retries),
             max_concurrency: over.max_concurrency.or(self.max_concurrency),
             requests_per_minute: over.requests_per_minute.or(self.requests_per_minute),
+            tokens_per_minute: over.tokens_per_minute.or(self.tokens_per_minute),
+            rate_limit_wait_s: over.rate_limit_wait_s.or(self.rate_limit_wait_s),
             price_input_per_mtok: over.price_input_per_mtok.or(self.price_input_per_mtok),
             price_output_per_mtok: over.price_output_per_mtok.or(self.price_output_per_mtok),
         }
@@ -223,6 +231,8 @@ impl Provider {
             "max_retries",
             "max_concurrency",
             "requests_per_minute",
+            "tokens_per_minute",
+            "rate_limit_wait_s",
             "price_input_per_mtok",
             "price_output_per_mtok",
         ];
@@ -243,6 +253,8 @@ impl Provider {
             "max_retries",
             "max_concurrency",
             "requests_per_minute",
+            "tokens_per_minute",
+            "rate_limit_wait_s",
             "price_input_per_mtok",
             "price_output_per_mtok",
         ];
@@ -280,6 +292,8 @@ impl ModelConfig {
         s.max_retries = None;
         s.max_concurrency = None;
         s.requests_per_minute = None;
+        s.tokens_per_minute = None;
+        s.rate_limit_wait_s = None;
         s.price_input_per_mtok = None;
         s.price_output_per_mtok = None;
         match serde_json::to_value(&s) {
@@ -820,10 +834,13 @@ fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usi
                     Some("for example `api_key_env = \"OPENAI_API_KEY\"`; the key itself never goes in `prompts.toml`".into()),
                 );
             }
-            if s.max_concurrency == Some(0) || s.requests_per_minute == Some(0) {
+            if s.max_concurrency == Some(0)
+                || s.requests_per_minute == Some(0)
+                || s.tokens_per_minute == Some(0)
+            {
                 return err(
                     format!(
-                        "model `{}`: `max_concurrency` and `requests_per_minute` must be at least 1",
+                        "model `{}`: `max_concurrency`, `requests_per_minute` and `tokens_per_minute` must be at least 1",
                         m.name
                     ),
                     None,
@@ -1013,6 +1030,10 @@ fn resolve_target(project: &Project, name: &Spanned<String>, raw: RawTarget) -> 
                 (
                     "requests_per_minute",
                     over.get_ref().requests_per_minute.is_some(),
+                ),
+                (
+                    "tokens_per_minute",
+                    over.get_ref().tokens_per_minute.is_some(),
                 ),
             ] {
                 if set {
@@ -1272,6 +1293,7 @@ mod tests {
             "[models.m]\nprovider = \"openai\"\nmodel = \"gpt-x\"\ntemperature = 0.3\n\
              base_url = \"http://localhost:11434/v1\"\napi_key_env = \"K\"\ntimeout_s = 5\n\
              connect_timeout_s = 2\nmax_retries = 1\nmax_concurrency = 2\nrequests_per_minute = 60\n\
+             tokens_per_minute = 30000\nrate_limit_wait_s = 60\n\
              price_input_per_mtok = 1.0\nprice_output_per_mtok = 2.0\n\
              [targets.a]\ntemplate = \"t.md\"\noutput = \"o.md\"\nmodel = \"m\"\n\
              [targets.b]\ntemplate = \"t.md\"\noutput = \"p.md\"\nmodel = \"m\"\n\

@@ -71,6 +71,12 @@ pub struct Timing {
     pub finished_at: String,
     pub compile_ms: f64,
     pub process_ms: f64,
+    /// Requests the run took (HTTP providers; retries included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Of `process_ms`, the time spent waiting for rate limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit_wait_ms: Option<f64>,
 }
 
 /// Token usage as a provider reported it (none for mock and command).
@@ -225,6 +231,8 @@ pub(crate) mod tests {
                 finished_at: "2026-11-25T00:01:02.400Z".into(),
                 compile_ms: 0.5,
                 process_ms: 55.0,
+                attempts: None,
+                rate_limit_wait_ms: None,
             },
             tool_version: "0.1.0".into(),
             host: Some("ci-runner-1".into()),

@@ -351,6 +351,45 @@ fn rate_limits_are_retried_as_the_server_asks() {
 }
 
 #[test]
+fn rate_limits_never_count_against_max_retries() {
+    let api = FakeApi::start(|_, n| match n {
+        0..=3 => Reply::json(429, json!({"error": {"message": "Rate limit reached"}}))
+            .header("retry-after-ms", "20"),
+        _ => Reply::openai("done", 1, 1, 0),
+    });
+    let p = one_target(&openai_model(&api, "max_retries = 0\n"));
+    p.mkt_env(&["build", "--timings"], ENV)
+        .success()
+        .stderr_contains("\nrate limits: requests waited 0.");
+    assert_eq!(api.requests().len(), 5);
+    let m = &ac_manifests(&p)[0];
+    assert_eq!(m["timing"]["attempts"], 5);
+    let waited = m["timing"]["rate_limit_wait_ms"].as_f64().unwrap();
+    assert!(waited >= 75.0, "4 waits of at least 20 ms: {waited}");
+}
+
+#[test]
+fn rate_limits_fail_once_the_wait_budget_is_spent() {
+    let api = FakeApi::start(|_, _| {
+        Reply::json(429, json!({"error": {"message": "Rate limit reached"}}))
+            .header("retry-after-ms", "400")
+    });
+    let p = one_target(&openai_model(&api, "rate_limit_wait_s = 1\n"));
+    let t = Instant::now();
+    p.mkt_env(&["build"], ENV)
+        .code(1)
+        .stderr_contains("HTTP 429 from `")
+        .stderr_contains(": Rate limit reached\n  (still rate-limited after waiting ")
+        .stderr_contains(
+            " s; `rate_limit_wait_s` = 1)\n  \
+             help: raise `rate_limit_wait_s`, set `requests_per_minute` / `tokens_per_minute` below the account's limits, or build with a lower `-j`",
+        );
+    // waits of 0.4-0.5 s: a third would pass the second allowed
+    assert_eq!(api.requests().len(), 3);
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+}
+
+#[test]
 fn server_errors_are_retried_a_bounded_number_of_times() {
     let api = FakeApi::start(|_, _| {
         Reply::json(503, json!({"error": {"message": "upstream down"}}))
@@ -465,20 +504,49 @@ fn anthropic_billing_error_is_a_quota_error() {
 // Transport errors
 
 #[test]
-fn a_slow_answer_times_out() {
+fn a_slow_answer_times_out_and_is_retried_like_a_server_error() {
     let api = FakeApi::start(|_, _| Reply::openai("late", 1, 1, 0).delay_ms(3000));
-    let p = one_target(&openai_model(&api, "timeout_s = 1\n"));
+    let p = one_target(&openai_model(&api, "timeout_s = 1\nmax_retries = 1\n"));
     let t = Instant::now();
     p.mkt_env(&["build"], ENV)
         .code(1)
         .stderr_contains("no complete answer from `")
-        .stderr_contains("within 1 s (`timeout_s`)");
+        .stderr_contains(
+            "within 1 s (`timeout_s`)\n  (gave up after 2 attempts; `max_retries` = 1)",
+        );
     assert!(
-        t.elapsed() < Duration::from_millis(2500),
+        t.elapsed() < Duration::from_millis(4000),
         "{:?}",
         t.elapsed()
     );
-    assert_eq!(api.requests().len(), 1, "a timeout is not retried");
+    assert_eq!(api.requests().len(), 2, "a timeout is retried");
+    assert_eq!(run_manifests(&p)[0]["timing"]["attempts"], 2);
+}
+
+#[test]
+fn conflicts_and_request_timeouts_are_retried() {
+    let api = FakeApi::start(|_, n| match n {
+        0 => Reply::json(408, json!({"error": {"message": "request timeout"}})),
+        1 => Reply::json(409, json!({"error": {"message": "conflict"}})),
+        _ => Reply::openai("ok", 1, 1, 0),
+    });
+    let p = one_target(&openai_model(&api, ""));
+    p.mkt_env(&["build"], ENV).success();
+    assert_eq!(api.requests().len(), 3);
+    assert_eq!(ac_manifests(&p)[0]["timing"]["attempts"], 3);
+}
+
+#[test]
+fn a_404_without_v1_in_the_url_says_so() {
+    let api = FakeApi::start(|_, _| Reply::raw(404, "404 page not found"));
+    let base = api.base_url().trim_end_matches("/v1").to_string();
+    let p = one_target(&format!(
+        "provider = \"openai\"\nmodel = \"gpt-test\"\nbase_url = \"{base}\"\n"
+    ));
+    p.mkt_env(&["build"], &[]).code(1).stderr_contains(&format!(
+        "HTTP 404 from `{base}/chat/completions`: 404 page not found\n  \
+         help: the URL has no `/v1`: APIs and local servers usually answer under it; end `base_url` with `/v1` (e.g. `http://localhost:8080/v1`)"
+    ));
 }
 
 #[test]

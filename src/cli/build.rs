@@ -109,6 +109,31 @@ impl Printer {
         *shown = true;
     }
 
+    /// Runs `f` while a thread shows, on a terminal, the longest wait for
+    /// a model's rate limit under way (`waiting for rate limit, 41 s`).
+    pub(super) fn showing_rate_limit_waits<T>(&self, f: impl FnOnce() -> T) -> T {
+        if self.quiet || !self.tty {
+            return f();
+        }
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                    let left = markitect::exec::rate_limit_wait_left();
+                    if let Some(left) = left.filter(|d| d.as_secs() >= 1) {
+                        self.status(true, || {
+                            format!("waiting for rate limit, {} s", left.as_secs())
+                        });
+                    }
+                }
+            });
+            let out = f();
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            out
+        })
+    }
+
     pub(super) fn event(&self, e: Event<'_>) {
         match e {
             Event::WaitingForLock => {
@@ -203,7 +228,9 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
     install_interrupt_handler();
     let started = std::time::Instant::now();
     let mut session = Session::one_shot();
-    let result = build_in(root, &opts, &mut session, None, &|e| printer.event(e));
+    let result = printer.showing_rate_limit_waits(|| {
+        build_in(root, &opts, &mut session, None, &|e| printer.event(e))
+    });
     // The process exits next: freeing the project, graph and state the
     // session holds (100,000 allocations at 10,000 targets) would cost a
     // sixth of an incremental build for nothing.
@@ -266,6 +293,14 @@ fn timings_text(phases: &markitect::build::Phases) -> String {
     }
     let total: std::time::Duration = phases.done.iter().map(|(_, d)| *d).sum();
     s.push_str(&format!("\n{:9.1} ms  in all", ms(total)));
+    // model calls overlap: their waits are summed, not a phase of the build
+    let waited = markitect::exec::rate_limit_waited();
+    if !waited.is_zero() {
+        s.push_str(&format!(
+            "\nrate limits: requests waited {:.1} s in all",
+            waited.as_secs_f64()
+        ));
+    }
     // where the CPU went: mkt's own work against the commands it ran (a
     // build that spawns a program per target is bound by those spawns)
     let (own_user, own_sys) = cpu_seconds(libc::RUSAGE_SELF);

@@ -4,26 +4,55 @@
 //! compiled prompt goes, in order, into the top-level `system` field; the
 //! user and assistant messages are sent as they are.
 
-use super::http::{self, ApiError, Request};
-use super::{ModelAdapter, ModelError, ModelResponse};
+use super::http::{ApiError, Wire};
+use super::limiter::Kind;
+use super::{ModelError, ModelResponse};
 use crate::config::ModelConfig;
 use crate::manifest::Usage;
 use crate::template::CompiledPrompt;
-use camino::Utf8Path;
 use serde_json::{Value, json};
 
-pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com/v1";
-pub const DEFAULT_KEY_ENV: &str = "ANTHROPIC_API_KEY";
 pub const API_VERSION: &str = "2023-06-01";
 
-pub struct Anthropic {
-    model: ModelConfig,
-}
+pub const WIRE: Wire = Wire {
+    default_base_url: "https://api.anthropic.com/v1",
+    default_key_env: "ANTHROPIC_API_KEY",
+    path: "/messages",
+    headers,
+    body: request_body,
+    read_error,
+    read_answer,
+    limit_headers: &[
+        (
+            Kind::Requests,
+            "anthropic-ratelimit-requests-limit",
+            "anthropic-ratelimit-requests-remaining",
+        ),
+        (
+            Kind::Tokens,
+            "anthropic-ratelimit-tokens-limit",
+            "anthropic-ratelimit-tokens-remaining",
+        ),
+        (
+            Kind::InputTokens,
+            "anthropic-ratelimit-input-tokens-limit",
+            "anthropic-ratelimit-input-tokens-remaining",
+        ),
+        (
+            Kind::OutputTokens,
+            "anthropic-ratelimit-output-tokens-limit",
+            "anthropic-ratelimit-output-tokens-remaining",
+        ),
+    ],
+};
 
-impl Anthropic {
-    pub fn new(m: &ModelConfig) -> Anthropic {
-        Anthropic { model: m.clone() }
+/// `anthropic-version`, and `x-api-key` when there is a key.
+fn headers(key: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut h = vec![("anthropic-version", API_VERSION.to_string())];
+    if let Some(k) = key {
+        h.push(("x-api-key", k.to_string()));
     }
+    h
 }
 
 /// The request body (public for tests). `max_tokens` is required by the
@@ -90,8 +119,8 @@ pub fn read_answer(v: &Value) -> Result<ModelResponse, ModelError> {
         }
     });
     let Some(blocks) = v.get("content").and_then(Value::as_array) else {
-        return Err(ModelError {
-            message: "the answer has no `content` list".into(),
+        return Err(ModelError::BadAnswer {
+            why: "the answer has no `content` list".into(),
             usage,
         });
     };
@@ -104,28 +133,6 @@ pub fn read_answer(v: &Value) -> Result<ModelResponse, ModelError> {
         output: text.into_bytes(),
         usage,
     })
-}
-
-impl ModelAdapter for Anthropic {
-    fn call(&self, prompt: &CompiledPrompt, _root: &Utf8Path) -> Result<ModelResponse, ModelError> {
-        let s = &self.model.settings;
-        let base = s.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        let default_env = s.base_url.is_none().then_some(DEFAULT_KEY_ENV);
-        let key = http::api_key(&self.model, default_env)?;
-        let mut headers = vec![("anthropic-version", API_VERSION.to_string())];
-        if let Some(k) = &key {
-            headers.push(("x-api-key", k.clone()));
-        }
-        let body = serde_json::to_vec(&request_body(&self.model, prompt)).expect("JSON");
-        let req = Request {
-            model: &self.model,
-            url: format!("{}/messages", base.trim_end_matches('/')),
-            headers,
-            secret: key.as_deref(),
-            body,
-        };
-        read_answer(&http::send(&req, read_error)?)
-    }
 }
 
 #[cfg(test)]

@@ -1,17 +1,23 @@
-//! What the HTTP providers (`openai.rs`, `anthropic.rs`) share: the API
-//! key from the environment, one blocking client (ureq with rustls), the
-//! retry loop with backoff, the per-model pools (`max_concurrency`,
-//! `requests_per_minute`) and the record of models that ran out of quota.
+//! The one request path of the HTTP providers; a provider file
+//! (`openai.rs`, `anthropic.rs`) holds only its wire format, a [`Wire`].
+//! Here: the API key from the environment, one blocking client (ureq with
+//! rustls), the retry loop, the record of models that ran out of quota,
+//! and the use of the model's [`limiter`](super::limiter).
 //!
-//! The pools and the quota record are process-wide, keyed by the model's
-//! name in `prompts.toml`: the scheduler's `-j` workers share them, so
-//! `-j 32` with `max_concurrency = 4` never has more than 4 requests in
-//! flight to that model. [`begin_build`] clears them.
+//! Answers of 429 and 529 are back-pressure, not failure: they never count
+//! against `max_retries`; the request waits (what the server asked for,
+//! with jitter, and its place in the limiter) within `rate_limit_wait_s`.
+//! Server errors, 408, 409, timeouts and dropped connections are retried
+//! up to `max_retries` times with exponential backoff.
 
-use super::ModelError;
+use super::limiter::{self, Cost, Kind, Learnt, Signal};
+use super::{CallStats, HttpError, ModelAdapter, ModelError, ModelResponse, TransportKind};
 use crate::config::ModelConfig;
+use crate::template::CompiledPrompt;
+use camino::Utf8Path;
+use serde_json::Value;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Condvar, LazyLock, Mutex};
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 /// Total time for one request when `timeout_s` is not set: generous,
@@ -19,19 +25,46 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_TIMEOUT_S: u64 = 600;
 pub const DEFAULT_CONNECT_TIMEOUT_S: u64 = 10;
 pub const DEFAULT_MAX_RETRIES: u32 = 4;
+/// How long one target may wait out 429 and 529 answers.
+pub const DEFAULT_RATE_LIMIT_WAIT_S: u64 = 900;
 /// Backoff before retry n (0-based) without a `Retry-After`: a random
 /// time in [d/2, d] for d = BASE × 2^n, at most CAP.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 /// A server asking for a longer pause than this gets this.
 const RETRY_AFTER_CAP: Duration = Duration::from_secs(120);
-/// Statuses worth retrying: rate limits, server errors, Anthropic's
-/// "overloaded" (529).
-const RETRY_STATUSES: [u16; 6] = [429, 500, 502, 503, 504, 529];
+/// Back-pressure: rate limited, Anthropic's "overloaded".
+const BACKPRESSURE_STATUSES: [u16; 2] = [429, 529];
+/// Worth a bounded number of retries: timeouts, conflicts, server errors.
+const RETRY_STATUSES: [u16; 6] = [408, 409, 500, 502, 503, 504];
 
-/// Clears the pools and the out-of-quota record (see `exec::begin_build`).
+/// A provider's wire format.
+pub struct Wire {
+    pub default_base_url: &'static str,
+    /// The key's variable when `api_key_env` is not set and the model talks
+    /// to the provider's own API (a local server needs no key).
+    pub default_key_env: &'static str,
+    /// Appended to `base_url`.
+    pub path: &'static str,
+    /// The headers that carry the key (when there is one) and the version.
+    pub headers: fn(Option<&str>) -> Vec<(&'static str, String)>,
+    pub body: fn(&ModelConfig, &CompiledPrompt) -> Value,
+    pub read_error: fn(u16, &Value) -> Option<ApiError>,
+    pub read_answer: fn(&Value) -> Result<ModelResponse, ModelError>,
+    /// The rate-limit headers: a kind, its limit's and its remaining's names.
+    pub limit_headers: &'static [(Kind, &'static str, &'static str)],
+}
+
+/// How a protocol reads an error answer's JSON.
+pub struct ApiError {
+    pub message: String,
+    /// The provider says the account has no money or quota left: no retry,
+    /// and no further request to this model in this build.
+    pub quota: bool,
+}
+
+/// Clears the out-of-quota record (see `exec::begin_build`).
 pub(super) fn begin_build() {
-    lock(&POOLS).clear();
     lock(&OUT_OF_QUOTA).clear();
 }
 
@@ -51,38 +84,84 @@ pub fn api_key(m: &ModelConfig, default_env: Option<&str>) -> Result<Option<Stri
     };
     match std::env::var(var) {
         Ok(k) if !k.trim().is_empty() => Ok(Some(k.trim().to_string())),
-        _ => {
-            let why = if m.settings.api_key_env.is_some() {
-                "named by `api_key_env`"
-            } else {
-                "the default for this provider; set `api_key_env` to use another"
-            };
-            Err(ModelError::new(format!(
-                "the API key for model `{}` is missing: environment variable `{var}` ({why}) is not set or empty; no request was sent\n\
-                 help: `export {var}=...` before `mkt build`",
-                m.name
-            )))
+        _ => Err(ModelError::MissingKey {
+            model: m.name.clone(),
+            var: var.to_string(),
+            named: m.settings.api_key_env.is_some(),
+        }),
+    }
+}
+
+/// A model of an HTTP provider.
+pub struct Http {
+    model: ModelConfig,
+    wire: &'static Wire,
+}
+
+impl Http {
+    pub fn new(m: &ModelConfig, wire: &'static Wire) -> Http {
+        Http {
+            model: m.clone(),
+            wire,
         }
     }
 }
 
-/// One request as the protocol builds it.
-pub struct Request<'a> {
-    pub model: &'a ModelConfig,
-    pub url: String,
-    /// Header name and value; the key is among them and is redacted from
-    /// every message made here.
-    pub headers: Vec<(&'static str, String)>,
-    pub secret: Option<&'a str>,
-    pub body: Vec<u8>,
+impl ModelAdapter for Http {
+    fn call(&self, prompt: &CompiledPrompt, root: &Utf8Path) -> Result<ModelResponse, ModelError> {
+        self.call_counted(prompt, root, &mut CallStats::default())
+    }
+
+    fn call_counted(
+        &self,
+        prompt: &CompiledPrompt,
+        _root: &Utf8Path,
+        stats: &mut CallStats,
+    ) -> Result<ModelResponse, ModelError> {
+        let (m, w) = (&self.model, self.wire);
+        let s = &m.settings;
+        let base = s.base_url.as_deref().unwrap_or(w.default_base_url);
+        let default_env = s.base_url.is_none().then_some(w.default_key_env);
+        let key = api_key(m, default_env)?;
+        let body = serde_json::to_vec(&(w.body)(m, prompt)).expect("JSON");
+        let req = Request {
+            model: m,
+            wire: w,
+            url: format!("{}{}", base.trim_end_matches('/'), w.path),
+            headers: (w.headers)(key.as_deref()),
+            secret: key.as_deref(),
+            // what providers (and llmock) count before answering: a
+            // quarter of the body's bytes, and the answer at its longest
+            cost: Cost {
+                input_tokens: body.len() as u64 / 4,
+                output_tokens: s.max_tokens.unwrap_or(0),
+            },
+            body,
+        };
+        (w.read_answer)(&send(&req, stats)?)
+    }
 }
 
-/// How a protocol reads an error answer's JSON.
-pub struct ApiError {
-    pub message: String,
-    /// The provider says the account has no money or quota left: no retry,
-    /// and no further request to this model in this build.
-    pub quota: bool,
+/// One request as the protocol builds it.
+struct Request<'a> {
+    model: &'a ModelConfig,
+    wire: &'static Wire,
+    url: String,
+    /// Header name and value; the key is among them and is redacted from
+    /// every message made here.
+    headers: Vec<(&'static str, String)>,
+    secret: Option<&'a str>,
+    body: Vec<u8>,
+    cost: Cost,
+}
+
+impl Request<'_> {
+    fn redact(&self, s: String) -> String {
+        match self.secret {
+            Some(k) if !k.is_empty() => redact_key(&s, k),
+            _ => s,
+        }
+    }
 }
 
 static AGENT: LazyLock<ureq::Agent> = LazyLock::new(|| {
@@ -93,106 +172,146 @@ static AGENT: LazyLock<ureq::Agent> = LazyLock::new(|| {
         .into()
 });
 
+/// An HTTP answer as the retry loop needs it.
+struct Answer {
+    status: u16,
+    wait: Option<Duration>,
+    learnt: Vec<Learnt>,
+    body: Vec<u8>,
+}
+
+/// Limits of one call: the settings in effect.
+struct Limits {
+    max_retries: u32,
+    timeout: Duration,
+    connect: Duration,
+    budget: Duration,
+}
+
+impl Limits {
+    fn of(m: &ModelConfig) -> Limits {
+        let s = &m.settings;
+        Limits {
+            max_retries: s.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+            timeout: Duration::from_secs(s.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S)),
+            connect: Duration::from_secs(s.connect_timeout_s.unwrap_or(DEFAULT_CONNECT_TIMEOUT_S)),
+            budget: Duration::from_secs(s.rate_limit_wait_s.unwrap_or(DEFAULT_RATE_LIMIT_WAIT_S)),
+        }
+    }
+}
+
 /// Sends `req`, retrying what is worth retrying, and returns the JSON of
 /// the successful answer.
-pub fn send(
-    req: &Request<'_>,
-    read_error: fn(u16, &serde_json::Value) -> Option<ApiError>,
-) -> Result<serde_json::Value, ModelError> {
+fn send(req: &Request<'_>, stats: &mut CallStats) -> Result<Value, ModelError> {
     let m = req.model;
-    let redact = |s: String| match req.secret {
-        Some(k) if !k.is_empty() => redact_key(&s, k),
-        _ => s,
-    };
-    let max_retries = m.settings.max_retries.unwrap_or(DEFAULT_MAX_RETRIES);
-    let timeout = Duration::from_secs(m.settings.timeout_s.unwrap_or(DEFAULT_TIMEOUT_S));
-    let connect = Duration::from_secs(
-        m.settings
-            .connect_timeout_s
-            .unwrap_or(DEFAULT_CONNECT_TIMEOUT_S),
-    );
-    let pool = pool_for(m);
-    let mut attempt = 0u32;
+    let lim = Limits::of(m);
+    let pool = limiter::for_model(m);
+    // made before the first wait, so that its setup does not delay the
+    // first request of the paced ones
+    LazyLock::force(&AGENT);
+    // retries counted against `max_retries`; 429/529 answers in a row and
+    // the time they made this request wait
+    let (mut retries, mut pressed, mut pressed_for) = (0u32, 0u32, Duration::ZERO);
+    let mut not_before: Option<Instant> = None;
     loop {
         check_quota(&m.name)?;
-        let answer = {
-            let _slot = pool.acquire()?;
-            check_quota(&m.name)?;
-            let mut r = AGENT
-                .post(&req.url)
-                .config()
-                .timeout_global(Some(timeout))
-                .timeout_connect(Some(connect))
-                .build()
-                .header("content-type", "application/json");
-            for (k, v) in &req.headers {
-                r = r.header(*k, v);
-            }
-            r.send(&req.body[..]).and_then(|mut resp| {
-                let status = resp.status().as_u16();
-                let header = |name: &str| {
-                    resp.headers()
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_string)
-                };
-                let wait = retry_after(header("retry-after-ms"), header("retry-after"));
-                let body = resp
-                    .body_mut()
-                    .with_config()
-                    .limit(64 * 1024 * 1024)
-                    .read_to_vec()?;
-                Ok((status, wait, body))
-            })
-        };
-        let (status, wait, body) = match answer {
+        let asked = not_before.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        });
+        limiter::wait(asked)?;
+        let (permit, queued) = pool.acquire(req.cost)?;
+        let waited = asked + queued;
+        stats.rate_limit_wait += waited;
+        if pressed > 0 {
+            pressed_for += waited;
+        }
+        check_quota(&m.name)?;
+        stats.attempts += 1;
+        let answer = match exchange(req, &lim) {
             Ok(a) => a,
-            Err(e) => {
-                let (msg, transient) = transport_error(&e, &req.url, timeout, connect);
-                if transient && attempt < max_retries {
-                    backoff(attempt, None)?;
-                    attempt += 1;
+            Err(kind) => {
+                let timed_out = matches!(
+                    kind,
+                    TransportKind::Timeout { .. } | TransportKind::ConnectTimeout { .. }
+                );
+                if timed_out {
+                    permit.answered(&[], Signal::Congested);
+                } else {
+                    drop(permit);
+                }
+                if kind.retryable() && retries < lim.max_retries {
+                    limiter::sleep_interruptible(backoff(retries))?;
+                    retries += 1;
                     continue;
                 }
-                return Err(ModelError::new(redact(msg)));
+                return Err(ModelError::Transport {
+                    url: req.url.clone(),
+                    kind,
+                    attempts: retries + 1,
+                    max_retries: lim.max_retries,
+                });
             }
         };
-        let json: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+        let status = answer.status;
+        let json: Option<Value> = serde_json::from_slice(&answer.body).ok();
+        let backpressure = BACKPRESSURE_STATUSES.contains(&status);
+        let signal = match status {
+            200..=299 => Signal::Fine,
+            _ if backpressure => Signal::Congested,
+            _ => Signal::Neutral,
+        };
+        permit.answered(&answer.learnt, signal);
         if (200..300).contains(&status) {
-            return json.ok_or_else(|| {
-                ModelError::new(redact(format!(
-                    "HTTP {status} from `{}` but the body is not JSON: {}",
-                    req.url,
-                    snippet(&body)
-                )))
+            return json.ok_or_else(|| ModelError::NotJsonBody {
+                status,
+                url: req.url.clone(),
+                snippet: req.redact(snippet(&answer.body)),
             });
         }
-        let api = json.as_ref().and_then(|j| read_error(status, j));
-        let what = match &api {
-            Some(a) => format!("HTTP {status} from `{}`: {}", req.url, a.message),
-            None => format!("HTTP {status} from `{}`: {}", req.url, snippet(&body)),
-        };
-        let what = redact(what);
+        let api = json.as_ref().and_then(|j| (req.wire.read_error)(status, j));
+        let message = req.redact(match &api {
+            Some(a) => a.message.clone(),
+            None => snippet(&answer.body),
+        });
         if api.as_ref().is_some_and(|a| a.quota) {
-            lock(&OUT_OF_QUOTA).insert(m.name.clone(), what.clone());
-            return Err(ModelError::new(format!(
-                "{what}\nhelp: the account is out of quota or credit; no further request goes to model `{}` in this build",
-                m.name
-            )));
+            let first = format!("HTTP {status} from `{}`: {message}", req.url);
+            lock(&OUT_OF_QUOTA).insert(m.name.clone(), first.clone());
+            return Err(ModelError::Quota {
+                model: m.name.clone(),
+                first,
+            });
         }
-        if RETRY_STATUSES.contains(&status) {
-            if attempt < max_retries {
-                backoff(attempt, wait)?;
-                attempt += 1;
-                continue;
+        if backpressure {
+            let pause = answer.wait.map_or_else(|| backoff(pressed), jittered);
+            if pressed_for + pause > lim.budget {
+                return Err(ModelError::RateLimitBudgetSpent {
+                    status,
+                    url: req.url.clone(),
+                    message,
+                    waited: pressed_for,
+                    budget: lim.budget,
+                });
             }
-            let tries = attempt + 1;
-            return Err(ModelError::new(format!(
-                "{what}\n(gave up after {tries} attempt{}; `max_retries` = {max_retries})",
-                if tries == 1 { "" } else { "s" }
-            )));
+            pressed += 1;
+            not_before = Some(Instant::now() + pause);
+            continue;
         }
-        return Err(ModelError::new(what));
+        pressed = 0;
+        let retryable = RETRY_STATUSES.contains(&status);
+        if retryable && retries < lim.max_retries {
+            limiter::sleep_interruptible(answer.wait.unwrap_or_else(|| backoff(retries)))?;
+            retries += 1;
+            continue;
+        }
+        return Err(ModelError::Http(HttpError {
+            status,
+            url: req.url.clone(),
+            message,
+            retryable,
+            attempts: retries + 1,
+            max_retries: lim.max_retries,
+            wait_asked: answer.wait,
+        }));
     }
 }
 
@@ -247,6 +366,61 @@ fn masked_len(s: &str, key: &str) -> Option<usize> {
     (tail >= 2 && key.ends_with(&tail_start[..tail])).then_some(head + mask + tail)
 }
 
+/// One request and its answer, or why there was none.
+fn exchange(req: &Request<'_>, lim: &Limits) -> Result<Answer, TransportKind> {
+    let mut r = AGENT
+        .post(&req.url)
+        .config()
+        .timeout_global(Some(lim.timeout))
+        .timeout_connect(Some(lim.connect))
+        .build()
+        .header("content-type", "application/json");
+    for (k, v) in &req.headers {
+        r = r.header(*k, v);
+    }
+    let got = r.send(&req.body[..]).and_then(|mut resp| {
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let wait = retry_after(header("retry-after-ms"), header("retry-after"));
+        let learnt = req
+            .wire
+            .limit_headers
+            .iter()
+            .filter_map(|&(kind, limit, remaining)| {
+                let n = |h: &str| header(h)?.trim().parse::<u64>().ok();
+                Some(Learnt {
+                    kind,
+                    limit: n(limit)?,
+                    remaining: n(remaining)?,
+                })
+            })
+            .collect();
+        let status = resp.status().as_u16();
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_vec()?;
+        Ok(Answer {
+            status,
+            wait,
+            learnt,
+            body,
+        })
+    });
+    got.map_err(|e| {
+        let kind = transport_error(&e, lim);
+        match kind {
+            TransportKind::Other(s) => TransportKind::Other(req.redact(s)),
+            k => k,
+        }
+    })
+}
+
 /// The start of a body that is not what was expected, for the message.
 fn snippet(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
@@ -262,48 +436,29 @@ fn snippet(body: &[u8]) -> String {
     }
 }
 
-/// The message for a request that got no HTTP answer, and whether it is
-/// worth another try (a dropped connection is; a refused one, a timeout
-/// or an unknown host are not: retrying them only multiplies the wait).
-fn transport_error(
-    e: &ureq::Error,
-    url: &str,
-    timeout: Duration,
-    connect: Duration,
-) -> (String, bool) {
+/// Why a request got no HTTP answer.
+fn transport_error(e: &ureq::Error, lim: &Limits) -> TransportKind {
     use std::io::ErrorKind as K;
     match e {
-        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => (
-            format!(
-                "could not connect to `{url}` within {} s (`connect_timeout_s`)",
-                connect.as_secs()
-            ),
-            false,
-        ),
-        ureq::Error::Timeout(_) => (
-            format!(
-                "no complete answer from `{url}` within {} s (`timeout_s`)",
-                timeout.as_secs()
-            ),
-            false,
-        ),
-        ureq::Error::Io(io) if io.kind() == K::ConnectionRefused => (
-            format!("connection refused by `{url}`: is the server running and `base_url` right?"),
-            false,
-        ),
-        ureq::Error::HostNotFound => (
-            format!("cannot resolve the host of `{url}`: check `base_url` and the network"),
-            false,
-        ),
+        ureq::Error::Timeout(ureq::Timeout::Connect | ureq::Timeout::Resolve) => {
+            TransportKind::ConnectTimeout {
+                secs: lim.connect.as_secs(),
+            }
+        }
+        ureq::Error::Timeout(_) => TransportKind::Timeout {
+            secs: lim.timeout.as_secs(),
+        },
+        ureq::Error::Io(io) if io.kind() == K::ConnectionRefused => TransportKind::Refused,
+        ureq::Error::HostNotFound => TransportKind::HostNotFound,
         ureq::Error::Io(io)
             if matches!(
                 io.kind(),
                 K::ConnectionReset | K::ConnectionAborted | K::UnexpectedEof | K::BrokenPipe
             ) =>
         {
-            (format!("the connection to `{url}` broke: {io}"), true)
+            TransportKind::Broken(io.to_string())
         }
-        other => (format!("request to `{url}` failed: {other}"), false),
+        other => TransportKind::Other(other.to_string()),
     }
 }
 
@@ -319,31 +474,22 @@ fn retry_after(ms: Option<String>, secs: Option<String>) -> Option<Duration> {
         .map(|v| Duration::from_secs_f64(v).min(RETRY_AFTER_CAP))
 }
 
-/// Sleeps before retry `attempt` (0-based): what the server asked for, or
-/// exponential backoff with jitter. Stops early when the build is
-/// interrupted.
-fn backoff(attempt: u32, asked: Option<Duration>) -> Result<(), ModelError> {
-    let pause = asked.unwrap_or_else(|| {
-        let d = BACKOFF_BASE
-            .saturating_mul(1u32 << attempt.min(16))
-            .min(BACKOFF_CAP);
-        d / 2 + d.mul_f64(random_unit() / 2.0)
-    });
-    sleep_interruptible(pause)
+/// A pause the server asked for, lengthened by up to a quarter (and 1 s):
+/// the workers it was asked of do not all come back at the same instant.
+fn jittered(asked: Duration) -> Duration {
+    asked
+        + asked
+            .min(Duration::from_secs(4))
+            .mul_f64(random_unit() / 4.0)
 }
 
-fn sleep_interruptible(pause: Duration) -> Result<(), ModelError> {
-    let until = Instant::now() + pause;
-    while let Some(left) = until.checked_duration_since(Instant::now()) {
-        if super::interrupted() {
-            return Err(ModelError::new("the build was interrupted".into()));
-        }
-        std::thread::sleep(left.min(Duration::from_millis(20)));
-    }
-    if super::interrupted() {
-        return Err(ModelError::new("the build was interrupted".into()));
-    }
-    Ok(())
+/// The pause before retry `n` (0-based) when the server asked for none:
+/// exponential backoff with jitter.
+fn backoff(n: u32) -> Duration {
+    let d = BACKOFF_BASE
+        .saturating_mul(1u32 << n.min(16))
+        .min(BACKOFF_CAP);
+    d / 2 + d.mul_f64(random_unit() / 2.0)
 }
 
 /// A number in [0, 1) that differs between calls and processes: enough
@@ -363,79 +509,11 @@ static OUT_OF_QUOTA: Mutex<BTreeMap<String, String>> = Mutex::new(BTreeMap::new(
 
 fn check_quota(model: &str) -> Result<(), ModelError> {
     match lock(&OUT_OF_QUOTA).get(model) {
-        Some(first) => Err(ModelError::new(format!(
-            "not sent: model `{model}` is out of quota (an earlier request of this build got: {first})\n\
-             help: top up the account or raise its limit, then run `mkt build` again"
-        ))),
+        Some(first) => Err(ModelError::OutOfQuota {
+            model: model.to_string(),
+            first: first.clone(),
+        }),
         None => Ok(()),
-    }
-}
-
-/// A model's limits on requests: at most `max` in flight, and starts at
-/// least `interval` apart (`requests_per_minute`, spread evenly so that a
-/// burst of `-j` workers cannot exceed it in any window).
-struct Pool {
-    max: Option<u32>,
-    in_flight: Mutex<u32>,
-    freed: Condvar,
-    interval: Option<Duration>,
-    next_start: Mutex<Instant>,
-}
-
-static POOLS: Mutex<BTreeMap<String, Arc<Pool>>> = Mutex::new(BTreeMap::new());
-
-fn pool_for(m: &ModelConfig) -> Arc<Pool> {
-    let mut pools = lock(&POOLS);
-    Arc::clone(pools.entry(m.name.clone()).or_insert_with(|| {
-        Arc::new(Pool {
-            max: m.settings.max_concurrency,
-            in_flight: Mutex::new(0),
-            freed: Condvar::new(),
-            interval: m
-                .settings
-                .requests_per_minute
-                .map(|n| Duration::from_secs(60) / n.max(1)),
-            next_start: Mutex::new(Instant::now()),
-        })
-    }))
-}
-
-/// A request's place in its model's pool, given back when dropped.
-struct Slot<'a>(&'a Pool);
-
-impl Pool {
-    fn acquire(&self) -> Result<Slot<'_>, ModelError> {
-        let mut n = lock(&self.in_flight);
-        while self.max.is_some_and(|max| *n >= max) {
-            if super::interrupted() {
-                return Err(ModelError::new("the build was interrupted".into()));
-            }
-            n = self
-                .freed
-                .wait_timeout(n, Duration::from_millis(50))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        *n += 1;
-        drop(n);
-        let slot = Slot(self);
-        if let Some(interval) = self.interval {
-            let start = {
-                let mut next = lock(&self.next_start);
-                let start = (*next).max(Instant::now());
-                *next = start + interval;
-                start
-            };
-            sleep_interruptible(start.saturating_duration_since(Instant::now()))?;
-        }
-        Ok(slot)
-    }
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        *lock(&self.0.in_flight) -= 1;
-        self.0.freed.notify_one();
     }
 }
 
@@ -490,54 +568,15 @@ mod tests {
     }
 
     #[test]
-    fn pool_bounds_requests_in_flight() {
-        let pool = Pool {
-            max: Some(2),
-            in_flight: Mutex::new(0),
-            freed: Condvar::new(),
-            interval: None,
-            next_start: Mutex::new(Instant::now()),
-        };
-        let peak = Mutex::new(0u32);
-        let now = Mutex::new(0u32);
-        std::thread::scope(|s| {
-            for _ in 0..8 {
-                s.spawn(|| {
-                    let _slot = pool.acquire().unwrap();
-                    let n = {
-                        let mut n = now.lock().unwrap();
-                        *n += 1;
-                        *n
-                    };
-                    let mut p = peak.lock().unwrap();
-                    *p = (*p).max(n);
-                    drop(p);
-                    std::thread::sleep(Duration::from_millis(20));
-                    *now.lock().unwrap() -= 1;
-                });
-            }
-        });
-        assert_eq!(*peak.lock().unwrap(), 2);
-        assert_eq!(*pool.in_flight.lock().unwrap(), 0);
-    }
-
-    #[test]
-    fn rate_limit_spaces_the_starts() {
-        let pool = Pool {
-            max: None,
-            in_flight: Mutex::new(0),
-            freed: Condvar::new(),
-            // 1200 per minute: one every 50 ms
-            interval: Some(Duration::from_millis(50)),
-            next_start: Mutex::new(Instant::now()),
-        };
-        let t = Instant::now();
-        for _ in 0..4 {
-            drop(pool.acquire().unwrap());
+    fn jitter_lengthens_a_requested_wait_by_at_most_a_quarter() {
+        for _ in 0..100 {
+            let d = jittered(Duration::from_secs(1));
+            assert!(
+                d >= Duration::from_secs(1) && d <= Duration::from_millis(1250),
+                "{d:?}"
+            );
         }
-        // starts at 0, 50, 100, 150 ms
-        let took = t.elapsed();
-        assert!(took >= Duration::from_millis(150), "{took:?}");
-        assert!(took < Duration::from_millis(1000), "{took:?}");
+        let d = jittered(Duration::from_secs(100));
+        assert!(d <= Duration::from_secs(101), "{d:?}");
     }
 }

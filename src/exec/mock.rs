@@ -42,7 +42,7 @@ impl ModelAdapter for Mock {
         let until = std::time::Instant::now() + std::time::Duration::from_millis(self.latency_ms);
         while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
             if super::interrupted() {
-                return Err(ModelError::new("the build was interrupted".into()));
+                return Err(ModelError::Interrupted);
             }
             std::thread::sleep(left.min(std::time::Duration::from_millis(20)));
         }

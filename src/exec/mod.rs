@@ -3,15 +3,21 @@
 
 mod anthropic;
 mod command;
+mod error;
 mod http;
+mod limiter;
 mod mock;
 mod openai;
+
+pub use error::{HttpError, ModelError, TransportKind};
+pub use limiter::{rate_limit_wait_left, rate_limit_waited};
 
 /// Clears what the adapters remember between calls (HTTP pools, quota,
 /// where commands were found on `PATH`): a new build may find the quota
 /// topped up, the limits changed or a program installed.
 pub fn begin_build() {
     http::begin_build();
+    limiter::begin_build();
     command::forget_found();
 }
 
@@ -29,29 +35,31 @@ pub struct ModelResponse {
     pub usage: Option<Usage>,
 }
 
-/// A failed model call, with the text to show the user and the tokens
-/// the provider reported (a call can fail after it was paid for, e.g. an
-/// answer that is not the JSON asked for).
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-#[error("{message}")]
-pub struct ModelError {
-    pub message: String,
-    pub usage: Option<Usage>,
-}
-
-impl ModelError {
-    pub fn new(message: String) -> ModelError {
-        ModelError {
-            message,
-            usage: None,
-        }
-    }
+/// How a call went besides its result, for the manifest: the attempts it
+/// took (0 for providers that never retry) and the time it waited for
+/// rate limits (the model's limiter and the waits 429 and 529 answers
+/// asked for).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CallStats {
+    pub attempts: u32,
+    pub rate_limit_wait: std::time::Duration,
 }
 
 pub trait ModelAdapter: Send + Sync {
     /// Sends the compiled prompt; `root` is the project root (the working
     /// directory of commands).
     fn call(&self, prompt: &CompiledPrompt, root: &Utf8Path) -> Result<ModelResponse, ModelError>;
+
+    /// [`ModelAdapter::call`], also telling how it went; providers that
+    /// retry or wait override it.
+    fn call_counted(
+        &self,
+        prompt: &CompiledPrompt,
+        root: &Utf8Path,
+        _stats: &mut CallStats,
+    ) -> Result<ModelResponse, ModelError> {
+        self.call(prompt, root)
+    }
 }
 
 /// Interruption (Ctrl-C, SIGTERM): the CLI's signal handler calls
@@ -101,8 +109,8 @@ pub fn adapter_for(model: &ModelConfig) -> Box<dyn ModelAdapter> {
     match model.provider {
         Provider::Mock => Box::new(mock::Mock::new(model)),
         Provider::Command => Box::new(command::Command::new(model)),
-        Provider::Openai => Box::new(openai::OpenAi::new(model)),
-        Provider::Anthropic => Box::new(anthropic::Anthropic::new(model)),
+        Provider::Openai => Box::new(http::Http::new(model, &openai::WIRE)),
+        Provider::Anthropic => Box::new(http::Http::new(model, &anthropic::WIRE)),
     }
 }
 
@@ -113,16 +121,15 @@ pub fn call(
     model: &ModelConfig,
     prompt: &CompiledPrompt,
     root: &Utf8Path,
+    stats: &mut CallStats,
 ) -> Result<ModelResponse, ModelError> {
-    let resp = adapter_for(model).call(prompt, root)?;
+    let resp = adapter_for(model).call_counted(prompt, root, stats)?;
     if model.settings.format.as_deref() == Some("json")
         && let Err(why) = check_json(&resp.output, model.settings.schema.as_ref())
     {
-        return Err(ModelError {
-            message: format!(
-                "model `{}` was asked for JSON (`format = \"json\"`) but {why}",
-                model.name
-            ),
+        return Err(ModelError::NotJson {
+            model: model.name.clone(),
+            why,
             usage: resp.usage,
         });
     }

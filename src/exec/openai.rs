@@ -4,27 +4,41 @@
 //! proxies (LiteLLM) speak too. The compiled prompt's messages are sent as
 //! they are, roles included.
 
-use super::http::{self, ApiError, Request};
-use super::{ModelAdapter, ModelError, ModelResponse};
+use super::http::{ApiError, Wire};
+use super::limiter::Kind;
+use super::{ModelError, ModelResponse};
 use crate::config::ModelConfig;
 use crate::manifest::Usage;
 use crate::template::CompiledPrompt;
-use camino::Utf8Path;
 use serde_json::{Value, json};
 
-pub const DEFAULT_BASE_URL: &str = "https://api.openai.com/v1";
-/// The key's variable when `api_key_env` is not set and the model talks to
-/// OpenAI itself (a local server at another `base_url` needs no key).
-pub const DEFAULT_KEY_ENV: &str = "OPENAI_API_KEY";
+pub const WIRE: Wire = Wire {
+    default_base_url: "https://api.openai.com/v1",
+    default_key_env: "OPENAI_API_KEY",
+    path: "/chat/completions",
+    headers,
+    body: request_body,
+    read_error,
+    read_answer,
+    limit_headers: &[
+        (
+            Kind::Requests,
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+        ),
+        (
+            Kind::Tokens,
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+        ),
+    ],
+};
 
-pub struct OpenAi {
-    model: ModelConfig,
-}
-
-impl OpenAi {
-    pub fn new(m: &ModelConfig) -> OpenAi {
-        OpenAi { model: m.clone() }
-    }
+/// `Authorization: Bearer` when there is a key.
+fn headers(key: Option<&str>) -> Vec<(&'static str, String)> {
+    key.map(|k| ("authorization", format!("Bearer {k}")))
+        .into_iter()
+        .collect()
 }
 
 /// The request body (public for tests): the official chat completions
@@ -103,33 +117,8 @@ pub fn read_answer(v: &Value) -> Result<ModelResponse, ModelError> {
                 Some(r) => format!("the model refused: {r}"),
                 None => "the answer has no `choices[0].message.content`".to_string(),
             };
-            Err(ModelError {
-                message: why,
-                usage,
-            })
+            Err(ModelError::BadAnswer { why, usage })
         }
-    }
-}
-
-impl ModelAdapter for OpenAi {
-    fn call(&self, prompt: &CompiledPrompt, _root: &Utf8Path) -> Result<ModelResponse, ModelError> {
-        let s = &self.model.settings;
-        let base = s.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
-        let default_env = s.base_url.is_none().then_some(DEFAULT_KEY_ENV);
-        let key = http::api_key(&self.model, default_env)?;
-        let mut headers = Vec::new();
-        if let Some(k) = &key {
-            headers.push(("authorization", format!("Bearer {k}")));
-        }
-        let body = serde_json::to_vec(&request_body(&self.model, prompt)).expect("JSON");
-        let req = Request {
-            model: &self.model,
-            url: format!("{}/chat/completions", base.trim_end_matches('/')),
-            headers,
-            secret: key.as_deref(),
-            body,
-        };
-        read_answer(&http::send(&req, read_error)?)
     }
 }
 
