@@ -52,6 +52,7 @@
 use crate::error::{Error, Result};
 use crate::hash::InputBundleHash;
 use crate::history::{HISTORY_FILE, HistoryEntry};
+use crate::layout;
 use crate::manifest::RunManifest;
 use crate::pack::RecordKind;
 use crate::state::StateFiles;
@@ -131,16 +132,16 @@ impl Kind {
     /// `rel` is the path inside `.mkt/`.
     fn of(rel: &str) -> Kind {
         let name = rel.rsplit('/').next().unwrap_or(rel);
-        if name.starts_with(".mkt-tmp-") {
+        if name.starts_with(layout::TEMP_PREFIX) {
             return Kind::Temp;
         }
         match rel.split('/').next().unwrap_or("") {
-            "objects" => Kind::Object,
-            "ac" => Kind::AcEntry,
-            crate::store::PACKS_DIR => Kind::PackIndex,
-            "runs" => Kind::FailedRun,
+            layout::OBJECTS_DIR => Kind::Object,
+            layout::AC_DIR => Kind::AcEntry,
+            layout::PACKS_DIR => Kind::PackIndex,
+            layout::RUNS_DIR => Kind::FailedRun,
             HISTORY_FILE => Kind::History,
-            "state" | "state.log" => Kind::State,
+            layout::STATE | layout::STATE_LOG => Kind::State,
             _ => Kind::Other,
         }
     }
@@ -639,7 +640,7 @@ fn gc_all(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         size_before: files.iter().map(|f| f.bytes).sum(),
         ..Default::default()
     };
-    for f in files.iter().filter(|f| f.rel != "lock") {
+    for f in files.iter().filter(|f| f.rel != layout::LOCK) {
         rep.removed.push(Removal {
             packed: None,
             path: Utf8Path::new(STORE_DIR).join(&f.rel),
@@ -659,7 +660,7 @@ fn gc_all(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("read", &dir, e))?;
         let path = entry.path();
-        if entry.file_name() == "lock" {
+        if entry.file_name() == layout::LOCK {
             continue;
         }
         let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());

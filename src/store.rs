@@ -43,6 +43,7 @@
 
 use crate::error::{Error, Result};
 use crate::hash::{Digest, InputBundleHash};
+use crate::layout;
 use crate::manifest::RunManifest;
 use crate::pack::{Found, Pack, PackWriter, RecordKind};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -52,12 +53,11 @@ use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-pub const STORE_DIR: &str = ".mkt";
+pub use crate::layout::{PACKS_DIR, STORE_DIR};
 pub const STORE_VERSION: &str = "2";
 /// The format before packs (loose files only), read as well: such a store
 /// becomes version 2 when its first pack is written.
 const STORE_VERSION_LOOSE: &str = "1";
-pub const PACKS_DIR: &str = "packs";
 /// With more packs than this, [`ObjectStore::sync`] merges some.
 pub const MAX_PACKS: usize = 8;
 
@@ -147,7 +147,7 @@ struct Written {
 
 /// Present while a build's writes may not be on disk yet
 /// ([`ObjectStore::begin_writes`]).
-const SYNC_PENDING: &str = "sync-pending";
+use crate::layout::SYNC_PENDING;
 
 /// Up to this many written files, [`ObjectStore::sync`] flushes each of
 /// them (and their directories) instead of the whole file system...
@@ -212,7 +212,7 @@ impl ObjectStore {
     fn open_with(root: &Utf8Path, create: bool) -> Result<ObjectStore> {
         let mut store = ObjectStore::open_unchecked(root);
         store.read_only = !create;
-        let version = store.dir.join("VERSION");
+        let version = store.dir.join(layout::VERSION);
         let refuse = |what: String| {
             Error::InvalidFile {
             path: version.clone(),
@@ -269,16 +269,16 @@ impl ObjectStore {
     /// Writes the store's marker files (VERSION, CACHEDIR.TAG, .gitignore)
     /// and its directories.
     pub(crate) fn init(&self) -> Result<()> {
-        for sub in [PACKS_DIR, "runs"] {
+        for sub in [PACKS_DIR, layout::RUNS_DIR] {
             self.create_dirs(&self.dir.join(sub))?;
         }
         self.write_atomic(
-            &self.dir.join("CACHEDIR.TAG"),
+            &self.dir.join(layout::CACHEDIR_TAG),
             b"Signature: 8a477f597d28d172789f06886806bc55\n# This file marks mkt's store (.mkt/) as a cache directory.\n",
         )?;
-        self.write_atomic(&self.dir.join(".gitignore"), b"*\n")?;
+        self.write_atomic(&self.dir.join(layout::GITIGNORE), b"*\n")?;
         self.write_atomic(
-            &self.dir.join("VERSION"),
+            &self.dir.join(layout::VERSION),
             format!("{STORE_VERSION}\n").as_bytes(),
         )
     }
@@ -306,7 +306,7 @@ impl ObjectStore {
     /// Takes the project lock. With `wait`, blocks until it is free, calling
     /// `on_wait` once first so the caller can say why it is waiting.
     pub fn lock(&self, wait: bool, on_wait: &dyn Fn()) -> Result<StoreLock> {
-        let path = self.dir.join("lock");
+        let path = self.dir.join(layout::LOCK);
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -413,7 +413,10 @@ impl ObjectStore {
 
     pub(crate) fn object_path(&self, d: &Digest) -> Utf8PathBuf {
         let hex = d.to_hex();
-        self.dir.join("objects").join(&hex[..2]).join(&hex)
+        self.dir
+            .join(layout::OBJECTS_DIR)
+            .join(&hex[..2])
+            .join(&hex)
     }
 
     /// Stores `bytes`, returning their digest. Storing what is already
@@ -468,7 +471,7 @@ impl ObjectStore {
         }
         if self.loose_version.swap(false, Ordering::Relaxed) {
             let version = format!("{STORE_VERSION}\n");
-            self.write_atomic(&self.dir.join("VERSION"), version.as_bytes())?;
+            self.write_atomic(&self.dir.join(layout::VERSION), version.as_bytes())?;
         }
         let seq = list_packs(&dir).last().map_or(1, |(s, _)| s + 1);
         let path = dir.join(pack_name(seq));
@@ -508,7 +511,7 @@ impl ObjectStore {
     pub(crate) fn ac_path(&self, ibh: &InputBundleHash) -> Utf8PathBuf {
         let hex = ibh.0.to_hex();
         self.dir
-            .join("ac")
+            .join(layout::AC_DIR)
             .join(&hex[..2])
             .join(format!("{hex}.json"))
     }
@@ -581,7 +584,9 @@ impl ObjectStore {
     }
 
     pub(crate) fn run_path(&self, run_id: &str) -> Utf8PathBuf {
-        self.dir.join("runs").join(format!("{run_id}.json"))
+        self.dir
+            .join(layout::RUNS_DIR)
+            .join(format!("{run_id}.json"))
     }
 
     /// Reads the manifest of failed run `run_id` from `runs/`; `None` when
@@ -872,7 +877,7 @@ impl Packs {
     /// Whether the store still has loose files (from version 1).
     fn loose(&mut self, store_dir: &Utf8Path) -> bool {
         *self.loose.get_or_insert_with(|| {
-            ["objects", "ac"]
+            [layout::OBJECTS_DIR, layout::AC_DIR]
                 .iter()
                 .any(|sub| fs::read_dir(store_dir.join(sub)).is_ok_and(|mut d| d.next().is_some()))
         })
@@ -937,7 +942,7 @@ fn dir_of(path: &Utf8Path) -> &Utf8Path {
 /// 0600 would leave outputs unreadable to others).
 pub(crate) fn temp_in(dir: &Utf8Path) -> std::io::Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
-        .prefix(".mkt-tmp-")
+        .prefix(layout::TEMP_PREFIX)
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
 }
