@@ -30,7 +30,8 @@ fn main() {
         let bytes = markitect::store::map_replaced(&store.join("graph")).unwrap();
         Graph::decode(&bytes, &key).expect("a graph cache")
     };
-    let project = || Project::load_cached(&root, &store.join("project-cache.json")).unwrap();
+    let project =
+        || Project::load_cached(&root, &store.join(markitect::layout::PROJECT_CACHE)).unwrap();
     let records = || StateFiles::load_records(&store);
     let ms = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
     for _ in 0..rounds {

@@ -537,7 +537,12 @@ impl Session {
 
     fn disk_now(root: &Utf8Path) -> [Option<FileStat>; 3] {
         let dir = root.join(STORE_DIR);
-        [NOOP_STAMP_FILE, "state", "state.log"].map(|f| {
+        [
+            NOOP_STAMP_FILE,
+            crate::layout::STATE,
+            crate::layout::STATE_LOG,
+        ]
+        .map(|f| {
             std::fs::symlink_metadata(dir.join(f))
                 .ok()
                 .map(|m| FileStat::from_metadata(&m))
@@ -546,8 +551,8 @@ impl Session {
 }
 
 /// The no-op stamp (`stamp.rs`) and the graph cache (`graph.rs`), in `.mkt/`.
-const NOOP_STAMP_FILE: &str = "noop";
-const GRAPH_CACHE_FILE: &str = "graph";
+const NOOP_STAMP_FILE: &str = crate::layout::NOOP_STAMP;
+const GRAPH_CACHE_FILE: &str = crate::layout::GRAPH_CACHE;
 
 /// Builds the selected targets of the project at `root` (module docs).
 pub fn build(
@@ -650,7 +655,7 @@ pub fn build_in(
     } else {
         ObjectStore::open(root)?
     };
-    let cache_path = store.dir().join("project-cache.json");
+    let cache_path = store.dir().join(crate::layout::PROJECT_CACHE);
     let _lock = if opts.dry_run {
         None
     } else {
@@ -1160,7 +1165,7 @@ pub fn build_in(
         let appended =
             wrote && !state_files.needs_snapshot() && state_files.append(&delta.encode())?;
         if appended {
-            store.note_written(&store.dir().join("state.log"));
+            store.note_written(&store.dir().join(crate::layout::STATE_LOG));
         }
         (wrote, appended)
     };
@@ -1205,7 +1210,7 @@ pub fn build_in(
             };
             state_files.snapshot(&st)?;
             // (the log it replaces is gone: its directory records that)
-            store.note_written(&store.dir().join("state"));
+            store.note_written(&store.dir().join(crate::layout::STATE));
             Some(st)
         } else {
             old_files.extend(seen);

@@ -924,7 +924,7 @@ pub fn normalise_project_path(value: &str) -> std::result::Result<String, &'stat
     }
     match parts.first() {
         None => Err("names no file"),
-        Some(&".mkt") => Err("is inside mkt's store `.mkt/`"),
+        Some(&first) if first == crate::layout::STORE_DIR => Err("is inside mkt's store `.mkt/`"),
         Some(_) => Ok(parts.join("/")),
     }
 }

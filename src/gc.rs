@@ -55,6 +55,7 @@
 use crate::error::{Error, Result};
 use crate::hash::InputBundleHash;
 use crate::history::{HISTORY_FILE, HistoryEntry};
+use crate::layout;
 use crate::manifest::RunManifest;
 use crate::pack::RecordKind;
 use crate::state::StateFiles;
@@ -134,16 +135,16 @@ impl Kind {
     /// `rel` is the path inside `.mkt/`.
     fn of(rel: &str) -> Kind {
         let name = rel.rsplit('/').next().unwrap_or(rel);
-        if name.starts_with(".mkt-tmp-") {
+        if name.starts_with(layout::TEMP_PREFIX) {
             return Kind::Temp;
         }
         match rel.split('/').next().unwrap_or("") {
-            "objects" => Kind::Object,
-            "ac" => Kind::AcEntry,
-            crate::store::PACKS_DIR => Kind::PackIndex,
-            "runs" => Kind::FailedRun,
+            layout::OBJECTS_DIR => Kind::Object,
+            layout::AC_DIR => Kind::AcEntry,
+            layout::PACKS_DIR => Kind::PackIndex,
+            layout::RUNS_DIR => Kind::FailedRun,
             HISTORY_FILE => Kind::History,
-            "state" | "state.log" => Kind::State,
+            layout::STATE | layout::STATE_LOG => Kind::State,
             _ => Kind::Other,
         }
     }
@@ -651,8 +652,8 @@ fn gc_all(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         size_before: files.iter().map(|f| f.bytes).sum(),
         ..Default::default()
     };
-    for f in files.iter().filter(|f| f.rel != "lock") {
-        if !is_store_file(f.rel.as_str()) {
+    for f in files.iter().filter(|f| f.rel != layout::LOCK) {
+        if !layout::is_store_file(f.rel.as_str()) {
             rep.left_alone.push(Utf8Path::new(STORE_DIR).join(&f.rel));
             continue;
         }
@@ -678,59 +679,15 @@ fn gc_all(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
     Ok(rep)
 }
 
-/// Whether `rel` (inside `.mkt/`) is named as mkt names the files of its
-/// store (the layout in `store.rs`); only those may `gc --all` delete.
-fn is_store_file(rel: &str) -> bool {
-    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
-    let parts: Vec<&str> = rel.split('/').collect();
-    let name = parts[parts.len() - 1];
-    if name.starts_with(".mkt-tmp-")
-        && (parts.len() == 1 || is_store_file_dir(&parts[..parts.len() - 1]))
-    {
-        return true;
-    }
-    match parts.as_slice() {
-        [top] => {
-            matches!(
-                *top,
-                "VERSION"
-                    | "CACHEDIR.TAG"
-                    | ".gitignore"
-                    | "state"
-                    | "state.log"
-                    | "noop"
-                    | "graph"
-                    | "project-cache.json"
-                    | "sync-pending"
-            ) || *top == HISTORY_FILE
-        }
-        [crate::store::PACKS_DIR, p] => p.strip_suffix(".pack").is_some_and(|h| hex(h, 16)),
-        ["objects", xx, d] => hex(xx, 2) && hex(d, 64) && d.starts_with(xx),
-        ["ac", xx, e] => {
-            hex(xx, 2)
-                && e.strip_suffix(".json")
-                    .is_some_and(|h| hex(h, 64) && h.starts_with(xx))
-        }
-        ["runs", r] => r.strip_suffix(".json").is_some_and(|id| {
-            !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        }),
-        _ => false,
-    }
-}
-
-/// Whether a directory (as the parts of its path in `.mkt/`) is one mkt
-/// makes: where its temp files can be.
-fn is_store_file_dir(parts: &[&str]) -> bool {
-    matches!(
-        parts,
-        [crate::store::PACKS_DIR] | ["runs"] | ["objects", _] | ["ac", _]
-    )
-}
-
 /// Removes the store's directories that are empty now, deepest first
 /// (`remove_dir`: never one that still holds a file mkt did not write).
 fn remove_emptied_dirs(dir: &Utf8Path) {
-    for sub in ["objects", "ac", crate::store::PACKS_DIR, "runs"] {
+    for sub in [
+        layout::OBJECTS_DIR,
+        layout::AC_DIR,
+        layout::PACKS_DIR,
+        layout::RUNS_DIR,
+    ] {
         let top = dir.join(sub);
         let Ok(entries) = fs::read_dir(&top) else {
             continue;

@@ -33,7 +33,7 @@ use crate::hash::Digest;
 use crate::manifest::Usage;
 use serde::{Deserialize, Serialize};
 
-pub const HISTORY_FILE: &str = "history.jsonl";
+pub use crate::layout::HISTORY as HISTORY_FILE;
 
 /// What a history line says happened to the target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

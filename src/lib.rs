@@ -15,6 +15,7 @@ pub mod graph;
 pub mod hash;
 pub mod history;
 pub mod init;
+pub mod layout;
 pub mod manifest;
 pub mod pack;
 pub mod provenance;

@@ -58,7 +58,8 @@ impl Snapshot {
     /// cache when the no-op stamp vouches for it), without writing.
     pub fn load(root: &Utf8Path) -> Result<Snapshot> {
         let store = ObjectStore::open_read_only(root)?;
-        let (project, _) = Project::load_cached(root, &store.dir().join("project-cache.json"))?;
+        let (project, _) =
+            Project::load_cached(root, &store.dir().join(crate::layout::PROJECT_CACHE))?;
         let (_, state) = StateFiles::load(store.dir());
         let mut files = ProjectFiles::new(root, state.files);
         let graph = match crate::build::graph_from_stamp(root, &project, &mut files) {

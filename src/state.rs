@@ -1003,12 +1003,12 @@ impl StateFiles {
     /// unreadable yields an empty state, never an error.
     pub fn load(dir: &camino::Utf8Path) -> (StateFiles, State) {
         let mut files = StateFiles::none(dir);
-        let base = crate::store::map_replaced(&dir.join("state"));
+        let base = crate::store::map_replaced(&dir.join(crate::layout::STATE));
         let Some(mut st) = base.as_deref().ok().and_then(State::decode) else {
             return (files, State::default());
         };
         files.found_base(&base.unwrap_or(MappedFile::Owned(Vec::new())));
-        if let Ok(log) = std::fs::read(dir.join("state.log")) {
+        if let Ok(log) = std::fs::read(dir.join(crate::layout::STATE_LOG)) {
             (files.log_len, files.last_record) =
                 replay_log(&log, &files.base_id, &mut st, Sections::All);
         }
@@ -1022,12 +1022,12 @@ impl StateFiles {
     /// the records of the nodes it visits.
     pub fn load_records(dir: &camino::Utf8Path) -> (StateFiles, TargetRecords) {
         let mut files = StateFiles::none(dir);
-        let base = crate::store::map_replaced(&dir.join("state"));
+        let base = crate::store::map_replaced(&dir.join(crate::layout::STATE));
         let Some(mut ix) = base.ok().and_then(IndexedRecords::new) else {
             return (files, HashMap::default().into());
         };
         files.found_base(&ix.bytes);
-        if let Ok(log) = std::fs::read(dir.join("state.log")) {
+        if let Ok(log) = std::fs::read(dir.join(crate::layout::STATE_LOG)) {
             let mut st = State::default();
             (files.log_len, files.last_record) =
                 replay_log(&log, &files.base_id, &mut st, Sections::TargetsOnly);
@@ -1082,7 +1082,7 @@ impl StateFiles {
         {
             return Ok(false);
         }
-        let log_path = self.dir.join("state.log");
+        let log_path = self.dir.join(crate::layout::STATE_LOG);
         let io = |e| crate::error::Error::io("write", &log_path, e);
         let mut opts = std::fs::OpenOptions::new();
         let mut f = crate::store::open_in_place(
@@ -1114,7 +1114,7 @@ impl StateFiles {
     /// renamed into place) and drops the log.
     pub fn snapshot(&mut self, st: &State) -> crate::error::Result<()> {
         use std::io::Write;
-        let path = self.dir.join("state");
+        let path = self.dir.join(crate::layout::STATE);
         let io = |e| crate::error::Error::io("write", &path, e);
         // (readable as any file mkt writes: another user sharing the
         // project would otherwise read no state, and hash every file again)
@@ -1126,7 +1126,7 @@ impl StateFiles {
         // renamed over the old one (not unlinked first, as the caches are):
         // the state holds the only copy of the target records
         tmp.persist(&path).map_err(|e| io(e.error))?;
-        let _ = std::fs::remove_file(self.dir.join("state.log"));
+        let _ = std::fs::remove_file(self.dir.join(crate::layout::STATE_LOG));
         // the next append extends this snapshot
         self.base_id = sum;
         self.base_len = len;

@@ -43,6 +43,7 @@
 
 use crate::error::{Error, Result};
 use crate::hash::{Digest, InputBundleHash};
+use crate::layout;
 use crate::manifest::RunManifest;
 use crate::pack::{Found, Pack, PackWriter, RecordKind};
 use camino::{Utf8Path, Utf8PathBuf};
@@ -53,12 +54,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::SystemTime;
 
-pub const STORE_DIR: &str = ".mkt";
+pub use crate::layout::{PACKS_DIR, STORE_DIR};
 pub const STORE_VERSION: &str = "2";
 /// The format before packs (loose files only), read as well: such a store
 /// becomes version 2 when its first pack is written.
 const STORE_VERSION_LOOSE: &str = "1";
-pub const PACKS_DIR: &str = "packs";
 /// With more packs than this, [`ObjectStore::sync`] merges some.
 pub const MAX_PACKS: usize = 8;
 
@@ -153,7 +153,7 @@ struct Written {
 
 /// Present while a build's writes may not be on disk yet
 /// ([`ObjectStore::begin_writes`]).
-const SYNC_PENDING: &str = "sync-pending";
+use crate::layout::SYNC_PENDING;
 
 /// Up to this many written files, [`ObjectStore::sync`] flushes each of
 /// them (and their directories) instead of the whole file system...
@@ -204,12 +204,17 @@ pub enum ObjectRead {
 
 /// The store's directories: each must be a directory of its own, never a
 /// symlink (see [`check_store_dir`]).
-const STORE_SUBDIRS: [&str; 4] = [PACKS_DIR, "runs", "objects", "ac"];
+const STORE_SUBDIRS: [&str; 4] = [
+    layout::PACKS_DIR,
+    layout::RUNS_DIR,
+    layout::OBJECTS_DIR,
+    layout::AC_DIR,
+];
 
 /// The first line of the `CACHEDIR.TAG` of every store mkt creates (the
 /// tag's standard signature) and the line after it, which says it is
 /// mkt's: `mkt gc --all` empties only a directory that carries both.
-const CACHEDIR_TAG: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n# This file marks mkt's store (.mkt/) as a cache directory.\n";
+const CACHEDIR_TAG_TEXT: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n# This file marks mkt's store (.mkt/) as a cache directory.\n";
 
 /// Refuses a store (`.mkt`, or one of its directories) that is a symlink
 /// or a file: through a link, builds would write, and `mkt gc` delete,
@@ -238,9 +243,9 @@ pub fn check_store_dir(root: &Utf8Path) -> Result<()> {
 /// Whether `dir` carries the `CACHEDIR.TAG` mkt writes into every store
 /// it creates.
 pub fn is_marked_store(dir: &Utf8Path) -> bool {
-    let tag = dir.join("CACHEDIR.TAG");
+    let tag = dir.join(layout::CACHEDIR_TAG);
     fs::symlink_metadata(&tag).is_ok_and(|m| m.is_file())
-        && fs::read(&tag).is_ok_and(|b| b.starts_with(CACHEDIR_TAG))
+        && fs::read(&tag).is_ok_and(|b| b.starts_with(CACHEDIR_TAG_TEXT))
 }
 
 /// Opens a file of the store that is written in place (appended to, cut
@@ -279,7 +284,7 @@ impl ObjectStore {
         check_store_dir(root)?;
         let mut store = ObjectStore::open_unchecked(root);
         store.read_only = !create;
-        let version = store.dir.join("VERSION");
+        let version = store.dir.join(layout::VERSION);
         let start_over = "run `mkt gc --all` to delete the store and start over (the next build runs everything again)";
         let refuse = |what: String, help: String| Error::InvalidFile {
             path: version.clone(),
@@ -342,13 +347,13 @@ impl ObjectStore {
     /// Writes the store's marker files (VERSION, CACHEDIR.TAG, .gitignore)
     /// and its directories.
     pub(crate) fn init(&self) -> Result<()> {
-        for sub in [PACKS_DIR, "runs"] {
+        for sub in [PACKS_DIR, layout::RUNS_DIR] {
             self.create_dirs(&self.dir.join(sub))?;
         }
-        self.write_atomic(&self.dir.join("CACHEDIR.TAG"), CACHEDIR_TAG)?;
-        self.write_atomic(&self.dir.join(".gitignore"), b"*\n")?;
+        self.write_atomic(&self.dir.join(layout::CACHEDIR_TAG), CACHEDIR_TAG_TEXT)?;
+        self.write_atomic(&self.dir.join(layout::GITIGNORE), b"*\n")?;
         self.write_atomic(
-            &self.dir.join("VERSION"),
+            &self.dir.join(layout::VERSION),
             format!("{STORE_VERSION}\n").as_bytes(),
         )
     }
@@ -376,7 +381,7 @@ impl ObjectStore {
     /// Takes the project lock. With `wait`, blocks until it is free, calling
     /// `on_wait` once first so the caller can say why it is waiting.
     pub fn lock(&self, wait: bool, on_wait: &dyn Fn()) -> Result<StoreLock> {
-        let path = self.dir.join("lock");
+        let path = self.dir.join(layout::LOCK);
         let mut opts = OpenOptions::new();
         let file = open_in_place(opts.create(true).truncate(false).write(true), &path, "open")?;
         match file.try_lock() {
@@ -497,7 +502,10 @@ impl ObjectStore {
 
     pub(crate) fn object_path(&self, d: &Digest) -> Utf8PathBuf {
         let hex = d.to_hex();
-        self.dir.join("objects").join(&hex[..2]).join(&hex)
+        self.dir
+            .join(layout::OBJECTS_DIR)
+            .join(&hex[..2])
+            .join(&hex)
     }
 
     /// Stores `bytes`, returning their digest. Storing what is already
@@ -552,7 +560,7 @@ impl ObjectStore {
         }
         if self.loose_version.swap(false, Ordering::Relaxed) {
             let version = format!("{STORE_VERSION}\n");
-            self.write_atomic(&self.dir.join("VERSION"), version.as_bytes())?;
+            self.write_atomic(&self.dir.join(layout::VERSION), version.as_bytes())?;
         }
         let seq = list_packs(&dir).last().map_or(1, |(s, _)| s + 1);
         let path = dir.join(pack_name(seq));
@@ -599,7 +607,7 @@ impl ObjectStore {
     pub(crate) fn ac_path(&self, ibh: &InputBundleHash) -> Utf8PathBuf {
         let hex = ibh.0.to_hex();
         self.dir
-            .join("ac")
+            .join(layout::AC_DIR)
             .join(&hex[..2])
             .join(format!("{hex}.json"))
     }
@@ -672,7 +680,9 @@ impl ObjectStore {
     }
 
     pub(crate) fn run_path(&self, run_id: &str) -> Utf8PathBuf {
-        self.dir.join("runs").join(format!("{run_id}.json"))
+        self.dir
+            .join(layout::RUNS_DIR)
+            .join(format!("{run_id}.json"))
     }
 
     /// Reads the manifest of failed run `run_id` from `runs/`; `None` when
@@ -964,7 +974,7 @@ impl Packs {
     /// Whether the store still has loose files (from version 1).
     fn loose(&mut self, store_dir: &Utf8Path) -> bool {
         *self.loose.get_or_insert_with(|| {
-            ["objects", "ac"]
+            [layout::OBJECTS_DIR, layout::AC_DIR]
                 .iter()
                 .any(|sub| fs::read_dir(store_dir.join(sub)).is_ok_and(|mut d| d.next().is_some()))
         })
@@ -1029,19 +1039,18 @@ fn dir_of(path: &Utf8Path) -> &Utf8Path {
 /// 0600 would leave outputs unreadable to others).
 pub(crate) fn temp_in(dir: &Utf8Path) -> std::io::Result<tempfile::NamedTempFile> {
     tempfile::Builder::new()
-        .prefix(TEMP_PREFIX)
+        .prefix(layout::TEMP_PREFIX)
         .rand_bytes(TEMP_RANDOM_CHARS)
         .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o666))
         .tempfile_in(dir)
 }
 
 /// [`temp_in`]'s names: this prefix, then random letters and digits.
-const TEMP_PREFIX: &str = ".mkt-tmp-";
 const TEMP_RANDOM_CHARS: usize = 6;
 
 /// Whether `name` is one [`temp_in`] makes.
 fn is_temp_name(name: &str) -> bool {
-    name.strip_prefix(TEMP_PREFIX).is_some_and(|r| {
+    name.strip_prefix(layout::TEMP_PREFIX).is_some_and(|r| {
         r.len() == TEMP_RANDOM_CHARS && r.bytes().all(|b| b.is_ascii_alphanumeric())
     })
 }

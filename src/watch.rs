@@ -86,12 +86,15 @@ pub enum WatchEvent<'a> {
 /// Whether `rel` is a file no build ever depends on: the store, an
 /// editor's temp or backup file.
 pub fn is_ignored(rel: &str) -> bool {
-    if rel == STORE_DIR || rel.starts_with(".mkt/") {
+    if rel
+        .strip_prefix(STORE_DIR)
+        .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+    {
         return true;
     }
     let name = rel.rsplit('/').next().unwrap_or(rel);
     name.starts_with(".#")
-        || name.starts_with(".mkt-tmp-")
+        || name.starts_with(crate::layout::TEMP_PREFIX)
         || name.ends_with('~')
         || name.ends_with(".swp")
         || name.ends_with(".swx")
