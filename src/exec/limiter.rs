@@ -521,7 +521,9 @@ mod tests {
             s.spawn(|| wait(Duration::from_millis(300)).unwrap());
             std::thread::sleep(Duration::from_millis(100));
             let left = rate_limit_wait_left().expect("a wait under way");
-            assert!(left <= Duration::from_millis(200), "{left:?}");
+            // (at most the whole wait: on a loaded machine the waiting
+            // thread may have started well after this one slept)
+            assert!(left <= Duration::from_millis(300), "{left:?}");
         });
         assert!(rate_limit_waited() >= before + Duration::from_millis(300));
     }
