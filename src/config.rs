@@ -824,14 +824,14 @@ fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usi
                 );
             }
             if let Some(var) = &s.api_key_env
-                && (var.is_empty() || var.contains(['=', '\0']))
+                && var.contains(['=', '\0'])
             {
                 return err(
                     format!(
                         "model `{}`: `api_key_env` must name an environment variable",
                         m.name
                     ),
-                    Some("for example `api_key_env = \"OPENAI_API_KEY\"`; the key itself never goes in `prompts.toml`".into()),
+                    Some("for example `api_key_env = \"OPENAI_API_KEY\"` (or `\"\"` for no key); the key itself never goes in `prompts.toml`".into()),
                 );
             }
             if s.max_concurrency == Some(0)

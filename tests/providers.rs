@@ -259,6 +259,104 @@ fn a_local_server_needs_no_key() {
 }
 
 // ---------------------------------------------------------------------------
+// The SDKs' conventions: base URL variables and forms, keys with a base URL
+
+#[test]
+fn the_sdk_base_url_variables_are_read_when_base_url_is_not_set() {
+    let api = FakeApi::start(|r, _| match r.path.as_str() {
+        "/v1/messages" => Reply::anthropic("from anthropic", 3, 1, 0),
+        _ => Reply::openai("from openai", 3, 1, 0),
+    });
+    let host = api.base_url().trim_end_matches("/v1").to_string();
+    // each as its SDK documents it: OpenAI's with `/v1`, Anthropic's without
+    for (model, env, want) in [
+        (
+            "provider = \"openai\"\nmodel = \"gpt-test\"\n",
+            ("OPENAI_BASE_URL", api.base_url()),
+            "from openai",
+        ),
+        (
+            "provider = \"anthropic\"\nmodel = \"claude-test\"\nmax_tokens = 9\n",
+            ("ANTHROPIC_BASE_URL", host.clone()),
+            "from anthropic",
+        ),
+    ] {
+        let p = one_target(model);
+        let keys = [("OPENAI_API_KEY", KEY), ("ANTHROPIC_API_KEY", KEY)];
+        p.mkt_env(&["build"], &[(env.0, env.1.as_str()), keys[0], keys[1]])
+            .success();
+        assert_eq!(p.read("out/a.md"), want);
+    }
+    assert_eq!(
+        paths(&api.requests()),
+        ["POST /v1/chat/completions", "POST /v1/messages"]
+    );
+}
+
+#[test]
+fn an_anthropic_base_url_in_the_sdk_form_gets_v1_and_one_with_v1_is_kept() {
+    let api = FakeApi::start(|_, _| Reply::anthropic("ok", 3, 1, 0));
+    let host = api.base_url().trim_end_matches("/v1").to_string();
+    for base in [
+        host.clone(),
+        format!("{host}/"),
+        api.base_url(),
+        format!("{}/", api.base_url()),
+    ] {
+        let p = one_target(&format!(
+            "provider = \"anthropic\"\nmodel = \"claude-test\"\nbase_url = \"{base}\"\napi_key_env = \"\"\nmax_tokens = 9\n"
+        ));
+        p.mkt_env(&["build"], &[]).success();
+    }
+    assert_eq!(paths(&api.requests()), ["POST /v1/messages"; 4]);
+}
+
+#[test]
+fn with_a_base_url_the_providers_usual_key_is_sent_when_it_is_set() {
+    let api = FakeApi::start(|r, _| match r.path.as_str() {
+        "/v1/messages" => Reply::anthropic("ok", 3, 1, 0),
+        _ => Reply::openai("ok", 3, 1, 0),
+    });
+    let openai = format!(
+        "provider = \"openai\"\nmodel = \"g\"\nbase_url = \"{}\"\n",
+        api.base_url()
+    );
+    let anthropic = format!(
+        "provider = \"anthropic\"\nmodel = \"c\"\nbase_url = \"{}\"\nmax_tokens = 9\n",
+        api.base_url()
+    );
+    // set: sent, as a proxy or gateway (LiteLLM) may need it
+    one_target(&openai)
+        .mkt_env(&["build"], &[("OPENAI_API_KEY", KEY)])
+        .success();
+    one_target(&anthropic)
+        .mkt_env(&["build"], &[("ANTHROPIC_API_KEY", KEY)])
+        .success();
+    // `api_key_env = ""`: never
+    one_target(&format!("{openai}api_key_env = \"\"\n"))
+        .mkt_env(&["build"], &[("OPENAI_API_KEY", KEY)])
+        .success();
+    // unset: none, and no error (a local server)
+    one_target(&anthropic).mkt_env(&["build"], &[]).success();
+    let reqs = api.requests();
+    let sent = |r: &Recorded| {
+        (
+            r.header("authorization").map(str::to_string),
+            r.header("x-api-key").map(str::to_string),
+        )
+    };
+    assert_eq!(
+        reqs.iter().map(sent).collect::<Vec<_>>(),
+        [
+            (Some(format!("Bearer {KEY}")), None),
+            (None, Some(KEY.to_string())),
+            (None, None),
+            (None, None),
+        ]
+    );
+}
+
+// ---------------------------------------------------------------------------
 // Keys
 
 #[test]

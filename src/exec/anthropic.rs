@@ -1,5 +1,6 @@
 //! `provider = "anthropic"`: the Anthropic Messages API
-//! (`POST {base_url}/messages`, `anthropic-version: 2023-06-01`). The API
+//! (`POST {base_url}/v1/messages`, `anthropic-version: 2023-06-01`; a
+//! `base_url` that ends in `/v1` gets `/messages`). The API
 //! has no system role among its messages: every `system:` message of the
 //! compiled prompt goes, in order, into the top-level `system` field; the
 //! user and assistant messages are sent as they are.
@@ -17,6 +18,8 @@ pub const API_VERSION: &str = "2023-06-01";
 pub const WIRE: Wire = Wire {
     default_base_url: "https://api.anthropic.com/v1",
     default_key_env: "ANTHROPIC_API_KEY",
+    base_url_env: "ANTHROPIC_BASE_URL",
+    sdk_base_lacks_v1: true,
     path: "/messages",
     headers,
     body: request_body,

@@ -44,7 +44,15 @@ pub struct Wire {
     /// The key's variable when `api_key_env` is not set and the model talks
     /// to the provider's own API (a local server needs no key).
     pub default_key_env: &'static str,
-    /// Appended to `base_url`.
+    /// The variable the provider's SDKs read a base URL from (used when
+    /// `base_url` is not set).
+    pub base_url_env: &'static str,
+    /// Whether the SDK's base URL leaves out the API's `/v1` (Anthropic's
+    /// SDK appends `/v1/messages` to `https://api.anthropic.com`; OpenAI's
+    /// appends `/chat/completions` to `https://api.openai.com/v1`): then a
+    /// base URL that does not end in `/v1` gets it.
+    pub sdk_base_lacks_v1: bool,
+    /// Appended to the base URL.
     pub path: &'static str,
     /// The headers that carry the key (when there is one) and the version.
     pub headers: fn(Option<&str>) -> Vec<(&'static str, String)>,
@@ -72,18 +80,55 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// The API key named by `api_key_env` (or the provider's usual variable
-/// when the model talks to the provider's own API): `Ok(None)` when no
-/// variable is named (a local server needs none). The error names the
-/// variable, never a value.
-pub fn api_key(m: &ModelConfig, default_env: Option<&str>) -> Result<Option<String>, ModelError> {
-    let var = match (&m.settings.api_key_env, default_env) {
-        (Some(v), _) => v.as_str(),
-        (None, Some(v)) => v,
-        (None, None) => return Ok(None),
+/// Where a model's requests go: `base_url`, else the provider SDKs'
+/// variable (`OPENAI_BASE_URL`, `ANTHROPIC_BASE_URL`), else the
+/// provider's own API; and whether that is the provider's own API.
+pub fn base_url(m: &ModelConfig, w: &Wire) -> (String, bool) {
+    let from_env = || {
+        std::env::var(w.base_url_env)
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+    };
+    match m.settings.base_url.clone().or_else(from_env) {
+        Some(url) => (url.trim().to_string(), false),
+        None => (w.default_base_url.to_string(), true),
+    }
+}
+
+/// The URL of a request: `base` (in the SDK's form or with `/v1`, see
+/// [`Wire::sdk_base_lacks_v1`]) and the wire's path.
+pub fn endpoint(base: &str, w: &Wire) -> String {
+    let base = base.trim_end_matches('/');
+    let v1 = if w.sdk_base_lacks_v1 && !base.ends_with("/v1") {
+        "/v1"
+    } else {
+        ""
+    };
+    format!("{base}{v1}{}", w.path)
+}
+
+/// The API key, as the providers' SDKs find it:
+/// - `api_key_env = "NAME"`: that variable, which must be set;
+/// - `api_key_env = ""`: none;
+/// - not set: the provider's usual variable (`OPENAI_API_KEY`,
+///   `ANTHROPIC_API_KEY`), which must be set for the provider's own API
+///   (`own_api`) and is sent, when set, to any other (a proxy or gateway
+///   may want one; a local server ignores it).
+///
+/// The error names the variable, never a value.
+pub fn api_key(
+    m: &ModelConfig,
+    default_env: &str,
+    own_api: bool,
+) -> Result<Option<String>, ModelError> {
+    let (var, required) = match m.settings.api_key_env.as_deref() {
+        Some("") => return Ok(None),
+        Some(v) => (v, true),
+        None => (default_env, own_api),
     };
     match std::env::var(var) {
         Ok(k) if !k.trim().is_empty() => Ok(Some(k.trim().to_string())),
+        _ if !required => Ok(None),
         _ => Err(ModelError::MissingKey {
             model: m.name.clone(),
             var: var.to_string(),
@@ -120,14 +165,13 @@ impl ModelAdapter for Http {
     ) -> Result<ModelResponse, ModelError> {
         let (m, w) = (&self.model, self.wire);
         let s = &m.settings;
-        let base = s.base_url.as_deref().unwrap_or(w.default_base_url);
-        let default_env = s.base_url.is_none().then_some(w.default_key_env);
-        let key = api_key(m, default_env)?;
+        let (base, own_api) = base_url(m, w);
+        let key = api_key(m, w.default_key_env, own_api)?;
         let body = serde_json::to_vec(&(w.body)(m, prompt)).expect("JSON");
         let req = Request {
             model: m,
             wire: w,
-            url: format!("{}{}", base.trim_end_matches('/'), w.path),
+            url: endpoint(&base, w),
             headers: (w.headers)(key.as_deref()),
             secret: key.as_deref(),
             // what providers (and llmock) count before answering: a

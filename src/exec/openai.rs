@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 pub const WIRE: Wire = Wire {
     default_base_url: "https://api.openai.com/v1",
     default_key_env: "OPENAI_API_KEY",
+    base_url_env: "OPENAI_BASE_URL",
+    sdk_base_lacks_v1: false,
     path: "/chat/completions",
     headers,
     body: request_body,

@@ -189,6 +189,8 @@ impl Project {
                 "ALL_PROXY",
                 "OPENAI_API_KEY",
                 "ANTHROPIC_API_KEY",
+                "OPENAI_BASE_URL",
+                "ANTHROPIC_BASE_URL",
             ] {
                 cmd.env_remove(var);
             }
