@@ -39,25 +39,19 @@ use crate::error::Result;
 use crate::files::ProjectFiles;
 use crate::graph::{Graph, analyse_project};
 use crate::hash::Digest;
-use crate::manifest::UpstreamRecord;
 use crate::stamp::{Changes, NoopStamp};
-use crate::state::TargetRecord;
-use crate::state::{
-    DirtyReason, FileStat, Fingerprint, StatEntry, State, StateDelta, StateFiles, dirty_reason,
-    now_ns,
-};
-use crate::store::ObjectStore;
+use crate::state::{FileStat, StatEntry, State, StateDelta, StateFiles, now_ns};
+use crate::state::{TargetRecord, TargetRecords};
 use crate::store::STORE_DIR;
+use crate::store::{ObjectStore, StoreLock};
 use camino::Utf8Path;
-use job::{Ctx, Job, JobResult, run_job};
-use report::{INTERRUPTED, STOPPED};
+use job::Ctx;
+
 use rustc_hash::FxHashMap as HashMap;
 use rustc_hash::FxHashSet as HashSet;
-use schedule::{Blame, Done, Progress};
+use schedule::{Progress, Scheduled, run_all};
 use stamp::{noop_stamp, patch_stamp};
-use std::sync::atomic::Ordering;
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// What a long-running caller (`mkt watch`) keeps between builds, so that
 /// a rebuild costs what its changes cost rather than what the project's
@@ -99,6 +93,14 @@ impl Session {
         self.stamp = stamp;
     }
 
+    /// Forgets everything kept: another process wrote the store.
+    fn reset(&mut self) {
+        *self = Session {
+            one_shot: self.one_shot,
+            ..Session::default()
+        };
+    }
+
     fn disk_now(root: &Utf8Path) -> [Option<FileStat>; 3] {
         let dir = root.join(STORE_DIR);
         [NOOP_STAMP_FILE, "state", "state.log"].map(|f| {
@@ -126,6 +128,9 @@ pub fn build(
 /// process. `changed`, when given, holds every project path that can have
 /// changed since that build (a file watcher's report): then only those
 /// are checked against the no-op stamp.
+///
+/// The build is a pipeline: check the no-op stamp, open the store, load
+/// (deciding the [`Mode`]), plan (analyse, stat), schedule, save.
 pub fn build_in(
     root: &Utf8Path,
     opts: &BuildOptions,
@@ -139,140 +144,263 @@ pub fn build_in(
     // what the store's stamp and state were when this build looked at them
     let disk_seen = Session::disk_now(root);
     if session.disk.is_some() && session.disk != Some(disk_seen) {
-        // someone else wrote the store
-        *session = Session {
-            one_shot: session.one_shot,
-            ..Session::default()
-        };
+        session.reset(); // someone else wrote the store
     }
-    let hint = changed.filter(|_| session.stamp.is_some());
-    // The no-op fast path: one lstat per file (see `stamp.rs`). When only
-    // inputs or outputs changed, the stamp also vouches for every file it
-    // did not see change, and the graph can come from its cache.
     crate::exec::begin_build();
     let mut phases = Phases::start();
-    let noop_path = root.join(STORE_DIR).join(NOOP_STAMP_FILE);
-    let graph_path = root.join(STORE_DIR).join(GRAPH_CACHE_FILE);
-    let mut prior: Option<(Arc<NoopStamp>, HashSet<String>)> = None;
-    // A stamp that saw the graph's shape change vouches for no node, only
-    // for the files it did not see change: their stat and digest, just
-    // checked, spare the analysis and the freshness check a second and
-    // third `lstat` of every file (a third of a 10,000-target build after
-    // an edit of `prompts.toml`).
-    let mut verified: Option<(Arc<NoopStamp>, HashSet<String>)> = None;
-    let mut checked_at = 0;
-    let mut stamp_from_session = false;
-    // (named targets are a part of what the stamp covers: it vouches for
-    // them as for the whole, though only a build of everything answers
-    // from it at once or writes one)
-    if !opts.force {
-        let kept = session.stamp.take();
-        stamp_from_session = kept.is_some();
-        let stamp = kept.or_else(|| {
-            crate::store::map_replaced_writable(&noop_path)
-                .ok()
-                .and_then(NoopStamp::decode)
-        });
-        phases.mark("read the no-op stamp");
-        if let (Some(mut stamp), Some(dir)) = (stamp, crate::stamp::Root::open(root)) {
-            checked_at = now_ns(); // before any stat: see the racy rule
-            let Changes { structural, paths } = stamp.changes(&dir, hint);
-            phases.mark("stat the stamp's files");
-            if paths.is_empty() && opts.targets.is_empty() {
-                // Racy entries were just verified by content; once they have
-                // aged past the window they need not be read again.
-                if !opts.dry_run && stamp.age(checked_at) {
-                    let _ = crate::store::replace_stamp(&noop_path, &stamp);
-                    session.disk = Some(Session::disk_now(root));
-                }
-                let n = stamp.nodes as usize;
-                report(Event::Planned { total: n });
-                let watch_set = opts.want_watch_set.then(|| WatchSet::from_stamp(&stamp));
-                session.keep_stamp(Some(stamp));
-                phases.mark("finish");
-                return Ok(BuildReport {
-                    total: n,
-                    fresh: n,
-                    watch_set,
-                    phases,
-                    ..Default::default()
-                });
-            }
-            if structural {
-                verified = Some((Arc::new(stamp), paths));
-            } else {
-                prior = Some((Arc::new(stamp), paths));
-            }
-        }
-    }
+    let looked = match check_stamp(root, opts, session, changed, &mut phases, report) {
+        Stamped::UpToDate(rep) => return Ok(*rep),
+        Stamped::Looked(looked) => looked,
+    };
     // (of the file itself, through a symlink: as the stamp checks it)
     let project_stat = std::fs::metadata(root.join(PROJECT_FILE))
         .ok()
         .map(|m| (FileStat::from_metadata(&m), now_ns()));
-    let store = if opts.dry_run {
-        ObjectStore::open_read_only(root)?
-    } else {
-        ObjectStore::open(root)?
-    };
-    let cache_path = store.dir().join("project-cache.json");
-    let _lock = if opts.dry_run {
-        None
-    } else {
-        Some(store.lock(opts.wait_for_lock, &|| report(Event::WaitingForLock))?)
-    };
-    if !opts.dry_run {
-        store.begin_writes()?;
-    }
+    let (store, lock) = open_store(root, opts, report)?;
+    let mut looked = looked;
     // Another build that took the lock after this one read the stamp may
     // have changed outputs and records since: what the stamp saw change
     // then no longer covers what did, and nothing it said can be used.
-    if (prior.is_some() || verified.is_some() || session.disk.is_some())
-        && Session::disk_now(root) != disk_seen
-    {
-        prior = None;
-        verified = None;
-        stamp_from_session = false;
-        *session = Session {
-            one_shot: session.one_shot,
-            ..Session::default()
-        };
+    if (looked.saw.is_some() || session.disk.is_some()) && Session::disk_now(root) != disk_seen {
+        looked.saw = None;
+        looked.from_session = false;
+        session.reset();
     }
+    phases.mark("open the store and lock");
+    let (loaded, mut mode) = load(root, &store, opts, session, looked)?;
+    phases.mark("read the project, state and graph");
+    let mut plan = plan(root, opts, loaded, &mut mode, project_stat, report)?;
+    phases.mark("analyse");
+    plan.stat_and_hash(&mode);
+    phases.mark("stat and hash");
+    let mut done = schedule(&store, &plan, &mode, opts, report)?;
+    phases.mark("schedule and run");
+    let rep = &mut done.rep;
+    rep.interrupted = crate::exec::interrupted();
+    rep.stale_outputs = plan.stale_outputs;
+    // (a graph kept by the session depends on what it did last time)
+    if opts.want_watch_set && !mode.graph_from_session {
+        rep.watch_set = Some(plan.watch_set(&mode));
+    }
+    if opts.dry_run {
+        done.rep.phases = phases;
+        return Ok(done.rep);
+    }
+    let rep = save(root, &store, plan, mode, done, session, &mut phases)?;
+    drop(lock);
+    session.disk = Some(Session::disk_now(root));
+    Ok(rep)
+}
+
+/// What the no-op stamp said when it did not settle the build at once.
+struct StampSaw {
+    stamp: Arc<NoopStamp>,
+    /// The paths it saw change.
+    changed: HashSet<String>,
+    /// It saw the graph's shape change: then it vouches for no node, only
+    /// for the files it did not see change. Their stat and digest, just
+    /// checked, spare the analysis and the freshness check a second and
+    /// third `lstat` of every file (a third of a 10,000-target build after
+    /// an edit of `prompts.toml`).
+    structural: bool,
+}
+
+/// What [`check_stamp`] found, for a build that goes on.
+struct Looked {
+    saw: Option<StampSaw>,
+    /// When the stamp's files were checked (before any stat: the racy rule).
+    checked_at: i64,
+    /// The stamp was the session's.
+    from_session: bool,
+}
+
+enum Stamped {
+    /// Nothing changed: the build is done.
+    UpToDate(Box<BuildReport>),
+    Looked(Looked),
+}
+
+/// How this build takes its shortcuts, decided once, in [`load`], from
+/// the stamp, the session and what was on disk; every later phase asks it.
+struct Mode {
+    /// What the stamp saw; `None` when it was not read or does not hold.
+    saw: Option<StampSaw>,
+    checked_at: i64,
+    /// The state and stamp this process saved last agree on every file.
+    in_session: bool,
+    /// The graph is the one the session kept.
+    graph_from_session: bool,
+    /// The graph came from its cache (or the session): the structure did
+    /// not change since the last full analysis.
+    graph_from_cache: bool,
+    /// Only the state's target records were read (`StateFiles::load_records`).
+    records_only: bool,
+    /// The stamp's word for a node (as its record says) holds: the state's
+    /// records are the ones its build saved (`StateFiles::tip`).
+    records_vouched: bool,
+}
+
+impl Mode {
+    /// With a stamp that saw no structural change: the paths it saw change.
+    fn changed(&self) -> Option<&HashSet<String>> {
+        (self.saw.as_ref())
+            .filter(|s| !s.structural)
+            .map(|s| &s.changed)
+    }
+
+    /// The stamp that saw no structural change, if there is one.
+    fn prior(&self) -> Option<&Arc<NoopStamp>> {
+        (self.saw.as_ref())
+            .filter(|s| !s.structural)
+            .map(|s| &s.stamp)
+    }
+
+    /// An incremental one-shot build with little to do: what it freed is
+    /// not worth a trim of the heap.
+    fn small_edit(&self, jobs: usize) -> bool {
+        self.records_only && jobs < 256
+    }
+}
+
+/// The no-op fast path: one lstat per file (see `stamp.rs`). When only
+/// inputs or outputs changed, the stamp also vouches for every file it
+/// did not see change, and the graph can come from its cache.
+fn check_stamp(
+    root: &Utf8Path,
+    opts: &BuildOptions,
+    session: &mut Session,
+    changed: Option<&HashSet<String>>,
+    phases: &mut Phases,
+    report: &(dyn Fn(Event<'_>) + Sync),
+) -> Stamped {
+    let mut looked = Looked {
+        saw: None,
+        checked_at: 0,
+        from_session: false,
+    };
+    // (named targets are a part of what the stamp covers: it vouches for
+    // them as for the whole, though only a build of everything answers
+    // from it at once or writes one)
+    if opts.force {
+        return Stamped::Looked(looked);
+    }
+    let hint = changed.filter(|_| session.stamp.is_some());
+    let noop_path = root.join(STORE_DIR).join(NOOP_STAMP_FILE);
+    let kept = session.stamp.take();
+    looked.from_session = kept.is_some();
+    let stamp = kept.or_else(|| {
+        crate::store::map_replaced_writable(&noop_path)
+            .ok()
+            .and_then(NoopStamp::decode)
+    });
+    phases.mark("read the no-op stamp");
+    let (Some(mut stamp), Some(dir)) = (stamp, crate::stamp::Root::open(root)) else {
+        return Stamped::Looked(looked);
+    };
+    looked.checked_at = now_ns(); // before any stat: see the racy rule
+    let Changes { structural, paths } = stamp.changes(&dir, hint);
+    phases.mark("stat the stamp's files");
+    if paths.is_empty() && opts.targets.is_empty() {
+        // Racy entries were just verified by content; once they have aged
+        // past the window they need not be read again.
+        if !opts.dry_run && stamp.age(looked.checked_at) {
+            let _ = crate::store::replace_stamp(&noop_path, &stamp);
+            session.disk = Some(Session::disk_now(root));
+        }
+        let n = stamp.nodes as usize;
+        report(Event::Planned { total: n });
+        let watch_set = opts.want_watch_set.then(|| WatchSet::from_stamp(&stamp));
+        session.keep_stamp(Some(stamp));
+        phases.mark("finish");
+        return Stamped::UpToDate(Box::new(BuildReport {
+            total: n,
+            fresh: n,
+            watch_set,
+            phases: std::mem::take(phases),
+            ..Default::default()
+        }));
+    }
+    looked.saw = Some(StampSaw {
+        stamp: Arc::new(stamp),
+        changed: paths,
+        structural,
+    });
+    Stamped::Looked(looked)
+}
+
+/// The store, locked and ready for writes unless `--dry-run`.
+fn open_store(
+    root: &Utf8Path,
+    opts: &BuildOptions,
+    report: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<(ObjectStore, Option<StoreLock>)> {
+    if opts.dry_run {
+        return Ok((ObjectStore::open_read_only(root)?, None));
+    }
+    let store = ObjectStore::open(root)?;
+    let lock = store.lock(opts.wait_for_lock, &|| report(Event::WaitingForLock))?;
+    store.begin_writes()?;
+    Ok((store, Some(lock)))
+}
+
+/// What a build loaded: the project, the state, and a graph that fits.
+struct Loaded {
+    project: Project,
+    state_files: StateFiles,
+    /// The state less its target records (`old_targets`).
+    state: State,
+    old_targets: TargetRecords,
+    /// The graph from the session or its cache, when it fits the project.
+    cached: Option<Graph>,
+}
+
+/// Reads the project, the state and the graph cached for them (what the
+/// session kept of them instead, where it holds), and decides the
+/// build's [`Mode`].
+fn load(
+    root: &Utf8Path,
+    store: &ObjectStore,
+    opts: &BuildOptions,
+    session: &mut Session,
+    looked: Looked,
+) -> Result<(Loaded, Mode)> {
+    let Looked {
+        saw,
+        checked_at,
+        from_session,
+    } = looked;
+    let prior = saw.as_ref().filter(|s| !s.structural);
     // with a stamp that saw no structural change, `prompts.toml` is as the
     // session's project was read from, and the session's graph still holds
     let session_project = session.project.take().filter(|_| prior.is_some());
     let session_graph = session.graph.take().filter(|_| prior.is_some());
     let session_state = session.state.take();
-    // the state and stamp this process saved last agree on every file
-    let in_session = stamp_from_session && session_state.is_some();
+    let in_session = from_session && session_state.is_some();
     let graph_from_session = session_graph.is_some();
     // A one-shot incremental build with a stamp that vouches for every
     // file reads only the state's target records, as it asks for them
     // (`StateFiles::load_records`); should its graph not come from the
     // cache after all, the rest is read then.
     let records_only = session.one_shot && prior.is_some() && session_state.is_none();
-    phases.mark("open the store and lock");
+    let cache_path = store.dir().join("project-cache.json");
+    let graph_path = root.join(STORE_DIR).join(GRAPH_CACHE_FILE);
     // The state, the project and the graph cached for it are independent:
     // read them on both cores at once.
     let (((state_files, state, old_targets), cached), loaded) = rayon::join(
         || {
             rayon::join(
-                || {
-                    let (files, mut st) = match session_state {
-                        Some(kept) => kept,
-                        None if records_only => {
-                            let (files, records) = StateFiles::load_records(store.dir());
-                            return (files, State::default(), records);
-                        }
-                        None => StateFiles::load(store.dir()),
-                    };
-                    let records = std::mem::take(&mut st.targets).into();
-                    (files, st, records)
+                || match session_state {
+                    Some(kept) => split_records(kept),
+                    None if records_only => {
+                        let (files, records) = StateFiles::load_records(store.dir());
+                        (files, State::default(), records)
+                    }
+                    None => split_records(StateFiles::load(store.dir())),
                 },
                 || {
                     session_graph.or_else(|| {
-                        let (stamp, _) = prior.as_ref()?;
                         let bytes = crate::store::map_replaced(&graph_path).ok()?;
-                        Graph::decode(&bytes, &stamp.structure_key())
+                        Graph::decode(&bytes, &prior?.stamp.structure_key())
                     })
                 },
             )
@@ -283,14 +411,9 @@ pub fn build_in(
         },
     );
     let (project, new_cache) = loaded?;
-    phases.mark("read the project, state and graph");
     let cached = cached.filter(|g| g.fits(&project));
-    let (mut state_files, state, old_targets) = match (records_only, &cached) {
-        (true, None) => {
-            let (files, mut st) = StateFiles::load(store.dir());
-            let records = std::mem::take(&mut st.targets).into();
-            (files, st, records)
-        }
+    let (state_files, state, old_targets) = match (records_only, &cached) {
+        (true, None) => split_records(StateFiles::load(store.dir())),
         _ => (state_files, state, old_targets),
     };
     // what was read of the state: the target records only, or everything
@@ -298,9 +421,7 @@ pub fn build_in(
     // The stamp's word for a node (as its record says) holds only for the
     // records its build saved: a journal cut short or removed leaves older
     // ones, each consistent alone (`StateFiles::tip`).
-    let records_vouched = prior
-        .as_ref()
-        .is_some_and(|(stamp, _)| stamp.state_tip() == state_files.tip());
+    let records_vouched = prior.is_some_and(|s| s.stamp.state_tip() == state_files.tip());
     if let (Some(bytes), false) = (&new_cache, opts.dry_run) {
         store.write_cache(&cache_path, bytes)?;
     }
@@ -309,19 +430,83 @@ pub fn build_in(
     if !in_session && !records_only {
         release_free_memory(); // a first build's TOML parse tree is gone
     }
+    let mode = Mode {
+        saw,
+        checked_at,
+        in_session,
+        graph_from_session,
+        graph_from_cache: cached.is_some(),
+        records_only,
+        records_vouched,
+    };
+    let loaded = Loaded {
+        project,
+        state_files,
+        state,
+        old_targets,
+        cached,
+    };
+    Ok((loaded, mode))
+}
+
+/// A state as loaded, its target records apart.
+fn split_records((files, mut st): (StateFiles, State)) -> (StateFiles, State, TargetRecords) {
+    let records = std::mem::take(&mut st.targets).into();
+    (files, st, records)
+}
+
+/// What a build will do: the graph, what of it is selected, and the
+/// project's files as this build sees them.
+struct Plan {
+    project: Project,
+    state_files: StateFiles,
+    /// The analyses the state held (a snapshot keeps them).
+    old_analysis: HashMap<Digest, crate::template::TemplateRefs>,
+    old_targets: TargetRecords,
+    files: ProjectFiles,
+    graph: Graph,
+    selected: Vec<bool>,
+    named: Vec<bool>,
+    total: usize,
+    stale_outputs: usize,
+    /// `prompts.toml`'s stat, and when it was taken, for the next stamp.
+    project_stat: Option<(FileStat, i64)>,
+    /// Only named targets were asked for: the build writes no stamp.
+    named_only: bool,
+}
+
+/// Analyses the project, unless the graph came from the session or its
+/// cache, and selects the targets asked for.
+fn plan(
+    root: &Utf8Path,
+    opts: &BuildOptions,
+    loaded: Loaded,
+    mode: &mut Mode,
+    project_stat: Option<(FileStat, i64)>,
+    report: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<Plan> {
+    let Loaded {
+        project,
+        state_files,
+        state,
+        old_targets,
+        cached,
+    } = loaded;
     let State {
         files: old_files,
         analysis: old_analysis,
         ..
     } = state;
     let mut files = ProjectFiles::new(root, old_files);
-    match (&prior, verified) {
-        (Some((stamp, changed)), _) => files.vouch(Arc::clone(stamp), changed.clone(), checked_at),
-        (None, Some((stamp, changed))) => files.vouch(stamp, changed, checked_at),
-        (None, None) => {}
+    match mode.saw.take() {
+        Some(s) if s.structural => files.vouch(s.stamp, s.changed, mode.checked_at),
+        Some(s) => {
+            files.vouch(Arc::clone(&s.stamp), s.changed.clone(), mode.checked_at);
+            mode.saw = Some(s);
+        }
+        None => {}
     }
-    let graph_from_cache = cached.is_some();
-    let mut graph = match cached {
+    let graph = match cached {
         Some(g) => g,
         None => analyse_project(&project, &files, &old_analysis)?,
     };
@@ -329,43 +514,93 @@ pub fn build_in(
     let total = selected.iter().filter(|s| **s).count();
     // A cached graph means the structure did not change since the last
     // full analysis, which counted these already: skip the work then.
-    let stale_outputs = if graph_from_cache {
+    let stale_outputs = if mode.graph_from_cache {
         0
     } else {
         crate::clean::leftovers(root, &graph, &old_targets)
     };
-    phases.mark("analyse");
     report(Event::Planned { total });
+    Ok(Plan {
+        project,
+        state_files,
+        old_analysis,
+        old_targets,
+        files,
+        graph,
+        selected,
+        named,
+        total,
+        stale_outputs,
+        project_stat,
+        named_only: !opts.targets.is_empty(),
+    })
+}
 
-    // Stat (and where needed hash) every file the selected nodes read or
-    // write, in parallel: on a no-op build this is nearly all the work.
-    // With a stamp that vouches for the rest, only what it saw change.
-    let mut paths: Vec<&str> = Vec::new();
-    match (&prior, graph_from_cache) {
-        (Some((_, changed)), true) => paths.extend(changed.iter().map(String::as_str)),
-        _ => {
-            let mut seen_paths = HashSet::default();
-            for (i, n) in graph.nodes.iter().enumerate() {
-                if selected[i] {
-                    for (_, p) in n.source_files() {
-                        if seen_paths.insert(p) {
-                            paths.push(p);
+impl Plan {
+    /// Stats (and where needed hashes) every file the selected nodes read
+    /// or write, in parallel: on a no-op build this is nearly all the work.
+    /// With a stamp that vouches for the rest, only what it saw change.
+    fn stat_and_hash(&mut self, mode: &Mode) {
+        let mut paths: Vec<&str> = Vec::new();
+        match (mode.changed(), mode.graph_from_cache) {
+            (Some(changed), true) => paths.extend(changed.iter().map(String::as_str)),
+            _ => {
+                let mut seen_paths = HashSet::default();
+                for (i, n) in self.graph.nodes.iter().enumerate() {
+                    if self.selected[i] {
+                        for (_, p) in n.source_files() {
+                            if seen_paths.insert(p) {
+                                paths.push(p);
+                            }
                         }
+                        paths.push(&n.output);
                     }
-                    paths.push(&n.output);
                 }
             }
         }
+        self.files.digest_all(&paths);
     }
-    files.digest_all(&paths);
-    phases.mark("stat and hash");
 
+    /// What the build depends on, for `mkt watch`.
+    fn watch_set(&self, mode: &Mode) -> WatchSet {
+        let mut w = match mode.prior() {
+            // a graph from its cache walked no directory: the stamp has them
+            Some(stamp) if mode.graph_from_cache => WatchSet {
+                dirs: WatchSet::from_stamp(stamp).dirs,
+                ..Default::default()
+            },
+            _ => WatchSet {
+                dirs: self.files.walked_dirs().into_iter().map(|d| d.0).collect(),
+                ..Default::default()
+            },
+        };
+        w.reads.insert(PROJECT_FILE.to_string());
+        for (i, n) in self.graph.nodes.iter().enumerate() {
+            if self.selected[i] {
+                w.reads
+                    .extend(n.source_files().into_iter().map(|(_, p)| p.to_string()));
+                w.outputs.insert(n.output.clone());
+            }
+        }
+        w
+    }
+}
+
+/// Runs the plan: opens the remote, schedules the selected nodes, waits
+/// for the uploads.
+fn schedule(
+    store: &ObjectStore,
+    plan: &Plan,
+    mode: &Mode,
+    opts: &BuildOptions,
+    report: &(dyn Fn(Event<'_>) + Sync),
+) -> Result<Scheduled> {
     // The remote is opened only for builds that may run something (a dry
     // run writes nothing and asks no one).
     let remote = if opts.dry_run || !opts.remote_cache {
         None
     } else {
-        match crate::remote::open_for(&project)? {
+        match crate::remote::open_for(&plan.project)? {
             Some(Err(warning)) => {
                 report(Event::Warning(warning));
                 None
@@ -375,241 +610,24 @@ pub fn build_in(
     };
     let ctx = Ctx {
         src: Sources {
-            project: &project,
-            graph: &graph,
-            files: &files,
-            store: &store,
+            project: &plan.project,
+            graph: &plan.graph,
+            files: &plan.files,
+            store,
         },
-        old: &old_targets,
-        forced: named.iter().map(|&n| n && opts.force).collect(),
+        old: &plan.old_targets,
+        forced: plan.named.iter().map(|&n| n && opts.force).collect(),
         remote: remote.as_ref(),
         fetch_only: opts.fetch_only,
         stopping: Default::default(),
         keep_going: opts.keep_going,
     };
-    let mut prog = Progress::new(&graph, &selected, total);
-    // With a stamp that names what changed, the nodes that read or write
-    // it go first: their model calls then run while the scheduler walks
-    // the thousands of nodes nothing touched (at 10,000 that walk is 2.5 ms).
-    if let Some((_, changed)) = &prior {
-        use rayon::prelude::*;
-        let touched: Vec<bool> = (prog.ready.make_contiguous().par_iter())
-            .map(|&i| {
-                let n = &graph.nodes[i];
-                changed.contains(&n.output) || n.sources().any(|(_, p)| changed.contains(p))
-            })
-            .collect();
-        let (first, rest): (Vec<_>, Vec<_>) =
-            prog.ready.iter().zip(&touched).partition(|(_, t)| **t);
-        prog.ready = first.into_iter().chain(rest).map(|(&i, _)| i).collect();
+    let mut prog = Progress::new(&plan.graph, &plan.selected, plan.total);
+    if let Some(changed) = mode.changed() {
+        touched_first(&mut prog, &plan.graph, changed);
     }
-    let mut new_records: HashMap<String, TargetRecord> = HashMap::default();
-    let mut history = String::new();
-
-    let (job_tx, job_rx) = mpsc::channel::<Job>();
-    let job_rx = Arc::new(Mutex::new(job_rx));
-    let (res_tx, res_rx) = mpsc::channel::<JobResult>();
-
-    std::thread::scope(|scope| {
-        let mut workers = 0usize;
-        let mut in_flight = 0usize;
-        loop {
-            while let Some(i) = prog.ready.pop_front() {
-                let node = &graph.nodes[i];
-                if crate::exec::interrupted() {
-                    let because = INTERRUPTED.to_string();
-                    let d = Done::not_run(INTERRUPTED);
-                    prog.complete(i, Outcome::Skipped { because }, d, report);
-                    continue;
-                }
-                let blame = node
-                    .upstream_nodes()
-                    .filter_map(|u| prog.results[u].as_ref().and_then(|d| d.blame.as_ref()))
-                    // a failure upstream says more than that the build stopped
-                    .min_by_key(|b| matches!(b, Blame::NotRun(_)))
-                    .cloned();
-                if let Some(blame) = blame {
-                    let because = blame.because();
-                    let d = Done::blamed(blame);
-                    prog.complete(i, Outcome::Skipped { because }, d, report);
-                    continue;
-                }
-                if ctx.stopping.load(Ordering::SeqCst) {
-                    let d = Done::not_run(STOPPED);
-                    let because = STOPPED.to_string();
-                    prog.complete(i, Outcome::Skipped { because }, d, report);
-                    continue;
-                }
-                // With a stamp that lists what changed, a node that reads and
-                // writes none of it, below only untouched nodes, is up to date
-                // as recorded: the stamp was written after a complete,
-                // successful build whose records were saved first, and
-                // these are they.
-                if let Some((_, changed)) = prior.as_ref().filter(|_| records_vouched)
-                    && node
-                        .upstream_nodes()
-                        .all(|u| prog.results[u].as_ref().is_some_and(|d| d.fresh))
-                    && !changed.contains(&node.output)
-                    && !node.sources().any(|(_, p)| changed.contains(p))
-                    && let Some((output_digest, false)) = old_targets.output(&node.key)
-                {
-                    let d = Done::fresh(output_digest);
-                    prog.complete(i, Outcome::Fresh, d, report);
-                    continue;
-                }
-                let deps = match graph.source_deps(node, &files) {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let d = Done::failed(node.key.clone());
-                        prog.complete(
-                            i,
-                            Outcome::Failed {
-                                error: e.to_string(),
-                            },
-                            d,
-                            report,
-                        );
-                        ctx.failed();
-                        continue;
-                    }
-                };
-                let upstream: Vec<UpstreamRecord> = node
-                    .upstream_nodes()
-                    .map(|u| {
-                        let d = prog.results[u].as_ref().expect("upstream finished first");
-                        let target = &graph.nodes[u].key;
-                        // a fresh node's run is the one its record names
-                        let run_id = match old_targets.get(target) {
-                            Some(rec) if d.fresh => rec.run_id.clone(),
-                            _ => d.run_id.clone(),
-                        };
-                        UpstreamRecord {
-                            target: target.clone(),
-                            run_id,
-                            output_digest: d.output_digest,
-                        }
-                    })
-                    .collect();
-                let fingerprint = Fingerprint {
-                    config: node.config_digest,
-                    model: node.model_digest,
-                    deps,
-                    upstream: upstream
-                        .iter()
-                        .map(|u| (u.target.clone(), u.output_digest))
-                        .collect(),
-                };
-                let record = old_targets.get(&node.key);
-                let out_digest = files.digest(&node.output).ok().flatten();
-                let mut reason = if opts.force && named[i] {
-                    Some(DirtyReason::Forced)
-                } else {
-                    dirty_reason(record, &fingerprint, &node.output, out_digest)
-                };
-                // a dry run cannot know what a stale upstream will produce
-                if let Some(DirtyReason::UpstreamChanged { target }) = &reason
-                    && node.upstream_nodes().any(|u| {
-                        graph.nodes[u].key == *target
-                            && prog.results[u].as_ref().is_some_and(|d| d.pending)
-                    })
-                {
-                    let target = target.clone();
-                    reason = Some(DirtyReason::UpstreamStale { target });
-                }
-                let Some(reason) = reason else {
-                    let rec = record.expect("fresh implies a record");
-                    let d = Done::fresh(rec.output_digest);
-                    prog.complete(i, Outcome::Fresh, d, report);
-                    continue;
-                };
-                prog.reasons.insert(i, reason.clone());
-                if opts.dry_run {
-                    prog.rep.would_run.push((node.key.clone(), reason.clone()));
-                    // an output-only repair keeps the recorded digest; anything
-                    // else may change it, which downstream must assume
-                    let digest = match (&reason, record) {
-                        (r, Some(rec)) if r.output_only() => rec.output_digest,
-                        _ => Digest::default(),
-                    };
-                    let d = Done {
-                        pending: !reason.output_only(),
-                        ..Done::ok(digest, String::new())
-                    };
-                    prog.complete(i, Outcome::WouldRun, d, report);
-                    continue;
-                }
-                report(Event::Started {
-                    key: &node.key,
-                    reason: &reason,
-                });
-                if workers < opts.jobs.max(1) && in_flight >= workers {
-                    let rx = Arc::clone(&job_rx);
-                    let tx = res_tx.clone();
-                    let ctx = &ctx;
-                    scope.spawn(move || {
-                        loop {
-                            let job = match rx.lock().unwrap().recv() {
-                                Ok(j) => j,
-                                Err(_) => return,
-                            };
-                            let r = run_job(ctx, job);
-                            if matches!(r.outcome, Outcome::Failed { .. }) {
-                                ctx.failed();
-                            }
-                            if tx.send(r).is_err() {
-                                return;
-                            }
-                        }
-                    });
-                    workers += 1;
-                }
-                in_flight += 1;
-                job_tx
-                    .send(Job {
-                        node: i,
-                        reason,
-                        fingerprint,
-                        upstream,
-                    })
-                    .expect("workers alive");
-            }
-            if in_flight == 0 {
-                break;
-            }
-            let r = res_rx.recv().expect("a worker answers every job");
-            in_flight -= 1;
-            if let Some((u, c)) = &r.spent {
-                prog.rep.spent.add(Some(u), *c);
-            }
-            if let Some((u, c)) = &r.saved {
-                prog.rep.saved.add(Some(u), *c);
-            }
-            for w in r.warnings {
-                report(Event::Warning(w));
-            }
-            if let Some(h) = r.history {
-                history.push_str(&h);
-                // written as the build goes: bounded memory, and finished
-                // runs are on record even if the build is interrupted
-                if history.len() > 64 * 1024 && store.append_history(&history).is_ok() {
-                    history.clear();
-                }
-            }
-            let key = graph.nodes[r.node].key.clone();
-            let d = match &r.record {
-                Some(rec) if !rec.failed => Done::ok(rec.output_digest, rec.run_id.clone()),
-                // (a job that did not run: the build stopped first, or `mkt cache
-                // pull` found it in no cache)
-                _ if let Outcome::Skipped { because } = &r.outcome => Done::not_run(because),
-                _ => Done::failed(key.clone()),
-            };
-            if let Some(rec) = r.record {
-                new_records.insert(key, rec);
-            }
-            prog.complete(r.node, r.outcome, d, report);
-        }
-        drop(job_tx);
-    });
+    let untouched = mode.changed().filter(|_| mode.records_vouched);
+    let done = run_all(&ctx, prog, untouched, opts, report);
     // uploads ran beside the build; what is left is waited for here, so
     // that the build ends with its results published
     if let Some(r) = &remote {
@@ -620,58 +638,106 @@ pub fn build_in(
     }
     drop(remote);
     store.seal_own_pack()?;
-    phases.mark("schedule and run");
-    let mut rep = prog.into_report(); // the per-node bookkeeping is freed here
-    rep.interrupted = crate::exec::interrupted();
-    rep.stale_outputs = stale_outputs;
-    // (a graph kept by the session depends on what it did last time)
-    if opts.want_watch_set && !graph_from_session {
-        let mut w = match &prior {
-            // a graph from its cache walked no directory: the stamp has them
-            Some((stamp, _)) if graph_from_cache => WatchSet {
-                dirs: WatchSet::from_stamp(stamp).dirs,
-                ..Default::default()
-            },
-            _ => WatchSet {
-                dirs: files.walked_dirs().into_iter().map(|d| d.0).collect(),
-                ..Default::default()
-            },
-        };
-        w.reads.insert(PROJECT_FILE.to_string());
-        for (i, n) in graph.nodes.iter().enumerate() {
-            if selected[i] {
-                w.reads
-                    .extend(n.source_files().into_iter().map(|(_, p)| p.to_string()));
-                w.outputs.insert(n.output.clone());
-            }
-        }
-        rep.watch_set = Some(w);
-    }
+    Ok(done)
+}
 
-    if opts.dry_run {
-        rep.phases = phases;
-        return Ok(rep);
-    }
-    // Save in this order: the state (what was learnt), the history, one
-    // sync, and the no-op stamp last, so it never claims what is not durable.
+/// With a stamp that names what changed, the nodes that read or write it
+/// go first: their model calls then run while the scheduler walks the
+/// thousands of nodes nothing touched (at 10,000 that walk is 2.5 ms).
+fn touched_first(prog: &mut Progress<'_>, graph: &Graph, changed: &HashSet<String>) {
+    use rayon::prelude::*;
+    let touched: Vec<bool> = (prog.ready.make_contiguous().par_iter())
+        .map(|&i| {
+            let n = &graph.nodes[i];
+            changed.contains(&n.output) || n.sources().any(|(_, p)| changed.contains(p))
+        })
+        .collect();
+    let (first, rest): (Vec<_>, Vec<_>) = prog.ready.iter().zip(&touched).partition(|(_, t)| **t);
+    prog.ready = first.into_iter().chain(rest).map(|(&i, _)| i).collect();
+}
+
+/// Saves in this order: the state (what was learnt), the history, one
+/// sync, and the no-op stamp last, so it never claims what is not durable;
+/// then keeps in `session` what the next build may reuse.
+fn save(
+    root: &Utf8Path,
+    store: &ObjectStore,
+    mut plan: Plan,
+    mut mode: Mode,
+    done: Scheduled,
+    session: &mut Session,
+    phases: &mut Phases,
+) -> Result<BuildReport> {
+    let Scheduled {
+        mut rep,
+        records,
+        history,
+    } = done;
     let jobs = rep.ran + rep.cached + rep.restored + rep.failed;
-    let small_edit = records_only && jobs < 256;
-    if !in_session && !small_edit {
+    if !mode.in_session && !mode.small_edit(jobs) {
         release_free_memory(); // the compile jobs' garbage is gone
     }
-    // The next stamp: patched from the old one when the graph came from
-    // its cache (same entries, same order), else built from scratch.
-    let mut graph_key = None;
-    let mut new_stamp = if !(opts.targets.is_empty() && rep.success()) {
-        None
-    } else if let (Some((old, _)), true) = (
-        // (a file the stamp knew as a file that is a symlink now needs a
-        // `Resolve` entry, which a stamp patched in place cannot gain)
-        prior
-            .take()
-            .filter(|_| !files.followed_unstamped_symlinks()),
-        graph_from_cache,
-    ) {
+    let noop_path = root.join(STORE_DIR).join(NOOP_STAMP_FILE);
+    let (mut new_stamp, graph_key) = next_stamp(&mut plan, &mut mode, &rep);
+    // A build that writes no stamp removes the old one before it saves
+    // anything: records saved after the stamp would let its word ("only
+    // these files changed") hide what they changed, were the history or
+    // the sync to fail, or the build be killed, before a later removal.
+    // (A build of named targets that found them all up to date changed
+    // nothing the stamp describes: it still holds.)
+    if new_stamp.is_none() && (!plan.named_only || jobs > 0) {
+        match std::fs::remove_file(&noop_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(crate::error::Error::io("remove", &noop_path, e)),
+        }
+    }
+    let saved = save_state(store, plan, &mode, records, !session.one_shot)?;
+    phases.mark("save the state");
+    store.append_history(&history)?;
+    if saved.wrote || !history.is_empty() || store.sync_due() {
+        store.sync()?;
+    } else {
+        store.end_writes(); // nothing written: nothing to flush
+    }
+    phases.mark("append the history, sync");
+    // (with none, the old one was removed above if it no longer holds)
+    if let Some(stamp) = &mut new_stamp {
+        stamp.set_state_tip(saved.state_files.tip());
+        if let Some(key) = graph_key {
+            let graph_path = root.join(STORE_DIR).join(GRAPH_CACHE_FILE);
+            store.write_cache(&graph_path, &saved.graph.encode(&key))?;
+        }
+        store.write_stamp(&noop_path, stamp)?
+    }
+    phases.mark("write the stamp and caches");
+    rep.phases = std::mem::take(phases);
+    session.graph = new_stamp.is_some().then_some(saved.graph);
+    session.keep_stamp(new_stamp);
+    session.project = Some(saved.project);
+    session.state = saved.state.map(|st| (saved.state_files, st));
+    Ok(rep)
+}
+
+/// The next stamp: patched from the old one when the graph came from its
+/// cache (same entries, same order), else built from scratch (then with
+/// the key to cache the graph under); `None` when the build may not write
+/// one.
+fn next_stamp(
+    plan: &mut Plan,
+    mode: &mut Mode,
+    rep: &BuildReport,
+) -> (Option<NoopStamp>, Option<Digest>) {
+    if plan.named_only || !rep.success() {
+        return (None, None);
+    }
+    let files = &mut plan.files;
+    // (a file the stamp knew as a file that is a symlink now needs a
+    // `Resolve` entry, which a stamp patched in place cannot gain)
+    let prior = (mode.saw.take())
+        .filter(|s| !s.structural && mode.graph_from_cache)
+        .filter(|_| !files.followed_unstamped_symlinks());
+    if let Some(prior) = prior {
         // the entries of the files this build saw, found through the
         // vouching index before it lets go of the stamp
         let seen: Vec<(usize, StatEntry)> = files.with_seen(|seen| {
@@ -680,130 +746,143 @@ pub fn build_in(
                 .collect()
         });
         files.unvouch(); // its hold on the stamp, which is patched in place
-        let mut old = Arc::try_unwrap(old).unwrap_or_else(|shared| (*shared).clone());
-        patch_stamp(&mut old, &seen, checked_at);
-        Some(old)
-    } else {
-        noop_stamp(&project, &graph, &files, project_stat)
-            .inspect(|s| graph_key = Some(s.structure_key()))
-    };
-    // A build that writes no stamp removes the old one before it saves
-    // anything: records saved after the stamp would let its word ("only
-    // these files changed") hide what they changed, were the history or
-    // the sync to fail, or the build be killed, before a later removal.
-    // (A build of named targets that found them all up to date changed
-    // nothing the stamp describes: it still holds.)
-    if new_stamp.is_none() && (opts.targets.is_empty() || jobs > 0) {
-        match std::fs::remove_file(&noop_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(crate::error::Error::io("remove", &noop_path, e)),
+        let mut old = Arc::try_unwrap(prior.stamp).unwrap_or_else(|shared| (*shared).clone());
+        patch_stamp(&mut old, &seen, mode.checked_at);
+        return (Some(old), None);
+    }
+    let stamp = noop_stamp(&plan.project, &plan.graph, files, plan.project_stat);
+    let key = stamp.as_ref().map(NoopStamp::structure_key);
+    (stamp, key)
+}
+
+/// What [`save_state`] leaves of the plan.
+struct Saved {
+    project: Project,
+    graph: Graph,
+    state_files: StateFiles,
+    /// The state as it now stands on disk, when it was wanted.
+    state: Option<State>,
+    /// Something was written to the state.
+    wrote: bool,
+}
+
+/// Saves what this build learnt: a delta appended to the state's log, or
+/// a snapshot when one is due. With `keep` (a session kept between
+/// builds), the state as it now stands is returned too.
+fn save_state(
+    store: &ObjectStore,
+    plan: Plan,
+    mode: &Mode,
+    records: HashMap<String, TargetRecord>,
+    keep: bool,
+) -> Result<Saved> {
+    let Plan {
+        project,
+        mut state_files,
+        old_analysis,
+        old_targets,
+        files,
+        mut graph,
+        ..
+    } = plan;
+    let (old_files, seen) = files.into_parts();
+    let mut delta = StateDelta::default();
+    for (p, e) in &seen {
+        if old_files.get(p) != Some(e) {
+            delta.files.push((p, e));
         }
     }
-    let (old_files, seen) = files.into_parts();
-    let (wrote_state, appended) = {
-        let mut delta = StateDelta::default();
-        for (p, e) in &seen {
-            if old_files.get(p) != Some(e) {
-                delta.files.push((p, e));
-            }
+    for (d, r) in &graph.analysis {
+        if !old_analysis.contains_key(d) {
+            delta.analysis.push((d, r));
         }
-        for (d, r) in &graph.analysis {
-            if !old_analysis.contains_key(d) {
-                delta.analysis.push((d, r));
-            }
-        }
-        delta.targets = new_records.iter().map(|(k, r)| (k.as_str(), r)).collect();
-        let wrote = !delta.is_empty();
-        // a first build writes a snapshot: no need to encode its delta too
-        let appended =
-            wrote && !state_files.needs_snapshot() && state_files.append(&delta.encode())?;
-        if appended {
-            store.note_written(&store.dir().join("state.log"));
-        }
-        (wrote, appended)
-    };
-    let snapshot_due = wrote_state && !appended;
+    }
+    delta.targets = records.iter().map(|(k, r)| (k.as_str(), r)).collect();
+    let wrote = !delta.is_empty();
+    // a first build writes a snapshot: no need to encode its delta too
+    let appended = wrote && !state_files.needs_snapshot() && state_files.append(&delta.encode())?;
+    drop(delta);
+    if appended {
+        store.note_written(&store.dir().join("state.log"));
+    }
+    let snapshot_due = wrote && !appended;
     // the state as it now stands on disk: for a snapshot, and for the next
     // build of a session that is kept
-    let state_now = if snapshot_due || !session.one_shot {
+    let state = if !(snapshot_due || keep) {
+        None
+    } else {
         // a snapshot keeps the stat cache and the analyses, which a build
         // that read only the records must read now
-        let (mut old_files, old_analysis, old_targets) = if records_only {
+        let (old_files, old_analysis, mut targets) = if mode.records_only {
             drop(old_targets); // its mapping of the snapshot, read again now
             let (_, full) = StateFiles::load(store.dir());
             (full.files, full.analysis, full.targets)
         } else {
             (old_files, old_analysis, old_targets.into_map())
         };
-        let mut targets = old_targets;
-        targets.extend(new_records);
+        targets.extend(records);
+        let old = State {
+            files: old_files,
+            analysis: old_analysis,
+            targets,
+        };
         if snapshot_due {
-            // a snapshot keeps the stat cache of the files the project uses now
-            let mut used: HashSet<&str> = HashSet::default();
-            for n in &graph.nodes {
-                used.extend(n.sources().map(|(_, p)| p));
-                used.insert(&n.output);
-            }
-            let mut files = seen;
-            for (p, e) in old_files {
-                if used.contains(p.as_str()) && !files.contains_key(&p) {
-                    files.insert(p, e);
-                }
-            }
-            // a graph from the cache carries no analyses: keep the old ones
-            let analysis = if graph_from_cache {
-                old_analysis
-            } else {
-                std::mem::take(&mut graph.analysis)
-            };
-            let st = State {
-                files,
-                analysis,
-                targets,
-            };
+            let st = snapshot(old, seen, &mut graph, mode);
             state_files.snapshot(&st)?;
             // (the log it replaces is gone: its directory records that)
             store.note_written(&store.dir().join("state"));
             Some(st)
         } else {
-            old_files.extend(seen);
-            let mut analysis = old_analysis;
+            let State {
+                mut files,
+                mut analysis,
+                targets,
+            } = old;
+            files.extend(seen);
             analysis.extend(std::mem::take(&mut graph.analysis));
             Some(State {
-                files: old_files,
+                files,
                 analysis,
                 targets,
             })
         }
-    } else {
-        None
     };
-    phases.mark("save the state");
-    store.append_history(&history)?;
-    if wrote_state || !history.is_empty() || store.sync_due() {
-        store.sync()?;
-    } else {
-        store.end_writes(); // nothing written: nothing to flush
+    Ok(Saved {
+        project,
+        graph,
+        state_files,
+        state,
+        wrote,
+    })
+}
+
+/// The state a snapshot saves: the stat cache of the files the project
+/// uses now (`seen`, and of the others those `old` had), the analyses,
+/// every record.
+fn snapshot(old: State, seen: HashMap<String, StatEntry>, graph: &mut Graph, mode: &Mode) -> State {
+    let mut used: HashSet<&str> = HashSet::default();
+    for n in &graph.nodes {
+        used.extend(n.sources().map(|(_, p)| p));
+        used.insert(&n.output);
     }
-    phases.mark("append the history, sync");
-    // (with none, the old one was removed above if it no longer holds)
-    if let Some(stamp) = &mut new_stamp {
-        stamp.set_state_tip(state_files.tip());
-        if let Some(key) = graph_key {
-            store.write_cache(&graph_path, &graph.encode(&key))?;
+    let mut files = seen;
+    for (p, e) in old.files {
+        if used.contains(p.as_str()) && !files.contains_key(&p) {
+            files.insert(p, e);
         }
-        store.write_stamp(&noop_path, stamp)?
     }
-    phases.mark("write the stamp and caches");
-    rep.phases = phases;
-    drop(_lock);
-    session.graph = new_stamp.is_some().then_some(graph);
-    session.keep_stamp(new_stamp);
-    session.project = Some(project);
-    session.state = state_now.map(|st| (state_files, st));
-    session.disk = Some(Session::disk_now(root));
-    Ok(rep)
+    drop(used);
+    // a graph from the cache carries no analyses: keep the old ones
+    let analysis = if mode.graph_from_cache {
+        old.analysis
+    } else {
+        std::mem::take(&mut graph.analysis)
+    };
+    State {
+        files,
+        analysis,
+        targets: old.targets,
+    }
 }
 
 /// Hands freed heap pages back to the system. glibc keeps them (and its
