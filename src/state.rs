@@ -117,7 +117,9 @@ impl StatEntry {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DepKind {
     Template,
@@ -152,7 +154,7 @@ impl DepKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Dep {
     pub kind: DepKind,
     pub path: String,
@@ -160,7 +162,7 @@ pub struct Dep {
 }
 
 /// What a target's result is a function of, now or at its last build.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Fingerprint {
     pub config: Digest,
     pub model: Digest,
@@ -183,7 +185,7 @@ pub struct TargetRecord {
 /// `Display`.
 /// Serialised (for `--json`) as `{"cause": "file-changed", "kind":
 /// "input", "path": "docs/a.md"}` and the like.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "cause", rename_all = "kebab-case")]
 pub enum DirtyReason {
     NeverBuilt,
