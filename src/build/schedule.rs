@@ -3,10 +3,10 @@
 
 use super::job::{Ctx, Job, JobResult, run_job};
 use super::report::{BuildOptions, BuildReport, Event, INTERRUPTED, Outcome, STOPPED};
+use crate::fingerprint::{DirtyReason, Fingerprint, TargetRecord, staleness};
 use crate::graph::Graph;
 use crate::hash::Digest;
 use crate::manifest::UpstreamRecord;
-use crate::state::{DirtyReason, Fingerprint, TargetRecord, dirty_reason};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -384,7 +384,7 @@ fn upstream_records(ctx: &Ctx<'_>, prog: &Progress<'_>, i: usize) -> Vec<Upstrea
         .collect()
 }
 
-/// Why node `i` is stale, if it is.
+/// Why node `i` is stale, if it is (`fingerprint.rs` decides).
 fn stale_reason(
     ctx: &Ctx<'_>,
     prog: &Progress<'_>,
@@ -395,21 +395,20 @@ fn stale_reason(
     let graph = ctx.src.graph;
     let node = &graph.nodes[i];
     let out_digest = ctx.src.files.digest(&node.output).ok().flatten();
-    let reason = if ctx.forced[i] {
-        Some(DirtyReason::Forced)
-    } else {
-        dirty_reason(record, fingerprint, &node.output, out_digest)
-    };
-    // a dry run cannot know what a stale upstream will produce
-    if let Some(DirtyReason::UpstreamChanged { target }) = &reason
-        && node.upstream_nodes().any(|u| {
-            graph.nodes[u].key == *target && prog.results[u].as_ref().is_some_and(|d| d.pending)
+    let pending = |target: &str| {
+        node.upstream_nodes().any(|u| {
+            graph.nodes[u].key == target && prog.results[u].as_ref().is_some_and(|d| d.pending)
         })
-    {
-        let target = target.clone();
-        return Some(DirtyReason::UpstreamStale { target });
-    }
-    reason
+    };
+    let forced = ctx.forced[i];
+    staleness(
+        record,
+        fingerprint,
+        &node.output,
+        out_digest,
+        forced,
+        pending,
+    )
 }
 
 /// Takes in a finished job: its spend, warnings, history line and record.
