@@ -10,6 +10,7 @@ pub mod error;
 pub mod exec;
 pub mod explain;
 pub mod files;
+pub mod fingerprint;
 pub mod gc;
 pub mod graph;
 pub mod hash;

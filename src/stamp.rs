@@ -13,7 +13,7 @@
 //! file it did not see change has the stat and digest it records, and,
 //! when nothing that shapes the graph changed, the cached graph holds and
 //! a node that reads and writes none of the changed files, below only such
-//! nodes, is as its record says (`build.rs`). Builds of named targets and
+//! nodes, is as its record says (`build/schedule.rs`). Builds of named targets and
 //! the commands that only read (`status`, `explain`, `show`, `graph`) use
 //! it the same way, but never write one.
 //!

@@ -1,0 +1,779 @@
+//! One stale target's work, in two parts with a seam between them:
+//! [`prepare`] (restore the output from the store, compile, look the
+//! prompt up in the action cache and the remote cache) comes either to a
+//! finished result or to a [`PreparedCall`]: the compiled prompt and its
+//! InputBundleHash, and all that finishing needs, as plain data. Then the
+//! model is called, and [`finish`] takes its response: the run's manifest,
+//! the output in the store, the output file, the record and the history
+//! line. Nothing of [`finish`]'s input borrows from the build that
+//! prepared the call, so a response that arrives later, in another
+//! process, can be finished with the store and project opened there.
+
+use super::compile::{Sources, compile_node};
+use super::report::{INTERRUPTED, Outcome, STOPPED};
+use crate::config::TargetDecl;
+use crate::error::Result;
+use crate::exec::{ModelError, ModelResponse};
+use crate::graph::Node;
+use crate::hash::{Digest, InputBundleHash};
+use crate::history::{HistoryEntry, RunKind};
+use crate::manifest::{
+    self, FileDigest, InputRecord, ModelRecord, OutputRecord, RunManifest, RunStatus, Timing,
+    UpstreamRecord, Usage,
+};
+use crate::state::{DirtyReason, Fingerprint, TargetRecord, TargetRecords};
+use crate::store::{AcRead, ObjectRead};
+use crate::template::CompiledPrompt;
+use rustc_hash::FxHashMap as HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+/// A stale node to build, and what its freshness check found.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Job {
+    /// Its index in the graph (the same in any process that analyses the
+    /// same project).
+    pub(crate) node: usize,
+    pub(crate) reason: DirtyReason,
+    pub(crate) fingerprint: Fingerprint,
+    pub(crate) upstream: Vec<UpstreamRecord>,
+}
+
+pub(crate) struct JobResult {
+    pub(crate) node: usize,
+    pub(crate) outcome: Outcome,
+    pub(crate) record: Option<TargetRecord>,
+    pub(crate) warnings: Vec<String>,
+    pub(crate) history: Option<String>,
+    /// Usage and cost of the model call made (`spent`) or of the run
+    /// served from the action cache instead (`saved`).
+    pub(crate) spent: Option<(Usage, Option<f64>)>,
+    pub(crate) saved: Option<(Usage, Option<f64>)>,
+}
+
+/// A job ready for its model call (see the module docs).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct PreparedCall {
+    pub(crate) job: Job,
+    /// What to send to the model.
+    pub(crate) prompt: CompiledPrompt,
+    /// Its canonical JSON, stored with the run.
+    pub(crate) prompt_json: Vec<u8>,
+    /// The run's manifest as far as it is known before the call: its
+    /// InputBundleHash, the digests of the sources compiled, the model, the
+    /// start; `finish` adds the run id, the outputs and the end.
+    pub(crate) manifest: RunManifest,
+    /// Wall time the job took before the call.
+    pub(crate) prepare_ms: f64,
+    pub(crate) warnings: Vec<String>,
+}
+
+/// What [`prepare`] came to.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made and taken apart once per job, never stored"
+)]
+pub(crate) enum Prepared {
+    /// Done without a model call: restored, served from a cache, skipped
+    /// or failed.
+    Done(JobResult),
+    /// A model call to make.
+    Call(PreparedCall),
+}
+
+pub(crate) struct Ctx<'a> {
+    pub(crate) src: Sources<'a>,
+    pub(crate) old: &'a TargetRecords,
+    /// `--force`: which nodes skip the action cache.
+    pub(crate) forced: Vec<bool>,
+    pub(crate) remote: Option<&'a crate::remote::Remote>,
+    pub(crate) fetch_only: bool,
+    /// Set by the first failure unless `--keep-going` ([`Ctx::failed`]):
+    /// no node is dispatched after it, and the jobs queued before it are
+    /// not started (the scheduler may have queued a whole layer of
+    /// independent targets before the failure).
+    pub(crate) stopping: std::sync::atomic::AtomicBool,
+    pub(crate) keep_going: bool,
+}
+
+impl Ctx<'_> {
+    /// Notes a failure (in a worker, as soon as its job ends, so that the
+    /// job it takes next already sees it): the build stops unless
+    /// `--keep-going`.
+    pub(crate) fn failed(&self) {
+        if !self.keep_going {
+            self.stopping.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Why a job should not start now, if the build is stopping.
+    pub(crate) fn why_stopped(&self) -> Option<&'static str> {
+        if crate::exec::interrupted() {
+            Some(INTERRUPTED)
+        } else if self.stopping.load(Ordering::SeqCst) {
+            Some(STOPPED)
+        } else {
+            None
+        }
+    }
+}
+
+/// One job's work, in this process: prepared, the model called, finished.
+pub(crate) fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
+    let call = match prepare(ctx, job) {
+        Prepared::Done(r) => return r,
+        Prepared::Call(call) => call,
+    };
+    let decl = decl_of(&ctx.src, call.job.node);
+    let t_process = Instant::now();
+    let mut stats = crate::exec::CallStats::default();
+    let response = crate::exec::call(&decl.model, &call.prompt, ctx.src.files.root(), &mut stats);
+    let called = Called {
+        process_ms: t_process.elapsed().as_secs_f64() * 1e3,
+        stats,
+    };
+    finish(&ctx.src, ctx.remote, call, response, called)
+}
+
+fn decl_of<'a>(src: &Sources<'a>, node: usize) -> &'a TargetDecl {
+    &src.project.targets[src.graph.nodes[node].target]
+}
+
+/// The part of a job before its model call (module docs).
+pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
+    let started = Instant::now();
+    let node = &ctx.src.graph.nodes[job.node];
+    let decl = decl_of(&ctx.src, job.node);
+    let mut warnings = Vec::new();
+    // a job queued before the build stopped is not started
+    if let Some(because) = ctx.why_stopped() {
+        return Prepared::Done(skipped(&job, because, warnings));
+    }
+    // 1. Only the output file is off: restore it from the store.
+    if job.reason.output_only()
+        && let Some(rec) = ctx.old.get(&node.key)
+    {
+        match ctx.src.store.get(&rec.output_digest) {
+            ObjectRead::Found(bytes) => {
+                let how = Served::Restored(rec);
+                return Prepared::Done(serve(&ctx.src, &job, started, how, &bytes, warnings));
+            }
+            ObjectRead::Corrupt => warnings.push(format!(
+                "store object {} (output of `{}`) was corrupt and has been set aside; rebuilding",
+                rec.output_digest.short(),
+                node.key
+            )),
+            ObjectRead::Missing => {}
+        }
+    }
+    // 2. Compilation.
+    let expected: HashMap<&str, Digest> = (job.fingerprint.deps.iter())
+        .map(|d| (d.path.as_str(), d.digest))
+        .collect();
+    let prompt = match compile_node(&ctx.src, node, &expected, &job.upstream) {
+        Ok(p) => p,
+        Err(e) => {
+            let h = history_line(
+                node,
+                &job,
+                &decl.model.name,
+                ms_since(started),
+                (RunKind::Failed, "", None, None, None),
+                None,
+            );
+            return Prepared::Done(failed(&job, node, e, warnings, Some(h)));
+        }
+    };
+    let compile_ms = ms_since(started);
+    let prompt_json = prompt.canonical_json();
+    let prompt_digest = Digest::of(&prompt_json);
+    let params = decl.model.hashed_params();
+    let ibh = InputBundleHash::compute(prompt_digest, decl.model.provider.as_str(), &params);
+    // 3. The action caches.
+    if !ctx.forced[job.node] {
+        match look_up(ctx, &job, started, ibh, &prompt_json, warnings) {
+            Ok(done) => return Prepared::Done(done),
+            Err(w) => warnings = w,
+        }
+    }
+    if ctx.fetch_only {
+        return Prepared::Done(skipped(&job, "not in the remote cache", warnings));
+    }
+    let manifest = RunManifest {
+        input_bundle_hash: ibh,
+        prompt_digest,
+        model: ModelRecord {
+            name: decl.model.name.clone(),
+            provider: decl.model.provider.as_str().into(),
+            params,
+        },
+        upstream: job.upstream.clone(),
+        timing: Timing {
+            started_at: manifest::now_rfc3339(),
+            finished_at: String::new(),
+            compile_ms,
+            process_ms: 0.0,
+            attempts: None,
+            rate_limit_wait_ms: None,
+        },
+        ..sources_manifest(&ctx.src, node)
+    };
+    Prepared::Call(PreparedCall {
+        job,
+        prompt,
+        prompt_json,
+        manifest,
+        prepare_ms: ms_since(started),
+        warnings,
+    })
+}
+
+/// Looks the prompt up in the local action cache, then in the remote
+/// cache: the job's result when one of them has the run, else the
+/// warnings so far.
+fn look_up(
+    ctx: &Ctx<'_>,
+    job: &Job,
+    started: Instant,
+    ibh: InputBundleHash,
+    prompt_json: &[u8],
+    mut warnings: Vec<String>,
+) -> std::result::Result<JobResult, Vec<String>> {
+    let node = &ctx.src.graph.nodes[job.node];
+    match ctx.src.store.ac_get(&ibh) {
+        AcRead::Found(m) => match ctx.src.store.get(&m.outputs[0].digest) {
+            ObjectRead::Found(bytes) => {
+                let how = Served::Cached(&m, ibh, false);
+                return Ok(serve(&ctx.src, job, started, how, &bytes, warnings));
+            }
+            ObjectRead::Corrupt => warnings.push(format!(
+                "store object {} (output of `{}`) was corrupt and has been set aside; running the model again",
+                m.outputs[0].digest.short(),
+                node.key
+            )),
+            ObjectRead::Missing => {}
+        },
+        AcRead::Missing => {}
+        AcRead::Corrupt => warnings.push(format!(
+            "action cache entry {} (for `{}`) was corrupt and has been set aside; running the model again",
+            ibh.0.short(),
+            node.key
+        )),
+    }
+    // The remote cache: a local miss is looked up there before any model
+    // call. What it returns was verified (`remote.rs`).
+    let Some(remote) = ctx.remote else {
+        return Err(warnings);
+    };
+    use crate::remote::Fetch;
+    match remote.fetch(&ibh, &Digest::of(prompt_json)) {
+        Fetch::Hit {
+            manifest: m,
+            output,
+        } => {
+            let stored = (|| -> Result<()> {
+                ctx.src.store.put(prompt_json)?;
+                ctx.src.store.put(&output)?;
+                ctx.src.store.ac_put(&m)
+            })();
+            return Ok(match stored {
+                Err(e) => failed(job, node, e.to_string(), warnings, None),
+                Ok(()) => {
+                    let how = Served::Cached(&m, ibh, true);
+                    serve(&ctx.src, job, started, how, &output, warnings)
+                }
+            });
+        }
+        Fetch::Bad(why) => warnings.push(format!(
+            "the remote cache `{}`: {why}; not used for `{}`, running the model",
+            remote.display(),
+            node.key
+        )),
+        Fetch::Miss | Fetch::Down => {}
+    }
+    warnings.extend(remote.take_down_warning());
+    Err(warnings)
+}
+
+/// How a job was served without a model call.
+enum Served<'m> {
+    /// Its output restored from the store, as its record says.
+    Restored(&'m TargetRecord),
+    /// From an action cache: the local one's, or (`true`) the remote's.
+    Cached(&'m RunManifest, InputBundleHash, bool),
+}
+
+/// The result of a job served without a model call: its output written
+/// from `bytes`, its record and history line.
+fn serve(
+    src: &Sources<'_>,
+    job: &Job,
+    started: Instant,
+    how: Served<'_>,
+    bytes: &[u8],
+    warnings: Vec<String>,
+) -> JobResult {
+    let node = &src.graph.nodes[job.node];
+    let decl = decl_of(src, job.node);
+    let (digest, run_id, ibh) = match &how {
+        Served::Restored(rec) => (rec.output_digest, &rec.run_id, rec.ibh),
+        Served::Cached(m, ibh, _) => (m.outputs[0].digest, &m.run_id, ibh.0),
+    };
+    if let Err(e) = write_output(src, node, bytes, digest) {
+        return failed(job, node, e.to_string(), warnings, None);
+    }
+    let (kind, outcome, remote, saved) = match how {
+        Served::Restored(_) => (RunKind::Restored, Outcome::Restored, None, None),
+        Served::Cached(m, _, remote) => {
+            let run_id = m.run_id.clone();
+            // what the run cost when it was made, at today's prices
+            let saved = (m.usage.clone()).map(|u| {
+                let c = decl.model.settings.cost_usd(&u);
+                (u, c)
+            });
+            let outcome = Outcome::Cached { run_id, remote };
+            (RunKind::Cached, outcome, remote.then_some(m), saved)
+        }
+    };
+    let line = (kind, run_id.as_str(), Some(ibh), None, None);
+    let h = history_line(node, job, &decl.model.name, ms_since(started), line, remote);
+    JobResult {
+        node: job.node,
+        outcome,
+        record: Some(record_for(job, node, ibh, digest, run_id)),
+        warnings,
+        history: Some(h),
+        spent: None,
+        saved,
+    }
+}
+
+/// The manifest's record of the sources `node` was compiled from, with
+/// the digests the build read them with (the rest to be filled in).
+fn sources_manifest(src: &Sources<'_>, node: &Node) -> RunManifest {
+    let digest_of = |p: &str| src.files.digest(p).ok().flatten().unwrap_or_default();
+    let file = |p: &String| FileDigest {
+        path: p.clone(),
+        digest: digest_of(p),
+    };
+    RunManifest {
+        schema: manifest::MANIFEST_SCHEMA.into(),
+        run_id: String::new(),
+        target: node.key.clone(),
+        input_bundle_hash: InputBundleHash(Digest::default()),
+        template: file(&node.template),
+        partials: node.partials.iter().map(file).collect(),
+        verbatim: node.verbatim.iter().map(file).collect(),
+        item: node.item.as_ref().map(file),
+        inputs: (node.inputs.iter())
+            .flat_map(|i| i.paths.iter().map(move |p| (i.name.clone(), p)))
+            .map(|(name, p)| InputRecord {
+                name,
+                path: p.clone(),
+                digest: digest_of(p),
+            })
+            .collect(),
+        upstream: Vec::new(),
+        prompt_digest: Digest::default(),
+        model: ModelRecord {
+            name: String::new(),
+            provider: String::new(),
+            params: Default::default(),
+        },
+        outputs: Vec::new(),
+        status: RunStatus::Ok,
+        error: None,
+        usage: None,
+        cost_usd: None,
+        timing: Timing {
+            started_at: String::new(),
+            finished_at: String::new(),
+            compile_ms: 0.0,
+            process_ms: 0.0,
+            attempts: None,
+            rate_limit_wait_ms: None,
+        },
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        host: crate::remote::hostname(),
+    }
+}
+
+/// How a model call went: how long it took, and its requests and waits
+/// (HTTP providers).
+pub(crate) struct Called {
+    pub process_ms: f64,
+    pub stats: crate::exec::CallStats,
+}
+
+/// The part of a job after its model call (module docs): `response`,
+/// which took what `called` says, becomes the run. `src` may belong to another
+/// process than the one that prepared `call`, opened on the same project.
+pub(crate) fn finish(
+    src: &Sources<'_>,
+    remote: Option<&crate::remote::Remote>,
+    call: PreparedCall,
+    response: std::result::Result<ModelResponse, ModelError>,
+    called: Called,
+) -> JobResult {
+    let t_finish = Instant::now();
+    let PreparedCall {
+        job,
+        prompt_json,
+        mut manifest,
+        prepare_ms,
+        warnings,
+        ..
+    } = call;
+    let node = &src.graph.nodes[job.node];
+    let decl = decl_of(src, job.node);
+    let run_id = manifest::new_run_id();
+    let m = &mut manifest;
+    m.run_id = run_id.clone();
+    m.timing.finished_at = manifest::now_rfc3339();
+    m.timing.process_ms = called.process_ms;
+    let stats = &called.stats;
+    m.timing.attempts = (stats.attempts > 0).then_some(stats.attempts);
+    m.timing.rate_limit_wait_ms =
+        (stats.attempts > 0).then_some(stats.rate_limit_wait.as_secs_f64() * 1e3);
+    let stored = store_run(src, remote, node, decl, m, prompt_json, response);
+    let spent = m.usage.clone().map(|u| (u, m.cost_usd));
+    let ibh = m.input_bundle_hash.0;
+    let took = || prepare_ms + called.process_ms + ms_since(t_finish);
+    let line = |kind| {
+        (
+            kind,
+            run_id.as_str(),
+            Some(ibh),
+            m.usage.clone(),
+            m.cost_usd,
+        )
+    };
+    match stored {
+        Ok(Some(d)) => JobResult {
+            node: job.node,
+            outcome: Outcome::Ran {
+                run_id: run_id.clone(),
+            },
+            record: Some(record_for(&job, node, ibh, d, &run_id)),
+            warnings,
+            history: Some(history_line(
+                node,
+                &job,
+                &decl.model.name,
+                took(),
+                line(RunKind::Ran),
+                None,
+            )),
+            spent,
+            saved: None,
+        },
+        Ok(None) => {
+            let h = history_line(
+                node,
+                &job,
+                &decl.model.name,
+                took(),
+                line(RunKind::Failed),
+                None,
+            );
+            let error = m.error.clone().unwrap_or_default();
+            JobResult {
+                spent,
+                ..failed(&job, node, error, warnings, Some(h))
+            }
+        }
+        Err(e) => JobResult {
+            spent,
+            ..failed(&job, node, e.to_string(), warnings, None)
+        },
+    }
+}
+
+/// Stores a finished call's run: `Ok(Some(digest))`: its output, in the
+/// store, the action cache and the output file; `Ok(None)`: the model
+/// failed (recorded in `runs/`); `Err`: the store could not be written.
+fn store_run(
+    src: &Sources<'_>,
+    remote: Option<&crate::remote::Remote>,
+    node: &Node,
+    decl: &TargetDecl,
+    m: &mut RunManifest,
+    prompt_json: Vec<u8>,
+    response: std::result::Result<ModelResponse, ModelError>,
+) -> Result<Option<Digest>> {
+    src.store.put(&prompt_json)?;
+    match response {
+        Ok(resp) => {
+            let d = src.store.put(&resp.output)?;
+            m.outputs.push(OutputRecord {
+                path: node.output.clone(),
+                digest: d,
+                bytes: resp.output.len() as u64,
+            });
+            m.cost_usd = (resp.usage.as_ref()).and_then(|u| decl.model.settings.cost_usd(u));
+            m.usage = resp.usage;
+            src.store.ac_put(m)?;
+            write_output(src, node, &resp.output, d)?;
+            // published in the background once it is safe locally
+            if let Some(remote) = remote {
+                remote.upload(m.clone(), prompt_json, resp.output);
+            }
+            Ok(Some(d))
+        }
+        Err(e) => {
+            m.status = RunStatus::Failed;
+            m.error = Some(e.to_string());
+            m.cost_usd = e.usage().and_then(|u| decl.model.settings.cost_usd(u));
+            m.usage = e.into_usage();
+            src.store.put_run(m)?;
+            Ok(None)
+        }
+    }
+}
+
+fn write_output(src: &Sources<'_>, node: &Node, bytes: &[u8], digest: Digest) -> Result<()> {
+    // Checked again here, not only by analysis: a graph from its cache was
+    // checked when its directories were as they were then, and one of them
+    // may since have been swapped for a symlink out of the project.
+    if src.files.check_writable(&node.output).is_err() {
+        let (message, help) = crate::graph::output_escapes(&node.key, &node.output);
+        return Err(crate::error::Error::InvalidFile {
+            path: node.output.clone().into(),
+            message,
+            help: Some(help),
+        });
+    }
+    if src.files.digest(&node.output).ok().flatten() == Some(digest) {
+        return Ok(());
+    }
+    src.files.forget(&node.output);
+    // (a temp file renamed into place, not an unnamed file linked: file
+    // watchers, `mkt watch` among them, would see the unnamed file written
+    // under a made-up name, `#<inode>`, in the output's directory)
+    src.store
+        .write_output(&src.files.abs(&node.output), bytes)?;
+    src.files.wrote(&node.output, digest);
+    Ok(())
+}
+
+/// The history line of a job that ends now (format: `history.rs`).
+fn history_line(
+    node: &Node,
+    job: &Job,
+    model: &str,
+    duration_ms: f64,
+    (status, run_id, ibh, usage, cost_usd): (
+        RunKind,
+        &str,
+        Option<Digest>,
+        Option<Usage>,
+        Option<f64>,
+    ),
+    remote: Option<&RunManifest>,
+) -> String {
+    let ms = duration_ms;
+    HistoryEntry {
+        time: manifest::now_rfc3339(),
+        target: node.key.clone(),
+        status,
+        run_id: run_id.to_string(),
+        input_bundle_hash: ibh,
+        model: model.to_string(),
+        reason: job.reason.to_string(),
+        duration_ms: (ms * 1000.0).round() / 1000.0,
+        usage,
+        cost_usd,
+        remote: remote.is_some(),
+        host: remote.and_then(|m| m.host.clone()),
+    }
+    .to_line()
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn record_for(job: &Job, node: &Node, ibh: Digest, digest: Digest, run_id: &str) -> TargetRecord {
+    TargetRecord {
+        fingerprint: job.fingerprint.clone(),
+        ibh,
+        output: node.output.clone(),
+        output_digest: digest,
+        run_id: run_id.to_string(),
+        failed: false,
+    }
+}
+
+/// A failed job's result: its record says so, and it is not cached.
+fn failed(
+    job: &Job,
+    node: &Node,
+    error: String,
+    warnings: Vec<String>,
+    history: Option<String>,
+) -> JobResult {
+    JobResult {
+        node: job.node,
+        outcome: Outcome::Failed { error },
+        record: Some(TargetRecord {
+            failed: true,
+            ..record_for(job, node, Digest::default(), Digest::default(), "")
+        }),
+        warnings,
+        history,
+        spent: None,
+        saved: None,
+    }
+}
+
+fn skipped(job: &Job, because: &str, warnings: Vec<String>) -> JobResult {
+    JobResult {
+        node: job.node,
+        outcome: Outcome::Skipped {
+            because: because.to_string(),
+        },
+        record: None,
+        warnings,
+        history: None,
+        spent: None,
+        saved: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build::{BuildOptions, build};
+    use crate::config::Project;
+    use crate::files::ProjectFiles;
+    use crate::graph::{Graph, analyse_project};
+    use crate::state::{State, StateDelta, StateFiles};
+    use crate::store::ObjectStore;
+    use camino::Utf8Path;
+
+    /// The project at `root` as a process that opens it finds it.
+    fn open(root: &Utf8Path) -> (ObjectStore, Project, Graph, ProjectFiles) {
+        let store = ObjectStore::open(root).unwrap();
+        let project = Project::parse(root, Project::read_source(root).unwrap()).unwrap();
+        let files = ProjectFiles::new(root, Default::default());
+        let graph = analyse_project(&project, &files, &Default::default()).unwrap();
+        (store, project, graph, files)
+    }
+
+    /// Prepares the job of the project's first node in one process's
+    /// build: the call it comes to, as the bytes another process reads.
+    fn prepared_call(root: &Utf8Path) -> Vec<u8> {
+        let (store, project, graph, files) = open(root);
+        let node = &graph.nodes[0];
+        let fingerprint = Fingerprint {
+            config: node.config_digest,
+            model: node.model_digest,
+            deps: graph.source_deps(node, &files).unwrap(),
+            upstream: Vec::new(),
+        };
+        let old = TargetRecords::from(HashMap::default());
+        let ctx = Ctx {
+            src: Sources {
+                project: &project,
+                graph: &graph,
+                files: &files,
+                store: &store,
+            },
+            old: &old,
+            forced: vec![false],
+            remote: None,
+            fetch_only: false,
+            stopping: Default::default(),
+            keep_going: false,
+        };
+        let job = Job {
+            node: 0,
+            reason: DirtyReason::NeverBuilt,
+            fingerprint,
+            upstream: Vec::new(),
+        };
+        match prepare(&ctx, job) {
+            Prepared::Call(call) => serde_json::to_vec(&call).unwrap(),
+            Prepared::Done(r) => panic!("prepared to {:?}, not to a call", r.outcome),
+        }
+    }
+
+    #[test]
+    fn a_prepared_call_is_finished_later_by_another_store_handle() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        let write = |p: &str, s: &str| std::fs::write(root.join(p), s).unwrap();
+        write(
+            "prompts.toml",
+            "[targets.notes]\ntemplate = \"notes.md\"\n\
+             inputs = { topic = \"topic.txt\" }\noutput = \"notes.out.md\"\n",
+        );
+        write("notes.md", "Notes on {{ inputs.topic }}.\n");
+        write("topic.txt", "owls\n");
+        let bytes = prepared_call(root);
+        // everything of that build is gone; only the call, as data, is left
+        let call: PreparedCall = serde_json::from_slice(&bytes).unwrap();
+        let ibh = call.manifest.input_bundle_hash;
+        let (store, project, graph, files) = open(root);
+        let decl = &project.targets[graph.nodes[0].target];
+        let mut stats = crate::exec::CallStats::default();
+        let response = crate::exec::call(&decl.model, &call.prompt, root, &mut stats);
+        let want = response.as_ref().unwrap().output.clone();
+        store.begin_writes().unwrap();
+        let src = Sources {
+            project: &project,
+            graph: &graph,
+            files: &files,
+            store: &store,
+        };
+        let called = Called {
+            process_ms: 1.0,
+            stats,
+        };
+        let r = finish(&src, None, call, response, called);
+        let Outcome::Ran { run_id } = &r.outcome else {
+            panic!("finished to {:?}", r.outcome);
+        };
+        // the run is stored, and the output file written
+        let AcRead::Found(m) = store.ac_get(&ibh) else {
+            panic!("no action cache entry for the finished run");
+        };
+        assert_eq!(m.run_id, *run_id);
+        assert_eq!(m.target, "notes");
+        assert_eq!(m.outputs[0].path, "notes.out.md");
+        assert!(matches!(store.get(&m.outputs[0].digest), ObjectRead::Found(b) if b == want));
+        assert_eq!(std::fs::read(root.join("notes.out.md")).unwrap(), want);
+        // its record and history line saved as a build saves them
+        let record = r.record.expect("a finished run has a record");
+        assert_eq!(
+            (record.run_id.as_str(), record.failed),
+            (run_id.as_str(), false)
+        );
+        let (mut state_files, _) = StateFiles::load(store.dir());
+        if state_files.needs_snapshot() {
+            let mut st = State::default();
+            st.targets.insert("notes".into(), record);
+            state_files.snapshot(&st).unwrap();
+        } else {
+            let delta = StateDelta {
+                targets: vec![("notes", &record)],
+                ..Default::default()
+            };
+            assert!(state_files.append(&delta.encode()).unwrap());
+        }
+        store.append_history(r.history.as_deref().unwrap()).unwrap();
+        store.seal_own_pack().unwrap();
+        store.sync().unwrap();
+        drop((store, files));
+        // and the next build has nothing to do
+        let rep = build(root, &BuildOptions::default(), &|_| {}).unwrap();
+        assert_eq!((rep.ran, rep.cached, rep.restored), (0, 0, 0));
+        assert_eq!((rep.fresh, rep.total), (1, 1));
+        let history = std::fs::read_to_string(
+            root.join(crate::store::STORE_DIR)
+                .join(crate::history::HISTORY_FILE),
+        )
+        .unwrap();
+        assert!(history.contains(run_id.as_str()), "{history}");
+    }
+}

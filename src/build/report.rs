@@ -1,0 +1,240 @@
+//! What a build takes and tells: its options, the events it reports as it
+//! goes, what happened to each node, and the summary.
+
+use crate::manifest::Usage;
+use crate::stamp::{EntryKind, NoopStamp};
+use crate::state::DirtyReason;
+use rustc_hash::FxHashSet as HashSet;
+use std::time::Instant;
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub targets: Vec<String>,
+    pub jobs: usize,
+    pub force: bool,
+    pub dry_run: bool,
+    pub keep_going: bool,
+    pub wait_for_lock: bool,
+    /// Report the files and directories the build depends on
+    /// ([`BuildReport::watch_set`]), for `mkt watch`.
+    pub want_watch_set: bool,
+    /// Use the remote cache, when the project or `MKT_REMOTE_CACHE` names
+    /// one (`--remote-cache off` clears it).
+    pub remote_cache: bool,
+    /// `mkt cache pull`: never call a model; a target neither cache has
+    /// is skipped.
+    pub fetch_only: bool,
+}
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        BuildOptions {
+            targets: Vec::new(),
+            jobs: 16,
+            force: false,
+            dry_run: false,
+            keep_going: false,
+            wait_for_lock: true,
+            want_watch_set: false,
+            remote_cache: true,
+            fetch_only: false,
+        }
+    }
+}
+
+/// What happened to one node.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Up to date: nothing done.
+    Fresh,
+    /// Output file restored from the store; no compilation, no model call.
+    Restored,
+    /// Served from the action cache (the local one, or with `remote` the
+    /// remote cache): compiled, but no model call.
+    Cached {
+        run_id: String,
+        remote: bool,
+    },
+    /// The model was called.
+    Ran {
+        run_id: String,
+    },
+    Failed {
+        error: String,
+    },
+    /// Not attempted because something it needs failed.
+    Skipped {
+        because: String,
+    },
+    /// `--dry-run`: would be rebuilt.
+    WouldRun,
+}
+
+/// Progress as the engine reports it; the CLI decides what to print.
+#[derive(Debug)]
+pub enum Event<'a> {
+    WaitingForLock,
+    /// Selected node count, known after analysis.
+    Planned {
+        total: usize,
+    },
+    Started {
+        key: &'a str,
+        reason: &'a DirtyReason,
+    },
+    Finished {
+        key: &'a str,
+        outcome: &'a Outcome,
+        reason: Option<&'a DirtyReason>,
+        done: usize,
+        total: usize,
+    },
+    Warning(String),
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct BuildReport {
+    pub total: usize,
+    pub fresh: usize,
+    pub restored: usize,
+    pub cached: usize,
+    /// Of the `cached` targets, how many came from the remote cache.
+    pub remote: usize,
+    pub ran: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    /// Stopped by Ctrl-C or SIGTERM (what finished is saved).
+    pub interrupted: bool,
+    /// `--dry-run`: each node that would be rebuilt and why.
+    pub would_run: Vec<(String, DirtyReason)>,
+    /// With [`BuildOptions::want_watch_set`]: what the build depends on;
+    /// `None` from a [`build_in`] whose session graph did not change (what
+    /// the last build reported still holds).
+    pub watch_set: Option<WatchSet>,
+    /// Tokens the model calls of this build used, as the providers
+    /// reported them (failed calls included), and their cost in US dollars
+    /// where the model has prices.
+    pub spent: Spend,
+    /// What the runs served from the action cache had cost, priced with
+    /// the current prices.
+    pub saved: Spend,
+    /// Output files of targets no longer in the graph that are still on
+    /// disk (`mkt clean --stale` removes them). Counted only on builds that
+    /// analysed the project, never on the no-op or cached-graph paths.
+    pub stale_outputs: usize,
+    /// Wall time of each phase of the build, in order (`mkt build
+    /// --timings`): where an incremental build's milliseconds go.
+    pub phases: Phases,
+}
+
+impl BuildReport {
+    /// Counts one node's outcome.
+    pub fn count(&mut self, outcome: &Outcome) {
+        match outcome {
+            Outcome::Fresh => self.fresh += 1,
+            Outcome::Restored => self.restored += 1,
+            Outcome::Cached { remote, .. } => {
+                self.cached += 1;
+                self.remote += usize::from(*remote);
+            }
+            Outcome::Ran { .. } => self.ran += 1,
+            Outcome::Failed { .. } => self.failed += 1,
+            Outcome::Skipped { .. } => self.skipped += 1,
+            Outcome::WouldRun => {}
+        }
+    }
+}
+
+/// Phase timings: each entry is a phase's name and how long it took.
+#[derive(Debug, Clone, Default)]
+pub struct Phases {
+    pub done: Vec<(&'static str, std::time::Duration)>,
+    last: Option<Instant>,
+}
+
+impl Phases {
+    pub(super) fn start() -> Phases {
+        Phases {
+            done: Vec::new(),
+            last: Some(Instant::now()),
+        }
+    }
+
+    /// Ends the phase running since the last mark, naming it `name`.
+    pub(super) fn mark(&mut self, name: &'static str) {
+        let now = Instant::now();
+        if let Some(last) = self.last.replace(now) {
+            self.done.push((name, now - last));
+        }
+    }
+}
+
+/// The project paths a build depends on: a change to anything else cannot
+/// change what it does (see `watch.rs`).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct WatchSet {
+    /// Files it reads: `prompts.toml`, templates, partials, verbatim files,
+    /// inputs, `foreach` files.
+    pub reads: HashSet<String>,
+    /// Files it writes (a change to one is repaired by the next build, but
+    /// mkt's own writes must not trigger one).
+    pub outputs: HashSet<String>,
+    /// Directories globs list: a file created or removed in one can add or
+    /// remove an input or a `foreach` node.
+    pub dirs: HashSet<String>,
+}
+
+impl WatchSet {
+    pub(super) fn from_stamp(stamp: &NoopStamp) -> WatchSet {
+        let mut w = WatchSet::default();
+        for e in stamp.entries() {
+            let set = match e.kind {
+                EntryKind::Output => &mut w.outputs,
+                EntryKind::Dir => &mut w.dirs,
+                _ => &mut w.reads,
+            };
+            set.insert(e.path.to_string());
+        }
+        w
+    }
+}
+
+/// US dollars with enough digits to show a cheap call: `$1.23`,
+/// `$0.0042`, `$0.000015`.
+pub fn format_usd(v: f64) -> String {
+    if v >= 1.0 || v == 0.0 {
+        format!("${v:.2}")
+    } else {
+        // four significant digits at most, trailing zeros dropped
+        let digits = (-v.log10()).floor() as usize + 4;
+        let t = format!("{v:.digits$}");
+        let t = t.trim_end_matches('0');
+        format!("${t}")
+    }
+}
+
+/// Tokens (input + output) and their cost.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Spend {
+    pub tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl Spend {
+    pub(super) fn add(&mut self, usage: Option<&Usage>, cost: Option<f64>) {
+        if let Some(u) = usage {
+            self.tokens += u.input_tokens + u.output_tokens;
+        }
+        self.cost_usd += cost.unwrap_or(0.0);
+    }
+}
+
+impl BuildReport {
+    pub fn success(&self) -> bool {
+        self.failed == 0 && self.skipped == 0
+    }
+}
+
+/// Why a skipped node did not run, when the build stopped.
+pub(super) const INTERRUPTED: &str = "the build was interrupted";
+pub(super) const STOPPED: &str = "the build stopped after a failure (use `--keep-going` to go on)";

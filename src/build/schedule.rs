@@ -1,0 +1,439 @@
+//! The scheduler: the ready queue, what each node came to, and the pool of
+//! workers the stale nodes' jobs run on.
+
+use super::job::{Ctx, Job, JobResult, run_job};
+use super::report::{BuildOptions, BuildReport, Event, INTERRUPTED, Outcome, STOPPED};
+use crate::fingerprint::{DirtyReason, Fingerprint, TargetRecord, staleness};
+use crate::graph::Graph;
+use crate::hash::Digest;
+use crate::manifest::UpstreamRecord;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone)]
+pub(super) struct Done {
+    /// Up to date without any work (the output did not change).
+    pub(super) fresh: bool,
+    pub(super) output_digest: Digest,
+    /// The run that made the output; empty for a fresh node (see
+    /// [`Done::fresh`]).
+    pub(super) run_id: String,
+    /// For a node that failed or was skipped: why its dependants cannot run.
+    pub(super) blame: Option<Blame>,
+    /// `--dry-run`: would run, so its output may still change.
+    pub(super) pending: bool,
+}
+
+impl Done {
+    pub(super) fn ok(output_digest: Digest, run_id: String) -> Done {
+        Done {
+            fresh: false,
+            output_digest,
+            run_id,
+            blame: None,
+            pending: false,
+        }
+    }
+
+    /// Up to date as recorded: its run id is its record's (not copied
+    /// here, as most nodes of an incremental build are fresh and no one
+    /// asks).
+    pub(super) fn fresh(output_digest: Digest) -> Done {
+        Done {
+            fresh: true,
+            ..Done::ok(output_digest, String::new())
+        }
+    }
+
+    pub(super) fn failed(blame: String) -> Done {
+        Done::blamed(Blame::Failed(blame))
+    }
+
+    /// Not run, for the reason its skip gave.
+    pub(super) fn not_run(why: &str) -> Done {
+        Done::blamed(Blame::NotRun(why.to_string()))
+    }
+
+    pub(super) fn blamed(blame: Blame) -> Done {
+        Done {
+            fresh: false,
+            output_digest: Digest::default(),
+            run_id: String::new(),
+            blame: Some(blame),
+            pending: false,
+        }
+    }
+}
+
+/// Why the dependants of a node that did not build are skipped.
+#[derive(Clone)]
+pub(super) enum Blame {
+    /// This target failed (the node itself, or one upstream of it).
+    Failed(String),
+    /// It was not run, for this reason (the build stopped before it:
+    /// [`INTERRUPTED`], [`STOPPED`]; or `mkt cache pull` found it in no
+    /// cache), which its dependants give too.
+    NotRun(String),
+}
+
+impl Blame {
+    pub(super) fn because(&self) -> String {
+        match self {
+            Blame::Failed(key) => format!("`{key}` failed"),
+            Blame::NotRun(why) => why.clone(),
+        }
+    }
+}
+
+/// The scheduler's bookkeeping: what each node came to, what is ready to
+/// go, the counts for the summary.
+pub(super) struct Progress<'g> {
+    pub(super) graph: &'g Graph,
+    pub(super) downstream: Vec<Vec<usize>>,
+    /// Unfinished upstream nodes of each node.
+    pub(super) waiting: Vec<usize>,
+    pub(super) ready: VecDeque<usize>,
+    pub(super) results: Vec<Option<Done>>,
+    pub(super) reasons: HashMap<usize, DirtyReason>,
+    pub(super) rep: BuildReport,
+    pub(super) done: usize,
+}
+
+impl<'g> Progress<'g> {
+    pub(super) fn new(graph: &'g Graph, selected: &[bool], total: usize) -> Progress<'g> {
+        let mut downstream: Vec<Vec<usize>> = vec![Vec::new(); graph.nodes.len()];
+        let mut waiting: Vec<usize> = vec![0; graph.nodes.len()];
+        for &i in &graph.order {
+            if selected[i] {
+                for u in graph.nodes[i].upstream_nodes() {
+                    downstream[u].push(i);
+                    waiting[i] += 1;
+                }
+            }
+        }
+        let ready = graph
+            .order
+            .iter()
+            .copied()
+            .filter(|&i| selected[i] && waiting[i] == 0)
+            .collect();
+        Progress {
+            graph,
+            downstream,
+            waiting,
+            ready,
+            results: vec![None; graph.nodes.len()],
+            reasons: HashMap::default(),
+            rep: BuildReport {
+                total,
+                ..Default::default()
+            },
+            done: 0,
+        }
+    }
+
+    /// The report, the rest dropped (it is a few megabytes at 10,000
+    /// nodes, not to be held through the saves at the end of a build).
+    pub(super) fn into_report(self) -> BuildReport {
+        self.rep
+    }
+
+    /// Records what node `i` came to, reports it, and readies the nodes
+    /// that were waiting only for it.
+    pub(super) fn complete(
+        &mut self,
+        i: usize,
+        outcome: Outcome,
+        d: Done,
+        report: &(dyn Fn(Event<'_>) + Sync),
+    ) {
+        self.rep.count(&outcome);
+        self.results[i] = Some(d);
+        self.done += 1;
+        report(Event::Finished {
+            key: &self.graph.nodes[i].key,
+            outcome: &outcome,
+            reason: self.reasons.get(&i),
+            done: self.done,
+            total: self.rep.total,
+        });
+        for &dn in &self.downstream[i] {
+            self.waiting[dn] -= 1;
+            if self.waiting[dn] == 0 {
+                self.ready.push_back(dn);
+            }
+        }
+    }
+}
+
+/// What scheduling leaves for the save: the counts, the new records, and
+/// the history lines not yet appended.
+pub(super) struct Scheduled {
+    pub(super) rep: BuildReport,
+    pub(super) records: HashMap<String, TargetRecord>,
+    pub(super) history: String,
+}
+
+/// Runs the selected nodes (`prog`) in dependency order, the stale ones
+/// on up to `opts.jobs` worker threads, with early cutoff. `untouched`,
+/// from a stamp that vouches for the records, lists what changed: a node
+/// that touches none of it is taken as recorded.
+pub(super) fn run_all(
+    ctx: &Ctx<'_>,
+    mut prog: Progress<'_>,
+    untouched: Option<&HashSet<String>>,
+    opts: &BuildOptions,
+    report: &(dyn Fn(Event<'_>) + Sync),
+) -> Scheduled {
+    let mut out = Scheduled {
+        rep: BuildReport::default(),
+        records: HashMap::default(),
+        history: String::new(),
+    };
+    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let job_rx = Arc::new(Mutex::new(job_rx));
+    let (res_tx, res_rx) = mpsc::channel::<JobResult>();
+    std::thread::scope(|scope| {
+        let mut workers = 0usize;
+        let mut in_flight = 0usize;
+        loop {
+            while let Some(i) = prog.ready.pop_front() {
+                let Some(job) = triage(ctx, &mut prog, i, untouched, opts, report) else {
+                    continue;
+                };
+                if workers < opts.jobs.max(1) && in_flight >= workers {
+                    spawn_worker(scope, ctx, Arc::clone(&job_rx), res_tx.clone());
+                    workers += 1;
+                }
+                in_flight += 1;
+                job_tx.send(job).expect("workers alive");
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let r = res_rx.recv().expect("a worker answers every job");
+            in_flight -= 1;
+            take_result(ctx, &mut prog, &mut out, r, report);
+        }
+        drop(job_tx);
+    });
+    out.rep = prog.into_report(); // the per-node bookkeeping is freed here
+    out
+}
+
+/// A worker: runs jobs until the queue closes.
+fn spawn_worker<'s, 'a: 's>(
+    scope: &'s std::thread::Scope<'s, '_>,
+    ctx: &'a Ctx<'a>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    tx: mpsc::Sender<JobResult>,
+) {
+    scope.spawn(move || {
+        loop {
+            let job = match rx.lock().unwrap().recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            };
+            let r = run_job(ctx, job);
+            if matches!(r.outcome, Outcome::Failed { .. }) {
+                ctx.failed();
+            }
+            if tx.send(r).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Decides what ready node `i` needs: completes it at once when it is
+/// skipped, up to date or (`--dry-run`) would run; else the job to run.
+fn triage(
+    ctx: &Ctx<'_>,
+    prog: &mut Progress<'_>,
+    i: usize,
+    untouched: Option<&HashSet<String>>,
+    opts: &BuildOptions,
+    report: &(dyn Fn(Event<'_>) + Sync),
+) -> Option<Job> {
+    let graph = ctx.src.graph;
+    let node = &graph.nodes[i];
+    if let Some(blame) = blocked(ctx, prog, i) {
+        let because = blame.because();
+        prog.complete(i, Outcome::Skipped { because }, Done::blamed(blame), report);
+        return None;
+    }
+    // With a stamp that lists what changed, a node that reads and writes
+    // none of it, below only untouched nodes, is up to date as recorded:
+    // the stamp was written after a complete, successful build whose
+    // records were saved first, and these are they.
+    if let Some(changed) = untouched
+        && node
+            .upstream_nodes()
+            .all(|u| prog.results[u].as_ref().is_some_and(|d| d.fresh))
+        && !changed.contains(&node.output)
+        && !node.sources().any(|(_, p)| changed.contains(p))
+        && let Some((output_digest, false)) = ctx.old.output(&node.key)
+    {
+        prog.complete(i, Outcome::Fresh, Done::fresh(output_digest), report);
+        return None;
+    }
+    let deps = match graph.source_deps(node, ctx.src.files) {
+        Ok(d) => d,
+        Err(e) => {
+            let error = e.to_string();
+            let d = Done::failed(node.key.clone());
+            prog.complete(i, Outcome::Failed { error }, d, report);
+            ctx.failed();
+            return None;
+        }
+    };
+    let upstream = upstream_records(ctx, prog, i);
+    let fingerprint = Fingerprint {
+        config: node.config_digest,
+        model: node.model_digest,
+        deps,
+        upstream: upstream
+            .iter()
+            .map(|u| (u.target.clone(), u.output_digest))
+            .collect(),
+    };
+    let record = ctx.old.get(&node.key);
+    let Some(reason) = stale_reason(ctx, prog, i, record, &fingerprint) else {
+        let rec = record.expect("fresh implies a record");
+        prog.complete(i, Outcome::Fresh, Done::fresh(rec.output_digest), report);
+        return None;
+    };
+    prog.reasons.insert(i, reason.clone());
+    if opts.dry_run {
+        prog.rep.would_run.push((node.key.clone(), reason.clone()));
+        // an output-only repair keeps the recorded digest; anything else
+        // may change it, which downstream must assume
+        let digest = match (&reason, record) {
+            (r, Some(rec)) if r.output_only() => rec.output_digest,
+            _ => Digest::default(),
+        };
+        let d = Done {
+            pending: !reason.output_only(),
+            ..Done::ok(digest, String::new())
+        };
+        prog.complete(i, Outcome::WouldRun, d, report);
+        return None;
+    }
+    report(Event::Started {
+        key: &node.key,
+        reason: &reason,
+    });
+    Some(Job {
+        node: i,
+        reason,
+        fingerprint,
+        upstream,
+    })
+}
+
+/// Why node `i` cannot run now, if it cannot: the build was interrupted,
+/// something upstream failed or was not run, or the build is stopping.
+fn blocked(ctx: &Ctx<'_>, prog: &Progress<'_>, i: usize) -> Option<Blame> {
+    if crate::exec::interrupted() {
+        return Some(Blame::NotRun(INTERRUPTED.to_string()));
+    }
+    let blame = (ctx.src.graph.nodes[i].upstream_nodes())
+        .filter_map(|u| prog.results[u].as_ref().and_then(|d| d.blame.as_ref()))
+        // a failure upstream says more than that the build stopped
+        .min_by_key(|b| matches!(b, Blame::NotRun(_)))
+        .cloned();
+    if blame.is_some() {
+        return blame;
+    }
+    (ctx.stopping.load(Ordering::SeqCst)).then(|| Blame::NotRun(STOPPED.to_string()))
+}
+
+/// What node `i`'s upstream nodes came to, in its upstream order.
+fn upstream_records(ctx: &Ctx<'_>, prog: &Progress<'_>, i: usize) -> Vec<UpstreamRecord> {
+    let graph = ctx.src.graph;
+    (graph.nodes[i].upstream_nodes())
+        .map(|u| {
+            let d = prog.results[u].as_ref().expect("upstream finished first");
+            let target = &graph.nodes[u].key;
+            // a fresh node's run is the one its record names
+            let run_id = match ctx.old.get(target) {
+                Some(rec) if d.fresh => rec.run_id.clone(),
+                _ => d.run_id.clone(),
+            };
+            UpstreamRecord {
+                target: target.clone(),
+                run_id,
+                output_digest: d.output_digest,
+            }
+        })
+        .collect()
+}
+
+/// Why node `i` is stale, if it is (`fingerprint.rs` decides).
+fn stale_reason(
+    ctx: &Ctx<'_>,
+    prog: &Progress<'_>,
+    i: usize,
+    record: Option<&TargetRecord>,
+    fingerprint: &Fingerprint,
+) -> Option<DirtyReason> {
+    let graph = ctx.src.graph;
+    let node = &graph.nodes[i];
+    let out_digest = ctx.src.files.digest(&node.output).ok().flatten();
+    let pending = |target: &str| {
+        node.upstream_nodes().any(|u| {
+            graph.nodes[u].key == target && prog.results[u].as_ref().is_some_and(|d| d.pending)
+        })
+    };
+    let forced = ctx.forced[i];
+    staleness(
+        record,
+        fingerprint,
+        &node.output,
+        out_digest,
+        forced,
+        pending,
+    )
+}
+
+/// Takes in a finished job: its spend, warnings, history line and record.
+fn take_result(
+    ctx: &Ctx<'_>,
+    prog: &mut Progress<'_>,
+    out: &mut Scheduled,
+    r: JobResult,
+    report: &(dyn Fn(Event<'_>) + Sync),
+) {
+    if let Some((u, c)) = &r.spent {
+        prog.rep.spent.add(Some(u), *c);
+    }
+    if let Some((u, c)) = &r.saved {
+        prog.rep.saved.add(Some(u), *c);
+    }
+    for w in r.warnings {
+        report(Event::Warning(w));
+    }
+    if let Some(h) = r.history {
+        out.history.push_str(&h);
+        // written as the build goes: bounded memory, and finished runs
+        // are on record even if the build is interrupted
+        if out.history.len() > 64 * 1024 && ctx.src.store.append_history(&out.history).is_ok() {
+            out.history.clear();
+        }
+    }
+    let key = ctx.src.graph.nodes[r.node].key.clone();
+    let d = match &r.record {
+        Some(rec) if !rec.failed => Done::ok(rec.output_digest, rec.run_id.clone()),
+        // (a job that did not run: the build stopped first, or `mkt cache
+        // pull` found it in no cache)
+        _ if let Outcome::Skipped { because } = &r.outcome => Done::not_run(because),
+        _ => Done::failed(key.clone()),
+    };
+    if let Some(rec) = r.record {
+        out.records.insert(key, rec);
+    }
+    prog.complete(r.node, r.outcome, d, report);
+}
