@@ -12,17 +12,16 @@
 //! no longer in the graph: a removed target, a deleted `foreach` file. It
 //! removes their outputs (unless a current node now writes the same path)
 //! and drops the records, which lets `mkt gc` collect their runs.
-//! [`leftovers`] counts such outputs for `mkt build`'s summary.
+//! `Graph::leftovers` counts such outputs for `mkt build`'s summary.
 //!
 //! Both take the project lock (a build could be writing the same files);
 //! `--dry-run` takes none and changes nothing.
 
 use crate::error::Result;
 use crate::files::ProjectFiles;
-use crate::graph::Graph;
 use crate::hash::Digest;
 use crate::provenance::Snapshot;
-use crate::state::{StateFiles, TargetRecord, TargetRecords};
+use crate::state::{StateFiles, TargetRecord};
 use crate::store::ObjectStore;
 use camino::Utf8Path;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -145,24 +144,4 @@ fn check(files: &ProjectFiles, root: &Utf8Path, rec: &TargetRecord) -> Check {
         Ok(_) => Check::Left(LeftAlone::Edited),
         Err(_) => Check::Missing,
     }
-}
-
-/// How many outputs of records whose node is gone from `graph` are still
-/// on disk (a stat each, for those records only), for `mkt build`'s
-/// summary. An output path that a current node writes is not counted.
-pub fn leftovers(root: &Utf8Path, graph: &Graph, records: &TargetRecords) -> usize {
-    let keys: HashSet<&str> = graph.nodes.iter().map(|n| n.key.as_str()).collect();
-    let gone: Vec<&TargetRecord> = records
-        .iter()
-        .filter(|(k, _)| !keys.contains(k))
-        .map(|(_, r)| r)
-        .collect();
-    if gone.is_empty() {
-        return 0;
-    }
-    let outputs: HashSet<&str> = graph.nodes.iter().map(|n| n.output.as_str()).collect();
-    gone.iter()
-        .filter(|r| !outputs.contains(r.output.as_str()))
-        .filter(|r| std::fs::symlink_metadata(root.join(&r.output)).is_ok_and(|m| m.is_file()))
-        .count()
 }

@@ -336,7 +336,7 @@ pub struct Project {
     pub models: BTreeMap<String, std::sync::Arc<ModelConfig>>,
     pub targets: Vec<TargetDecl>,
     /// `[cache]`, checked (none of it enters any hash).
-    pub cache: crate::remote::CacheConfig,
+    pub cache: crate::cache_config::CacheConfig,
 }
 
 impl Project {
@@ -390,7 +390,7 @@ impl Project {
     /// mkt's version; anything unreadable in it just means a fresh parse.
     /// Returns the bytes to store as the new cache when it was not used.
     ///
-    /// Format (binary, see `state::Writer`): `"MKTPROJ1"`, key digest,
+    /// Format (binary, see `codec.rs`): `"MKTPROJ1"`, key digest,
     /// str version, u32 n, n × str (model JSON), u32 n, n × TARGET, where
     /// TARGET := str name, span, str template, span, u32 n × (str name,
     /// str pattern, u8 glob, span), str output, span, u32 model index,
@@ -421,7 +421,7 @@ impl Project {
 const CACHE_MAGIC: &[u8; 8] = b"MKTPROJ2";
 
 fn encode_cache(p: &Project, key: &Digest) -> Vec<u8> {
-    use crate::state::Writer;
+    use crate::codec::Writer;
     let mut w = Writer(Vec::with_capacity(64 + p.targets.len() * 128));
     w.0.extend_from_slice(CACHE_MAGIC);
     w.digest(key);
@@ -483,11 +483,11 @@ fn encode_cache(p: &Project, key: &Digest) -> Vec<u8> {
 type Decoded = (
     BTreeMap<String, std::sync::Arc<ModelConfig>>,
     Vec<TargetDecl>,
-    crate::remote::CacheConfig,
+    crate::cache_config::CacheConfig,
 );
 
 fn decode_cache(bytes: &[u8], key: &Digest) -> Option<Decoded> {
-    use crate::state::Reader;
+    use crate::codec::Reader;
     let (bytes, sum) = bytes.split_at_checked(bytes.len().checked_sub(32)?)?;
     if Digest::of(bytes).0 != sum {
         return None;
@@ -616,8 +616,8 @@ impl Project {
     }
 }
 
-fn resolve_cache(project: &Project, raw: RawCache) -> Result<crate::remote::CacheConfig> {
-    use crate::remote::{CacheConfig, Mode, parse_url, redact};
+fn resolve_cache(project: &Project, raw: RawCache) -> Result<crate::cache_config::CacheConfig> {
+    use crate::cache_config::{CacheConfig, Mode, parse_url, redact};
     let mut c = CacheConfig::default();
     if let Some(url) = raw.remote {
         if let Err(why) = parse_url(url.get_ref()) {
@@ -1217,9 +1217,9 @@ mod tests {
         )
         .unwrap();
         let (p, bytes) = Project::load_cached(root, &cache).unwrap();
-        let want = crate::remote::CacheConfig {
+        let want = crate::cache_config::CacheConfig {
             remote: Some("s3://b/p".into()),
-            mode: crate::remote::Mode::ReadOnly,
+            mode: crate::cache_config::Mode::ReadOnly,
             endpoint: Some("http://127.0.0.1:9000".into()),
             region: None,
             timeout_s: 3,

@@ -1070,6 +1070,32 @@ fn node_indices(r: &mut crate::state::Reader<'_>, n: usize) -> Option<Vec<usize>
     Some(v)
 }
 
+impl Graph {
+    /// How many outputs of records whose node is gone from the graph are
+    /// still on disk (a stat each, for those records only), for `mkt
+    /// build`'s summary (`mkt clean --stale` removes them). An output path
+    /// that a current node writes is not counted.
+    pub fn leftovers(&self, root: &Utf8Path, records: &crate::state::TargetRecords) -> usize {
+        let graph = self;
+        let keys: rustc_hash::FxHashSet<&str> =
+            graph.nodes.iter().map(|n| n.key.as_str()).collect();
+        let gone: Vec<&crate::state::TargetRecord> = records
+            .iter()
+            .filter(|(k, _)| !keys.contains(k))
+            .map(|(_, r)| r)
+            .collect();
+        if gone.is_empty() {
+            return 0;
+        }
+        let outputs: rustc_hash::FxHashSet<&str> =
+            graph.nodes.iter().map(|n| n.output.as_str()).collect();
+        gone.iter()
+            .filter(|r| !outputs.contains(r.output.as_str()))
+            .filter(|r| std::fs::symlink_metadata(root.join(&r.output)).is_ok_and(|m| m.is_file()))
+            .count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

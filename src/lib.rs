@@ -3,12 +3,17 @@
 //! The library core never prints or exits; `src/main.rs` and `src/cli/`
 //! parse arguments and render what the core returns.
 
+pub mod at;
 pub mod build;
+pub mod cache_config;
 pub mod clean;
+mod codec;
 pub mod config;
 pub mod error;
 pub mod exec;
 pub mod explain;
+#[cfg(test)]
+mod faults;
 pub mod files;
 pub mod fingerprint;
 pub mod gc;

@@ -149,6 +149,11 @@ impl RunManifest {
     }
 }
 
+/// Whether `s` has the shape of a run id (so it can name a file safely).
+pub fn is_run_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
 /// A new run id: UTC time to the millisecond plus a random suffix, so ids
 /// sort by time and do not collide across machines.
 pub fn new_run_id() -> String {
@@ -281,7 +286,7 @@ pub(crate) mod tests {
     fn random_corruptions_are_rejected_or_still_valid() {
         let bytes = sample().to_json();
         let mut parsed = 0;
-        for case in crate::store::corruptions(&bytes, 3000, 0xc0ffee) {
+        for case in crate::faults::corruptions(&bytes, 3000, 0xc0ffee) {
             if let Some(m) = RunManifest::from_json(&case) {
                 assert!(m.validate());
                 parsed += 1;

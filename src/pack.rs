@@ -641,7 +641,10 @@ mod tests {
                 }
             }
         }
-        for (i, bad) in crate::store::corruptions(&bytes, 300, 7).iter().enumerate() {
+        for (i, bad) in crate::faults::corruptions(&bytes, 300, 7)
+            .iter()
+            .enumerate()
+        {
             let pack = open_bytes(bad);
             for (k, key, p) in &recs {
                 if let Found::Payload(got) = pack.get(*k, key) {

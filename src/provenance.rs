@@ -193,10 +193,7 @@ pub fn find_run(store: &ObjectStore, run_id: &str) -> RunLookup {
     }
 }
 
-/// Whether `s` has the shape of a run id (so it can name a file safely).
-pub fn is_run_id(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-}
+pub use crate::manifest::is_run_id;
 
 fn find_run_of(store: &ObjectStore, e: &HistoryEntry) -> RunLookup {
     if e.status == RunKind::Failed {

@@ -72,7 +72,7 @@
 //! entry rewrites its fixed-size fields (everything after the path) in a
 //! copy of the bytes, so writing the stamp out is the bytes and a checksum.
 
-use crate::files::lstat_at;
+use crate::at::lstat_at;
 use crate::hash::Digest;
 use crate::state::{FileStat, Reader, Writer};
 use crate::store::MappedFile;
@@ -638,7 +638,7 @@ impl EntryRef<'_> {
                 // to another file: another inode, or the same one with a
                 // new ctime if it was moved, so a stat that still matches
                 // is the file that was checked)
-                crate::files::stat_at(root, self.path)
+                crate::at::stat_at(root, self.path)
             }
             other => Some(other),
         }
@@ -668,7 +668,7 @@ impl EntryRef<'_> {
         use std::io::Read;
         let mut bytes = Vec::new();
         let read =
-            crate::files::open_at(root, self.path).and_then(|mut f| f.read_to_end(&mut bytes).ok());
+            crate::at::open_at(root, self.path).and_then(|mut f| f.read_to_end(&mut bytes).ok());
         read.is_some() && Digest::of(&bytes) == self.digest
     }
 }

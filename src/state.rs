@@ -125,26 +125,10 @@ pub struct State {
     pub targets: HashMap<String, TargetRecord>,
 }
 
-/// Little-endian, length-prefixed encoder shared by mkt's binary caches.
-pub(crate) struct Writer(pub(crate) Vec<u8>);
+pub(crate) use crate::codec::{Reader, Writer};
 
+/// What the state and the stamp add to the codec: a stat, template refs.
 impl Writer {
-    pub(crate) fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    pub(crate) fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    pub(crate) fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    pub(crate) fn str(&mut self, s: &str) {
-        self.u32(s.len() as u32);
-        self.0.extend_from_slice(s.as_bytes());
-    }
-    pub(crate) fn digest(&mut self, d: &Digest) {
-        self.0.extend_from_slice(&d.0);
-    }
     /// Size, mtime, ctime, inode: as the state and the stamp store a stat.
     pub(crate) fn file_stat(&mut self, st: &FileStat) {
         for v in [st.size, st.mtime_ns as u64, st.ctime_ns as u64, st.ino] {
@@ -160,42 +144,7 @@ impl Writer {
     }
 }
 
-/// The bounds-checked decoder matching [`Writer`]: every read is `None`
-/// past the end, never a panic.
-pub(crate) struct Reader<'a> {
-    pub(crate) buf: &'a [u8],
-    pub(crate) pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    pub(crate) fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let s = self.buf.get(self.pos..end)?;
-        self.pos = end;
-        Some(s)
-    }
-    pub(crate) fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    pub(crate) fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take(4)?.try_into().ok()?))
-    }
-    pub(crate) fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
-    }
-    pub(crate) fn str(&mut self) -> Option<String> {
-        let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
-    }
-    pub(crate) fn digest(&mut self) -> Option<Digest> {
-        Some(Digest(self.take(32)?.try_into().ok()?))
-    }
-    /// Steps over a string without copying it (the file's checksum has
-    /// already vouched for its bytes).
-    fn skip_str(&mut self) -> Option<()> {
-        let n = self.u32()? as usize;
-        self.take(n).map(drop)
-    }
+impl Reader<'_> {
     fn skip_refs(&mut self) -> Option<()> {
         for _ in 0..self.count(8)? {
             self.skip_str()?;
@@ -210,19 +159,6 @@ impl<'a> Reader<'a> {
             ctime_ns: self.u64()? as i64,
             ino: self.u64()?,
         })
-    }
-    pub(crate) fn bool(&mut self) -> Option<bool> {
-        match self.u8()? {
-            0 => Some(false),
-            1 => Some(true),
-            _ => None,
-        }
-    }
-    /// A count, bounded by what the remaining bytes could hold, so a
-    /// corrupt count cannot make us reserve gigabytes.
-    pub(crate) fn count(&mut self, min_item: usize) -> Option<usize> {
-        let n = self.u32()? as usize;
-        (n.checked_mul(min_item)? <= self.buf.len() - self.pos).then_some(n)
     }
     pub(crate) fn refs(&mut self) -> Option<Vec<Ref>> {
         let n = self.count(8)?;
@@ -1057,7 +993,7 @@ mod tests {
                 "cut at {cut}"
             );
         }
-        for bad in crate::store::corruptions(&bytes, 300, 7) {
+        for bad in crate::faults::corruptions(&bytes, 300, 7) {
             if let Some(ix) = IndexedRecords::new(MappedFile::Owned(bad)) {
                 assert_eq!(ix.get("summary"), sample().targets.get("summary"));
             }

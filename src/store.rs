@@ -495,9 +495,11 @@ impl ObjectStore {
         replace_cache(path, &[bytes]).map_err(|e| Error::io("write", path, e))
     }
 
-    /// [`replace_stamp`], for this store's no-op stamp.
-    pub fn write_stamp(&self, path: &Utf8Path, stamp: &crate::stamp::NoopStamp) -> Result<()> {
-        replace_stamp(path, stamp).map_err(|e| Error::io("write", path, e))
+    /// [`replace_cache`] of a file given in parts (the no-op stamp: its
+    /// bytes and its checksum, without a copy of the 2.5 MB of a
+    /// 10,000-target stamp).
+    pub fn write_cache_parts(&self, path: &Utf8Path, parts: &[&[u8]]) -> Result<()> {
+        replace_cache(path, parts).map_err(|e| Error::io("write", path, e))
     }
 
     pub(crate) fn object_path(&self, d: &Digest) -> Utf8PathBuf {
@@ -688,7 +690,7 @@ impl ObjectStore {
     /// Reads the manifest of failed run `run_id` from `runs/`; `None` when
     /// it is missing, or not a valid failed-run manifest of that id.
     pub fn run_get(&self, run_id: &str) -> Option<RunManifest> {
-        if !crate::provenance::is_run_id(run_id) {
+        if !crate::manifest::is_run_id(run_id) {
             return None;
         }
         let bytes = fs::read(self.run_path(run_id)).ok()?;
@@ -700,7 +702,7 @@ impl ObjectStore {
         if lines.is_empty() {
             return Ok(());
         }
-        let path = self.dir.join(crate::history::HISTORY_FILE);
+        let path = self.dir.join(layout::HISTORY);
         let mut opts = OpenOptions::new();
         let mut f = open_in_place(opts.create(true).append(true), &path, "open")?;
         f.write_all(lines.as_bytes())
@@ -1184,13 +1186,6 @@ pub fn replace_cache(path: &Utf8Path, parts: &[&[u8]]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// [`replace_cache`] with a no-op stamp, written as its bytes and its
-/// checksum (no copy of the 2.5 MB of a 10,000-target stamp).
-pub fn replace_stamp(path: &Utf8Path, stamp: &crate::stamp::NoopStamp) -> std::io::Result<()> {
-    let (body, sum) = stamp.encoded_parts();
-    replace_cache(path, &[body, &sum])
-}
-
 /// The bytes of one of the store's own files that mkt only ever replaces
 /// whole (a temp file renamed over it: the state snapshot, the graph and
 /// project caches, the no-op stamp), mapped rather than read. An
@@ -1271,44 +1266,6 @@ pub fn map_replaced_writable(path: &Utf8Path) -> std::io::Result<MappedFile> {
     // SAFETY: as for `map_replaced`; writes go to private copies of pages.
     let m = unsafe { memmap2::MmapOptions::new().map_copy(&f)? };
     Ok(MappedFile::Written(m))
-}
-
-/// Deterministic random corruptions of `bytes` for the fault tests of
-/// every on-disk reader: `n` variants, each with 1 to 4 bytes overwritten
-/// by random values, or cut at a random length, or with a random span
-/// dropped (xorshift64, so a failure names a reproducible case).
-#[cfg(test)]
-pub(crate) fn corruptions(bytes: &[u8], n: usize, seed: u64) -> Vec<Vec<u8>> {
-    let mut x = seed | 1;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
-    let len = bytes.len().max(1) as u64;
-    (0..n)
-        .map(|_| {
-            let mut b = bytes.to_vec();
-            match next() % 3 {
-                0 => {
-                    for _ in 0..=next() % 4 {
-                        let i = (next() % len) as usize;
-                        if i < b.len() {
-                            b[i] = next() as u8;
-                        }
-                    }
-                }
-                1 => b.truncate((next() % len) as usize),
-                _ => {
-                    let i = (next() % len) as usize;
-                    let j = (i + 1 + (next() % 64) as usize).min(b.len());
-                    b.drain(i.min(b.len())..j);
-                }
-            }
-            b
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -1765,7 +1722,10 @@ mod tests {
                 "cut at {cut}"
             );
         }
-        for (i, case) in corruptions(&bytes, 2000, 0x5eed).iter().enumerate() {
+        for (i, case) in crate::faults::corruptions(&bytes, 2000, 0x5eed)
+            .iter()
+            .enumerate()
+        {
             check(case, &format!("corruption {i}"));
         }
     }
@@ -1787,7 +1747,10 @@ mod tests {
             fs::write(&path, &bytes[..cut]).unwrap();
             assert_eq!(s.run_get(&m.run_id), None, "cut at {cut}");
         }
-        for (i, case) in corruptions(&bytes, 2000, 0xfa11).iter().enumerate() {
+        for (i, case) in crate::faults::corruptions(&bytes, 2000, 0xfa11)
+            .iter()
+            .enumerate()
+        {
             fs::write(&path, case).unwrap();
             if let Some(got) = s.run_get(&m.run_id) {
                 assert_eq!(got.run_id, m.run_id, "corruption {i}");

@@ -309,7 +309,8 @@ fn check_stamp(
         // Racy entries were just verified by content; once they have aged
         // past the window they need not be read again.
         if !opts.dry_run && stamp.age(looked.checked_at) {
-            let _ = crate::store::replace_stamp(&noop_path, &stamp);
+            let (body, sum) = stamp.encoded_parts();
+            let _ = crate::store::replace_cache(&noop_path, &[body, &sum]);
             session.disk = Some(Session::disk_now(root));
         }
         let n = stamp.nodes as usize;
@@ -522,7 +523,7 @@ fn plan(
     let stale_outputs = if mode.graph_from_cache {
         0
     } else {
-        crate::clean::leftovers(root, &graph, &old_targets)
+        graph.leftovers(root, &old_targets)
     };
     if !mode.graph_from_cache {
         for w in crate::graph::empty_foreach(&project, &graph) {
@@ -718,7 +719,8 @@ fn save(
             let graph_path = root.join(STORE_DIR).join(GRAPH_CACHE_FILE);
             store.write_cache(&graph_path, &saved.graph.encode(&key))?;
         }
-        store.write_stamp(&noop_path, stamp)?
+        let (body, sum) = stamp.encoded_parts();
+        store.write_cache_parts(&noop_path, &[body, &sum])?
     }
     phases.mark("write the stamp and caches");
     rep.phases = std::mem::take(phases);
