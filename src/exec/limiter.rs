@@ -416,10 +416,11 @@ fn learn(buckets: &mut Vec<Bucket>, n: &Learnt, pending: f64, sent: Instant, now
 /// half the limit used, and full again sooner than half the time a
 /// per-minute bucket would take (a window shorter than a minute, or a
 /// fixed one). Then the bucket does not refill before it, and a request it
-/// cannot hold waits for it. A reset that a
-/// per-minute refill explains (or a reset of a barely used limit, where
-/// the servers' rounding to seconds or thousands says little) changes
-/// nothing: the per-minute pacing is as fast as the server allows.
+/// cannot hold waits for it. A reset that a per-minute refill explains (or
+/// the reset of a barely used limit, where the servers' rounding to seconds
+/// or thousands says little) changes nothing: the per-minute pacing is as
+/// fast as the server allows (llmock's and the providers' buckets refill
+/// continuously, so a literal "nothing before the reset" would halve it).
 fn short_reset(n: &Learnt) -> Option<Duration> {
     let (limit, left) = (n.limit as f64, n.remaining as f64);
     let per_minute_full = 60.0 * (limit - left) / limit;
