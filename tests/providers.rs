@@ -711,6 +711,27 @@ fn requests_per_minute_spaces_the_requests() {
 }
 
 #[test]
+fn an_exhausted_limit_waits_for_its_reset() {
+    // a limit of 1 request per window, none left, full again in 1 s
+    let api = FakeApi::start(|_, n| match n {
+        0 => Reply::openai("ok", 1, 1, 0)
+            .header("x-ratelimit-limit-requests", "1")
+            .header("x-ratelimit-remaining-requests", "0")
+            .header("x-ratelimit-reset-requests", "1s"),
+        _ => Reply::openai("ok", 1, 1, 0),
+    });
+    let p = many_targets(2, &openai_model(&api, ""));
+    // one at a time: the second is sent after the first answer
+    p.mkt_env(&["build", "-j", "1"], ENV).success();
+    let mut at: Vec<Instant> = api.requests().iter().map(|r| r.at).collect();
+    at.sort();
+    let gap = at[1] - at[0];
+    // not before the reset; not the minute a per-minute limit would take
+    assert!(gap >= Duration::from_millis(990), "{gap:?}");
+    assert!(gap < Duration::from_secs(10), "{gap:?}");
+}
+
+#[test]
 fn pool_settings_belong_to_the_model() {
     let api = FakeApi::start(|_, _| Reply::openai("ok", 1, 1, 0));
     let p = project()

@@ -5,7 +5,7 @@
 //! compiled prompt goes, in order, into the top-level `system` field; the
 //! user and assistant messages are sent as they are.
 
-use super::http::{ApiError, Wire};
+use super::http::{self, ApiError, Wire};
 use super::limiter::Kind;
 use super::{ModelError, ModelResponse};
 use crate::config::ModelConfig;
@@ -30,23 +30,28 @@ pub const WIRE: Wire = Wire {
             Kind::Requests,
             "anthropic-ratelimit-requests-limit",
             "anthropic-ratelimit-requests-remaining",
+            "anthropic-ratelimit-requests-reset",
         ),
         (
             Kind::Tokens,
             "anthropic-ratelimit-tokens-limit",
             "anthropic-ratelimit-tokens-remaining",
+            "anthropic-ratelimit-tokens-reset",
         ),
         (
             Kind::InputTokens,
             "anthropic-ratelimit-input-tokens-limit",
             "anthropic-ratelimit-input-tokens-remaining",
+            "anthropic-ratelimit-input-tokens-reset",
         ),
         (
             Kind::OutputTokens,
             "anthropic-ratelimit-output-tokens-limit",
             "anthropic-ratelimit-output-tokens-remaining",
+            "anthropic-ratelimit-output-tokens-reset",
         ),
     ],
+    read_reset: http::rfc3339_until,
 };
 
 /// `anthropic-version`, and `x-api-key` when there is a key.

@@ -59,8 +59,12 @@ pub struct Wire {
     pub body: fn(&ModelConfig, &CompiledPrompt) -> Value,
     pub read_error: fn(u16, &Value) -> Option<ApiError>,
     pub read_answer: fn(&Value) -> Result<ModelResponse, ModelError>,
-    /// The rate-limit headers: a kind, its limit's and its remaining's names.
-    pub limit_headers: &'static [(Kind, &'static str, &'static str)],
+    /// The rate-limit headers: a kind, its limit's, its remaining's and its
+    /// reset's names.
+    pub limit_headers: &'static [(Kind, &'static str, &'static str, &'static str)],
+    /// How the reset headers are written: the time from now until the
+    /// limit is full again, `None` for what is not understood.
+    pub read_reset: fn(&str) -> Option<Duration>,
 }
 
 /// How a protocol reads an error answer's JSON.
@@ -434,12 +438,17 @@ fn exchange(req: &Request<'_>, lim: &Limits) -> Result<Answer, TransportKind> {
             .wire
             .limit_headers
             .iter()
-            .filter_map(|&(kind, limit, remaining)| {
+            .filter_map(|&(kind, limit, remaining, reset)| {
                 let n = |h: &str| header(h)?.trim().parse::<u64>().ok();
                 Some(Learnt {
                     kind,
                     limit: n(limit)?,
                     remaining: n(remaining)?,
+                    // jittered: the workers waiting for it do not all
+                    // come back at the same instant
+                    reset: header(reset)
+                        .and_then(|v| (req.wire.read_reset)(v.trim()))
+                        .map(jittered),
                 })
             })
             .collect();
@@ -516,6 +525,51 @@ fn retry_after(ms: Option<String>, secs: Option<String>) -> Option<Duration> {
     ms.or(s)
         .filter(|v| v.is_finite() && *v >= 0.0)
         .map(|v| Duration::from_secs_f64(v).min(RETRY_AFTER_CAP))
+}
+
+/// OpenAI's reset headers (`x-ratelimit-reset-requests`, `-tokens`): "the
+/// time until the rate limit resets to its initial state", as a Go
+/// duration (`1s`, `6m0s`, `20ms`, `1h2m3.5s`); see "Rate limits in
+/// headers" in https://platform.openai.com/docs/guides/rate-limits.
+pub fn go_duration(s: &str) -> Option<Duration> {
+    const UNITS: [(&str, f64); 7] = [
+        ("ns", 1e-9),
+        ("us", 1e-6),
+        ("µs", 1e-6),
+        ("ms", 1e-3),
+        ("h", 3600.0),
+        ("m", 60.0),
+        ("s", 1.0),
+    ];
+    if s.is_empty() {
+        return None;
+    }
+    let (mut rest, mut secs) = (s, 0.0);
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&i| i > 0)?;
+        let n: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let &(unit, scale) = UNITS.iter().find(|(u, _)| rest.starts_with(u))?;
+        secs += n * scale;
+        rest = &rest[unit.len()..];
+    }
+    // whole nanoseconds: `8.64s` is 8.64 s, not a hair under
+    Some(Duration::from_nanos((secs * 1e9).round() as u64))
+}
+
+/// Anthropic's reset headers (`anthropic-ratelimit-requests-reset`,
+/// `-tokens-reset`, `-input-tokens-reset`, `-output-tokens-reset`): "the
+/// time when the rate limit will be fully replenished, provided in RFC 3339
+/// format" (https://docs.anthropic.com/en/api/rate-limits); in UTC. A time
+/// already past is now.
+pub fn rfc3339_until(s: &str) -> Option<Duration> {
+    let at = humantime::parse_rfc3339(s).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default(),
+    )
 }
 
 /// A pause the server asked for, lengthened by up to a quarter (and 1 s):
@@ -601,6 +655,41 @@ mod tests {
         assert_eq!(retry_after(None, s("Wed, 21 Oct 2015 07:28:00 GMT")), None);
         assert_eq!(retry_after(None, s("-1")), None);
         assert_eq!(retry_after(None, None), None);
+    }
+
+    #[test]
+    fn openai_resets_are_go_durations() {
+        let ms = Duration::from_millis;
+        for (text, want) in [
+            ("1s", ms(1000)),
+            ("6m0s", ms(360_000)),
+            ("20ms", ms(20)),
+            ("1h2m3.5s", ms(3_723_500)),
+            ("0s", ms(0)),
+            ("8.64s", ms(8640)),
+            ("250us", Duration::from_micros(250)),
+        ] {
+            assert_eq!(go_duration(text), Some(want), "{text}");
+        }
+        for garbage in ["", "5", "s", "1x", "-1s", "1s2", "1.2.3s", "1 s", "soon"] {
+            assert_eq!(go_duration(garbage), None, "{garbage}");
+        }
+    }
+
+    #[test]
+    fn anthropic_resets_are_rfc3339_times() {
+        let now = std::time::SystemTime::now();
+        let soon = humantime::format_rfc3339_millis(now + Duration::from_secs(5)).to_string();
+        let left = rfc3339_until(&soon).expect(&soon);
+        assert!(
+            left > Duration::from_secs(4) && left <= Duration::from_secs(5),
+            "{left:?}"
+        );
+        let past = humantime::format_rfc3339(now - Duration::from_secs(5)).to_string();
+        assert_eq!(rfc3339_until(&past), Some(Duration::ZERO));
+        for garbage in ["", "soon", "1s", "2026-12-03", "2026-12-03T20:00:00+01:00"] {
+            assert_eq!(rfc3339_until(garbage), None, "{garbage}");
+        }
     }
 
     #[test]

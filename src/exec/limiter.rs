@@ -59,6 +59,8 @@ pub struct Learnt {
     pub kind: Kind,
     pub limit: u64,
     pub remaining: u64,
+    /// How long until the server's limit is full again, when it says.
+    pub reset: Option<Duration>,
 }
 
 /// A learnt bucket refills a little slower than the limit it read, so
@@ -77,6 +79,10 @@ struct Bucket {
     /// When the request whose answer last set a learnt level was sent: an
     /// answer to an earlier one is older news and may only lower it.
     synced: Option<Instant>,
+    /// A reset that a per-minute refill does not explain (a shorter or
+    /// fixed window): the bucket stays as it is until then, and then gets
+    /// back the units the answer said were used.
+    full_at: Option<(Instant, f64)>,
 }
 
 impl Bucket {
@@ -89,10 +95,20 @@ impl Bucket {
             level: capacity,
             updated: Instant::now(),
             synced: None,
+            full_at: None,
         }
     }
 
     fn refill(&mut self, now: Instant) {
+        if let Some((at, used)) = self.full_at {
+            if now < at {
+                self.updated = self.updated.max(now);
+                return;
+            }
+            self.level = (self.level + used).min(self.capacity);
+            self.updated = at;
+            self.full_at = None;
+        }
         let dt = now.saturating_duration_since(self.updated).as_secs_f64();
         self.level = (self.level + dt * self.rate).min(self.capacity);
         self.updated = self.updated.max(now);
@@ -105,6 +121,8 @@ impl Bucket {
         let need = amount.min(self.capacity);
         if self.level >= need {
             Duration::ZERO
+        } else if let Some((at, _)) = self.full_at {
+            at.saturating_duration_since(now)
         } else {
             Duration::from_secs_f64((need - self.level) / self.rate)
         }
@@ -388,9 +406,26 @@ fn learn(buckets: &mut Vec<Bucket>, n: &Learnt, pending: f64, sent: Instant, now
     if b.synced.is_none_or(|t| sent >= t) {
         b.level = level;
         b.synced = Some(sent);
+        b.full_at = short_reset(n).map(|r| (now + r, limit - n.remaining as f64));
     } else {
         b.level = b.level.min(level);
     }
+}
+
+/// The reset of `n` when a per-minute refill cannot explain it: more than
+/// half the limit used, and full again sooner than half the time a
+/// per-minute bucket would take (a window shorter than a minute, or a
+/// fixed one). Then the bucket does not refill before it, and a request it
+/// cannot hold waits for it. A reset that a per-minute refill explains (or
+/// the reset of a barely used limit, where the servers' rounding to seconds
+/// or thousands says little) changes nothing: the per-minute pacing is as
+/// fast as the server allows (llmock's and the providers' buckets refill
+/// continuously, so a literal "nothing before the reset" would halve it).
+fn short_reset(n: &Learnt) -> Option<Duration> {
+    let (limit, left) = (n.limit as f64, n.remaining as f64);
+    let per_minute_full = 60.0 * (limit - left) / limit;
+    n.reset
+        .filter(|r| 2.0 * left < limit && r.as_secs_f64() < per_minute_full / 2.0)
 }
 
 impl Drop for Permit<'_> {
@@ -479,6 +514,7 @@ mod tests {
             kind: Kind::Requests,
             limit: 6000,
             remaining: 2,
+            reset: None,
         };
         p.answered(&[told], Signal::Fine);
         let t = Instant::now();
@@ -492,6 +528,71 @@ mod tests {
         assert!(took < Duration::from_millis(500), "{took:?}");
     }
 
+    /// `l` after an answer that left `remaining` of `limit` requests, full
+    /// again in `reset`.
+    fn told_reset(l: &Limiter, limit: u64, remaining: u64, reset: Duration) {
+        let (p, _) = l.acquire(Cost::default()).unwrap();
+        let told = Learnt {
+            kind: Kind::Requests,
+            limit,
+            remaining,
+            reset: Some(reset),
+        };
+        p.answered(&[told], Signal::Fine);
+    }
+
+    #[test]
+    fn an_exhausted_limit_sends_nothing_before_a_short_reset() {
+        // 600 a minute would refill one in ~0.1 s; the server says its
+        // (shorter or fixed) window is full again in 0.25 s (waits here
+        // stay under the 300 ms of `a_wait_under_way_is_shown_and_counted`)
+        let l = limiter(ModelSettings::default());
+        told_reset(&l, 600, 0, Duration::from_millis(250));
+        let t = Instant::now();
+        let (p, waited) = l.acquire(Cost::default()).unwrap();
+        assert!(waited >= Duration::from_millis(240), "{waited:?}");
+        drop(p);
+        // then the units the answer said were used are back: no wait
+        for _ in 0..20 {
+            l.acquire(Cost::default())
+                .unwrap()
+                .0
+                .answered(&[], Signal::Fine);
+        }
+        let took = t.elapsed();
+        assert!(took < Duration::from_millis(900), "{took:?}");
+    }
+
+    #[test]
+    fn a_short_reset_is_waited_instead_of_a_minute() {
+        // 1 request per window, none left, full again in 0.2 s: not the
+        // 61 s that a limit per minute would take
+        let l = limiter(ModelSettings::default());
+        told_reset(&l, 1, 0, Duration::from_millis(200));
+        let (_, waited) = l.acquire(Cost::default()).unwrap();
+        assert!(waited >= Duration::from_millis(190), "{waited:?}");
+        assert!(waited < Duration::from_secs(2), "{waited:?}");
+    }
+
+    #[test]
+    fn a_reset_that_a_minute_explains_changes_nothing() {
+        // 6000 a minute, 2 left: full in 60 s, as a per-minute bucket
+        let l = limiter(ModelSettings::default());
+        told_reset(&l, 6000, 2, Duration::from_secs(60));
+        let t = Instant::now();
+        let _permits: Vec<_> = (0..7)
+            .map(|_| l.acquire(Cost::default()).unwrap().0)
+            .collect();
+        // 2 at once, then 5 at ~10.2 ms apart, as without a reset
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(50), "{took:?}");
+        assert!(took < Duration::from_millis(500), "{took:?}");
+        // a barely used limit: its reset says little
+        let l = limiter(ModelSettings::default());
+        told_reset(&l, 6000, 5999, Duration::ZERO);
+        assert!(lock(&l.state).buckets[0].full_at.is_none());
+    }
+
     #[test]
     fn an_answer_to_an_older_request_cannot_raise_a_learnt_level() {
         let l = limiter(ModelSettings::default());
@@ -502,6 +603,7 @@ mod tests {
             kind: Kind::Requests,
             limit: 6000,
             remaining,
+            reset: None,
         };
         newer.answered(&[told(0)], Signal::Fine);
         // the server counted `older` before `newer`: its 50 left are stale

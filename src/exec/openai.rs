@@ -4,7 +4,7 @@
 //! proxies (LiteLLM) speak too. The compiled prompt's messages are sent as
 //! they are, roles included.
 
-use super::http::{ApiError, Wire};
+use super::http::{self, ApiError, Wire};
 use super::limiter::Kind;
 use super::{ModelError, ModelResponse};
 use crate::config::ModelConfig;
@@ -27,13 +27,16 @@ pub const WIRE: Wire = Wire {
             Kind::Requests,
             "x-ratelimit-limit-requests",
             "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
         ),
         (
             Kind::Tokens,
             "x-ratelimit-limit-tokens",
             "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
         ),
     ],
+    read_reset: http::go_duration,
 };
 
 /// `Authorization: Bearer` when there is a key.
