@@ -172,7 +172,7 @@ impl Snapshot {
             files: &self.files,
             store: &self.store,
         };
-        compile_node(&src, self.node(i), &HashMap::default(), &upstream)
+        compile_node(&src, self.node(i), &HashMap::default(), &upstream).map_err(|e| e.to_string())
     }
 }
 

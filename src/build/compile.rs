@@ -23,6 +23,31 @@ pub(crate) struct Sources<'a> {
     pub store: &'a ObjectStore,
 }
 
+/// Why a node's prompt could not be compiled. The texts are what a user
+/// sees; a caller can match on the kind.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// A source file could not be read (or leads out of the project).
+    #[error(transparent)]
+    Read(#[from] crate::files::FileError),
+    /// A source file is not what the fingerprint recorded any more.
+    #[error("`{path}` changed while the build was running; run `mkt build` again")]
+    Changed { path: String },
+    #[error("`{path}` is not UTF-8 text")]
+    NotUtf8 { path: String },
+    /// An upstream output is neither in the store nor as recorded on disk.
+    #[error("the output of `{target}` changed during the build")]
+    UpstreamChanged { target: String },
+    #[error("the output of `{target}` is not UTF-8 text")]
+    UpstreamNotUtf8 { target: String },
+    /// An upstream output could not be read.
+    #[error("{0}")]
+    UpstreamRead(crate::files::FileError),
+    /// The template did not render (the text has its file and line).
+    #[error(transparent)]
+    Render(#[from] crate::error::Error),
+}
+
 /// Renders `node`'s compiled prompt. Every source file must still have the
 /// digest in `expected` (when listed there); `upstream` gives, in the
 /// node's upstream order, the output each upstream node has now.
@@ -31,7 +56,7 @@ pub(crate) fn compile_node(
     node: &Node,
     expected: &HashMap<&str, Digest>,
     upstream: &[UpstreamRecord],
-) -> std::result::Result<crate::template::CompiledPrompt, String> {
+) -> std::result::Result<crate::template::CompiledPrompt, CompileError> {
     let template_source = read_text(src.files, expected, &node.template)?;
     let mut partials = BTreeMap::new();
     for p in &node.partials {
@@ -109,8 +134,7 @@ pub(crate) fn compile_node(
         partials: &partials,
         verbatim: &verbatim,
         context,
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     Ok(prompt)
 }
 
@@ -121,9 +145,9 @@ fn read_text(
     files: &ProjectFiles,
     expected: &HashMap<&str, Digest>,
     path: &str,
-) -> std::result::Result<String, String> {
+) -> std::result::Result<String, CompileError> {
     let bytes = read_checked(files, expected, path)?;
-    String::from_utf8(bytes).map_err(|_| not_utf8(path))
+    String::from_utf8(bytes).map_err(|_| CompileError::NotUtf8 { path: path.into() })
 }
 
 /// [`read_text`] without the UTF-8 check.
@@ -131,18 +155,16 @@ fn read_checked(
     files: &ProjectFiles,
     expected: &HashMap<&str, Digest>,
     path: &str,
-) -> std::result::Result<Vec<u8>, String> {
-    let bytes = files.read(path).map_err(|e| e.to_string())?;
+) -> std::result::Result<Vec<u8>, CompileError> {
+    let bytes = files.read(path)?;
     if expected.get(path).is_some_and(|d| *d != Digest::of(&bytes)) {
-        return Err(format!(
-            "`{path}` changed while the build was running; run `mkt build` again"
-        ));
+        return Err(CompileError::Changed { path: path.into() });
     }
     Ok(bytes)
 }
 
 fn not_utf8(path: &str) -> String {
-    format!("`{path}` is not UTF-8 text")
+    CompileError::NotUtf8 { path: path.into() }.to_string()
 }
 
 /// The text of an upstream output: from the store (verified), else from
@@ -151,21 +173,19 @@ fn upstream_text(
     src: &Sources<'_>,
     node: &Node,
     digest: Digest,
-) -> std::result::Result<String, String> {
+) -> std::result::Result<String, CompileError> {
+    let target = || node.key.clone();
     let bytes = match src.store.get(&digest) {
         ObjectRead::Found(b) => b,
         _ => {
-            let b = src.files.read(&node.output).map_err(|e| e.to_string())?;
+            let b = (src.files.read(&node.output)).map_err(CompileError::UpstreamRead)?;
             if Digest::of(&b) != digest {
-                return Err(format!(
-                    "the output of `{}` changed during the build",
-                    node.key
-                ));
+                return Err(CompileError::UpstreamChanged { target: target() });
             }
             b
         }
     };
-    String::from_utf8(bytes).map_err(|_| format!("the output of `{}` is not UTF-8 text", node.key))
+    String::from_utf8(bytes).map_err(|_| CompileError::UpstreamNotUtf8 { target: target() })
 }
 
 /// `item`; its `content` is an error only where the template uses it,
@@ -187,5 +207,35 @@ fn item_value(path: &str, content: Option<Vec<u8>>) -> Value {
         stem => p.file_stem().unwrap_or(name),
         dir => p.parent().map_or("", |d| d.as_str()),
         content => content,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_source_that_changed_or_is_not_text_is_told_apart() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        std::fs::write(root.join("a.md"), "now").unwrap();
+        std::fs::write(root.join("b.bin"), [0xff, 0xfe]).unwrap();
+        let files = ProjectFiles::new(root, HashMap::default());
+        let was = Digest::of(b"then");
+        let expected: HashMap<&str, Digest> = [("a.md", was)].into_iter().collect();
+        let changed = read_text(&files, &expected, "a.md").unwrap_err();
+        assert!(matches!(&changed, CompileError::Changed { path } if path == "a.md"));
+        assert_eq!(
+            changed.to_string(),
+            "`a.md` changed while the build was running; run `mkt build` again"
+        );
+        let binary = read_text(&files, &HashMap::default(), "b.bin").unwrap_err();
+        assert!(matches!(&binary, CompileError::NotUtf8 { path } if path == "b.bin"));
+        let missing = read_text(&files, &HashMap::default(), "gone.md").unwrap_err();
+        assert!(matches!(missing, CompileError::Read(_)), "{missing:?}");
+        assert_eq!(
+            read_text(&files, &HashMap::default(), "a.md").unwrap(),
+            "now"
+        );
     }
 }

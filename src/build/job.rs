@@ -181,7 +181,7 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
                 (RunKind::Failed, "", None, None, None),
                 None,
             );
-            return Prepared::Done(failed(&job, node, e, warnings, Some(h)));
+            return Prepared::Done(failed(&job, node, e.to_string(), warnings, Some(h)));
         }
     };
     let compile_ms = ms_since(started);

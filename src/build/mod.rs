@@ -29,6 +29,7 @@ mod report;
 mod schedule;
 mod stamp;
 
+pub use compile::CompileError;
 pub(crate) use compile::Sources;
 pub(crate) use compile::compile_node;
 pub use report::{BuildOptions, BuildReport, Event, Outcome, Phases, Spend, WatchSet, format_usd};
