@@ -2,6 +2,7 @@
 //! [`ModelAdapter`]; the build engine only sees the trait.
 
 mod anthropic;
+pub mod batch;
 mod command;
 mod error;
 mod http;
@@ -124,6 +125,13 @@ pub fn call(
     stats: &mut CallStats,
 ) -> Result<ModelResponse, ModelError> {
     let resp = adapter_for(model).call_counted(prompt, root, stats)?;
+    check_answer(model, resp)
+}
+
+/// The check every answer passes, however it came (an ordinary call, a
+/// batch): with `format = "json"`, an output that is not JSON, or does not
+/// match `schema`, is a failed run.
+pub fn check_answer(model: &ModelConfig, resp: ModelResponse) -> Result<ModelResponse, ModelError> {
     if model.settings.format.as_deref() == Some("json")
         && let Err(why) = check_json(&resp.output, model.settings.schema.as_ref())
     {

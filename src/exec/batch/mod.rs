@@ -1,0 +1,103 @@
+//! The providers' batch APIs: many requests submitted at once, answered
+//! within a day at a discount (half the price of ordinary calls at OpenAI
+//! and Anthropic). The build engine sees only [`BatchApi`]; each HTTP
+//! provider implements it in its own file next to its ordinary wire
+//! format, and each request's body is exactly what the ordinary call
+//! would send, so that a batch answer is the same result as an ordinary
+//! one and is filed under the same InputBundleHash.
+//!
+//! A batch lives at the provider, across process exits: what the build
+//! keeps of it (`.mkt/batches/`) is the id [`BatchApi::submit`] returned,
+//! and everything it needs to finish the answers when they come.
+
+use super::{ModelError, ModelResponse};
+use crate::config::{ModelConfig, Provider};
+use crate::template::CompiledPrompt;
+
+/// One request of a batch. `custom_id` is the request's InputBundleHash in
+/// hex (64 characters), which the provider echoes with its answer.
+#[derive(Debug, Clone)]
+pub struct BatchRequest {
+    pub custom_id: String,
+    pub prompt: CompiledPrompt,
+}
+
+/// Where a batch is in its life at the provider.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchPhase {
+    /// Accepted and not yet ended (validating, in progress, finalizing).
+    Running,
+    /// Being cancelled: answers so far may still come.
+    Cancelling,
+    /// Ended: every request has its answer or error, [`BatchApi::results`]
+    /// gives them (also after a cancellation or an expiry: the requests
+    /// that did not run have an error each).
+    Ended,
+    /// The batch as a whole failed (validation, say): no answer will
+    /// come; `BatchProgress::status` says the provider's reason.
+    Failed,
+}
+
+/// A batch's state at one poll.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchProgress {
+    pub phase: BatchPhase,
+    /// The provider's own word for the state (`in_progress`, `ended`,
+    /// `failed: <reason>`), for display.
+    pub status: String,
+    /// Requests in the batch, and of them those ended (answered or
+    /// failed) and those failed, as far as the provider tells.
+    pub total: u64,
+    pub done: u64,
+    pub failed: u64,
+}
+
+/// A provider's batch API for one model.
+pub trait BatchApi: Send + Sync {
+    /// Submits `requests` (all for this model, within [`BatchApi::limits`])
+    /// as one batch and returns its id. `tag` is unique to this
+    /// submission; where the provider keeps metadata with a batch it is
+    /// stored there, so that [`BatchApi::find`] can recover the id of a
+    /// batch whose submission was cut short before its id was recorded.
+    fn submit(&self, requests: &[BatchRequest], tag: &str) -> Result<String, ModelError>;
+
+    /// The id of a batch submitted with `tag`, if the provider can tell
+    /// (`Ok(None)`: not found, or the provider keeps no metadata).
+    fn find(&self, tag: &str) -> Result<Option<String>, ModelError>;
+
+    /// The batch's state now.
+    fn poll(&self, id: &str) -> Result<BatchProgress, ModelError>;
+
+    /// Every request's answer of an ended batch, by `custom_id`, in no
+    /// particular order: answers and per-request errors alike (OpenAI's
+    /// output and error files both; Anthropic's succeeded, errored,
+    /// canceled and expired results). An answer is parsed exactly as the
+    /// ordinary call's would be; `format = "json"` is checked by the
+    /// caller ([`super::check_answer`]).
+    #[expect(clippy::type_complexity, reason = "a list of id and result")]
+    fn results(
+        &self,
+        id: &str,
+    ) -> Result<Vec<(String, Result<ModelResponse, ModelError>)>, ModelError>;
+
+    /// Asks the provider to cancel the batch.
+    fn cancel(&self, id: &str) -> Result<(), ModelError>;
+
+    /// The most requests and body bytes (of the uploaded JSONL, or the
+    /// JSON body) one batch may hold.
+    fn limits(&self) -> BatchLimits;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub max_requests: usize,
+    pub max_bytes: usize,
+}
+
+/// The batch API of `model`'s provider, if it has one.
+pub fn batch_api_for(model: &ModelConfig) -> Option<Box<dyn BatchApi>> {
+    match model.provider {
+        Provider::Mock | Provider::Command => None,
+        Provider::Openai | Provider::Anthropic => None,
+    }
+}
