@@ -184,6 +184,11 @@ fn collect_one(dir: &Utf8Path, project: &Project, mut rec: BatchRecord, out: &mu
         let response = by_id
             .remove(&BatchRecord::custom_id(&m.input_bundle_hash))
             .unwrap_or_else(|| Err(not_answered(&id, &progress)));
+        // of a batch the user cancelled, only answers count: the rest are
+        // free to be sent again, not failures
+        if rec.cancelled && response.is_err() {
+            continue;
+        }
         let answer = Answer {
             batch: id.clone(),
             model: rec.model.clone(),
@@ -410,40 +415,67 @@ pub enum WaitEvent<'a> {
     Warning(String),
 }
 
+/// How [`wait`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// A batch ended (or a record needs a build to resolve it): a build
+    /// has something to collect.
+    Ended,
+    /// No recorded batch can end by waiting (none left, or none that can
+    /// be polled): the build says why.
+    NothingToWaitFor,
+    Interrupted,
+}
+
 /// Waits until a recorded, uncancelled batch of the project at `root` has
-/// ended (or none is left), polling with [`poll_interval`]; `false` when
-/// interrupted first. Takes no lock: a build collects what ended.
-pub fn wait(root: &Utf8Path, on: &dyn Fn(WaitEvent<'_>)) -> Result<bool> {
+/// ended, polling with [`poll_interval`]; `polls` counts the polls made so
+/// far, across the waits of one `mkt build`, so that a batch that ends
+/// but cannot be read is not asked about in a tight loop. Takes no lock:
+/// a build collects what ended.
+pub fn wait(root: &Utf8Path, polls: &mut u32, on: &dyn Fn(WaitEvent<'_>)) -> Result<WaitEnd> {
     let project = Project::parse(root, Project::read_source(root)?)?;
     let dir = records_dir(&root.join(crate::layout::STORE_DIR));
-    let mut polls = 0u32;
     loop {
+        if !sleep_unless_interrupted(poll_interval(*polls)) {
+            return Ok(WaitEnd::Interrupted);
+        }
+        *polls += 1;
         let Records { records, .. } = record::read_all(&dir);
         let mut polled = Vec::new();
-        let mut waiting = false;
         for rec in records.iter().filter(|r| !r.cancelled) {
-            let (Some(id), Ok(api)) = (&rec.batch_id, api_for(&project, rec)) else {
-                return Ok(true); // the build resolves it
+            let Some(id) = &rec.batch_id else {
+                return Ok(WaitEnd::Ended); // cut short: the build resolves it
+            };
+            let Ok(api) = api_for(&project, rec) else {
+                continue; // the build warns of it
             };
             match api.poll(id) {
                 Ok(p) if matches!(p.phase, BatchPhase::Ended | BatchPhase::Failed) => {
-                    return Ok(true);
+                    return Ok(WaitEnd::Ended);
                 }
                 Ok(p) => polled.push((id.clone(), rec.model.clone(), p)),
-                Err(e) => on(WaitEvent::Warning(format!(
-                    "could not poll batch {id}: {e}; trying again"
-                ))),
+                Err(e) => {
+                    on(WaitEvent::Warning(format!(
+                        "could not poll batch {id}: {e}; trying again"
+                    )));
+                    polled.push((id.clone(), rec.model.clone(), unknown_progress()));
+                }
             }
-            waiting = true;
         }
-        if !waiting {
-            return Ok(true);
+        if polled.is_empty() {
+            return Ok(WaitEnd::NothingToWaitFor);
         }
         on(WaitEvent::Polled(&polled));
-        if !sleep_unless_interrupted(poll_interval(polls)) {
-            return Ok(false);
-        }
-        polls += 1;
+    }
+}
+
+fn unknown_progress() -> BatchProgress {
+    BatchProgress {
+        phase: BatchPhase::Running,
+        status: "not known (the poll failed)".into(),
+        total: 0,
+        done: 0,
+        failed: 0,
     }
 }
 

@@ -195,10 +195,15 @@ impl BatchPass {
     ) -> Result<String> {
         let answers = std::mem::take(&mut *self.answers.lock().unwrap());
         let mut history = String::new();
-        for (_, a) in answers {
+        for (ibh, a) in answers {
             let Some(model) = project.models.get(&a.model) else {
                 continue;
             };
+            // (a run stored meanwhile, by a target that ran it as an
+            // ordinary call, stays the one on record)
+            if matches!(store.ac_get(&ibh), crate::store::AcRead::Found(_)) {
+                continue;
+            }
             let Ok(resp) = a.response.and_then(|r| crate::exec::check_answer(model, r)) else {
                 continue; // a failure no target waits for: nothing to keep
             };

@@ -310,6 +310,7 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
     let printer = Printer::new(args.quiet);
     install_interrupt_handler();
     let started = std::time::Instant::now();
+    let mut polls = 0u32;
     loop {
         let result = build_once(root, &opts, &printer);
         let waits = matches!(&result, Ok(r) if r.pending + r.waiting > 0 && r.no_failure() && !r.interrupted);
@@ -329,9 +330,14 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
                 }
             }
         };
-        match markitect::batch::wait(root, &on) {
-            Ok(true) => {}
-            Ok(false) => {
+        use markitect::batch::WaitEnd;
+        match markitect::batch::wait(root, &mut polls, &on) {
+            Ok(WaitEnd::Ended) => {}
+            Ok(WaitEnd::NothingToWaitFor) => {
+                printer.status(true, String::new);
+                return finish(&args, &opts, &printer, Ok(r), started);
+            }
+            Ok(WaitEnd::Interrupted) => {
                 printer.status(true, String::new);
                 printer.line("mkt: interrupted; the batches run on at the provider, and `mkt build` collects them");
                 return 130;
