@@ -12,6 +12,13 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use support::{Project, project};
 
+/// The tests here count llmock's batch requests in its journal, which
+/// does not say which test sent them: they run one at a time.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn llmock() -> Option<String> {
     const VAR: &str = "MKT_TEST_LLMOCK_URL";
     match std::env::var(VAR) {
@@ -78,7 +85,7 @@ fn two_layers(provider: &str, base: &str, model: &str, extra: &str) -> Project {
             "prompts.toml",
             format!(
                 "[models.m]\nprovider = \"{provider}\"\nmodel = \"{model}\"\nbase_url = \"{base}\"\n\
-                 api_key_env = \"MKT_TEST_LLMOCK_KEY\"\nmax_tokens = 200\n\
+                 api_key_env = \"\"\nmax_tokens = 200\n\
                  price_input_per_mtok = 2.0\nprice_output_per_mtok = 8.0\n{extra}\n\
                  [targets.notes]\ntemplate = \"t.md\"\nforeach = \"docs/*.txt\"\n\
                  output = \"out/{{stem}}.md\"\nmodel = \"m\"\n\n\
@@ -97,10 +104,11 @@ fn two_layers(provider: &str, base: &str, model: &str, extra: &str) -> Project {
 }
 
 fn mkt(p: &Project, args: &[&str]) -> support::Run {
-    p.mkt_env(args, &[("MKT_TEST_LLMOCK_KEY", "sk-test")])
+    p.mkt(args)
 }
 
 fn builds_two_layers_through_batches(provider: &str, path: &str) {
+    let _serial = one_at_a_time();
     let Some(url) = llmock() else { return };
     let model = unique(provider);
     let p = two_layers(provider, &format!("{url}{path}"), &model, "");
@@ -112,14 +120,27 @@ fn builds_two_layers_through_batches(provider: &str, path: &str) {
         .stderr_contains("0 ran, 0 cached, 0 up to date, 3 pending in batches, 1 waiting for them")
         .stderr_contains("waiting for the batches");
     let err = run.stderr_normalized();
-    assert!(err.contains("ran notes[docs/a.txt] (never built) from batch "), "{err}");
-    assert!(err.contains("ran digest (never built) from batch "), "{err}");
+    assert!(
+        err.contains("ran notes[docs/a.txt] (never built) from batch "),
+        "{err}"
+    );
+    assert!(
+        err.contains("ran digest (never built) from batch "),
+        "{err}"
+    );
     let last = err.lines().last().unwrap();
-    assert!(last.starts_with("1 ran, 0 cached, 3 up to date; spent "), "{last}");
+    assert!(
+        last.starts_with("1 ran, 0 cached, 3 up to date; spent "),
+        "{last}"
+    );
     assert!(last.contains("; batch saved $"), "{last}");
     assert_eq!(p.read("out/a.md"), "Hello! You said: summarise apples");
     assert!(p.read("digest.md").contains("summarise bees"));
-    assert_eq!(ordinary_calls(&url, &model), 0, "every answer came from a batch");
+    assert_eq!(
+        ordinary_calls(&url, &model),
+        0,
+        "every answer came from a batch"
+    );
     // the runs are on record as batch runs, and nothing is left to do
     let history = p.read(".mkt/history.jsonl");
     assert_eq!(history.matches("\"batch\":\"").count(), 4, "{history}");
@@ -143,6 +164,7 @@ fn a_two_layer_pipeline_builds_through_anthropic_message_batches() {
 
 #[test]
 fn a_detached_batch_is_collected_by_a_later_build_and_never_sent_twice() {
+    let _serial = one_at_a_time();
     let Some(url) = llmock() else { return };
     let model = unique("openai");
     let p = two_layers("openai", &format!("{url}/v1"), &model, "batch = true");
@@ -177,6 +199,7 @@ fn a_detached_batch_is_collected_by_a_later_build_and_never_sent_twice() {
 
 #[test]
 fn an_answer_for_a_target_edited_meanwhile_is_kept_for_its_prompt_only() {
+    let _serial = one_at_a_time();
     let Some(url) = llmock() else { return };
     let model = unique("openai");
     let p = two_layers("openai", &format!("{url}/v1"), &model, "");
@@ -197,6 +220,7 @@ fn an_answer_for_a_target_edited_meanwhile_is_kept_for_its_prompt_only() {
 
 #[test]
 fn a_cancelled_batch_frees_its_requests() {
+    let _serial = one_at_a_time();
     let Some(url) = llmock() else { return };
     let model = unique("anthropic");
     let p = two_layers("anthropic", &format!("{url}/anthropic/v1"), &model, "");
@@ -242,6 +266,7 @@ fn batch_posts(url: &str, since: usize) -> usize {
 
 #[test]
 fn a_submission_cut_short_before_its_id_was_recorded_is_found_by_its_tag() {
+    let _serial = one_at_a_time();
     let Some(url) = llmock() else { return };
     let model = unique("openai");
     let p = two_layers("openai", &format!("{url}/v1"), &model, "");
@@ -254,12 +279,15 @@ fn a_submission_cut_short_before_its_id_was_recorded_is_found_by_its_tag() {
     let before = journal(&url).len();
     mkt(&p, &["build", "--batch", "notes"])
         .success()
-        .stderr_contains(&format!("ran notes[docs/a.txt] (never built) from batch {id}"));
+        .stderr_contains(&format!(
+            "ran notes[docs/a.txt] (never built) from batch {id}"
+        ));
     assert_eq!(batch_posts(&url, before), 0, "nothing was submitted again");
 }
 
 #[test]
 fn a_cut_short_anthropic_submission_is_sent_again_with_a_warning() {
+    let _serial = one_at_a_time();
     let Some(url) = llmock() else { return };
     let model = unique("anthropic");
     let p = two_layers("anthropic", &format!("{url}/anthropic/v1"), &model, "");
@@ -283,6 +311,7 @@ fn a_cut_short_anthropic_submission_is_sent_again_with_a_warning() {
 
 #[test]
 fn gc_keeps_the_prompts_of_pending_requests() {
+    let _serial = one_at_a_time();
     let Some(url) = llmock() else { return };
     let model = unique("openai");
     let p = two_layers("openai", &format!("{url}/v1"), &model, "");
@@ -295,4 +324,26 @@ fn gc_keeps_the_prompts_of_pending_requests() {
         .success()
         .stderr_contains("ran notes[docs/c.txt] (never built) from batch ");
     mkt(&p, &["show", "notes[docs/c.txt]", "--prompt"]).success();
+}
+
+#[test]
+fn two_builds_at_once_submit_each_request_once() {
+    let _serial = one_at_a_time();
+    let Some(url) = llmock() else { return };
+    let model = unique("openai");
+    let p = two_layers("openai", &format!("{url}/v1"), &model, "");
+    let before = journal(&url).len();
+    let first = p.spawn_mkt_piped(&["build", "--batch"]);
+    let second = p.spawn_mkt_piped(&["build", "--batch"]);
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{err}");
+    }
+    // one batch per layer, whichever build sent it
+    assert_eq!(batch_posts(&url, before), 2);
+    assert_eq!(ordinary_calls(&url, &model), 0);
+    mkt(&p, &["build"])
+        .success()
+        .stderr_contains("0 ran, 0 cached, 4 up to date");
 }

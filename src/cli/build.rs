@@ -411,6 +411,12 @@ fn finish(
             if args.timings {
                 printer.line(&timings_text(&r.phases));
             }
+            if r.pending > 0 && args.detach && !args.quiet {
+                printer.line(&format!(
+                    "{} waiting in provider batches; `mkt batch status` shows them, a later `mkt build` collects them",
+                    plural(r.pending, "target")
+                ));
+            }
             if !args.quiet || !r.success() {
                 printer.line(&summary_line(&r, started.elapsed()));
             }
