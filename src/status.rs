@@ -114,7 +114,7 @@ pub fn status(root: &Utf8Path, targets: &[String]) -> Result<StatusReport> {
         {
             let state = match (outcome, reason) {
                 (Outcome::Fresh, _) => NodeState::Fresh,
-                (Outcome::Failed { error }, _) => NodeState::Broken(error.clone()),
+                (Outcome::Failed { error }, _) => NodeState::Broken(error.to_string()),
                 (Outcome::Skipped { because }, _) => NodeState::Broken(because.clone()),
                 (_, Some(r)) => NodeState::from_reason(r),
                 (_, None) => NodeState::Stale(DirtyReason::Forced),

@@ -120,9 +120,7 @@ impl BatchPass {
                 Route::Done(r)
             }
             Err(e) => Route::Done(JobResult {
-                outcome: Outcome::Failed {
-                    error: e.to_string(),
-                },
+                outcome: Outcome::Failed { error: e.into() },
                 ..r
             }),
         }

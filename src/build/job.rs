@@ -11,7 +11,7 @@
 
 use super::batching::{BatchPass, Route, batch_cost};
 use super::compile::{Sources, compile_node};
-use super::report::{INTERRUPTED, Outcome, STOPPED};
+use super::report::{INTERRUPTED, JobError, Outcome, STOPPED};
 use crate::config::TargetDecl;
 use crate::error::Result;
 use crate::exec::{ModelError, ModelResponse};
@@ -195,7 +195,8 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
                 None,
                 None,
             );
-            return Prepared::Done(failed(&job, node, e.to_string(), warnings, Some(h)));
+            let error = JobError::Compile(std::sync::Arc::new(e));
+            return Prepared::Done(failed(&job, node, error, warnings, Some(h)));
         }
     };
     let compile_ms = ms_since(started);
@@ -291,7 +292,7 @@ fn look_up(
                 ctx.src.store.ac_put(&m)
             })();
             return Ok(match stored {
-                Err(e) => failed(job, node, e.to_string(), warnings, None),
+                Err(e) => failed(job, node, e.into(), warnings, None),
                 Ok(()) => {
                     let how = Served::Cached(&m, ibh, true);
                     serve(&ctx.src, job, started, how, &output, warnings)
@@ -334,7 +335,7 @@ fn serve(
         Served::Cached(m, ibh, _) => (m.outputs[0].digest, &m.run_id, ibh.0),
     };
     if let Err(e) = write_output(src, node, bytes, digest) {
-        return failed(job, node, e.to_string(), warnings, None);
+        return failed(job, node, e.into(), warnings, None);
     }
     let (kind, outcome, remote, saved) = match how {
         Served::Restored(_) => (RunKind::Restored, Outcome::Restored, None, None),
@@ -480,7 +481,7 @@ pub(crate) fn finish(
         )
     };
     match stored {
-        Ok(Some(d)) => JobResult {
+        Ok(Ok(d)) => JobResult {
             node: job.node,
             outcome: Outcome::Ran {
                 run_id: run_id.clone(),
@@ -501,7 +502,7 @@ pub(crate) fn finish(
             saved: None,
             batch_saved,
         },
-        Ok(None) => {
+        Ok(Err(error)) => {
             let h = history_line(
                 node,
                 &job,
@@ -511,21 +512,20 @@ pub(crate) fn finish(
                 None,
                 batch,
             );
-            let error = m.error.clone().unwrap_or_default();
             JobResult {
                 spent,
-                ..failed(&job, node, error, warnings, Some(h))
+                ..failed(&job, node, JobError::Model(error), warnings, Some(h))
             }
         }
         Err(e) => JobResult {
             spent,
-            ..failed(&job, node, e.to_string(), warnings, None)
+            ..failed(&job, node, e.into(), warnings, None)
         },
     }
 }
 
-/// Stores a finished call's run: `Ok(Some(digest))`: its output, in the
-/// store, the action cache and the output file; `Ok(None)`: the model
+/// Stores a finished call's run: `Ok(Ok(digest))`: its output, in the
+/// store, the action cache and the output file; `Ok(Err)`: the model
 /// failed (recorded in `runs/`); `Err`: the store could not be written.
 fn store_run(
     src: &Sources<'_>,
@@ -535,7 +535,7 @@ fn store_run(
     m: &mut RunManifest,
     prompt_json: Vec<u8>,
     response: std::result::Result<ModelResponse, ModelError>,
-) -> Result<Option<Digest>> {
+) -> Result<std::result::Result<Digest, ModelError>> {
     src.store.put(&prompt_json)?;
     match response {
         Ok(resp) => {
@@ -556,7 +556,7 @@ fn store_run(
             if let Some(remote) = remote {
                 remote.upload(m.clone(), prompt_json, resp.output);
             }
-            Ok(Some(d))
+            Ok(Ok(d))
         }
         Err(e) => {
             m.status = RunStatus::Failed;
@@ -565,9 +565,9 @@ fn store_run(
                 Some(_) => batch_cost(&decl.model, e.usage()),
                 None => e.usage().and_then(|u| decl.model.settings.cost_usd(u)),
             };
-            m.usage = e.into_usage();
+            m.usage = e.usage().cloned();
             src.store.put_run(m)?;
-            Ok(None)
+            Ok(Err(e))
         }
     }
 }
@@ -651,7 +651,7 @@ fn record_for(job: &Job, node: &Node, ibh: Digest, digest: Digest, run_id: &str)
 fn failed(
     job: &Job,
     node: &Node,
-    error: String,
+    error: JobError,
     warnings: Vec<String>,
     history: Option<String>,
 ) -> JobResult {
@@ -742,6 +742,50 @@ mod tests {
             Prepared::Call(call) => serde_json::to_vec(&call).unwrap(),
             Prepared::Done(r) => panic!("prepared to {:?}, not to a call", r.outcome),
         }
+    }
+
+    #[test]
+    fn a_failed_job_says_what_failed_as_data() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        let write = |p: &str, s: &str| std::fs::write(root.join(p), s).unwrap();
+        write(
+            "prompts.toml",
+            "[models.bad]\nprovider = \"command\"\ncommand = [\"false\"]\n\
+             [targets.called]\ntemplate = \"ok.md\"\noutput = \"a.out\"\nmodel = \"bad\"\n\
+             [targets.rendered]\ntemplate = \"bad.md\"\noutput = \"b.out\"\n",
+        );
+        write("ok.md", "hello\n");
+        write("bad.md", "{{ \"a\" + 1 }}\n");
+        let failures = std::sync::Mutex::new(Vec::new());
+        let opts = BuildOptions {
+            keep_going: true,
+            ..Default::default()
+        };
+        build(root, &opts, &|e| {
+            if let crate::build::Event::Finished {
+                key,
+                outcome: Outcome::Failed { error },
+                ..
+            } = e
+            {
+                failures
+                    .lock()
+                    .unwrap()
+                    .push((key.to_string(), error.clone()));
+            }
+        })
+        .unwrap();
+        let mut failures = failures.into_inner().unwrap();
+        failures.sort_by(|a, b| a.0.cmp(&b.0));
+        assert!(
+            matches!(&failures[0], (k, JobError::Model(ModelError::Failed(_))) if k == "called"),
+            "{failures:?}"
+        );
+        assert!(
+            matches!(&failures[1], (k, JobError::Compile(_)) if k == "rendered"),
+            "{failures:?}"
+        );
     }
 
     #[test]

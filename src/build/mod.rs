@@ -33,7 +33,9 @@ mod stamp;
 pub use compile::CompileError;
 pub(crate) use compile::Sources;
 pub(crate) use compile::compile_node;
-pub use report::{BuildOptions, BuildReport, Event, Outcome, Phases, Spend, WatchSet, format_usd};
+pub use report::{
+    BuildOptions, BuildReport, Event, JobError, Outcome, Phases, Spend, WatchSet, format_usd,
+};
 
 use crate::config::PROJECT_FILE;
 use crate::config::Project;

@@ -47,8 +47,38 @@ impl Default for BuildOptions {
     }
 }
 
+/// Why a node's job failed, as data; `Display` is the text the user sees.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// Its prompt could not be compiled.
+    #[error("{0}")]
+    Compile(std::sync::Arc<super::CompileError>),
+    /// The model call failed, or its answer did not pass the check.
+    #[error("{0}")]
+    Model(crate::exec::ModelError),
+    /// What it reads could not be read, or what it writes (the store, the
+    /// output file) could not be written.
+    #[error("{0}")]
+    Project(std::sync::Arc<crate::error::Error>),
+    /// A file it reads cannot be read as the project stands.
+    #[error("{0}")]
+    Source(std::sync::Arc<crate::files::FileError>),
+}
+
+impl From<crate::files::FileError> for JobError {
+    fn from(e: crate::files::FileError) -> JobError {
+        JobError::Source(std::sync::Arc::new(e))
+    }
+}
+
+impl From<crate::error::Error> for JobError {
+    fn from(e: crate::error::Error) -> JobError {
+        JobError::Project(std::sync::Arc::new(e))
+    }
+}
+
 /// What happened to one node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     /// Up to date: nothing done.
     Fresh,
@@ -66,7 +96,7 @@ pub enum Outcome {
         batch: Option<String>,
     },
     Failed {
-        error: String,
+        error: JobError,
     },
     /// Not attempted because something it needs failed.
     Skipped {

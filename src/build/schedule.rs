@@ -290,7 +290,7 @@ fn triage(
     let deps = match graph.source_deps(node, ctx.src.files) {
         Ok(d) => d,
         Err(e) => {
-            let error = e.to_string();
+            let error = e.into();
             let d = Done::failed(node.key.clone());
             prog.complete(i, Outcome::Failed { error }, d, report);
             ctx.failed();

@@ -189,9 +189,10 @@ impl Printer {
                 let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
                 self.seen.lock().unwrap().count(outcome);
                 match outcome {
-                    Outcome::Failed { error } => {
-                        self.line(&format!("error: `{key}` failed{why}:\n{}", indent(error)))
-                    }
+                    Outcome::Failed { error } => self.line(&format!(
+                        "error: `{key}` failed{why}:\n{}",
+                        indent(&error.to_string())
+                    )),
                     Outcome::Skipped { because } if !self.quiet => {
                         self.line(&format!("skipped {key}: {because}"))
                     }
