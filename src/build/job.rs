@@ -9,7 +9,7 @@
 //! prepared the call, so a response that arrives later, in another
 //! process, can be finished with the store and project opened there.
 
-use super::compile::{Sources, compile_node};
+use super::compile::{Sources, compile_node, node_model};
 use super::report::{INTERRUPTED, Outcome, STOPPED};
 use crate::config::TargetDecl;
 use crate::error::Result;
@@ -55,6 +55,9 @@ pub(crate) struct JobResult {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PreparedCall {
     pub(crate) job: Job,
+    /// The model to send it to: the target's, with a `.prompty`
+    /// template's parameters applied.
+    pub(crate) model: std::sync::Arc<crate::config::ModelConfig>,
     /// What to send to the model.
     pub(crate) prompt: CompiledPrompt,
     /// Its canonical JSON, stored with the run.
@@ -124,10 +127,9 @@ pub(crate) fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         Prepared::Done(r) => return r,
         Prepared::Call(call) => call,
     };
-    let decl = decl_of(&ctx.src, call.job.node);
     let t_process = Instant::now();
     let mut stats = crate::exec::CallStats::default();
-    let response = crate::exec::call(&decl.model, &call.prompt, ctx.src.files.root(), &mut stats);
+    let response = crate::exec::call(&call.model, &call.prompt, ctx.src.files.root(), &mut stats);
     let called = Called {
         process_ms: t_process.elapsed().as_secs_f64() * 1e3,
         stats,
@@ -170,8 +172,10 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
     let expected: HashMap<&str, Digest> = (job.fingerprint.deps.iter())
         .map(|d| (d.path.as_str(), d.digest))
         .collect();
-    let prompt = match compile_node(&ctx.src, node, &expected, &job.upstream) {
-        Ok(p) => p,
+    let compiled = compile_node(&ctx.src, node, &expected, &job.upstream)
+        .and_then(|p| Ok((p, node_model(&ctx.src, node, &expected)?)));
+    let (prompt, model) = match compiled {
+        Ok(c) => c,
         Err(e) => {
             let h = history_line(
                 node,
@@ -187,8 +191,8 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
     let compile_ms = ms_since(started);
     let prompt_json = prompt.canonical_json();
     let prompt_digest = Digest::of(&prompt_json);
-    let params = decl.model.hashed_params();
-    let ibh = InputBundleHash::compute(prompt_digest, decl.model.provider.as_str(), &params);
+    let params = model.hashed_params();
+    let ibh = InputBundleHash::compute(prompt_digest, model.provider.as_str(), &params);
     // 3. The action caches.
     if !ctx.forced[job.node] {
         match look_up(ctx, &job, started, ibh, &prompt_json, warnings) {
@@ -203,8 +207,8 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
         input_bundle_hash: ibh,
         prompt_digest,
         model: ModelRecord {
-            name: decl.model.name.clone(),
-            provider: decl.model.provider.as_str().into(),
+            name: model.name.clone(),
+            provider: model.provider.as_str().into(),
             params,
         },
         upstream: job.upstream.clone(),
@@ -220,6 +224,7 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
     };
     Prepared::Call(PreparedCall {
         job,
+        model,
         prompt,
         prompt_json,
         manifest,
@@ -715,9 +720,8 @@ mod tests {
         let call: PreparedCall = serde_json::from_slice(&bytes).unwrap();
         let ibh = call.manifest.input_bundle_hash;
         let (store, project, graph, files) = open(root);
-        let decl = &project.targets[graph.nodes[0].target];
         let mut stats = crate::exec::CallStats::default();
-        let response = crate::exec::call(&decl.model, &call.prompt, root, &mut stats);
+        let response = crate::exec::call(&call.model, &call.prompt, root, &mut stats);
         let want = response.as_ref().unwrap().output.clone();
         store.begin_writes().unwrap();
         let src = Sources {

@@ -32,6 +32,7 @@ mod stamp;
 pub use compile::CompileError;
 pub(crate) use compile::Sources;
 pub(crate) use compile::compile_node;
+pub(crate) use compile::node_model;
 pub use report::{BuildOptions, BuildReport, Event, Outcome, Phases, Spend, WatchSet, format_usd};
 
 use crate::config::PROJECT_FILE;
