@@ -262,12 +262,14 @@ impl Prompty {
         let mut m = model.clone();
         let s = &mut m.settings;
         for p in &self.params {
-            match (&p.value, p.setting) {
-                (ParamValue::Number(v), Setting::Temperature) => s.temperature = Some(*v),
-                (ParamValue::Number(v), _) => s.top_p = Some(*v),
-                (ParamValue::Count(v), _) => s.max_tokens = Some(*v),
-                (ParamValue::Int(v), _) => s.seed = Some(*v),
-                (ParamValue::Strings(v), _) => s.stop = Some(v.clone()),
+            // `param_value` gives each setting its one kind of value
+            match (p.setting, &p.value) {
+                (Setting::Temperature, ParamValue::Number(v)) => s.temperature = Some(*v),
+                (Setting::TopP, ParamValue::Number(v)) => s.top_p = Some(*v),
+                (Setting::MaxTokens, ParamValue::Count(v)) => s.max_tokens = Some(*v),
+                (Setting::Seed, ParamValue::Int(v)) => s.seed = Some(*v),
+                (Setting::Stop, ParamValue::Strings(v)) => s.stop = Some(v.clone()),
+                _ => unreachable!("`{}` read as {:?}", p.written, p.value),
             }
         }
         m

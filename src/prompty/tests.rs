@@ -139,3 +139,29 @@ fn body_names_skip_what_the_body_sets_and_the_roots() {
     let got: Vec<(&str, u32)> = names.iter().map(|r| (r.name.as_str(), r.line)).collect();
     assert_eq!(got, [("docs", 2), ("question", 4)]);
 }
+
+#[test]
+fn parameters_override_the_models_settings_under_mkts_names() {
+    let p = Prompty::parse(
+        "---\nmodel:\n  options:\n    temperature: 1\n    maxOutputTokens: 64\n    topP: 0.9\n    stopSequences: END\n    seed: -3\n---\nhi\n",
+    )
+    .unwrap();
+    let model = ModelConfig {
+        name: "m".into(),
+        provider: Provider::Openai,
+        settings: crate::config::ModelSettings {
+            model: Some("gpt-4o-mini".into()),
+            temperature: Some(0.2),
+            max_tokens: Some(10),
+            ..Default::default()
+        },
+    };
+    let m = p.apply(&model);
+    let params = m.hashed_params();
+    assert_eq!(
+        serde_json::to_value(&params).unwrap(),
+        serde_json::json!({"model": "gpt-4o-mini", "temperature": 1.0, "max_tokens": 64,
+                           "top_p": 0.9, "stop": ["END"], "seed": -3})
+    );
+    assert_eq!((m.name.as_str(), m.provider), ("m", Provider::Openai));
+}
