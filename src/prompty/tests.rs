@@ -165,3 +165,16 @@ fn parameters_override_the_models_settings_under_mkts_names() {
     );
     assert_eq!((m.name.as_str(), m.provider), ("m", Provider::Openai));
 }
+
+#[test]
+fn every_cut_of_a_prompty_file_is_read_or_refused_never_a_panic() {
+    let text = "---\nname: Basic\nmodel:\n  api: chat\n  parameters:\n    temperature: 0.2\n    stop: [\"a\", 'b']\ninputs:\n  q:\n    default: \"x\"\n  - bad\nsample: &s {a: 1}\nother: *s\n---\n# System:\nhi {{ q }}\nuser:\n{% for x in y %}{{ x }}{% endfor %}\n";
+    for cut in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+        if let Ok(p) = Prompty::parse(&text[..cut]) {
+            let path = Utf8Path::new("t.prompty");
+            if crate::template::analyse(path, &p.body).is_ok() {
+                body_names(path, &p.body).unwrap();
+            }
+        }
+    }
+}
