@@ -232,7 +232,7 @@ impl Provider {
 
     /// The settings a `[models.NAME]` table of this provider may have
     /// (besides `provider`).
-    fn keys(self) -> &'static [&'static str] {
+    pub(crate) fn keys(self) -> &'static [&'static str] {
         const HTTP: &[&str] = &[
             "timeout_s",
             "model",

@@ -25,6 +25,7 @@ pub mod init;
 pub mod layout;
 pub mod manifest;
 pub mod pack;
+pub mod prompty;
 pub mod provenance;
 pub mod remote;
 pub mod show;

@@ -91,9 +91,10 @@ impl BatchPass {
         &self,
         src: &Sources<'_>,
         remote: Option<&crate::remote::Remote>,
-        model: &Arc<ModelConfig>,
         call: PreparedCall,
     ) -> Route {
+        // (the target's model, with a `.prompty` file's parameters applied)
+        let model = &Arc::clone(&call.model);
         let ibh = call.manifest.input_bundle_hash;
         let answer = self.answers.lock().unwrap().remove(&ibh);
         if let Some(a) = answer {

@@ -10,7 +10,7 @@
 //! process, can be finished with the store and project opened there.
 
 use super::batching::{BatchPass, Route, batch_cost};
-use super::compile::{Sources, compile_node};
+use super::compile::{Sources, compile_node, node_model};
 use super::report::{INTERRUPTED, JobError, Outcome, STOPPED};
 use crate::config::TargetDecl;
 use crate::error::Result;
@@ -58,6 +58,9 @@ pub(crate) struct JobResult {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PreparedCall {
     pub(crate) job: Job,
+    /// The model to send it to: the target's, with a `.prompty`
+    /// template's parameters applied.
+    pub(crate) model: std::sync::Arc<crate::config::ModelConfig>,
     /// What to send to the model.
     pub(crate) prompt: CompiledPrompt,
     /// Its canonical JSON, stored with the run.
@@ -129,9 +132,8 @@ pub(crate) fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         Prepared::Done(r) => return r,
         Prepared::Call(call) => call,
     };
-    let decl = decl_of(&ctx.src, call.job.node);
     let call = match ctx.batch {
-        Some(b) => match b.route(&ctx.src, ctx.remote, &decl.model, call) {
+        Some(b) => match b.route(&ctx.src, ctx.remote, call) {
             Route::Done(r) => return r,
             Route::Call(call) => call,
         },
@@ -139,7 +141,7 @@ pub(crate) fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
     };
     let t_process = Instant::now();
     let mut stats = crate::exec::CallStats::default();
-    let response = crate::exec::call(&decl.model, &call.prompt, ctx.src.files.root(), &mut stats);
+    let response = crate::exec::call(&call.model, &call.prompt, ctx.src.files.root(), &mut stats);
     let called = Called {
         process_ms: t_process.elapsed().as_secs_f64() * 1e3,
         stats,
@@ -183,8 +185,10 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
     let expected: HashMap<&str, Digest> = (job.fingerprint.deps.iter())
         .map(|d| (d.path.as_str(), d.digest))
         .collect();
-    let prompt = match compile_node(&ctx.src, node, &expected, &job.upstream) {
-        Ok(p) => p,
+    let compiled = compile_node(&ctx.src, node, &expected, &job.upstream)
+        .and_then(|p| Ok((p, node_model(&ctx.src, node, &expected)?)));
+    let (prompt, model) = match compiled {
+        Ok(c) => c,
         Err(e) => {
             let h = history_line(
                 node,
@@ -202,8 +206,8 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
     let compile_ms = ms_since(started);
     let prompt_json = prompt.canonical_json();
     let prompt_digest = Digest::of(&prompt_json);
-    let params = decl.model.hashed_params();
-    let ibh = InputBundleHash::compute(prompt_digest, decl.model.provider.as_str(), &params);
+    let params = model.hashed_params();
+    let ibh = InputBundleHash::compute(prompt_digest, model.provider.as_str(), &params);
     // 3. The action caches.
     if !ctx.forced[job.node] {
         match look_up(ctx, &job, started, ibh, &prompt_json, warnings) {
@@ -218,8 +222,8 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
         input_bundle_hash: ibh,
         prompt_digest,
         model: ModelRecord {
-            name: decl.model.name.clone(),
-            provider: decl.model.provider.as_str().into(),
+            name: model.name.clone(),
+            provider: model.provider.as_str().into(),
             params,
         },
         upstream: job.upstream.clone(),
@@ -235,6 +239,7 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
     };
     Prepared::Call(PreparedCall {
         job,
+        model,
         prompt,
         prompt_json,
         manifest,
@@ -805,9 +810,8 @@ mod tests {
         let call: PreparedCall = serde_json::from_slice(&bytes).unwrap();
         let ibh = call.manifest.input_bundle_hash;
         let (store, project, graph, files) = open(root);
-        let decl = &project.targets[graph.nodes[0].target];
         let mut stats = crate::exec::CallStats::default();
-        let response = crate::exec::call(&decl.model, &call.prompt, root, &mut stats);
+        let response = crate::exec::call(&call.model, &call.prompt, root, &mut stats);
         let want = response.as_ref().unwrap().output.clone();
         store.begin_writes().unwrap();
         let src = Sources {

@@ -33,6 +33,7 @@ mod stamp;
 pub use compile::CompileError;
 pub(crate) use compile::Sources;
 pub(crate) use compile::compile_node;
+pub(crate) use compile::node_model;
 pub use report::{
     BuildOptions, BuildReport, Event, JobError, Outcome, Phases, Spend, WatchSet, format_usd,
 };
