@@ -27,6 +27,7 @@ pub mod manifest;
 pub mod pack;
 pub mod provenance;
 pub mod remote;
+pub mod remote_error;
 pub mod show;
 pub mod stamp;
 pub mod state;

@@ -626,8 +626,8 @@ fn schedule(
         None
     } else {
         match crate::remote::open_for(&plan.project)? {
-            Some(Err(warning)) => {
-                report(Event::Warning(warning));
+            Some(Err(why)) => {
+                report(Event::Warning(why.to_string()));
                 None
             }
             opened => opened.and_then(|r| r.ok()),
@@ -664,7 +664,7 @@ fn schedule(
     if let Some(r) = &remote {
         r.finish_uploads();
         if let Some(w) = r.take_down_warning() {
-            report(Event::Warning(w));
+            report(Event::Warning(w.to_string()));
         }
     }
     drop(remote);
