@@ -87,6 +87,14 @@ pub enum Error {
     #[error("{what}{}", help_line(.help))]
     NotAvailable { what: String, help: Option<String> },
 
+    /// A remote cache that a command needs (`mkt cache ...`) failed.
+    #[error("{error}\n  help: {help}")]
+    Remote {
+        #[source]
+        error: crate::remote_error::RemoteError,
+        help: &'static str,
+    },
+
     /// `.mkt` (or a directory of the store) is a symlink or a file: every
     /// write, and `mkt gc`'s deletes, would go where it leads.
     #[error(

@@ -28,6 +28,7 @@ pub mod pack;
 pub mod prompty;
 pub mod provenance;
 pub mod remote;
+pub mod remote_error;
 pub mod show;
 pub mod stamp;
 pub mod state;

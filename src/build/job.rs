@@ -305,13 +305,12 @@ fn look_up(
             });
         }
         Fetch::Bad(why) => warnings.push(format!(
-            "the remote cache `{}`: {why}; not used for `{}`, running the model",
-            remote.display(),
+            "{why}; not used for `{}`, running the model",
             node.key
         )),
         Fetch::Miss | Fetch::Down => {}
     }
-    warnings.extend(remote.take_down_warning());
+    warnings.extend(remote.take_down_warning().map(|e| e.to_string()));
     Err(warnings)
 }
 

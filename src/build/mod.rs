@@ -150,7 +150,7 @@ pub fn build_in(
 ) -> Result<BuildReport> {
     // (before anything of the store is read, or written: the stamp's
     // fast path writes it too)
-    crate::store::check_store_dir(root)?;
+    let checked = crate::store::check_store_dir(root)?;
     // what the store's stamp and state were when this build looked at them
     let disk_seen = Session::disk_now(root);
     if session.disk.is_some() && session.disk != Some(disk_seen) {
@@ -166,7 +166,7 @@ pub fn build_in(
     let project_stat = std::fs::metadata(root.join(PROJECT_FILE))
         .ok()
         .map(|m| (FileStat::from_metadata(&m), now_ns()));
-    let (store, lock) = open_store(root, opts, report)?;
+    let (store, lock) = open_store(checked, opts, report)?;
     let mut looked = looked;
     // Another build that took the lock after this one read the stamp may
     // have changed outputs and records since: what the stamp saw change
@@ -352,14 +352,14 @@ fn check_stamp(
 
 /// The store, locked and ready for writes unless `--dry-run`.
 fn open_store(
-    root: &Utf8Path,
+    root: crate::store::CheckedRoot<'_>,
     opts: &BuildOptions,
     report: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<(ObjectStore, Option<StoreLock>)> {
     if opts.dry_run {
-        return Ok((ObjectStore::open_read_only(root)?, None));
+        return Ok((ObjectStore::open_checked(root, false)?, None));
     }
-    let store = ObjectStore::open(root)?;
+    let store = ObjectStore::open_checked(root, true)?;
     let lock = store.lock(opts.wait_for_lock, &|| report(Event::WaitingForLock))?;
     store.begin_writes()?;
     Ok((store, Some(lock)))
@@ -629,8 +629,8 @@ fn schedule(
         None
     } else {
         match crate::remote::open_for(&plan.project)? {
-            Some(Err(warning)) => {
-                report(Event::Warning(warning));
+            Some(Err(why)) => {
+                report(Event::Warning(why.to_string()));
                 None
             }
             opened => opened.and_then(|r| r.ok()),
@@ -667,7 +667,7 @@ fn schedule(
     if let Some(r) = &remote {
         r.finish_uploads();
         if let Some(w) = r.take_down_warning() {
-            report(Event::Warning(w));
+            report(Event::Warning(w.to_string()));
         }
     }
     drop(remote);
