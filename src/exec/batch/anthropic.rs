@@ -1,0 +1,243 @@
+//! Anthropic's Message Batches API for `provider = "anthropic"`, at the
+//! model's base URL with the chat call's headers (`x-api-key`,
+//! `anthropic-version`).
+//!
+//! What this relies on, from the Anthropic API reference (Create,
+//! Retrieve, Cancel a Message Batch, Retrieve Message Batch results) and
+//! the batch processing guide:
+//! - `POST /v1/messages/batches` with `{"requests": [{"custom_id",
+//!   "params"}]}`, `params` being a Messages API request body; at most
+//!   100,000 requests or 256 MB, whichever comes first; `custom_id`
+//!   matches `^[a-zA-Z0-9_-]{1,64}$` (an InputBundleHash in hex does);
+//! - `GET /v1/messages/batches/{id}`: `processing_status` `in_progress`,
+//!   `canceling` or `ended`; `request_counts` of `processing`,
+//!   `succeeded`, `errored`, `canceled` and `expired`; `results_url` once
+//!   it has ended; a batch expires 24 hours after its creation;
+//! - `POST /v1/messages/batches/{id}/cancel`;
+//! - the results, a JSONL file in no particular order, one line per
+//!   request `{"custom_id", "result": {"type"}}` with `type` `succeeded`
+//!   (and `message`, a Messages API answer), `errored` (and `error`, an
+//!   API error), `canceled` or `expired`; kept 29 days after the batch's
+//!   creation.
+//!
+//! Batches carry no metadata, so [`BatchApi::find`] cannot recover one.
+
+use super::{BatchApi, BatchLimits, BatchPhase, BatchProgress, BatchRequest, Outcome};
+use crate::config::ModelConfig;
+use crate::exec::anthropic::{WIRE, request_body};
+use crate::exec::http::{Endpoint, Method};
+use crate::exec::{ModelError, ModelResponse};
+use serde_json::{Value, json};
+
+pub struct AnthropicBatch {
+    model: ModelConfig,
+}
+
+impl AnthropicBatch {
+    pub fn new(model: &ModelConfig) -> AnthropicBatch {
+        AnthropicBatch {
+            model: model.clone(),
+        }
+    }
+
+    fn api(&self) -> Result<Endpoint, ModelError> {
+        Endpoint::new(&self.model, &WIRE)
+    }
+}
+
+/// The body that creates the batch, each `params` exactly the ordinary
+/// call's body.
+pub fn create_body(model: &ModelConfig, requests: &[BatchRequest]) -> Value {
+    let requests: Vec<Value> = requests
+        .iter()
+        .map(|r| json!({"custom_id": r.custom_id, "params": request_body(model, &r.prompt)}))
+        .collect();
+    json!({ "requests": requests })
+}
+
+fn unexpected(url: &str, why: String) -> ModelError {
+    ModelError::BatchAnswer {
+        url: url.to_string(),
+        why,
+    }
+}
+
+/// A Message Batch object's state.
+pub fn progress(v: &Value, url: &str) -> Result<BatchProgress, ModelError> {
+    let status = v
+        .get("processing_status")
+        .and_then(Value::as_str)
+        .ok_or_else(|| unexpected(url, "no `processing_status` string".into()))?;
+    let phase = match status {
+        "in_progress" => BatchPhase::Running,
+        "canceling" => BatchPhase::Cancelling,
+        "ended" => BatchPhase::Ended,
+        other => {
+            return Err(unexpected(
+                url,
+                format!("unknown `processing_status` `{other}`"),
+            ));
+        }
+    };
+    let n = |k: &str| {
+        v.pointer(&format!("/request_counts/{k}"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let failed = n("errored") + n("canceled") + n("expired");
+    let done = n("succeeded") + failed;
+    Ok(BatchProgress {
+        phase,
+        status: status.to_string(),
+        total: done + n("processing"),
+        done,
+        failed,
+    })
+}
+
+/// The HTTP status an API error type stands for (the API reference's
+/// table of errors), for an errored result, which carries no status.
+fn status_of(kind: &str) -> u16 {
+    match kind {
+        "invalid_request_error" => 400,
+        "authentication_error" => 401,
+        "billing_error" => 402,
+        "permission_error" => 403,
+        "not_found_error" => 404,
+        "request_too_large" => 413,
+        "rate_limit_error" => 429,
+        "overloaded_error" => 529,
+        _ => 500,
+    }
+}
+
+/// The lines of a results file.
+pub fn read_results(
+    api: &Endpoint,
+    batch: &str,
+    file: &[u8],
+    url: &str,
+    into: &mut Vec<Outcome>,
+) -> Result<(), ModelError> {
+    let chat_url = api.chat_url();
+    for (i, line) in file.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        let bad = |why: String| unexpected(url, format!("line {}: {why}", i + 1));
+        let v: Value = serde_json::from_slice(line).map_err(|e| bad(format!("not JSON ({e})")))?;
+        let id = v
+            .get("custom_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("no `custom_id`".into()))?
+            .to_string();
+        let result = v.get("result").unwrap_or(&Value::Null);
+        let kind = result.get("type").and_then(Value::as_str).unwrap_or("");
+        let not_run = |reason: &str| ModelError::BatchRequestNotRun {
+            batch: batch.to_string(),
+            reason: reason.to_string(),
+        };
+        let outcome: Result<ModelResponse, ModelError> = match kind {
+            "succeeded" => api.read_answer(result.get("message").unwrap_or(&Value::Null)),
+            "errored" => Err(errored(api, result.get("error"), &chat_url)),
+            "canceled" => Err(not_run("the batch was canceled before the request ran")),
+            "expired" => Err(not_run(
+                "the batch expired (24 hours after its creation) before the request ran",
+            )),
+            other => return Err(bad(format!("unknown `result.type` `{other}`"))),
+        };
+        into.push((id, outcome));
+    }
+    Ok(())
+}
+
+/// An errored result's error: `{"type": "error", "error": {"type",
+/// "message"}}` as an ordinary answer's body, or the inner object alone.
+fn errored(api: &Endpoint, error: Option<&Value>, chat_url: &str) -> ModelError {
+    let error = error.cloned().unwrap_or(Value::Null);
+    let body = if error.get("error").is_some() {
+        error
+    } else {
+        json!({ "type": "error", "error": error })
+    };
+    let kind = body
+        .pointer("/error/type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    api.answer_error(status_of(kind), &body, chat_url)
+}
+
+impl BatchApi for AnthropicBatch {
+    fn submit(&self, requests: &[BatchRequest], _tag: &str) -> Result<String, ModelError> {
+        let api = self.api()?;
+        let batch = api.json(
+            Method::Post,
+            "/messages/batches",
+            Some(&create_body(&self.model, requests)),
+        )?;
+        batch
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or_else(|| unexpected(&api.url("/messages/batches"), "no `id` string".into()))
+    }
+
+    /// No metadata on Message Batches: nothing to match a tag with.
+    fn find(&self, _tag: &str) -> Result<Option<String>, ModelError> {
+        Ok(None)
+    }
+
+    fn poll(&self, id: &str) -> Result<BatchProgress, ModelError> {
+        let api = self.api()?;
+        let path = format!("/messages/batches/{id}");
+        progress(&api.json(Method::Get, &path, None)?, &api.url(&path))
+    }
+
+    fn results(&self, id: &str) -> Result<Vec<Outcome>, ModelError> {
+        let api = self.api()?;
+        let path = format!("/messages/batches/{id}");
+        let batch = api.json(Method::Get, &path, None)?;
+        let p = progress(&batch, &api.url(&path))?;
+        if p.phase != BatchPhase::Ended {
+            return Err(ModelError::BatchNotEnded {
+                batch: id.to_string(),
+                status: p.status,
+            });
+        }
+        let url = results_url(&api, id, batch.get("results_url").and_then(Value::as_str));
+        let content = api.send(Method::Get, url.clone(), "", Vec::new())?;
+        let mut out = Vec::new();
+        read_results(&api, id, &content, &url, &mut out)?;
+        Ok(out)
+    }
+
+    fn cancel(&self, id: &str) -> Result<(), ModelError> {
+        let api = self.api()?;
+        api.json(
+            Method::Post,
+            &format!("/messages/batches/{id}/cancel"),
+            None,
+        )?;
+        Ok(())
+    }
+
+    fn limits(&self) -> BatchLimits {
+        BatchLimits {
+            max_requests: 100_000,
+            max_bytes: 256_000_000,
+        }
+    }
+}
+
+/// Where the results are read: the batch's `results_url` when it is on
+/// the API's own origin (or a path on it), else the documented
+/// `{base}/messages/batches/{id}/results`: the key is never sent to a
+/// host other than the one the model is configured for.
+fn results_url(api: &Endpoint, id: &str, given: Option<&str>) -> String {
+    let documented = || api.url(&format!("/messages/batches/{id}/results"));
+    match given {
+        Some(u) if u.starts_with('/') => api.on_origin(u).unwrap_or_else(documented),
+        Some(u) if api.same_origin(u) => u.to_string(),
+        _ => documented(),
+    }
+}
