@@ -241,3 +241,169 @@ fn results_url(api: &Endpoint, id: &str, given: Option<&str>) -> String {
         _ => documented(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ModelSettings, Provider};
+    use crate::exec::HttpError;
+    use crate::template::{CompiledPrompt, Message};
+
+    fn model(base: &str) -> ModelConfig {
+        ModelConfig {
+            name: "c".into(),
+            provider: Provider::Anthropic,
+            settings: ModelSettings {
+                model: Some("claude-x".into()),
+                base_url: Some(base.into()),
+                api_key_env: Some(String::new()),
+                max_tokens: Some(50),
+                ..Default::default()
+            },
+        }
+    }
+
+    #[test]
+    fn each_request_carries_the_ordinary_body() {
+        let m = model("http://127.0.0.1:9");
+        let r = BatchRequest {
+            custom_id: "a".repeat(64),
+            prompt: CompiledPrompt {
+                messages: vec![
+                    Message {
+                        role: "system".into(),
+                        content: "Be brief.".into(),
+                    },
+                    Message {
+                        role: "user".into(),
+                        content: "Hi".into(),
+                    },
+                ],
+            },
+        };
+        assert_eq!(
+            create_body(&m, std::slice::from_ref(&r)),
+            json!({"requests": [{"custom_id": r.custom_id, "params": request_body(&m, &r.prompt)}]})
+        );
+    }
+
+    #[test]
+    fn every_processing_status_maps_to_a_phase() {
+        for (status, phase) in [
+            ("in_progress", BatchPhase::Running),
+            ("canceling", BatchPhase::Cancelling),
+            ("ended", BatchPhase::Ended),
+        ] {
+            let v = json!({"processing_status": status, "request_counts":
+                {"processing": 4, "succeeded": 3, "errored": 2, "canceled": 1, "expired": 1}});
+            assert_eq!(
+                progress(&v, "u").unwrap(),
+                BatchProgress {
+                    phase,
+                    status: status.into(),
+                    total: 11,
+                    done: 7,
+                    failed: 4
+                }
+            );
+        }
+        let e = progress(&json!({"processing_status": "archived"}), "u").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unexpected answer from `u`: unknown `processing_status` `archived`"
+        );
+    }
+
+    #[test]
+    fn results_of_every_type_whatever_the_order() {
+        let api = Endpoint::new(&model("http://127.0.0.1:9"), &WIRE).unwrap();
+        let message = json!({"type": "message", "content": [{"type": "text", "text": "Hello"}],
+                             "usage": {"input_tokens": 9, "output_tokens": 1}});
+        let file = [
+            json!({"custom_id": "d", "result": {"type": "expired"}}),
+            json!({"custom_id": "b", "result": {"type": "errored", "error":
+                {"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: too large"}}}}),
+            json!({"custom_id": "a", "result": {"type": "succeeded", "message": message}}),
+            json!({"custom_id": "c", "result": {"type": "canceled"}}),
+            json!({"custom_id": "e", "result": {"type": "errored", "error":
+                {"type": "overloaded_error", "message": "Overloaded"}}}),
+        ]
+        .map(|v| v.to_string())
+        .join("\n");
+        let mut got = Vec::new();
+        read_results(&api, "msgbatch_1", file.as_bytes(), "u", &mut got).unwrap();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(got[0].0, "a");
+        assert_eq!(got[0].1.as_ref().unwrap().output, b"Hello");
+        let err = |i: usize| got[i].1.clone().unwrap_err();
+        let http = |status: u16, message: &str| {
+            ModelError::Http(HttpError {
+                status,
+                url: "http://127.0.0.1:9/v1/messages".into(),
+                message: message.into(),
+                retryable: false,
+                attempts: 1,
+                max_retries: 0,
+                wait_asked: None,
+            })
+        };
+        assert_eq!(
+            err(1),
+            http(400, "invalid_request_error: max_tokens: too large")
+        );
+        assert_eq!(err(4), http(529, "overloaded_error: Overloaded"));
+        assert_eq!(
+            err(2).to_string(),
+            "not run in batch `msgbatch_1`: the batch was canceled before the request ran\n\
+             help: nothing was stored for it; the next `mkt build` sends it again"
+        );
+        assert_eq!(
+            err(3),
+            ModelError::BatchRequestNotRun {
+                batch: "msgbatch_1".into(),
+                reason: "the batch expired (24 hours after its creation) before the request ran"
+                    .into()
+            }
+        );
+        let e = read_results(
+            &api,
+            "m",
+            br#"{"custom_id": "x", "result": {"type": "pending"}}"#,
+            "u",
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "unexpected answer from `u`: line 1: unknown `result.type` `pending`"
+        );
+    }
+
+    #[test]
+    fn the_key_goes_only_to_the_configured_origin() {
+        let api = Endpoint::new(&model("http://127.0.0.1:9/anthropic"), &WIRE).unwrap();
+        for (given, want) in [
+            (
+                Some("/anthropic/v1/messages/batches/b/results"),
+                "http://127.0.0.1:9/anthropic/v1/messages/batches/b/results",
+            ),
+            (
+                Some("http://127.0.0.1:9/files/b.jsonl"),
+                "http://127.0.0.1:9/files/b.jsonl",
+            ),
+            (
+                Some("https://elsewhere.example/v1/messages/batches/b/results"),
+                "http://127.0.0.1:9/anthropic/v1/messages/batches/b/results",
+            ),
+            (
+                Some("http://127.0.0.1:99/x"),
+                "http://127.0.0.1:9/anthropic/v1/messages/batches/b/results",
+            ),
+            (
+                None,
+                "http://127.0.0.1:9/anthropic/v1/messages/batches/b/results",
+            ),
+        ] {
+            assert_eq!(results_url(&api, "b", given), want, "{given:?}");
+        }
+    }
+}

@@ -150,3 +150,33 @@ pub fn batch_api_for(model: &ModelConfig) -> Option<Box<dyn BatchApi>> {
         Provider::Anthropic => Some(Box::new(AnthropicBatch::new(model))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_the_provider_says_nothing_about_are_reported_not_run() {
+        let answered = ModelResponse {
+            output: b"x".to_vec(),
+            usage: None,
+        };
+        let got = with_unanswered(
+            "b1",
+            ["a", "b", "c"],
+            vec![("b".to_string(), Ok(answered.clone()))],
+        );
+        let not_run = Err(ModelError::BatchRequestNotRun {
+            batch: "b1".into(),
+            reason: "the provider returned no result for it".into(),
+        });
+        assert_eq!(
+            got,
+            vec![
+                ("b".to_string(), Ok(answered)),
+                ("a".to_string(), not_run.clone()),
+                ("c".to_string(), not_run),
+            ]
+        );
+    }
+}

@@ -347,3 +347,252 @@ impl BatchApi for OpenaiBatch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ModelSettings, Provider};
+    use crate::exec::HttpError;
+    use crate::manifest::Usage;
+    use crate::template::{CompiledPrompt, Message};
+
+    fn model() -> ModelConfig {
+        ModelConfig {
+            name: "m".into(),
+            provider: Provider::Openai,
+            settings: ModelSettings {
+                model: Some("gpt-x".into()),
+                base_url: Some("http://127.0.0.1:9/v1".into()),
+                api_key_env: Some(String::new()),
+                max_tokens: Some(50),
+                ..Default::default()
+            },
+        }
+    }
+
+    fn request(id: &str, text: &str) -> BatchRequest {
+        BatchRequest {
+            custom_id: id.into(),
+            prompt: CompiledPrompt {
+                messages: vec![Message {
+                    role: "user".into(),
+                    content: text.into(),
+                }],
+            },
+        }
+    }
+
+    #[test]
+    fn each_line_carries_the_ordinary_body() {
+        let m = model();
+        let reqs = [request("a1", "Hi"), request("b2", "Bye")];
+        let file = input_file(&m, &reqs);
+        let lines: Vec<Value> = file
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        for (line, r) in lines.iter().zip(&reqs) {
+            assert_eq!(
+                line,
+                &json!({
+                    "custom_id": r.custom_id,
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": request_body(&m, &r.prompt),
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn the_upload_is_multipart_with_purpose_and_file() {
+        let data = b"{\"custom_id\":\"a\"}\n";
+        let (ct, body) = multipart(data);
+        let boundary = ct.strip_prefix("multipart/form-data; boundary=").unwrap();
+        let text = String::from_utf8(body).unwrap();
+        let parts: Vec<&str> = text.split(&format!("--{boundary}")).collect();
+        // before the first boundary, two parts, and the closing `--`
+        assert_eq!(parts.len(), 4, "{text}");
+        assert_eq!(parts[0], "");
+        assert_eq!(
+            parts[1],
+            "\r\nContent-Disposition: form-data; name=\"purpose\"\r\n\r\nbatch\r\n"
+        );
+        assert_eq!(
+            parts[2],
+            "\r\nContent-Disposition: form-data; name=\"file\"; filename=\"mkt-batch.jsonl\"\r\n\
+             Content-Type: application/jsonl\r\n\r\n{\"custom_id\":\"a\"}\n\r\n"
+        );
+        assert_eq!(parts[3], "--\r\n");
+        assert_ne!(multipart(data).0, ct, "the boundary is random");
+    }
+
+    fn batch(status: &str) -> Value {
+        json!({
+            "id": "batch_1", "status": status,
+            "request_counts": {"total": 10, "completed": 6, "failed": 1},
+            "errors": {"data": [{"code": "invalid_model", "message": "Model `x` does not exist", "line": 1},
+                                {"code": "too_big", "message": "too many lines"}]}
+        })
+    }
+
+    #[test]
+    fn every_status_maps_to_a_phase() {
+        for (status, phase) in [
+            ("validating", BatchPhase::Running),
+            ("in_progress", BatchPhase::Running),
+            ("finalizing", BatchPhase::Running),
+            ("cancelling", BatchPhase::Cancelling),
+            ("completed", BatchPhase::Ended),
+            ("expired", BatchPhase::Ended),
+            ("cancelled", BatchPhase::Ended),
+            ("failed", BatchPhase::Failed),
+        ] {
+            let p = progress(&batch(status), "u").unwrap();
+            assert_eq!(p.phase, phase, "{status}");
+            assert_eq!((p.total, p.done, p.failed), (10, 7, 1), "{status}");
+            if phase != BatchPhase::Failed {
+                assert_eq!(p.status, status);
+            }
+        }
+        assert_eq!(
+            progress(&batch("failed"), "u").unwrap().status,
+            "failed: Model `x` does not exist; too many lines"
+        );
+        assert_eq!(
+            progress(&batch("paused"), "http://h/v1/batches/b")
+                .unwrap_err()
+                .to_string(),
+            "unexpected answer from `http://h/v1/batches/b`: unknown batch status `paused`"
+        );
+        assert_eq!(
+            progress(&json!({"id": "b"}), "u").unwrap_err().to_string(),
+            "unexpected answer from `u`: no `status` string in {\"id\":\"b\"}"
+        );
+    }
+
+    fn answer(text: &str) -> Value {
+        json!({"choices": [{"message": {"role": "assistant", "content": text}}],
+               "usage": {"prompt_tokens": 5, "completion_tokens": 2}})
+    }
+
+    #[test]
+    fn output_and_error_files_give_every_result_whatever_the_order() {
+        let api = Endpoint::new(&model(), &WIRE).unwrap();
+        let out = |id: &str, status: u16, body: Value| {
+            json!({"id": "r", "custom_id": id, "error": null,
+                   "response": {"status_code": status, "request_id": "q", "body": body}})
+            .to_string()
+        };
+        let output = [
+            out("c", 200, answer("three")),
+            out("a", 200, answer("one")),
+            out(
+                "d",
+                400,
+                json!({"error": {"message": "max_tokens is too large", "type": "invalid_request_error"}}),
+            ),
+        ]
+        .join("\n");
+        let errors = [
+            json!({"id": "r", "custom_id": "e", "response": null,
+                   "error": {"code": "batch_expired", "message": "This request could not be executed before the completion window expired."}}),
+            json!({"id": "r", "custom_id": "b", "response": null,
+                   "error": {"code": "invalid_json", "message": "Could not parse request line."}}),
+        ]
+        .map(|v| v.to_string())
+        .join("\r\n")
+            + "\n";
+        let mut got = Vec::new();
+        read_lines(&api, "batch_1", output.as_bytes(), "u1", &mut got).unwrap();
+        read_lines(&api, "batch_1", errors.as_bytes(), "u2", &mut got).unwrap();
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        let ids: Vec<&str> = got.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["a", "b", "c", "d", "e"]);
+        let ok = |i: usize| got[i].1.as_ref().unwrap();
+        assert_eq!(ok(0).output, b"one");
+        assert_eq!(
+            ok(0).usage,
+            Some(Usage {
+                input_tokens: 5,
+                output_tokens: 2,
+                cached_tokens: 0
+            })
+        );
+        assert_eq!(ok(2).output, b"three");
+        let err = |i: usize| got[i].1.clone().unwrap_err();
+        assert_eq!(
+            err(1),
+            ModelError::BatchRequestRefused {
+                batch: "batch_1".into(),
+                code: "invalid_json".into(),
+                message: "Could not parse request line.".into(),
+            }
+        );
+        assert_eq!(
+            err(3),
+            ModelError::Http(HttpError {
+                status: 400,
+                url: "http://127.0.0.1:9/v1/chat/completions".into(),
+                message: "max_tokens is too large".into(),
+                retryable: false,
+                attempts: 1,
+                max_retries: 0,
+                wait_asked: None,
+            })
+        );
+        assert_eq!(
+            err(3).to_string(),
+            "HTTP 400 from `http://127.0.0.1:9/v1/chat/completions`: max_tokens is too large"
+        );
+        assert_eq!(
+            err(4).to_string(),
+            "not run in batch `batch_1`: This request could not be executed before the completion window expired.\n\
+             help: nothing was stored for it; the next `mkt build` sends it again"
+        );
+    }
+
+    #[test]
+    fn a_line_that_is_neither_answer_nor_error_is_reported_with_its_number() {
+        let api = Endpoint::new(&model(), &WIRE).unwrap();
+        let file = format!(
+            "{}\n{}\n",
+            json!({"custom_id": "a", "response": {"status_code": 200, "body": answer("x")}}),
+            json!({"custom_id": "b", "response": null, "error": null})
+        );
+        let e = read_lines(&api, "b1", file.as_bytes(), "http://h/f", &mut Vec::new());
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "unexpected answer from `http://h/f`: line 2: neither a `response` nor an `error`"
+        );
+        let e = read_lines(
+            &api,
+            "b1",
+            b"{\"response\": 1}",
+            "http://h/f",
+            &mut Vec::new(),
+        );
+        assert_eq!(
+            e.unwrap_err().to_string(),
+            "unexpected answer from `http://h/f`: line 1: no `custom_id` in {\"response\":1}"
+        );
+    }
+
+    #[test]
+    fn an_unreadable_answer_is_the_ordinary_calls_error() {
+        let api = Endpoint::new(&model(), &WIRE).unwrap();
+        let file =
+            json!({"custom_id": "a", "response": {"status_code": 200, "body": {"choices": []}}});
+        let mut got = Vec::new();
+        read_lines(&api, "b1", file.to_string().as_bytes(), "u", &mut got).unwrap();
+        assert_eq!(
+            got[0].1,
+            Err(ModelError::BadAnswer {
+                why: "the answer has no `choices[0].message.content`".into(),
+                usage: None
+            })
+        );
+    }
+}
