@@ -187,6 +187,8 @@ impl ModelAdapter for Http {
             headers: (w.headers)(key.as_deref()),
             secret: key.as_deref(),
             metered: true,
+            // a chat call sent twice is paid twice but does no other harm
+            idempotent: true,
             max_body: CHAT_MAX_BODY,
             // what providers (and llmock) count before answering: a
             // quarter of the body's bytes, and the answer at its longest
@@ -277,6 +279,15 @@ impl Endpoint {
         send(&req, &mut CallStats::default())
     }
 
+    /// [`Endpoint::json`] of a POST that creates something (a batch): not
+    /// sent again when it may have arrived (see `Request::idempotent`).
+    pub fn create(&self, path: &str, body: &Value) -> Result<Value, ModelError> {
+        let body = serde_json::to_vec(body).expect("JSON");
+        let mut req = self.request(Method::Post, self.url(path), "application/json", body);
+        req.idempotent = false;
+        send(&req, &mut CallStats::default())
+    }
+
     fn request(
         &self,
         method: Method,
@@ -294,6 +305,7 @@ impl Endpoint {
             secret: self.key.as_deref(),
             body,
             metered: false,
+            idempotent: true,
             max_body: FILE_MAX_BODY,
             cost: Cost::default(),
         }
@@ -378,6 +390,11 @@ struct Request<'a> {
     /// teaches it the rate-limit headers of its answer (a chat call); see
     /// [`Endpoint`] for why the batch endpoints do not.
     metered: bool,
+    /// Whether sending it twice does no harm. A request that is not (one
+    /// that creates a batch) is not sent again after a timeout or a broken
+    /// connection, when the server may have acted on it; it still is after
+    /// an answer that says it did not (5xx, 429).
+    idempotent: bool,
     max_body: u64,
     cost: Cost,
 }
@@ -481,7 +498,12 @@ fn send_raw(req: &Request<'_>, stats: &mut CallStats) -> Result<(u16, Vec<u8>), 
                     Some(p) if timed_out => p.answered(&[], Signal::Congested),
                     p => drop(p),
                 }
-                if kind.retryable() && retries < lim.max_retries {
+                let may_have_acted = matches!(
+                    kind,
+                    TransportKind::Timeout { .. } | TransportKind::Broken(_)
+                );
+                let again = req.idempotent || !may_have_acted;
+                if kind.retryable() && again && retries < lim.max_retries {
                     limiter::sleep_interruptible(backoff(retries))?;
                     retries += 1;
                     continue;

@@ -170,11 +170,9 @@ fn errored(api: &Endpoint, error: Option<&Value>, chat_url: &str) -> ModelError 
 impl BatchApi for AnthropicBatch {
     fn submit(&self, requests: &[BatchRequest], _tag: &str) -> Result<String, ModelError> {
         let api = self.api()?;
-        let batch = api.json(
-            Method::Post,
-            "/messages/batches",
-            Some(&create_body(&self.model, requests)),
-        )?;
+        // not sent again when it may have arrived: with no metadata to
+        // find it by, a second batch would run every request twice
+        let batch = api.create("/messages/batches", &create_body(&self.model, requests))?;
         batch
             .get("id")
             .and_then(Value::as_str)

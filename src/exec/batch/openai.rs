@@ -271,8 +271,15 @@ impl BatchApi for OpenaiBatch {
             "completion_window": "24h",
             "metadata": {"mkt_tag": tag},
         });
-        let batch = api.json(Method::Post, "/batches", Some(&create))?;
-        string_at(&batch, "id", &api.url("/batches"))
+        match api.create("/batches", &create) {
+            Ok(batch) => string_at(&batch, "id", &api.url("/batches")),
+            // the batch may exist all the same (the answer was lost): its
+            // tag tells
+            Err(e) => match self.find(tag) {
+                Ok(Some(id)) => Ok(id),
+                _ => Err(e),
+            },
+        }
     }
 
     fn find(&self, tag: &str) -> Result<Option<String>, ModelError> {
