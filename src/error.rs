@@ -106,6 +106,10 @@ pub enum Error {
     )]
     NotAStore { path: Utf8PathBuf },
 
+    /// `mkt batch cancel ID` names no pending batch.
+    #[error("no pending batch `{id}`\n  help: `mkt batch status` lists the pending batches")]
+    NoSuchBatch { id: String },
+
     #[error(
         "another `mkt` holds the lock on `{path}`\n  help: wait for it to finish, or drop `--no-wait` to wait for it"
     )]

@@ -4,6 +4,7 @@
 //! parse arguments and render what the core returns.
 
 pub mod at;
+pub mod batch;
 pub mod build;
 pub mod cache_config;
 pub mod clean;

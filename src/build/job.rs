@@ -9,6 +9,7 @@
 //! prepared the call, so a response that arrives later, in another
 //! process, can be finished with the store and project opened there.
 
+use super::batching::{BatchPass, Route, batch_cost};
 use super::compile::{Sources, compile_node};
 use super::report::{INTERRUPTED, Outcome, STOPPED};
 use crate::config::TargetDecl;
@@ -49,6 +50,8 @@ pub(crate) struct JobResult {
     /// served from the action cache instead (`saved`).
     pub(crate) spent: Option<(Usage, Option<f64>)>,
     pub(crate) saved: Option<(Usage, Option<f64>)>,
+    /// A batch answer: what the ordinary call would have cost more.
+    pub(crate) batch_saved: Option<f64>,
 }
 
 /// A job ready for its model call (see the module docs).
@@ -94,6 +97,8 @@ pub(crate) struct Ctx<'a> {
     /// independent targets before the failure).
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     pub(crate) keep_going: bool,
+    /// Batches: what was collected, what is pending, what to queue.
+    pub(crate) batch: Option<&'a BatchPass>,
 }
 
 impl Ctx<'_> {
@@ -125,12 +130,20 @@ pub(crate) fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         Prepared::Call(call) => call,
     };
     let decl = decl_of(&ctx.src, call.job.node);
+    let call = match ctx.batch {
+        Some(b) => match b.route(&ctx.src, ctx.remote, &decl.model, call) {
+            Route::Done(r) => return r,
+            Route::Call(call) => call,
+        },
+        None => call,
+    };
     let t_process = Instant::now();
     let mut stats = crate::exec::CallStats::default();
     let response = crate::exec::call(&decl.model, &call.prompt, ctx.src.files.root(), &mut stats);
     let called = Called {
         process_ms: t_process.elapsed().as_secs_f64() * 1e3,
         stats,
+        batch: None,
     };
     finish(&ctx.src, ctx.remote, call, response, called)
 }
@@ -179,6 +192,7 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
                 &decl.model.name,
                 ms_since(started),
                 (RunKind::Failed, "", None, None, None),
+                None,
                 None,
             );
             return Prepared::Done(failed(&job, node, e.to_string(), warnings, Some(h)));
@@ -336,7 +350,15 @@ fn serve(
         }
     };
     let line = (kind, run_id.as_str(), Some(ibh), None, None);
-    let h = history_line(node, job, &decl.model.name, ms_since(started), line, remote);
+    let h = history_line(
+        node,
+        job,
+        &decl.model.name,
+        ms_since(started),
+        line,
+        remote,
+        None,
+    );
     JobResult {
         node: job.node,
         outcome,
@@ -345,6 +367,7 @@ fn serve(
         history: Some(h),
         spent: None,
         saved,
+        batch_saved: None,
     }
 }
 
@@ -395,6 +418,7 @@ fn sources_manifest(src: &Sources<'_>, node: &Node) -> RunManifest {
         },
         tool_version: env!("CARGO_PKG_VERSION").into(),
         host: crate::remote::hostname(),
+        batch: None,
     }
 }
 
@@ -403,6 +427,8 @@ fn sources_manifest(src: &Sources<'_>, node: &Node) -> RunManifest {
 pub(crate) struct Called {
     pub process_ms: f64,
     pub stats: crate::exec::CallStats,
+    /// The provider's batch that answered, for an answer collected from one.
+    pub batch: Option<String>,
 }
 
 /// The part of a job after its model call (module docs): `response`,
@@ -435,8 +461,13 @@ pub(crate) fn finish(
     m.timing.attempts = (stats.attempts > 0).then_some(stats.attempts);
     m.timing.rate_limit_wait_ms =
         (stats.attempts > 0).then_some(stats.rate_limit_wait.as_secs_f64() * 1e3);
+    m.batch = called.batch.clone();
     let stored = store_run(src, remote, node, decl, m, prompt_json, response);
     let spent = m.usage.clone().map(|u| (u, m.cost_usd));
+    let batch_saved = (m.batch.as_ref())
+        .and_then(|_| decl.model.settings.cost_usd(m.usage.as_ref()?))
+        .map(|ordinary| ordinary - m.cost_usd.unwrap_or(0.0));
+    let batch = m.batch.as_deref();
     let ibh = m.input_bundle_hash.0;
     let took = || prepare_ms + called.process_ms + ms_since(t_finish);
     let line = |kind| {
@@ -453,6 +484,7 @@ pub(crate) fn finish(
             node: job.node,
             outcome: Outcome::Ran {
                 run_id: run_id.clone(),
+                batch: batch.map(str::to_string),
             },
             record: Some(record_for(&job, node, ibh, d, &run_id)),
             warnings,
@@ -463,9 +495,11 @@ pub(crate) fn finish(
                 took(),
                 line(RunKind::Ran),
                 None,
+                batch,
             )),
             spent,
             saved: None,
+            batch_saved,
         },
         Ok(None) => {
             let h = history_line(
@@ -475,6 +509,7 @@ pub(crate) fn finish(
                 took(),
                 line(RunKind::Failed),
                 None,
+                batch,
             );
             let error = m.error.clone().unwrap_or_default();
             JobResult {
@@ -510,7 +545,10 @@ fn store_run(
                 digest: d,
                 bytes: resp.output.len() as u64,
             });
-            m.cost_usd = (resp.usage.as_ref()).and_then(|u| decl.model.settings.cost_usd(u));
+            m.cost_usd = match m.batch {
+                Some(_) => batch_cost(&decl.model, resp.usage.as_ref()),
+                None => (resp.usage.as_ref()).and_then(|u| decl.model.settings.cost_usd(u)),
+            };
             m.usage = resp.usage;
             src.store.ac_put(m)?;
             write_output(src, node, &resp.output, d)?;
@@ -523,7 +561,10 @@ fn store_run(
         Err(e) => {
             m.status = RunStatus::Failed;
             m.error = Some(e.to_string());
-            m.cost_usd = e.usage().and_then(|u| decl.model.settings.cost_usd(u));
+            m.cost_usd = match m.batch {
+                Some(_) => batch_cost(&decl.model, e.usage()),
+                None => e.usage().and_then(|u| decl.model.settings.cost_usd(u)),
+            };
             m.usage = e.into_usage();
             src.store.put_run(m)?;
             Ok(None)
@@ -570,6 +611,7 @@ fn history_line(
         Option<f64>,
     ),
     remote: Option<&RunManifest>,
+    batch: Option<&str>,
 ) -> String {
     let ms = duration_ms;
     HistoryEntry {
@@ -585,6 +627,7 @@ fn history_line(
         cost_usd,
         remote: remote.is_some(),
         host: remote.and_then(|m| m.host.clone()),
+        batch: batch.map(str::to_string),
     }
     .to_line()
 }
@@ -623,6 +666,7 @@ fn failed(
         history,
         spent: None,
         saved: None,
+        batch_saved: None,
     }
 }
 
@@ -637,6 +681,7 @@ fn skipped(job: &Job, because: &str, warnings: Vec<String>) -> JobResult {
         history: None,
         spent: None,
         saved: None,
+        batch_saved: None,
     }
 }
 
@@ -685,6 +730,7 @@ mod tests {
             fetch_only: false,
             stopping: Default::default(),
             keep_going: false,
+            batch: None,
         };
         let job = Job {
             node: 0,
@@ -729,9 +775,10 @@ mod tests {
         let called = Called {
             process_ms: 1.0,
             stats,
+            batch: None,
         };
         let r = finish(&src, None, call, response, called);
-        let Outcome::Ran { run_id } = &r.outcome else {
+        let Outcome::Ran { run_id, .. } = &r.outcome else {
             panic!("finished to {:?}", r.outcome);
         };
         // the run is stored, and the output file written

@@ -23,6 +23,7 @@
 //! written: a build's reads of cold file-system metadata then queued
 //! behind the flushes, 17-28 ms each.)
 
+mod batching;
 mod compile;
 mod job;
 mod report;
@@ -175,11 +176,15 @@ pub fn build_in(
     phases.mark("open the store and lock");
     let (loaded, mut mode) = load(root, &store, opts, session, looked)?;
     phases.mark("read the project, state and graph");
+    let batch = batching::BatchPass::open(&store, &loaded.project, opts, report);
+    if batch.is_some() {
+        phases.mark("collect batches");
+    }
     let mut plan = plan(root, opts, loaded, &mut mode, project_stat, report)?;
     phases.mark("analyse");
     plan.stat_and_hash(&mode);
     phases.mark("stat and hash");
-    let mut done = schedule(&store, &plan, &mode, opts, report)?;
+    let mut done = schedule(&store, &plan, &mode, opts, batch.as_ref(), report)?;
     phases.mark("schedule and run");
     let rep = &mut done.rep;
     rep.interrupted = crate::exec::interrupted();
@@ -193,6 +198,10 @@ pub fn build_in(
         return Ok(done.rep);
     }
     let rep = save(root, &store, plan, mode, done, session, &mut phases)?;
+    // (only now that what they answered is durable)
+    if let Some(b) = &batch {
+        b.forget_collected(&store)?;
+    }
     drop(lock);
     session.disk = Some(Session::disk_now(root));
     Ok(rep)
@@ -287,7 +296,10 @@ fn check_stamp(
     // (named targets are a part of what the stamp covers: it vouches for
     // them as for the whole, though only a build of everything answers
     // from it at once or writes one)
-    if opts.force {
+    // (a recorded batch is collected by a build that looks at its targets)
+    if opts.force
+        || crate::batch::record::any_in(&root.join(STORE_DIR).join(crate::layout::BATCHES_DIR))
+    {
         return Stamped::Looked(looked);
     }
     let hint = changed.filter(|_| session.stamp.is_some());
@@ -605,6 +617,7 @@ fn schedule(
     plan: &Plan,
     mode: &Mode,
     opts: &BuildOptions,
+    batch: Option<&batching::BatchPass>,
     report: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<Scheduled> {
     // The remote is opened only for builds that may run something (a dry
@@ -633,13 +646,19 @@ fn schedule(
         fetch_only: opts.fetch_only,
         stopping: Default::default(),
         keep_going: opts.keep_going,
+        batch,
     };
     let mut prog = Progress::new(&plan.graph, &plan.selected, plan.total);
     if let Some(changed) = mode.changed() {
         touched_first(&mut prog, &plan.graph, changed);
     }
     let untouched = mode.changed().filter(|_| mode.records_vouched);
-    let done = run_all(&ctx, prog, untouched, opts, report);
+    let mut done = run_all(&ctx, prog, untouched, opts, report);
+    if let Some(b) = batch {
+        b.submit(store, &mut done.rep, report);
+        let lines = b.store_unclaimed(store, &plan.project, &mut done.rep)?;
+        done.history.push_str(&lines);
+    }
     // uploads ran beside the build; what is left is waited for here, so
     // that the build ends with its results published
     if let Some(r) = &remote {

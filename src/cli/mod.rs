@@ -8,6 +8,7 @@ macro_rules! say {
     };
 }
 
+mod batch;
 mod build;
 mod cache;
 mod clean;
@@ -67,6 +68,8 @@ enum Command {
     /// Push results to, pull them from, or count what is in the remote
     /// cache.
     Cache(cache::CacheArgs),
+    /// List or cancel the batches `mkt build --batch` submitted.
+    Batch(batch::BatchArgs),
 }
 
 /// Prints an error the way every command does, returning its exit code.
@@ -137,6 +140,7 @@ pub fn run() -> i32 {
         Command::Gc(args) => gc::run(&root, args),
         Command::Clean(args) => clean::run(&root, args),
         Command::Cache(args) => cache::run(&root, args),
+        Command::Batch(args) => batch::run(&root, args),
         Command::Init(_) => unreachable!("handled before discovery"),
     }
 }
