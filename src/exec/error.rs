@@ -98,6 +98,17 @@ pub enum ModelError {
         code: String,
         message: String,
     },
+    /// A batch beyond the provider's limits: not sent.
+    #[error(
+        "a batch of {requests} requests and {bytes} bytes is beyond the provider's limits ({max_requests} requests, {max_bytes} bytes); nothing was sent\n\
+         help: this is a bug in how mkt splits batches; `mkt build --no-batch` sends the requests one by one"
+    )]
+    BatchTooLarge {
+        requests: usize,
+        bytes: usize,
+        max_requests: usize,
+        max_bytes: usize,
+    },
     /// Results asked of a batch that has not ended.
     #[error(
         "batch `{batch}` has not ended (status `{status}`): its results are not ready\n\

@@ -2,7 +2,9 @@
 //! (`openai.rs`, `anthropic.rs`) holds only its wire format, a [`Wire`].
 //! Here: the API key from the environment, one blocking client (ureq with
 //! rustls), the retry loop, the record of models that ran out of quota,
-//! and the use of the model's [`limiter`](super::limiter).
+//! and the use of the model's [`limiter`](super::limiter). The batch APIs
+//! ([`super::batch`]) send their requests (GET or POST, any body) through
+//! the same loop by way of an [`Endpoint`], outside the limiter.
 //!
 //! Answers of 429 and 529 are back-pressure, not failure: they never count
 //! against `max_retries`; the request waits (what the server asked for,

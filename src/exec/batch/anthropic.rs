@@ -22,7 +22,9 @@
 //!
 //! Batches carry no metadata, so [`BatchApi::find`] cannot recover one.
 
-use super::{BatchApi, BatchLimits, BatchPhase, BatchProgress, BatchRequest, Outcome};
+use super::{
+    BatchApi, BatchLimits, BatchPhase, BatchProgress, BatchRequest, Outcome, check_limits,
+};
 use crate::config::ModelConfig;
 use crate::exec::anthropic::{WIRE, request_body};
 use crate::exec::http::{Endpoint, Method};
@@ -48,11 +50,12 @@ impl AnthropicBatch {
 /// The body that creates the batch, each `params` exactly the ordinary
 /// call's body.
 pub fn create_body(model: &ModelConfig, requests: &[BatchRequest]) -> Value {
-    let requests: Vec<Value> = requests
-        .iter()
-        .map(|r| json!({"custom_id": r.custom_id, "params": request_body(model, &r.prompt)}))
-        .collect();
+    let requests: Vec<Value> = requests.iter().map(|r| entry(model, r)).collect();
     json!({ "requests": requests })
+}
+
+fn entry(model: &ModelConfig, r: &BatchRequest) -> Value {
+    json!({"custom_id": r.custom_id, "params": request_body(model, &r.prompt)})
 }
 
 fn unexpected(url: &str, why: String) -> ModelError {
@@ -172,7 +175,10 @@ impl BatchApi for AnthropicBatch {
         let api = self.api()?;
         // not sent again when it may have arrived: with no metadata to
         // find it by, a second batch would run every request twice
-        let batch = api.create("/messages/batches", &create_body(&self.model, requests))?;
+        let body = create_body(&self.model, requests);
+        let bytes = serde_json::to_vec(&body).expect("JSON").len();
+        check_limits(self.limits(), requests.len(), bytes)?;
+        let batch = api.create("/messages/batches", &body)?;
         batch
             .get("id")
             .and_then(Value::as_str)
@@ -224,6 +230,15 @@ impl BatchApi for AnthropicBatch {
             max_requests: 100_000,
             max_bytes: 256_000_000,
         }
+    }
+
+    /// Its entry and the comma after it (the body's own `{"requests":[]}`
+    /// is left to the margin).
+    fn request_bytes(&self, request: &BatchRequest) -> usize {
+        serde_json::to_vec(&entry(&self.model, request))
+            .expect("JSON")
+            .len()
+            + 1
     }
 }
 
@@ -283,6 +298,38 @@ mod tests {
             create_body(&m, std::slice::from_ref(&r)),
             json!({"requests": [{"custom_id": r.custom_id, "params": request_body(&m, &r.prompt)}]})
         );
+    }
+
+    #[test]
+    fn request_bytes_add_up_to_the_body() {
+        let m = model("http://127.0.0.1:9");
+        let api = AnthropicBatch::new(&m);
+        let reqs: Vec<BatchRequest> = ["Hi", "a \"quoted\"\nline", "é"]
+            .iter()
+            .enumerate()
+            .map(|(i, text)| BatchRequest {
+                custom_id: format!("{i:064x}"),
+                prompt: CompiledPrompt {
+                    messages: vec![Message {
+                        role: "user".into(),
+                        content: text.to_string(),
+                    }],
+                },
+            })
+            .collect();
+        let body = serde_json::to_vec(&create_body(&m, &reqs)).unwrap().len();
+        let sum: usize = reqs.iter().map(|r| api.request_bytes(r)).sum();
+        // `{"requests":[` and `]}`, less the comma after the last entry
+        assert_eq!(sum + r#"{"requests":[]}"#.len() - 1, body);
+        assert_eq!(
+            check_limits(api.limits(), 100_001, 10)
+                .unwrap_err()
+                .to_string(),
+            "a batch of 100001 requests and 10 bytes is beyond the provider's limits (100000 requests, 256000000 bytes); nothing was sent\n\
+             help: this is a bug in how mkt splits batches; `mkt build --no-batch` sends the requests one by one"
+        );
+        assert!(check_limits(api.limits(), 100_000, 256_000_000).is_ok());
+        assert!(check_limits(api.limits(), 1, 256_000_001).is_err());
     }
 
     #[test]

@@ -99,8 +99,27 @@ pub trait BatchApi: Send + Sync {
     fn cancel(&self, id: &str) -> Result<(), ModelError>;
 
     /// The most requests and body bytes (of the uploaded JSONL, or the
-    /// JSON body) one batch may hold.
+    /// JSON body) one batch may hold. [`BatchApi::submit`] refuses a batch
+    /// beyond them ([`ModelError::BatchTooLarge`]) without sending it.
     fn limits(&self) -> BatchLimits;
+
+    /// The bytes `request` takes of [`BatchLimits::max_bytes`], exactly:
+    /// its line of the JSONL file (OpenAI), its entry in the JSON body
+    /// (Anthropic), separator included.
+    fn request_bytes(&self, request: &BatchRequest) -> usize;
+}
+
+/// Whether `requests` of `bytes` in all fit `limits`, else the error.
+fn check_limits(limits: BatchLimits, requests: usize, bytes: usize) -> Result<(), ModelError> {
+    if requests <= limits.max_requests && bytes <= limits.max_bytes {
+        return Ok(());
+    }
+    Err(ModelError::BatchTooLarge {
+        requests,
+        bytes,
+        max_requests: limits.max_requests,
+        max_bytes: limits.max_bytes,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -26,7 +26,9 @@
 //!   error file with the codes `batch_expired` and `batch_cancelled`.
 //!   The files expire (30 days by default, `output_expires_after`).
 
-use super::{BatchApi, BatchLimits, BatchPhase, BatchProgress, BatchRequest, Outcome};
+use super::{
+    BatchApi, BatchLimits, BatchPhase, BatchProgress, BatchRequest, Outcome, check_limits,
+};
 use crate::config::ModelConfig;
 use crate::exec::http::{Endpoint, Method};
 use crate::exec::openai::{WIRE, request_body};
@@ -255,7 +257,9 @@ fn read_line(
 impl BatchApi for OpenaiBatch {
     fn submit(&self, requests: &[BatchRequest], tag: &str) -> Result<String, ModelError> {
         let api = self.api()?;
-        let (content_type, body) = multipart(&input_file(&self.model, requests));
+        let file = input_file(&self.model, requests);
+        check_limits(self.limits(), requests.len(), file.len())?;
+        let (content_type, body) = multipart(&file);
         let files = api.url("/files");
         let file: Value = {
             let got = api.send(Method::Post, files.clone(), &content_type, body)?;
@@ -353,6 +357,10 @@ impl BatchApi for OpenaiBatch {
             max_bytes: 200_000_000,
         }
     }
+
+    fn request_bytes(&self, request: &BatchRequest) -> usize {
+        input_file(&self.model, std::slice::from_ref(request)).len()
+    }
 }
 
 #[cfg(test)]
@@ -410,6 +418,26 @@ mod tests {
                     "body": request_body(&m, &r.prompt),
                 })
             );
+        }
+    }
+
+    #[test]
+    fn request_bytes_are_the_lines_exactly_and_too_many_are_not_sent() {
+        let api = OpenaiBatch::new(&model());
+        let reqs = [request("a1", "Hi \"there\"\n"), request("b2", "é")];
+        let sum: usize = reqs.iter().map(|r| api.request_bytes(r)).sum();
+        assert_eq!(sum, input_file(&model(), &reqs).len());
+        // nothing listens at the model's port: an error other than this
+        // one would mean something was sent
+        let many: Vec<BatchRequest> = (0..50_001).map(|i| request(&i.to_string(), "x")).collect();
+        match api.submit(&many, "t") {
+            Err(ModelError::BatchTooLarge {
+                requests: 50_001,
+                max_requests: 50_000,
+                max_bytes: 200_000_000,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
         }
     }
 
