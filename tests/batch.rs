@@ -256,7 +256,8 @@ fn the_record(p: &Project) -> (std::path::PathBuf, serde_json::Value) {
 fn batch_posts(url: &str, since: usize) -> usize {
     journal(url)[since..]
         .iter()
-        .filter(|r| r["method"] == "POST")
+        // (answered: llmock injects errors, which mkt retries)
+        .filter(|r| r["method"] == "POST" && r["status"] == 200)
         .filter(|r| {
             let p = r["path"].as_str().unwrap_or("");
             p == "/v1/batches" || p == "/anthropic/v1/messages/batches"

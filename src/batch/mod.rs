@@ -302,35 +302,38 @@ pub fn submit(
         })];
     };
     let dir = records_dir(store_dir);
-    chunks(queued, api.limits())
+    let requests = queued.into_iter().map(|q| {
+        let request = BatchRequest {
+            custom_id: BatchRecord::custom_id(&q.manifest.input_bundle_hash),
+            prompt: q.prompt,
+        };
+        (q.manifest, request)
+    });
+    chunks(api.as_ref(), requests)
         .into_iter()
         .map(|chunk| submit_one(&dir, api.as_ref(), model, chunk))
         .collect()
 }
 
-/// `queued` split so that each part fits `limits`: the bytes of a
-/// request's body are about its prompt's, plus the settings sent with it.
-fn chunks(queued: Vec<Queued>, limits: crate::exec::batch::BatchLimits) -> Vec<Vec<Queued>> {
-    const OVERHEAD: usize = 1024;
-    let max_bytes = limits.max_bytes / 10 * 9; // a tenth kept for what the estimate misses
-    let mut out: Vec<Vec<Queued>> = Vec::new();
+/// `requests` split so that each part fits the provider's limits, by the
+/// bytes each request takes of them.
+fn chunks(
+    api: &dyn BatchApi,
+    requests: impl Iterator<Item = (RunManifest, BatchRequest)>,
+) -> Vec<Vec<(RunManifest, BatchRequest)>> {
+    let limits = api.limits();
+    let mut out: Vec<Vec<(RunManifest, BatchRequest)>> = Vec::new();
     let mut bytes = 0usize;
-    for q in queued {
-        let size: usize = q
-            .prompt
-            .messages
-            .iter()
-            .map(|m| m.content.len() + 32)
-            .sum::<usize>()
-            + OVERHEAD;
+    for r in requests {
+        let size = api.request_bytes(&r.1);
         match out.last_mut() {
-            Some(last) if last.len() < limits.max_requests && bytes + size <= max_bytes => {
+            Some(last) if last.len() < limits.max_requests && bytes + size <= limits.max_bytes => {
                 bytes += size;
-                last.push(q);
+                last.push(r);
             }
             _ => {
                 bytes = size;
-                out.push(vec![q]);
+                out.push(vec![r]);
             }
         }
     }
@@ -341,19 +344,9 @@ fn submit_one(
     dir: &Utf8Path,
     api: &dyn BatchApi,
     model: &ModelConfig,
-    chunk: Vec<Queued>,
+    chunk: Vec<(RunManifest, BatchRequest)>,
 ) -> std::result::Result<Submitted, NotSubmitted> {
-    let (manifests, requests): (Vec<RunManifest>, Vec<BatchRequest>) = chunk
-        .into_iter()
-        .map(|q| {
-            let custom_id = BatchRecord::custom_id(&q.manifest.input_bundle_hash);
-            let request = BatchRequest {
-                custom_id,
-                prompt: q.prompt,
-            };
-            (q.manifest, request)
-        })
-        .unzip();
+    let (manifests, requests): (Vec<RunManifest>, Vec<BatchRequest>) = chunk.into_iter().unzip();
     let mut rec = BatchRecord {
         schema: record::BATCH_SCHEMA.into(),
         tag: crate::manifest::new_run_id(),
@@ -388,6 +381,9 @@ fn submit_one(
                 requests: rec.requests.len(),
             })
         }
+        // no answer: the provider may have made the batch all the same, so
+        // the record stays, without an id, for the next build to resolve
+        Err(e @ ModelError::Transport { .. }) => Err(fail(&rec, e.to_string())),
         Err(e) => {
             let _ = rec.remove(dir);
             Err(fail(&rec, e.to_string()))
@@ -435,12 +431,20 @@ pub enum WaitEnd {
 pub fn wait(root: &Utf8Path, polls: &mut u32, on: &dyn Fn(WaitEvent<'_>)) -> Result<WaitEnd> {
     let project = Project::parse(root, Project::read_source(root)?)?;
     let dir = records_dir(&root.join(crate::layout::STORE_DIR));
+    let tags = |records: &[BatchRecord]| -> Vec<String> {
+        records.iter().map(|r| r.tag.clone()).collect()
+    };
+    let at_start = tags(&record::read_all(&dir).records);
     loop {
         if !sleep_unless_interrupted(poll_interval(*polls)) {
             return Ok(WaitEnd::Interrupted);
         }
         *polls += 1;
         let Records { records, .. } = record::read_all(&dir);
+        // another build collected (or submitted) meanwhile: look again
+        if tags(&records) != at_start {
+            return Ok(WaitEnd::Ended);
+        }
         let mut polled = Vec::new();
         for rec in records.iter().filter(|r| !r.cancelled) {
             let Some(id) = &rec.batch_id else {
