@@ -65,6 +65,12 @@ pub struct ModelSettings {
     /// match `schema` when given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub format: Option<String>,
+    /// openai, with `format = "json"`: how the request asks for JSON,
+    /// `json_schema` (default: OpenAI's structured outputs, with `schema`)
+    /// or `json_object` (JSON mode, carrying `schema` as llama-cpp-python's
+    /// server reads it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<String>,
     /// A JSON Schema for `format = "json"`: a TOML table, or a string of JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schema: Option<serde_json::Value>,
@@ -127,6 +133,8 @@ impl ModelSettings {
             seed: over.seed.or(self.seed),
             stop: over.stop.clone().or_else(|| self.stop.clone()),
             format: over.format.clone().or_else(|| self.format.clone()),
+            response_format: (over.response_format.clone())
+                .or_else(|| self.response_format.clone()),
             schema: over.schema.clone().or_else(|| self.schema.clone()),
             sample: over.sample.clone().or_else(|| self.sample.clone()),
             connect_timeout_s: over.connect_timeout_s.or(self.connect_timeout_s),
@@ -244,6 +252,7 @@ impl Provider {
             "seed",
             "stop",
             "format",
+            "response_format",
             "schema",
             "sample",
             "connect_timeout_s",
@@ -898,6 +907,27 @@ fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usi
                             m.name
                         ),
                         None,
+                    );
+                }
+            }
+            match (s.response_format.as_deref(), s.format.as_deref()) {
+                (None | Some("json_schema" | "json_object"), Some("json")) | (None, _) => {}
+                (Some("json_schema" | "json_object"), _) => {
+                    return err(
+                        format!(
+                            "model `{}`: `response_format` needs `format = \"json\"`",
+                            m.name
+                        ),
+                        Some("add `format = \"json\"`, or remove `response_format`".into()),
+                    );
+                }
+                (Some(other), _) => {
+                    return err(
+                        format!(
+                            "model `{}`: `response_format` must be \"json_schema\" or \"json_object\", not \"{other}\"",
+                            m.name
+                        ),
+                        Some("`json_object` for servers that take the schema in JSON mode (llama-cpp-python)".into()),
                     );
                 }
             }

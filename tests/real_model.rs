@@ -16,7 +16,9 @@ fn server() -> Option<String> {
             "`{VAR}` is not set but `MKT_REQUIRE_REAL_MODEL` is: start the server with `.ci/real-model`"
         ),
         _ => {
-            eprintln!("SKIPPED: `{VAR}` is not set, so the real-model test did not run (`.ci/real-model` runs it)");
+            eprintln!(
+                "SKIPPED: `{VAR}` is not set, so the real-model test did not run (`.ci/real-model` runs it)"
+            );
             None
         }
     }
@@ -33,7 +35,7 @@ fn a_pipeline_builds_through_a_real_model_and_a_second_build_asks_nothing() {
                  api_key_env = \"\"\ntemperature = 0.0\nseed = 1\nmax_tokens = 48\ntimeout_s = 300\n\n\
                  [models.smol_json]\nprovider = \"openai\"\nbase_url = \"{url}/v1\"\nmodel = \"smollm2\"\n\
                  api_key_env = \"\"\ntemperature = 0.0\nseed = 1\nmax_tokens = 64\ntimeout_s = 300\n\
-                 format = \"json\"\n\
+                 format = \"json\"\nresponse_format = \"json_object\"\n\
                  schema = {{ type = \"object\", required = [\"title\"], properties = {{ title = {{ type = \"string\" }} }} }}\n\n\
                  [targets.answer]\ntemplate = \"answer.md\"\noutput = \"answer.txt\"\nmodel = \"smol\"\n\n\
                  [targets.title]\ntemplate = \"title.md\"\noutput = \"title.json\"\nmodel = \"smol_json\"\n"

@@ -74,12 +74,15 @@ pub fn request_body(m: &ModelConfig, prompt: &CompiledPrompt) -> Value {
         o.insert("stop".into(), json!(stop));
     }
     if s.format.as_deref() == Some("json") {
-        let rf = match &s.schema {
-            Some(schema) => json!({
+        let rf = match (&s.schema, s.response_format.as_deref()) {
+            (Some(schema), None | Some("json_schema")) => json!({
                 "type": "json_schema",
                 "json_schema": { "name": "output", "schema": schema }
             }),
-            None => json!({ "type": "json_object" }),
+            // JSON mode with the schema beside it: llama-cpp-python's
+            // server makes a grammar of it
+            (Some(schema), Some(_)) => json!({ "type": "json_object", "schema": schema }),
+            (None, _) => json!({ "type": "json_object" }),
         };
         o.insert("response_format".into(), rf);
     }
