@@ -348,3 +348,29 @@ fn two_builds_at_once_submit_each_request_once() {
         .success()
         .stderr_contains("0 ran, 0 cached, 4 up to date");
 }
+
+#[test]
+fn a_batch_that_cannot_reach_the_provider_fails_its_targets_and_leaves_nothing_pending() {
+    // a port nothing listens on: the connection is refused, so nothing
+    // can have been submitted
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let p = two_layers("openai", &format!("http://127.0.0.1:{port}/v1"), "gpt", "");
+    let run = mkt(&p, &["build", "--batch", "--detach", "notes"]);
+    run.code(1)
+        .stderr_contains("error: 3 requests to model `m` could not be submitted as a batch:\n  ")
+        .stderr_contains("0 ran, 0 cached, 0 up to date, 3 failed");
+    assert!(
+        !p.exists(".mkt/batches")
+            || std::fs::read_dir(p.path(".mkt/batches"))
+                .unwrap()
+                .next()
+                .is_none()
+    );
+    mkt(&p, &["batch", "status"])
+        .success()
+        .stdout_eq("no pending batches\n");
+}

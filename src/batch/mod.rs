@@ -151,7 +151,7 @@ fn collect_one(dir: &Utf8Path, project: &Project, mut rec: BatchRecord, out: &mu
         },
     };
     let progress = match api.poll(&id) {
-        Ok(p) => p,
+        Ok(p) => with_total(p, rec.requests.len()),
         Err(e) => {
             out.warnings.push(format!(
                 "could not poll batch {id} (model `{}`): {e}; its {} requests stay pending",
@@ -381,13 +381,29 @@ fn submit_one(
                 requests: rec.requests.len(),
             })
         }
-        // no answer: the provider may have made the batch all the same, so
-        // the record stays, without an id, for the next build to resolve
-        Err(e @ ModelError::Transport { .. }) => Err(fail(&rec, e.to_string())),
+        // sent, but no answer: the provider may have made the batch all the
+        // same, so the record stays, without an id, for the next build to
+        // resolve (a connection never made sent nothing)
+        Err(e @ ModelError::Transport { .. }) if may_have_arrived(&e) => {
+            Err(fail(&rec, e.to_string()))
+        }
         Err(e) => {
             let _ = rec.remove(dir);
             Err(fail(&rec, e.to_string()))
         }
+    }
+}
+
+/// Whether a request that failed with `e` may still have reached the
+/// server.
+fn may_have_arrived(e: &ModelError) -> bool {
+    use crate::exec::TransportKind as K;
+    match e {
+        ModelError::Transport { kind, .. } => !matches!(
+            kind,
+            K::Refused | K::HostNotFound | K::ConnectTimeout { .. }
+        ),
+        _ => false,
     }
 }
 
@@ -435,6 +451,7 @@ pub fn wait(root: &Utf8Path, polls: &mut u32, on: &dyn Fn(WaitEvent<'_>)) -> Res
         records.iter().map(|r| r.tag.clone()).collect()
     };
     let at_start = tags(&record::read_all(&dir).records);
+    let mut unanswered = 0u32;
     loop {
         if !sleep_unless_interrupted(poll_interval(*polls)) {
             return Ok(WaitEnd::Interrupted);
@@ -446,31 +463,64 @@ pub fn wait(root: &Utf8Path, polls: &mut u32, on: &dyn Fn(WaitEvent<'_>)) -> Res
             return Ok(WaitEnd::Ended);
         }
         let mut polled = Vec::new();
+        let mut answered = false;
         for rec in records.iter().filter(|r| !r.cancelled) {
-            let Some(id) = &rec.batch_id else {
-                return Ok(WaitEnd::Ended); // cut short: the build resolves it
-            };
             let Ok(api) = api_for(&project, rec) else {
                 continue; // the build warns of it
             };
-            match api.poll(id) {
-                Ok(p) if matches!(p.phase, BatchPhase::Ended | BatchPhase::Failed) => {
+            let asked = match &rec.batch_id {
+                Some(id) => api.poll(id).map(Some),
+                // cut short: once the provider can be asked, the build
+                // resolves it
+                None => api.find(&rec.tag).map(|_| None),
+            };
+            match asked {
+                Ok(None) => return Ok(WaitEnd::Ended),
+                Ok(Some(p)) if matches!(p.phase, BatchPhase::Ended | BatchPhase::Failed) => {
                     return Ok(WaitEnd::Ended);
                 }
-                Ok(p) => polled.push((id.clone(), rec.model.clone(), p)),
+                Ok(Some(p)) => {
+                    answered = true;
+                    let p = with_total(p, rec.requests.len());
+                    polled.push((rec.name().to_string(), rec.model.clone(), p));
+                }
                 Err(e) => {
                     on(WaitEvent::Warning(format!(
-                        "could not poll batch {id}: {e}; trying again"
+                        "could not ask about batch {}: {e}; trying again",
+                        rec.name()
                     )));
-                    polled.push((id.clone(), rec.model.clone(), unknown_progress()));
+                    polled.push((
+                        rec.name().to_string(),
+                        rec.model.clone(),
+                        unknown_progress(),
+                    ));
                 }
             }
         }
         if polled.is_empty() {
             return Ok(WaitEnd::NothingToWaitFor);
         }
+        unanswered = if answered { 0 } else { unanswered + 1 };
+        if unanswered >= GIVE_UP_AFTER {
+            on(WaitEvent::Warning(format!(
+                "the provider did not answer {GIVE_UP_AFTER} polls in a row: the batches stay on record, \
+                 and a later `mkt build` collects them"
+            )));
+            return Ok(WaitEnd::NothingToWaitFor);
+        }
         on(WaitEvent::Polled(&polled));
     }
+}
+
+/// Rounds of polls, none answered, after which a build stops waiting (at
+/// the capped interval, about ten minutes).
+const GIVE_UP_AFTER: u32 = 12;
+
+/// `p`, counting the requests the record holds while the provider does
+/// not say (a batch still being validated counts none).
+fn with_total(mut p: BatchProgress, requests: usize) -> BatchProgress {
+    p.total = p.total.max(requests as u64);
+    p
 }
 
 fn unknown_progress() -> BatchProgress {

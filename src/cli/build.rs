@@ -312,6 +312,7 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
     install_interrupt_handler();
     let started = std::time::Instant::now();
     let mut polls = 0u32;
+    let mut stuck = 0u32;
     loop {
         let result = build_once(root, &opts, &printer);
         let waits = matches!(&result, Ok(r) if r.pending + r.waiting > 0 && r.no_failure() && !r.interrupted);
@@ -319,6 +320,14 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
             return finish(&args, &opts, &printer, result, started);
         }
         let r = result.expect("a build that waits succeeded");
+        // a batch that ended but whose answers cannot be read, say: the
+        // waits between such passes grow to a minute; a dozen is enough
+        let progressed = r.ran + r.cached + r.restored + r.failed > 0 || !r.submitted.is_empty();
+        stuck = if progressed { 0 } else { stuck + 1 };
+        if stuck >= 12 {
+            printer.line("mkt: no batch answer could be collected in a dozen tries; the batches stay on record, a later `mkt build` collects them");
+            return finish(&args, &opts, &printer, Ok(r), started);
+        }
         if !args.quiet {
             printer.line(&summary_line(&r, started.elapsed()));
             printer.line("waiting for the batches (Ctrl-C leaves them running; a later `mkt build` collects them)");
