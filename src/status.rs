@@ -73,6 +73,10 @@ pub struct StatusReport {
     /// Every node's state in build order; empty when the no-op check
     /// showed at once that nothing changed (then all are fresh).
     pub nodes: Vec<(String, NodeState)>,
+    /// What the model calls of the targets that would run may cost (see
+    /// `estimate.rs`); empty when none would call an `openai` or
+    /// `anthropic` model.
+    pub estimate: crate::estimate::Estimate,
 }
 
 impl StatusReport {
@@ -96,6 +100,7 @@ pub fn status(root: &Utf8Path, targets: &[String]) -> Result<StatusReport> {
         targets: targets.to_vec(),
         dry_run: true,
         keep_going: true,
+        estimate: true,
         ..Default::default()
     };
     let nodes = Mutex::new(Vec::new());
@@ -118,6 +123,7 @@ pub fn status(root: &Utf8Path, targets: &[String]) -> Result<StatusReport> {
         }
     })?;
     let nodes = nodes.into_inner().unwrap();
+    let estimate = rep.estimate.unwrap_or_default();
     let not_fresh = nodes
         .iter()
         .filter(|(_, s)| !s.is_fresh())
@@ -127,5 +133,6 @@ pub fn status(root: &Utf8Path, targets: &[String]) -> Result<StatusReport> {
         total: rep.total,
         not_fresh,
         nodes,
+        estimate,
     })
 }

@@ -94,6 +94,8 @@ pub(crate) struct Ctx<'a> {
     /// independent targets before the failure).
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     pub(crate) keep_going: bool,
+    /// The cost cap, when the build has one.
+    pub(crate) budget: Option<super::budget::Budget>,
 }
 
 impl Ctx<'_> {
@@ -107,13 +109,13 @@ impl Ctx<'_> {
     }
 
     /// Why a job should not start now, if the build is stopping.
-    pub(crate) fn why_stopped(&self) -> Option<&'static str> {
+    pub(crate) fn why_stopped(&self) -> Option<&str> {
         if crate::exec::interrupted() {
             Some(INTERRUPTED)
         } else if self.stopping.load(Ordering::SeqCst) {
             Some(STOPPED)
         } else {
-            None
+            self.budget.as_ref().and_then(|b| b.reached())
         }
     }
 }
@@ -124,6 +126,19 @@ pub(crate) fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         Prepared::Done(r) => return r,
         Prepared::Call(call) => call,
     };
+    // with a cost cap, the call's upper bound is taken out of the budget
+    // before it is sent (see `budget.rs`)
+    let reserved = match &ctx.budget {
+        None => None,
+        Some(b) => match b.reserve(super::estimate::call_high_cost(
+            ctx,
+            call.job.node,
+            &call.prompt,
+        )) {
+            Ok(r) => Some((b, r)),
+            Err(why) => return skipped(&call.job, why, call.warnings),
+        },
+    };
     let decl = decl_of(&ctx.src, call.job.node);
     let t_process = Instant::now();
     let mut stats = crate::exec::CallStats::default();
@@ -132,7 +147,12 @@ pub(crate) fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         process_ms: t_process.elapsed().as_secs_f64() * 1e3,
         stats,
     };
-    finish(&ctx.src, ctx.remote, call, response, called)
+    let r = finish(&ctx.src, ctx.remote, call, response, called);
+    if let Some((budget, reserved)) = reserved {
+        let cost = r.spent.as_ref().and_then(|(_, c)| *c);
+        budget.settle(reserved, cost.unwrap_or(0.0));
+    }
+    r
 }
 
 fn decl_of<'a>(src: &Sources<'a>, node: usize) -> &'a TargetDecl {
@@ -685,6 +705,7 @@ mod tests {
             fetch_only: false,
             stopping: Default::default(),
             keep_going: false,
+            budget: None,
         };
         let job = Job {
             node: 0,

@@ -11,6 +11,7 @@ macro_rules! say {
 mod build;
 mod cache;
 mod clean;
+mod estimate;
 mod explain;
 mod gc;
 mod graph;
