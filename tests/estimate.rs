@@ -269,6 +269,10 @@ fn the_cost_cap_refuses_a_build_that_may_cost_more_and_runs_nothing() {
         );
     assert!(api.requests().is_empty(), "a refused build sent a request");
     assert!(!p.exists("out"));
+    assert!(
+        !p.exists(".mkt/sync-pending"),
+        "a refused build left its store marked as written"
+    );
     // under a cap that holds the estimate, it runs
     p.mkt_env(&["build", "--max-cost", "0.08"], ENV).success();
     assert_eq!(api.requests().len(), 10);

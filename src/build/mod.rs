@@ -182,7 +182,13 @@ pub fn build_in(
     plan.stat_and_hash(&mode);
     phases.mark("stat and hash");
     if let Some(cap) = cost_cap(&plan, opts) {
-        check_cost_cap(cap, &estimate_plan(&store, &plan, &mode, opts))?;
+        let refused = check_cost_cap(cap, &estimate_plan(&store, &plan, &mode, opts));
+        // nothing was written: nothing to flush (unless an earlier build
+        // left its writes unflushed)
+        if refused.is_err() && !store.sync_due() {
+            store.end_writes();
+        }
+        refused?;
         phases.mark("estimate the cost");
     }
     let mut done = schedule(&store, &plan, &mode, opts, report)?;
