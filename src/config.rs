@@ -95,6 +95,15 @@ pub struct ModelSettings {
     /// US dollars per million output tokens (not hashed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub price_output_per_mtok: Option<f64>,
+    /// Send this model's requests through the provider's batch API, as
+    /// `mkt build --batch` does for every model (not hashed: a batch
+    /// answer is the same result).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<bool>,
+    /// The price of a batch request relative to an ordinary one (default
+    /// 0.5; not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_discount: Option<f64>,
 }
 
 impl ModelSettings {
@@ -128,6 +137,8 @@ impl ModelSettings {
             rate_limit_wait_s: over.rate_limit_wait_s.or(self.rate_limit_wait_s),
             price_input_per_mtok: over.price_input_per_mtok.or(self.price_input_per_mtok),
             price_output_per_mtok: over.price_output_per_mtok.or(self.price_output_per_mtok),
+            batch: over.batch.or(self.batch),
+            batch_discount: over.batch_discount.or(self.batch_discount),
         }
     }
 
@@ -146,7 +157,15 @@ impl ModelSettings {
                 + per(usage.output_tokens, self.price_output_per_mtok),
         )
     }
+
+    /// What a batch request costs relative to an ordinary one.
+    pub fn batch_discount(&self) -> f64 {
+        self.batch_discount.unwrap_or(DEFAULT_BATCH_DISCOUNT)
+    }
 }
+
+/// OpenAI's and Anthropic's batch APIs both charge half the ordinary price.
+pub const DEFAULT_BATCH_DISCOUNT: f64 = 0.5;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -214,7 +233,7 @@ impl Provider {
 
     /// The settings a `[models.NAME]` table of this provider may have
     /// (besides `provider`).
-    fn keys(self) -> &'static [&'static str] {
+    pub(crate) fn keys(self) -> &'static [&'static str] {
         const HTTP: &[&str] = &[
             "timeout_s",
             "model",
@@ -236,6 +255,8 @@ impl Provider {
             "rate_limit_wait_s",
             "price_input_per_mtok",
             "price_output_per_mtok",
+            "batch",
+            "batch_discount",
         ];
         // the Messages API has no `seed`
         const ANTHROPIC: &[&str] = &[
@@ -258,6 +279,8 @@ impl Provider {
             "rate_limit_wait_s",
             "price_input_per_mtok",
             "price_output_per_mtok",
+            "batch",
+            "batch_discount",
         ];
         match self {
             Provider::Mock => &["latency_ms"],
@@ -297,6 +320,8 @@ impl ModelConfig {
         s.rate_limit_wait_s = None;
         s.price_input_per_mtok = None;
         s.price_output_per_mtok = None;
+        s.batch = None;
+        s.batch_discount = None;
         match serde_json::to_value(&s) {
             Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
             _ => BTreeMap::new(),
@@ -763,6 +788,7 @@ fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usi
         ("top_p", s.top_p),
         ("price_input_per_mtok", s.price_input_per_mtok),
         ("price_output_per_mtok", s.price_output_per_mtok),
+        ("batch_discount", s.batch_discount),
     ];
     if let Some((key, v)) = numbers
         .into_iter()
@@ -771,6 +797,15 @@ fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usi
         return err(
             format!("model `{}`: `{key}` is {v}, not a finite number", m.name),
             Some(format!("give `{key}` a finite value, or remove it")),
+        );
+    }
+    if let Some(d) = s.batch_discount.filter(|d| !(*d > 0.0 && *d <= 1.0)) {
+        return err(
+            format!(
+                "model `{}`: `batch_discount` is {d}, not a fraction of the ordinary price",
+                m.name
+            ),
+            Some("give the batch price relative to the ordinary one, e.g. `batch_discount = 0.5` for half".into()),
         );
     }
     match m.provider {

@@ -87,6 +87,14 @@ pub enum Error {
     #[error("{what}{}", help_line(.help))]
     NotAvailable { what: String, help: Option<String> },
 
+    /// A remote cache that a command needs (`mkt cache ...`) failed.
+    #[error("{error}\n  help: {help}")]
+    Remote {
+        #[source]
+        error: crate::remote_error::RemoteError,
+        help: &'static str,
+    },
+
     /// `.mkt` (or a directory of the store) is a symlink or a file: every
     /// write, and `mkt gc`'s deletes, would go where it leads.
     #[error(
@@ -105,6 +113,10 @@ pub enum Error {
         "`{path}` is not a store mkt created (it has no `CACHEDIR.TAG` of mkt's), so `mkt gc --all` deletes nothing in it\n  help: look at what it holds; if it is yours to delete, remove it by hand"
     )]
     NotAStore { path: Utf8PathBuf },
+
+    /// `mkt batch cancel ID` names no pending batch.
+    #[error("no pending batch `{id}`\n  help: `mkt batch status` lists the pending batches")]
+    NoSuchBatch { id: String },
 
     #[error(
         "another `mkt` holds the lock on `{path}`\n  help: wait for it to finish, or drop `--no-wait` to wait for it"

@@ -98,7 +98,6 @@ pub fn explain(root: &Utf8Path, name: &str) -> Result<Explanation> {
             ));
         }
     }
-    let node = snap.node(i);
     if let Some(rec) = snap.records.get(&ex.key)
         && !rec.failed
     {
@@ -119,7 +118,7 @@ pub fn explain(root: &Utf8Path, name: &str) -> Result<Explanation> {
     };
     let json = prompt.canonical_json();
     let digest = Digest::of(&json);
-    let model = &snap.project.targets[node.target].model;
+    let model = snap.model_now(i);
     ex.bundle.1 = Some(InputBundleHash::compute(
         digest,
         model.provider.as_str(),
@@ -149,7 +148,7 @@ pub fn explain(root: &Utf8Path, name: &str) -> Result<Explanation> {
 }
 
 fn compare_model(snap: &Snapshot, i: usize, m: &RunManifest, out: &mut Vec<Change>) {
-    let model = &snap.project.targets[snap.node(i).target].model;
+    let model = snap.model_now(i);
     let text = |v: Option<&serde_json::Value>| v.map(|v| v.to_string());
     if m.model.provider != model.provider.as_str() {
         out.push(Change {

@@ -192,6 +192,9 @@ pub struct GcReport {
     pub history_lines: (usize, usize),
     /// `--all`: files in the store that mkt does not name so, left alone.
     pub left_alone: Vec<Utf8PathBuf>,
+    /// `--all`: the records of batches not yet collected, kept (the
+    /// provider bills them; only a build can collect them).
+    pub pending_batches: Vec<Utf8PathBuf>,
     /// With `--max-size`: whether the store fits now (it may not when the
     /// pinned runs alone are larger).
     pub fits: Option<bool>,
@@ -409,6 +412,12 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
             pinned.extend(manifest_files(&store, store.ac_path(&ibh), &m));
         }
         pinned_ids.insert((key.clone(), rec.run_id.clone()));
+    }
+    // and the prompts of requests waiting in batches, which their answers'
+    // runs will name
+    let batches = crate::batch::record::read_all(&crate::batch::records_dir(&dir));
+    for m in batches.records.iter().flat_map(|r| &r.requests) {
+        pinned.insert(store.object_path(&m.prompt_digest));
     }
 
     // Recent: each target's last K distinct runs, newest first.
@@ -653,6 +662,11 @@ fn gc_all(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         ..Default::default()
     };
     for f in files.iter().filter(|f| f.rel != layout::LOCK) {
+        if f.rel.starts_with(layout::BATCHES_DIR) && f.kind != Kind::Temp {
+            rep.pending_batches
+                .push(Utf8Path::new(STORE_DIR).join(&f.rel));
+            continue;
+        }
         if !layout::is_store_file(f.rel.as_str()) {
             rep.left_alone.push(Utf8Path::new(STORE_DIR).join(&f.rel));
             continue;
@@ -792,6 +806,7 @@ mod tests {
             cost_usd: None,
             remote: false,
             host: None,
+            batch: None,
         };
         s.append_history(&e.to_line()).unwrap();
         m

@@ -13,6 +13,7 @@ use crate::config::{ModelConfig, Project, TargetDecl};
 use crate::error::{Error, Location, Result};
 use crate::files::{FileError, ProjectFiles, glob_matcher};
 use crate::hash::Digest;
+use crate::prompty::{Prompty, is_prompty};
 use crate::state::{Dep, DepKind};
 use crate::template::{MAX_INCLUDE_DEPTH, Ref, TemplateRefs, analyse};
 use camino::Utf8Path;
@@ -147,24 +148,53 @@ impl Analyser<'_> {
         }
         let refs = match self.old.get(&digest) {
             Some(r) => r.clone(),
-            None => {
-                let bytes = self
-                    .files
-                    .read(path)
-                    .map_err(|e| fail(&e.reason(), Some(e.help())))?;
-                // analyse the very bytes the digest names
-                if Digest::of(&bytes) != digest {
-                    return Err(fail(
-                        "changed while mkt was reading it",
-                        Some("run `mkt build` again once the file is saved"),
-                    ));
-                }
-                let text = String::from_utf8(bytes).map_err(|_| missing("is not UTF-8 text"))?;
-                analyse(Utf8Path::new(path), &text)?
-            }
+            None => analyse(Utf8Path::new(path), &self.read_text(path, digest, &fail)?)?,
         };
         self.new.lock().unwrap().insert(digest, refs.clone());
         Ok(refs)
+    }
+
+    /// The text of `path`, which must still have `digest`.
+    fn read_text(
+        &self,
+        path: &str,
+        digest: Digest,
+        fail: &dyn Fn(&str, Option<&str>) -> Error,
+    ) -> Result<String> {
+        let bytes = self
+            .files
+            .read(path)
+            .map_err(|e| fail(&e.reason(), Some(e.help())))?;
+        // analyse the very bytes the digest names
+        if Digest::of(&bytes) != digest {
+            return Err(fail(
+                "changed while mkt was reading it",
+                Some("run `mkt build` again once the file is saved"),
+            ));
+        }
+        String::from_utf8(bytes).map_err(|_| fail("is not UTF-8 text", None))
+    }
+
+    /// A `.prompty` template: its front matter, the references of its
+    /// body and the bare names the body reads. Never cached: what the
+    /// state keeps of an analysis has no room for the front matter, and
+    /// Prompty files are few.
+    fn prompty(
+        &self,
+        path: &str,
+        fail: impl Fn(&str, Option<&str>) -> Error,
+    ) -> Result<(TemplateRefs, Prompty, Vec<Ref>)> {
+        let digest = match self.files.digest(path) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err(fail("not found", None)),
+            Err(e) => return Err(fail(&e.reason(), Some(e.help()))),
+        };
+        let text = self.read_text(path, digest, &fail)?;
+        let path = Utf8Path::new(path);
+        let p = Prompty::parse(&text).map_err(|e| e.into_error(path))?;
+        let refs = analyse(path, &p.body)?;
+        let names = crate::prompty::body_names(path, &p.body)?;
+        Ok((refs, p, names))
     }
 }
 
@@ -178,6 +208,9 @@ struct Reach {
     partials: BTreeSet<String>,
     verbatim: Vec<(String, Ref)>,
     uses_item: bool,
+    /// A `.prompty` template's front matter and the bare names its body
+    /// reads.
+    prompty: Option<(Prompty, Vec<Ref>)>,
 }
 
 /// `output_of(path)` names the node that writes `path`, if any: a template,
@@ -200,7 +233,7 @@ fn reach(
             Some("a template must be a source file; mkt does not generate templates".into()),
         ));
     }
-    let refs = an.refs(&template, |why, help| {
+    let fail = |why: &str, help: Option<&str>| {
         project.error(
             &decl.template_span,
             format!("template `{template}` {why}"),
@@ -209,8 +242,15 @@ fn reach(
                     .into(),
             ),
         )
-    })?;
+    };
     let mut out = Reach::default();
+    let refs = if is_prompty(&template) {
+        let (refs, p, names) = an.prompty(&template, fail)?;
+        out.prompty = Some((p, names));
+        refs
+    } else {
+        an.refs(&template, fail)?
+    };
     let mut includes = Includes::default();
     let mut stack = vec![(template.clone(), refs)];
     while let Some((file, refs)) = stack.pop() {
@@ -595,6 +635,11 @@ pub fn analyse_project(
                 ));
             }
             used.insert(&r.name);
+        }
+        if let Some((p, names)) = &reach.prompty {
+            let readable = (p.check_target(decl, names))
+                .map_err(|e| e.into_error(Utf8Path::new(&decl.template)))?;
+            used.extend(readable);
         }
         let mut inputs = Vec::new();
         for i in &decl.inputs {

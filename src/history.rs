@@ -22,6 +22,8 @@
 //! - `remote`: `true` on a `cached` line served from the remote cache
 //!   (absent otherwise); `host`: the machine that made that run, when
 //!   its manifest names one.
+//! - `batch`: on a `ran` line, the provider's batch that answered it
+//!   (absent for an ordinary call).
 //!
 //! A successful run's manifest is `ac/<ibh>.json`, a failed one's
 //! `runs/<run id>.json`: the line leads to either.
@@ -83,6 +85,9 @@ pub struct HistoryEntry {
     /// says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// `ran` from the answer of this provider batch (`mkt build --batch`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
 }
 
 impl HistoryEntry {
@@ -179,6 +184,7 @@ mod tests {
             cost_usd: Some(0.25),
             remote: false,
             host: None,
+            batch: None,
         }
     }
 

@@ -18,6 +18,7 @@
 //! | `project-cache`      | the parsed `prompts.toml`, keyed by its BLAKE3            | `config.rs`      |
 //! | `noop`               | the no-op stamp                                           | `stamp.rs`       |
 //! | `graph`              | the analysed graph, reused while only contents change     | `graph.rs`       |
+//! | `batches/<tag>.json` | a submitted batch not yet collected (`mkt build --batch`) | `batch/record.rs` |
 //! | `.mkt-tmp-*`         | a write in progress, renamed into place when complete     | `store.rs`       |
 //!
 //! Every file but the packs, the history and the state's journal is
@@ -44,6 +45,7 @@ pub const SYNC_PENDING: &str = "sync-pending";
 pub const PROJECT_CACHE: &str = "project-cache";
 pub const NOOP_STAMP: &str = "noop";
 pub const GRAPH_CACHE: &str = "graph";
+pub const BATCHES_DIR: &str = "batches";
 /// The prefix of a temp file, in the store or beside an output.
 pub const TEMP_PREFIX: &str = ".mkt-tmp-";
 
@@ -82,7 +84,7 @@ pub fn is_store_file(rel: &str) -> bool {
                 && e.strip_suffix(".json")
                     .is_some_and(|h| hex(h, 64) && h.starts_with(xx))
         }
-        [RUNS_DIR, r] => r.strip_suffix(".json").is_some_and(|id| {
+        [RUNS_DIR, r] | [BATCHES_DIR, r] => r.strip_suffix(".json").is_some_and(|id| {
             !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         }),
         _ => false,
@@ -94,13 +96,13 @@ pub fn is_store_file(rel: &str) -> bool {
 fn is_store_dir(parts: &[&str]) -> bool {
     matches!(
         parts,
-        [PACKS_DIR] | [RUNS_DIR] | [OBJECTS_DIR, _] | [AC_DIR, _]
+        [PACKS_DIR] | [RUNS_DIR] | [BATCHES_DIR] | [OBJECTS_DIR, _] | [AC_DIR, _]
     )
 }
 
 /// Every name above, for the check that the tables list them all.
 #[cfg(test)]
-const ALL: [&str; 17] = [
+const ALL: [&str; 18] = [
     STORE_DIR,
     VERSION,
     CACHEDIR_TAG,
@@ -117,6 +119,7 @@ const ALL: [&str; 17] = [
     PROJECT_CACHE,
     NOOP_STAMP,
     GRAPH_CACHE,
+    BATCHES_DIR,
     TEMP_PREFIX,
 ];
 

@@ -4,6 +4,7 @@
 //! parse arguments and render what the core returns.
 
 pub mod at;
+pub mod batch;
 pub mod build;
 pub mod cache_config;
 pub mod clean;
@@ -25,8 +26,10 @@ pub mod init;
 pub mod layout;
 pub mod manifest;
 pub mod pack;
+pub mod prompty;
 pub mod provenance;
 pub mod remote;
+pub mod remote_error;
 pub mod show;
 pub mod stamp;
 pub mod state;

@@ -119,6 +119,10 @@ pub struct RunManifest {
     /// before the field existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// The provider's batch that answered the run (`mkt build --batch`);
+    /// absent for an ordinary call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
 }
 
 impl RunManifest {
@@ -240,6 +244,7 @@ pub(crate) mod tests {
                 rate_limit_wait_ms: None,
             },
             tool_version: "0.1.0".into(),
+            batch: None,
             host: Some("ci-runner-1".into()),
         }
     }

@@ -14,7 +14,7 @@
 //! (`--force`) has had its action-cache entry replaced by the newer run's;
 //! it is reported as gone, never confused with the newer one.
 
-use crate::build::{Sources, compile_node};
+use crate::build::{Sources, compile_node, node_model};
 use crate::config::Project;
 use crate::error::{Error, Result};
 use crate::files::ProjectFiles;
@@ -173,6 +173,21 @@ impl Snapshot {
             store: &self.store,
         };
         compile_node(&src, self.node(i), &HashMap::default(), &upstream).map_err(|e| e.to_string())
+    }
+
+    /// The model node `i` would run with now: its target's, with a
+    /// `.prompty` template's parameters as the file has them; its
+    /// target's when the file cannot be read.
+    pub fn model_now(&self, i: usize) -> std::sync::Arc<crate::config::ModelConfig> {
+        let src = Sources {
+            project: &self.project,
+            graph: &self.graph,
+            files: &self.files,
+            store: &self.store,
+        };
+        let node = self.node(i);
+        node_model(&src, node, &HashMap::default())
+            .unwrap_or_else(|_| std::sync::Arc::clone(&self.project.targets[node.target].model))
     }
 }
 

@@ -34,7 +34,10 @@
 //! message shows the URL through [`redact`]. The remote's location, mode
 //! and credentials are not part of any InputBundleHash.
 //!
-//! This module never prints: it returns outcomes and warning texts.
+//! This module never prints: it returns outcomes and [`RemoteError`]s,
+//! which the caller renders.
+
+pub use crate::remote_error::{Doing, Failure, Mismatch, RemoteError};
 
 use crate::error::{Error, Result};
 use crate::hash::{Digest, InputBundleHash};
@@ -42,7 +45,7 @@ use crate::manifest::{RunManifest, RunStatus};
 use opendal::blocking;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 /// The environment variable that, when set, wins over `[cache] remote`.
@@ -58,9 +61,9 @@ pub enum Fetch {
         output: Vec<u8>,
     },
     Miss,
-    /// Something was there but failed verification (the text says what);
-    /// never served.
-    Bad(String),
+    /// Something was there but failed verification (one of the variants
+    /// for which [`RemoteError::is_down`] is false); never served.
+    Bad(RemoteError),
     /// The remote is down (or was found down earlier in this process).
     Down,
 }
@@ -105,9 +108,11 @@ struct Inner {
     display: String,
     mode: Mode,
     op: blocking::Operator,
-    down: AtomicBool,
-    /// The one warning about the remote being down, taken by the caller.
-    down_warning: Mutex<Option<String>>,
+    /// The first failure of the remote in this process: once set, nothing
+    /// more is sent to it.
+    down: OnceLock<RemoteError>,
+    /// Whether `down` was handed out yet: it is reported once.
+    down_taken: AtomicBool,
 }
 
 struct Uploader {
@@ -123,13 +128,13 @@ impl Remote {
     /// operator only: nothing is sent until the first lookup. A URL that
     /// is not valid is an error; a valid one that cannot be set up here
     /// (a directory that cannot be created, no I/O runtime) is `Ok(Err)`
-    /// with the warning to give, since a build must not fail because of
-    /// its cache.
+    /// with the failure, which a build gives as a warning: a build must
+    /// not fail because of its cache.
     pub fn open(
         url: &str,
         origin: &str,
         cfg: &CacheConfig,
-    ) -> Result<std::result::Result<Remote, String>> {
+    ) -> Result<std::result::Result<Remote, RemoteError>> {
         let shown = redact(url);
         let bad = |why: String| {
             Error::InvalidFile {
@@ -142,10 +147,12 @@ impl Remote {
         }
         };
         let loc = parse_url(url).map_err(&bad)?;
-        let unavailable = |why: String| {
-            Ok(Err(format!(
-                "the remote cache `{shown}` (from {origin}) {why}; going on without it"
-            )))
+        let cannot_open = |e: &opendal::Error| {
+            Ok(Err(RemoteError::CannotOpen {
+                url: shown.clone(),
+                origin: origin.into(),
+                failure: Failure::of(e),
+            }))
         };
         opendal::install_default();
         let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -155,7 +162,13 @@ impl Remote {
             .build()
         {
             Ok(rt) => rt,
-            Err(e) => return unavailable(format!("cannot start its I/O runtime: {e}")),
+            Err(e) => {
+                return Ok(Err(RemoteError::NoRuntime {
+                    url: shown,
+                    origin: origin.into(),
+                    source: Arc::new(e),
+                }));
+            }
         };
         let timeout = Duration::from_secs(cfg.timeout_s.max(1));
         let op = match match loc {
@@ -200,7 +213,7 @@ impl Remote {
         } {
             Ok(op) => op,
             // OpenDAL's messages may quote its configuration: the kind only
-            Err(e) => return unavailable(format!("cannot be opened ({})", describe(&e))),
+            Err(e) => return cannot_open(&e),
         };
         let op = op
             .layer(
@@ -218,7 +231,7 @@ impl Remote {
             let _guard = rt.enter();
             match blocking::Operator::new(op) {
                 Ok(op) => op,
-                Err(e) => return unavailable(format!("cannot be opened ({})", describe(&e))),
+                Err(e) => return cannot_open(&e),
             }
         };
         Ok(Ok(Remote {
@@ -226,8 +239,8 @@ impl Remote {
                 display: shown,
                 mode: cfg.mode,
                 op,
-                down: AtomicBool::new(false),
-                down_warning: Mutex::new(None),
+                down: OnceLock::new(),
+                down_taken: AtomicBool::new(false),
             }),
             rt: Some(rt),
             uploads: Mutex::new(None),
@@ -246,13 +259,14 @@ impl Remote {
     /// Whether the remote has failed in this process (then nothing more is
     /// sent to it).
     pub fn is_down(&self) -> bool {
-        self.inner.down.load(Ordering::Relaxed)
+        self.inner.down.get().is_some()
     }
 
-    /// The warning about the remote being down, once: the first caller
+    /// The failure that took the remote down, once: the first caller
     /// after the failure gets it, every other `None`.
-    pub fn take_down_warning(&self) -> Option<String> {
-        self.inner.down_warning.lock().unwrap().take()
+    pub fn take_down_warning(&self) -> Option<RemoteError> {
+        let e = self.inner.down.get()?;
+        (!self.inner.down_taken.swap(true, Ordering::Relaxed)).then(|| e.clone())
     }
 
     /// Looks up the run for `ibh`, whose compiled prompt has digest
@@ -292,7 +306,7 @@ impl Remote {
                             Err(_) => return,
                         };
                         // a failure marks the remote down (one warning)
-                        inner.publish(job.objects, &job.manifest, false);
+                        let _ = inner.publish(job.objects, &job.manifest, false);
                     }
                 })
             })
@@ -312,10 +326,20 @@ impl Remote {
     }
 
     /// Publishes one run now (`mkt cache push`), skipping it when the
-    /// remote already has its entry: `Some(true)` uploaded, `Some(false)`
-    /// already there, `None` the remote failed.
-    pub fn push(&self, manifest: &RunManifest, objects: Vec<(Digest, Vec<u8>)>) -> Option<bool> {
-        self.inner.publish(objects, manifest, true)
+    /// remote already has its entry: `Ok(true)` uploaded, `Ok(false)`
+    /// already there. The failure returned is the one that took the
+    /// remote down, reported here rather than by
+    /// [`Remote::take_down_warning`].
+    pub fn push(
+        &self,
+        manifest: &RunManifest,
+        objects: Vec<(Digest, Vec<u8>)>,
+    ) -> std::result::Result<bool, RemoteError> {
+        let pushed = self.inner.publish(objects, manifest, true);
+        if pushed.is_err() {
+            self.inner.down_taken.store(true, Ordering::Relaxed);
+        }
+        pushed
     }
 
     /// Reads an entry and its output without the prompt check (`mkt cache
@@ -326,7 +350,7 @@ impl Remote {
     }
 
     /// Counts what the remote holds under its prefix.
-    pub fn stats(&self) -> std::result::Result<RemoteStats, String> {
+    pub fn stats(&self) -> std::result::Result<RemoteStats, RemoteError> {
         let mut s = RemoteStats::default();
         for (dir, is_ac) in [("ac/", true), ("objects/", false)] {
             let opts = opendal::options::ListOptions {
@@ -337,11 +361,10 @@ impl Remote {
                 Ok(e) => e,
                 Err(e) if e.kind() == opendal::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    return Err(format!(
-                        "cannot list the remote cache `{}` ({})",
-                        self.inner.display,
-                        describe(&e)
-                    ));
+                    return Err(RemoteError::List {
+                        url: self.inner.display.clone(),
+                        failure: Failure::of(&e),
+                    });
                 }
             };
             for e in entries {
@@ -371,31 +394,41 @@ impl Remote {
 }
 
 impl Inner {
-    fn mark_down(&self, doing: &str, e: &opendal::Error) {
-        if !self.down.swap(true, Ordering::Relaxed) {
-            *self.down_warning.lock().unwrap() = Some(format!(
-                "the remote cache `{}` failed while {doing} ({}); going on without it for the rest of this build",
-                self.display,
-                describe(e)
-            ));
+    /// Marks the remote down after `e`, unless an earlier failure did:
+    /// the failure that did is the one reported.
+    fn mark_down(&self, doing: Doing, e: &opendal::Error) -> RemoteError {
+        self.down
+            .get_or_init(|| RemoteError::Down {
+                url: self.display.clone(),
+                doing,
+                failure: Failure::of(e),
+            })
+            .clone()
+    }
+
+    /// `Err` with the failure that took the remote down, if one did.
+    fn up(&self) -> std::result::Result<(), RemoteError> {
+        match self.down.get() {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
         }
     }
 
     /// Reads `key` if it holds at most `max` bytes: its length is asked
     /// first, and only that many bytes are read, so an object that grew
     /// on the remote costs neither the time nor the memory to read it
-    /// whole. `Ok(None)` when it is not there; `Err(())` when the remote
-    /// is down (now or before).
-    fn read(&self, key: &str, max: u64, doing: &str) -> std::result::Result<Option<Bounded>, ()> {
-        if self.down.load(Ordering::Relaxed) {
-            return Err(());
-        }
+    /// whole. `Ok(None)` when it is not there; `Err` when the remote is
+    /// down (now or before).
+    fn read(
+        &self,
+        key: &str,
+        max: u64,
+        doing: Doing,
+    ) -> std::result::Result<Option<Bounded>, RemoteError> {
+        self.up()?;
         let fail = |e: opendal::Error| match e.kind() {
             opendal::ErrorKind::NotFound => Ok(None),
-            _ => {
-                self.mark_down(doing, &e);
-                Err(())
-            }
+            _ => Err(self.mark_down(doing, &e)),
         };
         let len = match self.op.stat(key) {
             Ok(m) => m.content_length(),
@@ -422,30 +455,19 @@ impl Inner {
         }
     }
 
-    fn write(&self, key: &str, bytes: Vec<u8>, doing: &str) -> bool {
-        if self.down.load(Ordering::Relaxed) {
-            return false;
-        }
+    fn write(&self, key: &str, bytes: Vec<u8>) -> std::result::Result<(), RemoteError> {
+        self.up()?;
         match self.op.write(key, bytes) {
-            Ok(_) => true,
-            Err(e) => {
-                self.mark_down(doing, &e);
-                false
-            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.mark_down(Doing::Uploading, &e)),
         }
     }
 
-    fn exists(&self, key: &str, doing: &str) -> std::result::Result<bool, ()> {
-        if self.down.load(Ordering::Relaxed) {
-            return Err(());
-        }
-        match self.op.exists(key) {
-            Ok(b) => Ok(b),
-            Err(e) => {
-                self.mark_down(doing, &e);
-                Err(())
-            }
-        }
+    fn exists(&self, key: &str) -> std::result::Result<bool, RemoteError> {
+        self.up()?;
+        self.op
+            .exists(key)
+            .map_err(|e| self.mark_down(Doing::Checking, &e))
     }
 
     fn fetch(&self, ibh: &InputBundleHash, prompt: &Digest) -> Fetch {
@@ -453,74 +475,103 @@ impl Inner {
     }
 
     fn fetch_checked(&self, ibh: &InputBundleHash, prompt: Option<&Digest>) -> Fetch {
-        let key = ac_key(ibh);
-        let bytes = match self.read(&key, MAX_MANIFEST_BYTES, "looking up a result") {
-            Err(()) => return Fetch::Down,
-            Ok(None) => return Fetch::Miss,
-            Ok(Some(Bounded::Fits(b))) => b,
-            Ok(Some(Bounded::TooLarge(len))) => {
-                return Fetch::Bad(format!(
-                    "entry `{key}` has {len} bytes, more than a run manifest may have ({MAX_MANIFEST_BYTES})"
-                ));
-            }
-        };
-        let m = match RunManifest::from_json(&bytes) {
-            Some(m) => m,
-            None => return Fetch::Bad(format!("entry `{key}` is not a valid run manifest")),
-        };
-        if m.input_bundle_hash != *ibh
-            || m.status != RunStatus::Ok
-            || prompt.is_some_and(|p| m.prompt_digest != *p)
-        {
-            return Fetch::Bad(format!(
-                "entry `{key}` describes another run than the one it is filed under"
-            ));
-        }
-        let out = &m.outputs[0];
-        let okey = object_key(&out.digest);
-        match self.read(&okey, out.bytes, "fetching a result") {
-            Err(()) => Fetch::Down,
-            Ok(None) => Fetch::Bad(format!(
-                "entry `{key}` names object `{okey}`, which the remote does not have"
-            )),
-            Ok(Some(Bounded::TooLarge(len))) => Fetch::Bad(format!(
-                "object `{okey}` has {len} bytes, not the {} its entry says (not read)",
-                out.bytes
-            )),
-            Ok(Some(Bounded::Fits(b)))
-                if Digest::of(&b) != out.digest || b.len() as u64 != out.bytes =>
-            {
-                Fetch::Bad(format!(
-                    "object `{okey}` does not hash to its name (corrupt or truncated)"
-                ))
-            }
-            Ok(Some(Bounded::Fits(output))) => Fetch::Hit {
-                manifest: Box::new(m),
+        match self.verified(ibh, prompt) {
+            Ok(Some((manifest, output))) => Fetch::Hit {
+                manifest: Box::new(manifest),
                 output,
             },
+            Ok(None) => Fetch::Miss,
+            Err(e) if e.is_down() => Fetch::Down,
+            Err(e) => Fetch::Bad(e),
+        }
+    }
+
+    /// The manifest filed under `ibh` and its output, verified (module
+    /// docs); `Ok(None)` when the remote has no entry there.
+    fn verified(
+        &self,
+        ibh: &InputBundleHash,
+        prompt: Option<&Digest>,
+    ) -> std::result::Result<Option<(RunManifest, Vec<u8>)>, RemoteError> {
+        let url = || self.display.clone();
+        let key = ac_key(ibh);
+        let bytes = match self.read(&key, MAX_MANIFEST_BYTES, Doing::LookingUp)? {
+            None => return Ok(None),
+            Some(Bounded::Fits(b)) => b,
+            Some(Bounded::TooLarge(len)) => {
+                return Err(RemoteError::ManifestTooLarge {
+                    url: url(),
+                    key,
+                    len,
+                    max: MAX_MANIFEST_BYTES,
+                });
+            }
+        };
+        let Some(m) = RunManifest::from_json(&bytes) else {
+            return Err(RemoteError::NotAManifest { url: url(), key });
+        };
+        let mismatch = if m.input_bundle_hash != *ibh {
+            Some(Mismatch::InputBundleHash)
+        } else if m.status != RunStatus::Ok {
+            Some(Mismatch::NotOk)
+        } else if prompt.is_some_and(|p| m.prompt_digest != *p) {
+            Some(Mismatch::Prompt)
+        } else {
+            None
+        };
+        if let Some(mismatch) = mismatch {
+            return Err(RemoteError::AnotherRun {
+                url: url(),
+                key,
+                mismatch,
+            });
+        }
+        let out = &m.outputs[0];
+        let object = object_key(&out.digest);
+        match self.read(&object, out.bytes, Doing::Fetching)? {
+            None => Err(RemoteError::MissingObject {
+                url: url(),
+                key,
+                object,
+            }),
+            Some(Bounded::TooLarge(len)) => Err(RemoteError::ObjectTooLarge {
+                url: url(),
+                key,
+                object,
+                len,
+                expected: out.bytes,
+            }),
+            Some(Bounded::Fits(b))
+                if Digest::of(&b) != out.digest || b.len() as u64 != out.bytes =>
+            {
+                Err(RemoteError::ObjectCorrupt {
+                    url: url(),
+                    key,
+                    object,
+                })
+            }
+            Some(Bounded::Fits(output)) => Ok(Some((m, output))),
         }
     }
 
     /// Writes the objects, then the manifest that names them (module
     /// docs). With `skip_present`, a run whose entry is there already is
-    /// left alone. `None` when the remote failed.
+    /// left alone (`Ok(false)`). `Err` when the remote failed.
     fn publish(
         &self,
         objects: Vec<(Digest, Vec<u8>)>,
         m: &RunManifest,
         skip_present: bool,
-    ) -> Option<bool> {
+    ) -> std::result::Result<bool, RemoteError> {
         let key = ac_key(&m.input_bundle_hash);
-        if skip_present && self.exists(&key, "checking for a result").ok()? {
-            return Some(false);
+        if skip_present && self.exists(&key)? {
+            return Ok(false);
         }
         for (d, bytes) in objects {
-            if !self.write(&object_key(&d), bytes, "uploading a result") {
-                return None;
-            }
+            self.write(&object_key(&d), bytes)?;
         }
-        self.write(&key, m.to_json(), "uploading a result")
-            .then_some(true)
+        self.write(&key, m.to_json())?;
+        Ok(true)
     }
 }
 
@@ -530,24 +581,6 @@ impl Drop for Remote {
         if let Some(rt) = self.rt.take() {
             rt.shutdown_background();
         }
-    }
-}
-
-/// An OpenDAL error as a short message without its context (which can
-/// hold configuration).
-fn describe(e: &opendal::Error) -> String {
-    match e.kind() {
-        opendal::ErrorKind::PermissionDenied => "permission denied".into(),
-        opendal::ErrorKind::ConfigInvalid => "its settings are not valid".into(),
-        opendal::ErrorKind::Unexpected => {
-            let msg = e.to_string();
-            if msg.contains("timeout") || msg.contains("timed out") {
-                "timed out".into()
-            } else {
-                "cannot reach it, or it failed".into()
-            }
-        }
-        k => format!("{k}"),
     }
 }
 
@@ -563,10 +596,10 @@ pub fn ac_key(ibh: &InputBundleHash) -> String {
 
 /// The remote a build of `project` uses, opened: `MKT_REMOTE_CACHE` (when
 /// set; empty or `off` means none) wins over `[cache] remote`. `None`
-/// when there is none; `Some(Err(warning))` when it cannot be opened here.
+/// when there is none; `Some(Err(why))` when it cannot be opened here.
 pub fn open_for(
     project: &crate::config::Project,
-) -> Result<Option<std::result::Result<Remote, String>>> {
+) -> Result<Option<std::result::Result<Remote, RemoteError>>> {
     let (url, origin) = match std::env::var(ENV_REMOTE) {
         Ok(v) if v.is_empty() || v == "off" => return Ok(None),
         Ok(v) => (v, "the environment variable `MKT_REMOTE_CACHE`"),
@@ -658,6 +691,206 @@ mod tests {
             format!("ac/{}/{hex}.json", &hex[..2])
         );
     }
+
+    /// A `file://` remote in a temp directory (which it writes to as is).
+    fn dir_remote() -> (tempfile::TempDir, String, Remote) {
+        let t = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", t.path().display());
+        let r = Remote::open(&url, "`prompts.toml`", &CacheConfig::default())
+            .unwrap()
+            .unwrap();
+        (t, url, r)
+    }
+
+    /// A manifest of a successful run whose output is `output`.
+    fn run_of(output: &[u8]) -> RunManifest {
+        let mut m = crate::manifest::tests::sample();
+        m.outputs[0].digest = Digest::of(output);
+        m.outputs[0].bytes = output.len() as u64;
+        m
+    }
+
+    #[test]
+    fn entries_that_fail_verification_are_rejected_by_kind_with_their_key() {
+        let (t, url, r) = dir_remote();
+        let put = |key: &str, bytes: &[u8]| std::fs::write(t.path().join(key), bytes).unwrap();
+        let answer = b"the answer\n";
+        let m = run_of(answer);
+        let ibh = m.input_bundle_hash;
+        let (key, object) = (ac_key(&ibh), object_key(&m.outputs[0].digest));
+        assert!(matches!(r.fetch_entry(&ibh), Fetch::Miss));
+        let objects = vec![
+            (m.prompt_digest, b"prompt".to_vec()),
+            (m.outputs[0].digest, answer.to_vec()),
+        ];
+        assert!(r.push(&m, objects).unwrap(), "uploaded");
+        assert!(
+            matches!(r.fetch(&ibh, &m.prompt_digest), Fetch::Hit { output, .. } if output == answer)
+        );
+        let bad = |f: Fetch| match f {
+            Fetch::Bad(e) => {
+                assert!(!e.is_down(), "{e:?}");
+                assert_eq!((e.url(), e.key()), (url.as_str(), Some(key.as_str())));
+                e
+            }
+            f => panic!("not rejected: {f:?}"),
+        };
+
+        // the entry names another compiled prompt than this machine's
+        let e = bad(r.fetch(&ibh, &Digest::of(b"another prompt")));
+        assert!(
+            matches!(
+                e,
+                RemoteError::AnotherRun {
+                    mismatch: Mismatch::Prompt,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        // the output object: flipped, longer, gone
+        put(&object, b"the answeR\n"); // one byte flipped
+        let e = bad(r.fetch_entry(&ibh));
+        assert!(
+            matches!(&e, RemoteError::ObjectCorrupt { object: o, .. } if *o == object),
+            "{e:?}"
+        );
+        put(&object, b"the answer, at length\n");
+        let e = bad(r.fetch_entry(&ibh));
+        assert!(
+            matches!(
+                e,
+                RemoteError::ObjectTooLarge {
+                    len: 22,
+                    expected: 11,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        std::fs::remove_file(t.path().join(&object)).unwrap();
+        let e = bad(r.fetch_entry(&ibh));
+        assert!(
+            matches!(&e, RemoteError::MissingObject { object: o, .. } if *o == object),
+            "{e:?}"
+        );
+        // the entry: not a manifest, another run's, a failed run's, grown
+        put(&key, b"{\"schema\": ");
+        let e = bad(r.fetch_entry(&ibh));
+        assert!(matches!(e, RemoteError::NotAManifest { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            format!("the remote cache `{url}`: entry `{key}` is not a valid run manifest")
+        );
+        let mut other = m.clone();
+        other.input_bundle_hash = InputBundleHash(Digest::of(b"another run"));
+        put(&key, &other.to_json());
+        let e = bad(r.fetch_entry(&ibh));
+        assert!(
+            matches!(
+                e,
+                RemoteError::AnotherRun {
+                    mismatch: Mismatch::InputBundleHash,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let mut failed = m.clone();
+        (failed.status, failed.error) = (RunStatus::Failed, Some("HTTP 500".into()));
+        put(&key, &failed.to_json());
+        let e = bad(r.fetch_entry(&ibh));
+        assert!(
+            matches!(
+                e,
+                RemoteError::AnotherRun {
+                    mismatch: Mismatch::NotOk,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        let f = std::fs::File::options()
+            .write(true)
+            .open(t.path().join(&key))
+            .unwrap();
+        f.set_len(MAX_MANIFEST_BYTES + 1).unwrap(); // sparse: no disk
+        let e = bad(r.fetch_entry(&ibh));
+        assert!(
+            matches!(e, RemoteError::ManifestTooLarge { len, max: MAX_MANIFEST_BYTES, .. } if len == MAX_MANIFEST_BYTES + 1),
+            "{e:?}"
+        );
+
+        // none of it took the remote down
+        assert!(!r.is_down());
+        assert!(r.take_down_warning().is_none());
+    }
+
+    #[test]
+    fn a_refused_connection_takes_the_remote_down_with_one_failure() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        }; // closed again: connections are refused
+        let url = format!("webdav+http://127.0.0.1:{port}/cache");
+        let cfg = CacheConfig {
+            timeout_s: 2,
+            ..Default::default()
+        };
+        let r = Remote::open(&url, "`prompts.toml`", &cfg).unwrap().unwrap();
+        let m = run_of(b"x");
+        assert!(matches!(
+            r.fetch(&m.input_bundle_hash, &m.prompt_digest),
+            Fetch::Down
+        ));
+        assert!(r.is_down());
+        let e = r.take_down_warning().expect("the failure, once");
+        assert!(e.is_down());
+        let refused = Failure::Unreachable {
+            io: Some(std::io::ErrorKind::ConnectionRefused),
+        };
+        assert!(
+            matches!(&e, RemoteError::Down { doing: Doing::LookingUp, failure, .. } if *failure == refused),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "the remote cache `{url}` failed while looking up a result (cannot reach it, or it failed); going on without it for the rest of this build"
+            )
+        );
+        assert!(r.take_down_warning().is_none(), "reported once");
+        // nothing more is sent: a push gets the failure that took it down
+        let pushed = r.push(&m, vec![(m.prompt_digest, b"p".to_vec())]);
+        assert!(
+            matches!(
+                pushed,
+                Err(RemoteError::Down {
+                    doing: Doing::LookingUp,
+                    ..
+                })
+            ),
+            "{pushed:?}"
+        );
+    }
+
+    #[test]
+    fn a_remote_that_cannot_be_set_up_is_a_setup_failure() {
+        let url = "file:///proc/no-such-dir/cache";
+        let e = match Remote::open(url, "`prompts.toml`", &CacheConfig::default()).unwrap() {
+            Err(e) => e,
+            Ok(_) => panic!("a directory under /proc cannot be created"),
+        };
+        assert!(e.is_down());
+        assert!(
+            matches!(&e, RemoteError::CannotOpen { url: u, failure: Failure::Unreachable { io: Some(_) }, .. } if u == url),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "the remote cache `file:///proc/no-such-dir/cache` (from `prompts.toml`) cannot be opened (cannot reach it, or it failed); going on without it"
+        );
+    }
 }
 
 /// The remote a `mkt cache` command works on: an error when the project
@@ -669,9 +902,9 @@ pub fn open_required(project: &crate::config::Project) -> Result<Remote> {
             "add `[cache] remote = \"s3://bucket/prefix\"` (or `webdav+https://...`, `file:///...`) to `prompts.toml`, or set `{ENV_REMOTE}`"
         )),
     })?;
-    opened.map_err(|what| Error::NotAvailable {
-        what,
-        help: Some("check the URL, and that this machine can reach and write it".into()),
+    opened.map_err(|error| Error::Remote {
+        error,
+        help: "check the URL, and that this machine can reach and write it",
     })
 }
 
@@ -722,13 +955,12 @@ pub fn push(root: &camino::Utf8Path, remote: &Remote) -> Result<PushReport> {
             continue;
         }
         match remote.push(&m, objects) {
-            Some(true) => rep.pushed += 1,
-            Some(false) => rep.present += 1,
-            None => {
-                let why = remote.take_down_warning().unwrap_or_default();
-                return Err(Error::NotAvailable {
-                    what: why,
-                    help: Some("check the remote's URL, that it is up, and the credentials in the environment; then run `mkt cache push` again (what was pushed stays)".into()),
+            Ok(true) => rep.pushed += 1,
+            Ok(false) => rep.present += 1,
+            Err(error) => {
+                return Err(Error::Remote {
+                    error,
+                    help: "check the remote's URL, that it is up, and the credentials in the environment; then run `mkt cache push` again (what was pushed stays)",
                 });
             }
         }

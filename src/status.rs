@@ -24,6 +24,9 @@ pub enum NodeState {
     /// It cannot be built as the project stands (a missing input, say), or
     /// something it needs cannot.
     Broken(String),
+    /// Its request waits in this provider batch (as recorded when it was
+    /// submitted; a target edited since then is sent again).
+    Pending(String),
 }
 
 impl NodeState {
@@ -44,6 +47,7 @@ impl NodeState {
             NodeState::Failed => "failed",
             NodeState::Stale(_) => "stale",
             NodeState::Broken(_) => "broken",
+            NodeState::Pending(_) => "pending",
         }
     }
 
@@ -55,6 +59,7 @@ impl NodeState {
             NodeState::Failed => Some(DirtyReason::PreviousRunFailed.to_string()),
             NodeState::Stale(r) => Some(r.to_string()),
             NodeState::Broken(e) => Some(e.clone()),
+            NodeState::Pending(id) => Some(format!("pending in batch {id}")),
         }
     }
 
@@ -114,7 +119,7 @@ pub fn status(root: &Utf8Path, targets: &[String]) -> Result<StatusReport> {
         {
             let state = match (outcome, reason) {
                 (Outcome::Fresh, _) => NodeState::Fresh,
-                (Outcome::Failed { error }, _) => NodeState::Broken(error.clone()),
+                (Outcome::Failed { error }, _) => NodeState::Broken(error.to_string()),
                 (Outcome::Skipped { because }, _) => NodeState::Broken(because.clone()),
                 (_, Some(r)) => NodeState::from_reason(r),
                 (_, None) => NodeState::Stale(DirtyReason::Forced),
@@ -122,7 +127,8 @@ pub fn status(root: &Utf8Path, targets: &[String]) -> Result<StatusReport> {
             nodes.lock().unwrap().push((key.to_string(), state));
         }
     })?;
-    let nodes = nodes.into_inner().unwrap();
+    let mut nodes = nodes.into_inner().unwrap();
+    mark_pending(root, &mut nodes);
     let estimate = rep.estimate.unwrap_or_default();
     let not_fresh = nodes
         .iter()
@@ -135,4 +141,27 @@ pub fn status(root: &Utf8Path, targets: &[String]) -> Result<StatusReport> {
         nodes,
         estimate,
     })
+}
+
+/// Marks the nodes that are not fresh and whose request waits in a
+/// recorded, uncancelled batch.
+fn mark_pending(root: &Utf8Path, nodes: &mut [(String, NodeState)]) {
+    let dir = crate::batch::records_dir(&root.join(crate::layout::STORE_DIR));
+    let records = crate::batch::record::read_all(&dir).records;
+    let pending: rustc_hash::FxHashMap<&str, &str> = (records.iter())
+        .filter(|r| !r.cancelled)
+        .flat_map(|r| {
+            r.requests
+                .iter()
+                .map(move |m| (m.target.as_str(), r.name()))
+        })
+        .collect();
+    if pending.is_empty() {
+        return;
+    }
+    for (key, state) in nodes.iter_mut() {
+        if let (false, Some(id)) = (state.is_fresh(), pending.get(key.as_str())) {
+            *state = NodeState::Pending(id.to_string());
+        }
+    }
 }

@@ -216,11 +216,24 @@ const STORE_SUBDIRS: [&str; 4] = [
 /// mkt's: `mkt gc --all` empties only a directory that carries both.
 const CACHEDIR_TAG_TEXT: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55\n# This file marks mkt's store (.mkt/) as a cache directory.\n";
 
+/// A project root whose store passed [`check_store_dir`], for
+/// [`ObjectStore::open_checked`]: the build checks before anything else
+/// (its no-op stamp's fast path writes the store too) and need not check
+/// again when it opens the store.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckedRoot<'a>(&'a Utf8Path);
+
+impl CheckedRoot<'_> {
+    pub fn path(&self) -> &Utf8Path {
+        self.0
+    }
+}
+
 /// Refuses a store (`.mkt`, or one of its directories) that is a symlink
 /// or a file: through a link, builds would write, and `mkt gc` delete,
 /// wherever it leads (a cloned repository can carry `.mkt -> ~`). A
 /// store not there yet is fine.
-pub fn check_store_dir(root: &Utf8Path) -> Result<()> {
+pub fn check_store_dir(root: &Utf8Path) -> Result<CheckedRoot<'_>> {
     let dir = root.join(STORE_DIR);
     let subdirs = STORE_SUBDIRS.iter().map(|d| dir.join(d));
     for path in std::iter::once(dir.clone()).chain(subdirs) {
@@ -231,13 +244,13 @@ pub fn check_store_dir(root: &Utf8Path) -> Result<()> {
                 Err(_) => "a symlink".to_string(),
             },
             Ok(_) => "a file".to_string(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == dir => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && path == dir => break,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io("read", path, e)),
         };
         return Err(Error::StoreNotADirectory { path, what });
     }
-    Ok(())
+    Ok(CheckedRoot(root))
 }
 
 /// Whether `dir` carries the `CACHEDIR.TAG` mkt writes into every store
@@ -270,19 +283,20 @@ pub(crate) fn open_in_place(
 impl ObjectStore {
     /// Opens (creating if needed) the store of the project at `root`.
     pub fn open(root: &Utf8Path) -> Result<ObjectStore> {
-        ObjectStore::open_with(root, true)
+        ObjectStore::open_checked(check_store_dir(root)?, true)
     }
 
     /// Opens the store for reading only: a missing store is not created
     /// (every read then finds nothing). For `--dry-run`, which writes
     /// nothing.
     pub fn open_read_only(root: &Utf8Path) -> Result<ObjectStore> {
-        ObjectStore::open_with(root, false)
+        ObjectStore::open_checked(check_store_dir(root)?, false)
     }
 
-    fn open_with(root: &Utf8Path, create: bool) -> Result<ObjectStore> {
-        check_store_dir(root)?;
-        let mut store = ObjectStore::open_unchecked(root);
+    /// [`ObjectStore::open`] (with `create`) or
+    /// [`ObjectStore::open_read_only`] of a root already checked.
+    pub fn open_checked(root: CheckedRoot<'_>, create: bool) -> Result<ObjectStore> {
+        let mut store = ObjectStore::open_unchecked(root.path());
         store.read_only = !create;
         let version = store.dir.join(layout::VERSION);
         let start_over = "run `mkt gc --all` to delete the store and start over (the next build runs everything again)";

@@ -55,7 +55,7 @@ pub struct TemplateRefs {
 pub const MAX_INCLUDE_DEPTH: usize = 49;
 
 const ROLES: [&str; 3] = ["system", "user", "assistant"];
-const ROLE_FN: &str = "__mkt_role__";
+pub(crate) const ROLE_FN: &str = "__mkt_role__";
 
 /// Rewrites role lines into calls that emit an unforgeable marker. Line
 /// numbers are unchanged.

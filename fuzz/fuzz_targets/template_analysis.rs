@@ -1,15 +1,24 @@
-//! Template analysis, preprocessing and compilation on arbitrary text:
-//! errors are fine, panics are not.
+//! Template analysis, preprocessing and compilation on arbitrary text, and
+//! the same text read as a `.prompty` file: errors are fine, panics are not.
 #![no_main]
 
 use camino::Utf8Path;
 use libfuzzer_sys::fuzz_target;
+use markitect::prompty::{Prompty, body_names};
 use markitect::template::{RenderInput, analyse, compile, preprocess};
 use minijinja::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 fuzz_target!(|source: &str| {
+    // as a `.prompty` file: the front matter read, the body analysed as
+    // the build analyses it
+    if let Ok(p) = Prompty::parse(source) {
+        let prompty = Utf8Path::new("t.prompty");
+        if analyse(prompty, &p.body).is_ok() {
+            let _ = body_names(prompty, &p.body);
+        }
+    }
     let _ = preprocess(source);
     let path = Utf8Path::new("t.md");
     let Ok(refs) = analyse(path, source) else {

@@ -1,11 +1,12 @@
 //! Compilation: a node's sources and upstream outputs rendered into its
 //! compiled prompt.
 
-use crate::config::Project;
+use crate::config::{ModelConfig, Project};
 use crate::files::ProjectFiles;
 use crate::graph::{Graph, Node};
 use crate::hash::Digest;
 use crate::manifest::UpstreamRecord;
+use crate::prompty::{Prompty, is_prompty};
 use crate::store::{ObjectRead, ObjectStore};
 use crate::template::{RenderInput, compile};
 use camino::Utf8Path;
@@ -76,6 +77,7 @@ pub(super) fn compile_node_with(
     text_of: &UpstreamText<'_>,
 ) -> std::result::Result<crate::template::CompiledPrompt, CompileError> {
     let template_source = read_text(src.files, expected, &node.template)?;
+    let prompty = prompty_of(node, &template_source)?;
     let mut partials = BTreeMap::new();
     for p in &node.partials {
         partials.insert(
@@ -141,19 +143,75 @@ pub(super) fn compile_node_with(
         ),
         None => Value::UNDEFINED,
     };
-    let context = if node.item.is_some() {
-        minijinja::context! { inputs => inputs, targets => targets, item => item }
-    } else {
-        minijinja::context! { inputs => inputs, targets => targets }
+    let context = match &prompty {
+        Some(p) => prompty_context(p, inputs, targets, node.item.as_ref().map(|_| item)),
+        None if node.item.is_some() => {
+            minijinja::context! { inputs => inputs, targets => targets, item => item }
+        }
+        None => minijinja::context! { inputs => inputs, targets => targets },
     };
     let prompt = compile(&RenderInput {
         template_path: Utf8Path::new(&node.template),
-        template_source: &template_source,
+        template_source: prompty.as_ref().map_or(&template_source, |p| &p.body),
         partials: &partials,
         verbatim: &verbatim,
         context,
     })?;
     Ok(prompt)
+}
+
+/// The model `node` runs with: its target's, with the parameters of a
+/// `.prompty` template's front matter over its settings. The template
+/// must still have the digest in `expected` (when listed there).
+pub(crate) fn node_model(
+    src: &Sources<'_>,
+    node: &Node,
+    expected: &HashMap<&str, Digest>,
+) -> std::result::Result<Arc<ModelConfig>, CompileError> {
+    let model = &src.project.targets[node.target].model;
+    if !is_prompty(&node.template) {
+        return Ok(Arc::clone(model));
+    }
+    let text = read_text(src.files, expected, &node.template)?;
+    match prompty_of(node, &text)? {
+        Some(p) if !p.params.is_empty() => Ok(Arc::new(p.apply(model))),
+        _ => Ok(Arc::clone(model)),
+    }
+}
+
+/// The front matter of `node`'s template, if it is a `.prompty` file.
+fn prompty_of(node: &Node, text: &str) -> std::result::Result<Option<Prompty>, CompileError> {
+    if !is_prompty(&node.template) {
+        return Ok(None);
+    }
+    let p = Prompty::parse(text).map_err(|e| e.into_error(Utf8Path::new(&node.template)))?;
+    Ok(Some(p))
+}
+
+/// A `.prompty` body's context: every input by its bare name (bound, or
+/// else its declared default), and `inputs`, `targets` and `item` as in
+/// any template (they win over an input of the same name).
+fn prompty_context(
+    p: &Prompty,
+    inputs: BTreeMap<String, Value>,
+    targets: BTreeMap<String, Value>,
+    item: Option<Value>,
+) -> Value {
+    let mut ctx: BTreeMap<String, Value> = BTreeMap::new();
+    for d in &p.inputs {
+        if let Some(v) = &d.default {
+            ctx.insert(d.name.clone(), Value::from_serialize(v));
+        }
+    }
+    for (name, v) in &inputs {
+        ctx.insert(name.clone(), v.clone());
+    }
+    ctx.insert("inputs".into(), Value::from(inputs));
+    ctx.insert("targets".into(), Value::from(targets));
+    if let Some(item) = item {
+        ctx.insert("item".into(), item);
+    }
+    Value::from(ctx)
 }
 
 /// Reads a source file for compilation and checks it still has the digest

@@ -6,14 +6,13 @@
 //! upstream's previous output (none when it never ran: empty text), so
 //! its count is marked approximate.
 
-use super::compile::{Sources, compile_node_with, upstream_text};
-use super::job::Ctx;
+use super::compile::{Sources, compile_node_with, node_model, upstream_text};
+use super::job::{Ctx, PreparedCall};
 use crate::estimate::{Estimate, OutputBound, TargetEstimate, count_prompt};
 use crate::hash::{Digest, InputBundleHash};
 use crate::manifest::UpstreamRecord;
 use crate::state::TargetRecords;
 use crate::store::AcRead;
-use crate::template::CompiledPrompt;
 use std::cell::Cell;
 
 /// A node a dry run would run, with what its upstream nodes came to (a
@@ -36,7 +35,8 @@ pub(super) fn estimate_nodes(ctx: &Ctx<'_>, wanted: &[Wanted]) -> Estimate {
 fn estimate_node(ctx: &Ctx<'_>, w: &Wanted) -> Option<TargetEstimate> {
     let src = &ctx.src;
     let node = &src.graph.nodes[w.node];
-    let decl = &src.project.targets[node.target];
+    // (the target's model, with a `.prompty` file's parameters applied)
+    let model = node_model(src, node, &Default::default()).ok()?;
     let guessed = Cell::new(false);
     let text_of = |un: &crate::graph::Node, d: Digest| {
         if d != Digest::default() {
@@ -49,15 +49,10 @@ fn estimate_node(ctx: &Ctx<'_>, w: &Wanted) -> Option<TargetEstimate> {
         }
     };
     let prompt = compile_node_with(src, node, &Default::default(), &w.upstream, &text_of).ok()?;
-    let mut input = count_prompt(&decl.model, &prompt);
+    let mut input = count_prompt(&model, &prompt);
     input.exact &= !guessed.get();
-    let output = output_bound(src, ctx.old, &node.key, decl.model.settings.max_tokens);
-    Some(TargetEstimate::new(
-        node.key.clone(),
-        &decl.model,
-        input,
-        output,
-    ))
+    let output = output_bound(src, ctx.old, &node.key, model.settings.max_tokens);
+    Some(TargetEstimate::new(node.key.clone(), &model, input, output))
 }
 
 /// The output tokens to expect of `key`: its last recorded run's, else up
@@ -77,13 +72,14 @@ fn output_bound(
     OutputBound::new(last, max_tokens)
 }
 
-/// The most a call of node `node` with `prompt` may cost (0 for a model
-/// without prices; `None`: no bound).
-pub(super) fn call_high_cost(ctx: &Ctx<'_>, node: usize, prompt: &CompiledPrompt) -> Option<f64> {
+/// The most `call` may cost (0 for a model without prices; `None`: no
+/// bound).
+pub(super) fn call_high_cost(ctx: &Ctx<'_>, call: &PreparedCall) -> Option<f64> {
     let src = &ctx.src;
-    let n = &src.graph.nodes[node];
-    let model = &src.project.targets[n.target].model;
-    let input = count_prompt(model, prompt);
+    let n = &src.graph.nodes[call.job.node];
+    // (the target's model, with a `.prompty` file's parameters applied)
+    let model = &call.model;
+    let input = count_prompt(model, &call.prompt);
     let output = output_bound(src, ctx.old, &n.key, model.settings.max_tokens);
     TargetEstimate::new(n.key.clone(), model, input, output).cost_high()
 }

@@ -9,8 +9,9 @@
 //! prepared the call, so a response that arrives later, in another
 //! process, can be finished with the store and project opened there.
 
-use super::compile::{Sources, compile_node};
-use super::report::{INTERRUPTED, Outcome, STOPPED};
+use super::batching::{BatchPass, Route, batch_cost};
+use super::compile::{Sources, compile_node, node_model};
+use super::report::{INTERRUPTED, JobError, Outcome, STOPPED};
 use crate::config::TargetDecl;
 use crate::error::Result;
 use crate::exec::{ModelError, ModelResponse};
@@ -49,12 +50,17 @@ pub(crate) struct JobResult {
     /// served from the action cache instead (`saved`).
     pub(crate) spent: Option<(Usage, Option<f64>)>,
     pub(crate) saved: Option<(Usage, Option<f64>)>,
+    /// A batch answer: what the ordinary call would have cost more.
+    pub(crate) batch_saved: Option<f64>,
 }
 
 /// A job ready for its model call (see the module docs).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct PreparedCall {
     pub(crate) job: Job,
+    /// The model to send it to: the target's, with a `.prompty`
+    /// template's parameters applied.
+    pub(crate) model: std::sync::Arc<crate::config::ModelConfig>,
     /// What to send to the model.
     pub(crate) prompt: CompiledPrompt,
     /// Its canonical JSON, stored with the run.
@@ -94,6 +100,8 @@ pub(crate) struct Ctx<'a> {
     /// independent targets before the failure).
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     pub(crate) keep_going: bool,
+    /// Batches: what was collected, what is pending, what to queue.
+    pub(crate) batch: Option<&'a BatchPass>,
     /// The cost cap, when the build has one.
     pub(crate) budget: Option<super::budget::Budget>,
 }
@@ -126,26 +134,29 @@ pub(crate) fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         Prepared::Done(r) => return r,
         Prepared::Call(call) => call,
     };
+    let call = match ctx.batch {
+        Some(b) => match b.route(&ctx.src, ctx.remote, call) {
+            Route::Done(r) => return r,
+            Route::Call(call) => call,
+        },
+        None => call,
+    };
     // with a cost cap, the call's upper bound is taken out of the budget
     // before it is sent (see `budget.rs`)
     let reserved = match &ctx.budget {
         None => None,
-        Some(b) => match b.reserve(super::estimate::call_high_cost(
-            ctx,
-            call.job.node,
-            &call.prompt,
-        )) {
+        Some(b) => match b.reserve(super::estimate::call_high_cost(ctx, &call)) {
             Ok(r) => Some((b, r)),
             Err(why) => return skipped(&call.job, why, call.warnings),
         },
     };
-    let decl = decl_of(&ctx.src, call.job.node);
     let t_process = Instant::now();
     let mut stats = crate::exec::CallStats::default();
-    let response = crate::exec::call(&decl.model, &call.prompt, ctx.src.files.root(), &mut stats);
+    let response = crate::exec::call(&call.model, &call.prompt, ctx.src.files.root(), &mut stats);
     let called = Called {
         process_ms: t_process.elapsed().as_secs_f64() * 1e3,
         stats,
+        batch: None,
     };
     let r = finish(&ctx.src, ctx.remote, call, response, called);
     if let Some((budget, reserved)) = reserved {
@@ -190,8 +201,10 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
     let expected: HashMap<&str, Digest> = (job.fingerprint.deps.iter())
         .map(|d| (d.path.as_str(), d.digest))
         .collect();
-    let prompt = match compile_node(&ctx.src, node, &expected, &job.upstream) {
-        Ok(p) => p,
+    let compiled = compile_node(&ctx.src, node, &expected, &job.upstream)
+        .and_then(|p| Ok((p, node_model(&ctx.src, node, &expected)?)));
+    let (prompt, model) = match compiled {
+        Ok(c) => c,
         Err(e) => {
             let h = history_line(
                 node,
@@ -200,15 +213,17 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
                 ms_since(started),
                 (RunKind::Failed, "", None, None, None),
                 None,
+                None,
             );
-            return Prepared::Done(failed(&job, node, e.to_string(), warnings, Some(h)));
+            let error = JobError::Compile(std::sync::Arc::new(e));
+            return Prepared::Done(failed(&job, node, error, warnings, Some(h)));
         }
     };
     let compile_ms = ms_since(started);
     let prompt_json = prompt.canonical_json();
     let prompt_digest = Digest::of(&prompt_json);
-    let params = decl.model.hashed_params();
-    let ibh = InputBundleHash::compute(prompt_digest, decl.model.provider.as_str(), &params);
+    let params = model.hashed_params();
+    let ibh = InputBundleHash::compute(prompt_digest, model.provider.as_str(), &params);
     // 3. The action caches.
     if !ctx.forced[job.node] {
         match look_up(ctx, &job, started, ibh, &prompt_json, warnings) {
@@ -223,8 +238,8 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
         input_bundle_hash: ibh,
         prompt_digest,
         model: ModelRecord {
-            name: decl.model.name.clone(),
-            provider: decl.model.provider.as_str().into(),
+            name: model.name.clone(),
+            provider: model.provider.as_str().into(),
             params,
         },
         upstream: job.upstream.clone(),
@@ -240,6 +255,7 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
     };
     Prepared::Call(PreparedCall {
         job,
+        model,
         prompt,
         prompt_json,
         manifest,
@@ -297,7 +313,7 @@ fn look_up(
                 ctx.src.store.ac_put(&m)
             })();
             return Ok(match stored {
-                Err(e) => failed(job, node, e.to_string(), warnings, None),
+                Err(e) => failed(job, node, e.into(), warnings, None),
                 Ok(()) => {
                     let how = Served::Cached(&m, ibh, true);
                     serve(&ctx.src, job, started, how, &output, warnings)
@@ -305,13 +321,12 @@ fn look_up(
             });
         }
         Fetch::Bad(why) => warnings.push(format!(
-            "the remote cache `{}`: {why}; not used for `{}`, running the model",
-            remote.display(),
+            "{why}; not used for `{}`, running the model",
             node.key
         )),
         Fetch::Miss | Fetch::Down => {}
     }
-    warnings.extend(remote.take_down_warning());
+    warnings.extend(remote.take_down_warning().map(|e| e.to_string()));
     Err(warnings)
 }
 
@@ -340,7 +355,7 @@ fn serve(
         Served::Cached(m, ibh, _) => (m.outputs[0].digest, &m.run_id, ibh.0),
     };
     if let Err(e) = write_output(src, node, bytes, digest) {
-        return failed(job, node, e.to_string(), warnings, None);
+        return failed(job, node, e.into(), warnings, None);
     }
     let (kind, outcome, remote, saved) = match how {
         Served::Restored(_) => (RunKind::Restored, Outcome::Restored, None, None),
@@ -356,7 +371,15 @@ fn serve(
         }
     };
     let line = (kind, run_id.as_str(), Some(ibh), None, None);
-    let h = history_line(node, job, &decl.model.name, ms_since(started), line, remote);
+    let h = history_line(
+        node,
+        job,
+        &decl.model.name,
+        ms_since(started),
+        line,
+        remote,
+        None,
+    );
     JobResult {
         node: job.node,
         outcome,
@@ -365,6 +388,7 @@ fn serve(
         history: Some(h),
         spent: None,
         saved,
+        batch_saved: None,
     }
 }
 
@@ -415,6 +439,7 @@ fn sources_manifest(src: &Sources<'_>, node: &Node) -> RunManifest {
         },
         tool_version: env!("CARGO_PKG_VERSION").into(),
         host: crate::remote::hostname(),
+        batch: None,
     }
 }
 
@@ -423,6 +448,8 @@ fn sources_manifest(src: &Sources<'_>, node: &Node) -> RunManifest {
 pub(crate) struct Called {
     pub process_ms: f64,
     pub stats: crate::exec::CallStats,
+    /// The provider's batch that answered, for an answer collected from one.
+    pub batch: Option<String>,
 }
 
 /// The part of a job after its model call (module docs): `response`,
@@ -455,8 +482,13 @@ pub(crate) fn finish(
     m.timing.attempts = (stats.attempts > 0).then_some(stats.attempts);
     m.timing.rate_limit_wait_ms =
         (stats.attempts > 0).then_some(stats.rate_limit_wait.as_secs_f64() * 1e3);
+    m.batch = called.batch.clone();
     let stored = store_run(src, remote, node, decl, m, prompt_json, response);
     let spent = m.usage.clone().map(|u| (u, m.cost_usd));
+    let batch_saved = (m.batch.as_ref())
+        .and_then(|_| decl.model.settings.cost_usd(m.usage.as_ref()?))
+        .map(|ordinary| ordinary - m.cost_usd.unwrap_or(0.0));
+    let batch = m.batch.as_deref();
     let ibh = m.input_bundle_hash.0;
     let took = || prepare_ms + called.process_ms + ms_since(t_finish);
     let line = |kind| {
@@ -469,10 +501,11 @@ pub(crate) fn finish(
         )
     };
     match stored {
-        Ok(Some(d)) => JobResult {
+        Ok(Ok(d)) => JobResult {
             node: job.node,
             outcome: Outcome::Ran {
                 run_id: run_id.clone(),
+                batch: batch.map(str::to_string),
             },
             record: Some(record_for(&job, node, ibh, d, &run_id)),
             warnings,
@@ -483,11 +516,13 @@ pub(crate) fn finish(
                 took(),
                 line(RunKind::Ran),
                 None,
+                batch,
             )),
             spent,
             saved: None,
+            batch_saved,
         },
-        Ok(None) => {
+        Ok(Err(error)) => {
             let h = history_line(
                 node,
                 &job,
@@ -495,22 +530,22 @@ pub(crate) fn finish(
                 took(),
                 line(RunKind::Failed),
                 None,
+                batch,
             );
-            let error = m.error.clone().unwrap_or_default();
             JobResult {
                 spent,
-                ..failed(&job, node, error, warnings, Some(h))
+                ..failed(&job, node, JobError::Model(error), warnings, Some(h))
             }
         }
         Err(e) => JobResult {
             spent,
-            ..failed(&job, node, e.to_string(), warnings, None)
+            ..failed(&job, node, e.into(), warnings, None)
         },
     }
 }
 
-/// Stores a finished call's run: `Ok(Some(digest))`: its output, in the
-/// store, the action cache and the output file; `Ok(None)`: the model
+/// Stores a finished call's run: `Ok(Ok(digest))`: its output, in the
+/// store, the action cache and the output file; `Ok(Err)`: the model
 /// failed (recorded in `runs/`); `Err`: the store could not be written.
 fn store_run(
     src: &Sources<'_>,
@@ -520,7 +555,7 @@ fn store_run(
     m: &mut RunManifest,
     prompt_json: Vec<u8>,
     response: std::result::Result<ModelResponse, ModelError>,
-) -> Result<Option<Digest>> {
+) -> Result<std::result::Result<Digest, ModelError>> {
     src.store.put(&prompt_json)?;
     match response {
         Ok(resp) => {
@@ -530,7 +565,10 @@ fn store_run(
                 digest: d,
                 bytes: resp.output.len() as u64,
             });
-            m.cost_usd = (resp.usage.as_ref()).and_then(|u| decl.model.settings.cost_usd(u));
+            m.cost_usd = match m.batch {
+                Some(_) => batch_cost(&decl.model, resp.usage.as_ref()),
+                None => (resp.usage.as_ref()).and_then(|u| decl.model.settings.cost_usd(u)),
+            };
             m.usage = resp.usage;
             src.store.ac_put(m)?;
             write_output(src, node, &resp.output, d)?;
@@ -538,15 +576,18 @@ fn store_run(
             if let Some(remote) = remote {
                 remote.upload(m.clone(), prompt_json, resp.output);
             }
-            Ok(Some(d))
+            Ok(Ok(d))
         }
         Err(e) => {
             m.status = RunStatus::Failed;
             m.error = Some(e.to_string());
-            m.cost_usd = e.usage().and_then(|u| decl.model.settings.cost_usd(u));
-            m.usage = e.into_usage();
+            m.cost_usd = match m.batch {
+                Some(_) => batch_cost(&decl.model, e.usage()),
+                None => e.usage().and_then(|u| decl.model.settings.cost_usd(u)),
+            };
+            m.usage = e.usage().cloned();
             src.store.put_run(m)?;
-            Ok(None)
+            Ok(Err(e))
         }
     }
 }
@@ -590,6 +631,7 @@ fn history_line(
         Option<f64>,
     ),
     remote: Option<&RunManifest>,
+    batch: Option<&str>,
 ) -> String {
     let ms = duration_ms;
     HistoryEntry {
@@ -605,6 +647,7 @@ fn history_line(
         cost_usd,
         remote: remote.is_some(),
         host: remote.and_then(|m| m.host.clone()),
+        batch: batch.map(str::to_string),
     }
     .to_line()
 }
@@ -628,7 +671,7 @@ fn record_for(job: &Job, node: &Node, ibh: Digest, digest: Digest, run_id: &str)
 fn failed(
     job: &Job,
     node: &Node,
-    error: String,
+    error: JobError,
     warnings: Vec<String>,
     history: Option<String>,
 ) -> JobResult {
@@ -643,6 +686,7 @@ fn failed(
         history,
         spent: None,
         saved: None,
+        batch_saved: None,
     }
 }
 
@@ -657,6 +701,7 @@ fn skipped(job: &Job, because: &str, warnings: Vec<String>) -> JobResult {
         history: None,
         spent: None,
         saved: None,
+        batch_saved: None,
     }
 }
 
@@ -705,6 +750,7 @@ mod tests {
             fetch_only: false,
             stopping: Default::default(),
             keep_going: false,
+            batch: None,
             budget: None,
         };
         let job = Job {
@@ -717,6 +763,50 @@ mod tests {
             Prepared::Call(call) => serde_json::to_vec(&call).unwrap(),
             Prepared::Done(r) => panic!("prepared to {:?}, not to a call", r.outcome),
         }
+    }
+
+    #[test]
+    fn a_failed_job_says_what_failed_as_data() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        let write = |p: &str, s: &str| std::fs::write(root.join(p), s).unwrap();
+        write(
+            "prompts.toml",
+            "[models.bad]\nprovider = \"command\"\ncommand = [\"false\"]\n\
+             [targets.called]\ntemplate = \"ok.md\"\noutput = \"a.out\"\nmodel = \"bad\"\n\
+             [targets.rendered]\ntemplate = \"bad.md\"\noutput = \"b.out\"\n",
+        );
+        write("ok.md", "hello\n");
+        write("bad.md", "{{ \"a\" + 1 }}\n");
+        let failures = std::sync::Mutex::new(Vec::new());
+        let opts = BuildOptions {
+            keep_going: true,
+            ..Default::default()
+        };
+        build(root, &opts, &|e| {
+            if let crate::build::Event::Finished {
+                key,
+                outcome: Outcome::Failed { error },
+                ..
+            } = e
+            {
+                failures
+                    .lock()
+                    .unwrap()
+                    .push((key.to_string(), error.clone()));
+            }
+        })
+        .unwrap();
+        let mut failures = failures.into_inner().unwrap();
+        failures.sort_by(|a, b| a.0.cmp(&b.0));
+        assert!(
+            matches!(&failures[0], (k, JobError::Model(ModelError::Failed(_))) if k == "called"),
+            "{failures:?}"
+        );
+        assert!(
+            matches!(&failures[1], (k, JobError::Compile(_)) if k == "rendered"),
+            "{failures:?}"
+        );
     }
 
     #[test]
@@ -736,9 +826,8 @@ mod tests {
         let call: PreparedCall = serde_json::from_slice(&bytes).unwrap();
         let ibh = call.manifest.input_bundle_hash;
         let (store, project, graph, files) = open(root);
-        let decl = &project.targets[graph.nodes[0].target];
         let mut stats = crate::exec::CallStats::default();
-        let response = crate::exec::call(&decl.model, &call.prompt, root, &mut stats);
+        let response = crate::exec::call(&call.model, &call.prompt, root, &mut stats);
         let want = response.as_ref().unwrap().output.clone();
         store.begin_writes().unwrap();
         let src = Sources {
@@ -750,9 +839,10 @@ mod tests {
         let called = Called {
             process_ms: 1.0,
             stats,
+            batch: None,
         };
         let r = finish(&src, None, call, response, called);
-        let Outcome::Ran { run_id } = &r.outcome else {
+        let Outcome::Ran { run_id, .. } = &r.outcome else {
             panic!("finished to {:?}", r.outcome);
         };
         // the run is stored, and the output file written

@@ -23,6 +23,7 @@
 //! written: a build's reads of cold file-system metadata then queued
 //! behind the flushes, 17-28 ms each.)
 
+mod batching;
 mod budget;
 mod compile;
 mod estimate;
@@ -34,7 +35,10 @@ mod stamp;
 pub use compile::CompileError;
 pub(crate) use compile::Sources;
 pub(crate) use compile::compile_node;
-pub use report::{BuildOptions, BuildReport, Event, Outcome, Phases, Spend, WatchSet, format_usd};
+pub(crate) use compile::node_model;
+pub use report::{
+    BuildOptions, BuildReport, Event, JobError, Outcome, Phases, Spend, WatchSet, format_usd,
+};
 
 use crate::config::PROJECT_FILE;
 use crate::config::Project;
@@ -148,7 +152,7 @@ pub fn build_in(
 ) -> Result<BuildReport> {
     // (before anything of the store is read, or written: the stamp's
     // fast path writes it too)
-    crate::store::check_store_dir(root)?;
+    let checked = crate::store::check_store_dir(root)?;
     // what the store's stamp and state were when this build looked at them
     let disk_seen = Session::disk_now(root);
     if session.disk.is_some() && session.disk != Some(disk_seen) {
@@ -164,7 +168,7 @@ pub fn build_in(
     let project_stat = std::fs::metadata(root.join(PROJECT_FILE))
         .ok()
         .map(|m| (FileStat::from_metadata(&m), now_ns()));
-    let (store, lock) = open_store(root, opts, report)?;
+    let (store, lock) = open_store(checked, opts, report)?;
     let mut looked = looked;
     // Another build that took the lock after this one read the stamp may
     // have changed outputs and records since: what the stamp saw change
@@ -177,6 +181,10 @@ pub fn build_in(
     phases.mark("open the store and lock");
     let (loaded, mut mode) = load(root, &store, opts, session, looked)?;
     phases.mark("read the project, state and graph");
+    let batch = batching::BatchPass::open(&store, &loaded.project, opts, report);
+    if batch.is_some() {
+        phases.mark("collect batches");
+    }
     let mut plan = plan(root, opts, loaded, &mut mode, project_stat, report)?;
     phases.mark("analyse");
     plan.stat_and_hash(&mode);
@@ -191,7 +199,7 @@ pub fn build_in(
         refused?;
         phases.mark("estimate the cost");
     }
-    let mut done = schedule(&store, &plan, &mode, opts, report)?;
+    let mut done = schedule(&store, &plan, &mode, opts, batch.as_ref(), report)?;
     phases.mark("schedule and run");
     let rep = &mut done.rep;
     rep.interrupted = crate::exec::interrupted();
@@ -205,6 +213,10 @@ pub fn build_in(
         return Ok(done.rep);
     }
     let rep = save(root, &store, plan, mode, done, session, &mut phases)?;
+    // (only now that what they answered is durable)
+    if let Some(b) = &batch {
+        b.forget_collected(&store)?;
+    }
     drop(lock);
     session.disk = Some(Session::disk_now(root));
     Ok(rep)
@@ -299,7 +311,10 @@ fn check_stamp(
     // (named targets are a part of what the stamp covers: it vouches for
     // them as for the whole, though only a build of everything answers
     // from it at once or writes one)
-    if opts.force {
+    // (a recorded batch is collected by a build that looks at its targets)
+    if opts.force
+        || crate::batch::record::any_in(&root.join(STORE_DIR).join(crate::layout::BATCHES_DIR))
+    {
         return Stamped::Looked(looked);
     }
     let hint = changed.filter(|_| session.stamp.is_some());
@@ -349,14 +364,14 @@ fn check_stamp(
 
 /// The store, locked and ready for writes unless `--dry-run`.
 fn open_store(
-    root: &Utf8Path,
+    root: crate::store::CheckedRoot<'_>,
     opts: &BuildOptions,
     report: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<(ObjectStore, Option<StoreLock>)> {
     if opts.dry_run {
-        return Ok((ObjectStore::open_read_only(root)?, None));
+        return Ok((ObjectStore::open_checked(root, false)?, None));
     }
-    let store = ObjectStore::open(root)?;
+    let store = ObjectStore::open_checked(root, true)?;
     let lock = store.lock(opts.wait_for_lock, &|| report(Event::WaitingForLock))?;
     store.begin_writes()?;
     Ok((store, Some(lock)))
@@ -617,6 +632,7 @@ fn schedule(
     plan: &Plan,
     mode: &Mode,
     opts: &BuildOptions,
+    batch: Option<&batching::BatchPass>,
     report: &(dyn Fn(Event<'_>) + Sync),
 ) -> Result<Scheduled> {
     // The remote is opened only for builds that may run something (a dry
@@ -625,8 +641,8 @@ fn schedule(
         None
     } else {
         match crate::remote::open_for(&plan.project)? {
-            Some(Err(warning)) => {
-                report(Event::Warning(warning));
+            Some(Err(why)) => {
+                report(Event::Warning(why.to_string()));
                 None
             }
             opened => opened.and_then(|r| r.ok()),
@@ -645,6 +661,7 @@ fn schedule(
         fetch_only: opts.fetch_only,
         stopping: Default::default(),
         keep_going: opts.keep_going,
+        batch,
         budget: cost_cap(plan, opts).map(budget::Budget::new),
     };
     let mut prog = Progress::new(&plan.graph, &plan.selected, plan.total);
@@ -652,13 +669,18 @@ fn schedule(
         touched_first(&mut prog, &plan.graph, changed);
     }
     let untouched = mode.changed().filter(|_| mode.records_vouched);
-    let done = run_all(&ctx, prog, untouched, opts, report);
+    let mut done = run_all(&ctx, prog, untouched, opts, report);
+    if let Some(b) = batch {
+        b.submit(store, &mut done.rep, report);
+        let lines = b.store_unclaimed(store, &plan.project, &mut done.rep)?;
+        done.history.push_str(&lines);
+    }
     // uploads ran beside the build; what is left is waited for here, so
     // that the build ends with its results published
     if let Some(r) = &remote {
         r.finish_uploads();
         if let Some(w) = r.take_down_warning() {
-            report(Event::Warning(w));
+            report(Event::Warning(w.to_string()));
         }
     }
     drop(remote);
@@ -700,6 +722,7 @@ fn estimate_plan(
         stopping: Default::default(),
         keep_going: true,
         budget: None,
+        batch: None,
     };
     let prog = Progress::new(&plan.graph, &plan.selected, plan.total);
     let untouched = mode.changed().filter(|_| mode.records_vouched);

@@ -24,6 +24,10 @@ pub struct BuildOptions {
     /// `mkt cache pull`: never call a model; a target neither cache has
     /// is skipped.
     pub fetch_only: bool,
+    /// `--batch` (`Some(true)`): every model with a batch API sends its
+    /// calls through it; `--no-batch` (`Some(false)`): none does; `None`:
+    /// the models with `batch = true` do.
+    pub batch: Option<bool>,
     /// `--dry-run`: estimate the tokens and cost of the model calls that
     /// would be made ([`BuildReport::estimate`]).
     pub estimate: bool,
@@ -45,14 +49,45 @@ impl Default for BuildOptions {
             want_watch_set: false,
             remote_cache: true,
             fetch_only: false,
+            batch: None,
             estimate: false,
             max_cost_usd: None,
         }
     }
 }
 
+/// Why a node's job failed, as data; `Display` is the text the user sees.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum JobError {
+    /// Its prompt could not be compiled.
+    #[error("{0}")]
+    Compile(std::sync::Arc<super::CompileError>),
+    /// The model call failed, or its answer did not pass the check.
+    #[error("{0}")]
+    Model(crate::exec::ModelError),
+    /// What it reads could not be read, or what it writes (the store, the
+    /// output file) could not be written.
+    #[error("{0}")]
+    Project(std::sync::Arc<crate::error::Error>),
+    /// A file it reads cannot be read as the project stands.
+    #[error("{0}")]
+    Source(std::sync::Arc<crate::files::FileError>),
+}
+
+impl From<crate::files::FileError> for JobError {
+    fn from(e: crate::files::FileError) -> JobError {
+        JobError::Source(std::sync::Arc::new(e))
+    }
+}
+
+impl From<crate::error::Error> for JobError {
+    fn from(e: crate::error::Error) -> JobError {
+        JobError::Project(std::sync::Arc::new(e))
+    }
+}
+
 /// What happened to one node.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum Outcome {
     /// Up to date: nothing done.
     Fresh,
@@ -64,12 +99,13 @@ pub enum Outcome {
         run_id: String,
         remote: bool,
     },
-    /// The model was called.
+    /// The model was called (or answered in `batch`).
     Ran {
         run_id: String,
+        batch: Option<String>,
     },
     Failed {
-        error: String,
+        error: JobError,
     },
     /// Not attempted because something it needs failed.
     Skipped {
@@ -77,6 +113,15 @@ pub enum Outcome {
     },
     /// `--dry-run`: would be rebuilt.
     WouldRun,
+    /// Its call waits in a provider's batch: the one named, or (`None`)
+    /// the one this build submits for it.
+    Pending {
+        batch: Option<String>,
+    },
+    /// Not attempted because something it needs is pending in a batch.
+    Waiting {
+        because: String,
+    },
 }
 
 /// Progress as the engine reports it; the CLI decides what to print.
@@ -99,6 +144,16 @@ pub enum Event<'a> {
         total: usize,
     },
     Warning(String),
+    /// A recorded batch, as this build's poll found it.
+    BatchPolled {
+        batch: &'a str,
+        model: &'a str,
+        progress: &'a crate::exec::batch::BatchProgress,
+    },
+    /// A batch the provider accepted.
+    BatchSubmitted(&'a crate::batch::Submitted),
+    /// Requests that could not be submitted (they count as failed).
+    BatchNotSubmitted(&'a crate::batch::NotSubmitted),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -112,6 +167,18 @@ pub struct BuildReport {
     pub ran: usize,
     pub failed: usize,
     pub skipped: usize,
+    /// Targets whose call waits in a batch (submitted by this build or an
+    /// earlier one), and those that wait for them.
+    pub pending: usize,
+    pub waiting: usize,
+    /// The batches this build submitted.
+    pub submitted: Vec<crate::batch::Submitted>,
+    /// Answers collected from batches for targets that changed meanwhile:
+    /// stored under their InputBundleHash, no output written.
+    pub unclaimed: usize,
+    /// What the batch answers of this build would have cost more as
+    /// ordinary calls.
+    pub batch_saved_usd: f64,
     /// Stopped by Ctrl-C or SIGTERM (what finished is saved).
     pub interrupted: bool,
     /// `--dry-run`: each node that would be rebuilt and why.
@@ -153,6 +220,8 @@ impl BuildReport {
             Outcome::Ran { .. } => self.ran += 1,
             Outcome::Failed { .. } => self.failed += 1,
             Outcome::Skipped { .. } => self.skipped += 1,
+            Outcome::Pending { .. } => self.pending += 1,
+            Outcome::Waiting { .. } => self.waiting += 1,
             Outcome::WouldRun => {}
         }
     }
@@ -243,7 +312,13 @@ impl Spend {
 }
 
 impl BuildReport {
+    /// Everything selected is built: nothing failed, was skipped or waits.
     pub fn success(&self) -> bool {
+        self.failed == 0 && self.skipped == 0 && self.pending == 0 && self.waiting == 0
+    }
+
+    /// Nothing failed or was skipped, though targets may wait in batches.
+    pub fn no_failure(&self) -> bool {
         self.failed == 0 && self.skipped == 0
     }
 }

@@ -78,6 +78,8 @@ pub(super) enum Blame {
     /// [`INTERRUPTED`], [`STOPPED`]; or `mkt cache pull` found it in no
     /// cache), which its dependants give too.
     NotRun(String),
+    /// This target's call waits in a batch.
+    Pending(String),
 }
 
 impl Blame {
@@ -85,6 +87,7 @@ impl Blame {
         match self {
             Blame::Failed(key) => format!("`{key}` failed"),
             Blame::NotRun(why) => why.clone(),
+            Blame::Pending(key) => format!("`{key}` is pending in a batch"),
         }
     }
 }
@@ -269,7 +272,11 @@ fn triage(
     let node = &graph.nodes[i];
     if let Some(blame) = blocked(ctx, prog, i) {
         let because = blame.because();
-        prog.complete(i, Outcome::Skipped { because }, Done::blamed(blame), report);
+        let outcome = match blame {
+            Blame::Pending(_) => Outcome::Waiting { because },
+            _ => Outcome::Skipped { because },
+        };
+        prog.complete(i, outcome, Done::blamed(blame), report);
         return None;
     }
     // With a stamp that lists what changed, a node that reads and writes
@@ -290,7 +297,7 @@ fn triage(
     let deps = match graph.source_deps(node, ctx.src.files) {
         Ok(d) => d,
         Err(e) => {
-            let error = e.to_string();
+            let error = e.into();
             let d = Done::failed(node.key.clone());
             prog.complete(i, Outcome::Failed { error }, d, report);
             ctx.failed();
@@ -353,8 +360,13 @@ fn blocked(ctx: &Ctx<'_>, prog: &Progress<'_>, i: usize) -> Option<Blame> {
     }
     let blame = (ctx.src.graph.nodes[i].upstream_nodes())
         .filter_map(|u| prog.results[u].as_ref().and_then(|d| d.blame.as_ref()))
-        // a failure upstream says more than that the build stopped
-        .min_by_key(|b| matches!(b, Blame::NotRun(_)))
+        // a failure upstream says more than that the build stopped, which
+        // says more than a wait for a batch
+        .min_by_key(|b| match b {
+            Blame::Failed(_) => 0,
+            Blame::NotRun(_) => 1,
+            Blame::Pending(_) => 2,
+        })
         .cloned();
     if blame.is_some() {
         return blame;
@@ -427,6 +439,7 @@ fn take_result(
     if let Some((u, c)) = &r.saved {
         prog.rep.saved.add(Some(u), *c);
     }
+    prog.rep.batch_saved_usd += r.batch_saved.unwrap_or(0.0);
     for w in r.warnings {
         report(Event::Warning(w));
     }
@@ -444,6 +457,9 @@ fn take_result(
         // (a job that did not run: the build stopped first, or `mkt cache
         // pull` found it in no cache)
         _ if let Outcome::Skipped { because } = &r.outcome => Done::not_run(because),
+        _ if matches!(r.outcome, Outcome::Pending { .. }) => {
+            Done::blamed(Blame::Pending(key.clone()))
+        }
         _ => Done::failed(key.clone()),
     };
     if let Some(rec) = r.record {

@@ -37,6 +37,20 @@ pub struct BuildArgs {
     /// took.
     #[arg(long)]
     timings: bool,
+    /// Send the calls of every model with a batch API (openai, anthropic)
+    /// through it: half the price, answers within the provider's window
+    /// (up to 24 h). Models with `batch = true` do so without it.
+    #[arg(long, conflicts_with = "no_batch")]
+    batch: bool,
+    /// Send every call as an ordinary one, even for models with
+    /// `batch = true` (pending batches are still collected).
+    #[arg(long)]
+    no_batch: bool,
+    /// Exit as soon as the batches are submitted (or nothing new needs
+    /// submitting) instead of waiting for them; a later `mkt build`
+    /// collects what they answered.
+    #[arg(long)]
+    detach: bool,
     /// The cost cap in US dollars (else `max_cost_usd` in prompts.toml):
     /// refuse to start a build whose estimate may cost more, and stop
     /// dispatching model calls once it is reached.
@@ -161,6 +175,24 @@ impl Printer {
             }
             Event::Started { key, .. } => self.status(false, || format!("running {key}")),
             Event::Warning(w) => self.line(&format!("warning: {w}")),
+            Event::BatchPolled {
+                batch,
+                model,
+                progress,
+            } if !self.quiet => self.line(&batch_progress_line(batch, model, progress)),
+            Event::BatchSubmitted(s) if !self.quiet => self.line(&format!(
+                "submitted batch {}: {} to model `{}`",
+                s.batch,
+                plural(s.requests, "request"),
+                s.model
+            )),
+            Event::BatchNotSubmitted(n) => self.line(&format!(
+                "error: {} to model `{}` could not be submitted as a batch:\n{}",
+                plural(n.requests.len(), "request"),
+                n.model,
+                indent(&n.error)
+            )),
+            Event::BatchPolled { .. } | Event::BatchSubmitted(_) => {}
             Event::Finished {
                 key,
                 outcome,
@@ -171,13 +203,19 @@ impl Printer {
                 let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
                 self.seen.lock().unwrap().count(outcome);
                 match outcome {
-                    Outcome::Failed { error } => {
-                        self.line(&format!("error: `{key}` failed{why}:\n{}", indent(error)))
-                    }
+                    Outcome::Failed { error } => self.line(&format!(
+                        "error: `{key}` failed{why}:\n{}",
+                        indent(&error.to_string())
+                    )),
                     Outcome::Skipped { because } if !self.quiet => {
                         self.line(&format!("skipped {key}: {because}"))
                     }
-                    Outcome::Ran { .. } if !self.quiet => self.line(&format!("ran {key}{why}")),
+                    Outcome::Ran { batch, .. } if !self.quiet => {
+                        let from = (batch.as_ref())
+                            .map(|b| format!(" from batch {b}"))
+                            .unwrap_or_default();
+                        self.line(&format!("ran {key}{why}{from}"))
+                    }
                     Outcome::Cached { remote, .. } if !self.quiet => {
                         let from = if *remote {
                             " from the remote cache"
@@ -207,6 +245,47 @@ impl Printer {
     }
 }
 
+/// `batch batch_abc (model `gpt`): in_progress, 1,204/5,000 done`.
+pub(super) fn batch_progress_line(
+    batch: &str,
+    model: &str,
+    p: &markitect::exec::batch::BatchProgress,
+) -> String {
+    let failed = if p.failed > 0 {
+        format!(", {} failed", thousands(p.failed))
+    } else {
+        String::new()
+    };
+    format!(
+        "batch {batch} (model `{model}`): {}, {}/{} done{failed}",
+        p.status,
+        thousands(p.done),
+        thousands(p.total)
+    )
+}
+
+/// `1,204`.
+pub(super) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `1 request`, `3 requests`.
+pub(super) fn plural(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{} {what}s", thousands(n as u64))
+    }
+}
+
 /// `1234 tokens, $0.0123`, or `None` when nothing was spent.
 fn spend_text(s: &markitect::build::Spend) -> Option<String> {
     if s.tokens == 0 && s.cost_usd == 0.0 {
@@ -228,7 +307,7 @@ fn indent(s: &str) -> String {
 
 pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
     let opts = BuildOptions {
-        targets: args.targets,
+        targets: args.targets.clone(),
         jobs: args.jobs.max(1),
         force: args.force,
         dry_run: args.dry_run,
@@ -237,21 +316,83 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
         want_watch_set: false,
         remote_cache: args.remote_cache == "on",
         fetch_only: false,
+        batch: match (args.batch, args.no_batch) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
         estimate: args.dry_run,
         max_cost_usd: args.max_cost,
     };
     let printer = Printer::new(args.quiet);
     install_interrupt_handler();
     let started = std::time::Instant::now();
+    let mut polls = 0u32;
+    loop {
+        let result = build_once(root, &opts, &printer);
+        let waits = matches!(&result, Ok(r) if r.pending + r.waiting > 0 && r.no_failure() && !r.interrupted);
+        if !waits || opts.dry_run || args.detach {
+            return finish(&args, &opts, &printer, result, started);
+        }
+        let r = result.expect("a build that waits succeeded");
+        if !args.quiet {
+            printer.line(&summary_line(&r, started.elapsed()));
+            printer.line("waiting for the batches (Ctrl-C leaves them running; a later `mkt build` collects them)");
+        }
+        let on = |e: markitect::batch::WaitEvent<'_>| match e {
+            markitect::batch::WaitEvent::Warning(w) => printer.line(&format!("warning: {w}")),
+            markitect::batch::WaitEvent::Polled(polled) => {
+                for (id, model, p) in polled {
+                    printer.status(true, || batch_progress_line(id, model, p));
+                }
+            }
+        };
+        use markitect::batch::WaitEnd;
+        match markitect::batch::wait(root, &mut polls, &on) {
+            Ok(WaitEnd::Ended) => {}
+            Ok(WaitEnd::NothingToWaitFor) => {
+                printer.status(true, String::new);
+                return finish(&args, &opts, &printer, Ok(r), started);
+            }
+            Ok(WaitEnd::Interrupted) => {
+                printer.status(true, String::new);
+                printer.line("mkt: interrupted; the batches run on at the provider, and `mkt build` collects them");
+                return 130;
+            }
+            Err(e) => {
+                printer.line(&format!("error: {e}"));
+                return e.exit_code();
+            }
+        }
+    }
+}
+
+/// One build (of the passes a batch build makes), its events printed.
+fn build_once(
+    root: &Utf8Path,
+    opts: &BuildOptions,
+    printer: &Printer,
+) -> markitect::error::Result<BuildReport> {
     let mut session = Session::one_shot();
     let result = printer.showing_rate_limit_waits(|| {
-        build_in(root, &opts, &mut session, None, &|e| printer.event(e))
+        build_in(root, opts, &mut session, None, &|e| printer.event(e))
     });
     // The process exits next: freeing the project, graph and state the
     // session holds (100,000 allocations at 10,000 targets) would cost a
     // sixth of an incremental build for nothing.
     std::mem::forget(session);
     printer.status(true, String::new);
+    result
+}
+
+/// Prints the last build's outcome; the exit code.
+fn finish(
+    args: &BuildArgs,
+    opts: &BuildOptions,
+    printer: &Printer,
+    result: markitect::error::Result<BuildReport>,
+    started: std::time::Instant,
+) -> i32 {
     match result {
         Err(e) => {
             printer.line(&format!("error: {e}"));
@@ -292,6 +433,12 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
             if args.timings {
                 printer.line(&timings_text(&r.phases));
             }
+            if r.pending > 0 && args.detach && !args.quiet {
+                printer.line(&format!(
+                    "{} waiting in provider batches; `mkt batch status` shows them, a later `mkt build` collects them",
+                    plural(r.pending, "target")
+                ));
+            }
             if !args.quiet || !r.success() {
                 printer.line(&summary_line(&r, started.elapsed()));
             }
@@ -299,7 +446,9 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
                 printer.line("mkt: interrupted; targets that finished are saved, `mkt build` goes on from there");
                 return 130;
             }
-            if r.success() { 0 } else { 1 }
+            // `--detach`: what is pending is the point, not a failure
+            let pending_ok = args.detach && r.no_failure();
+            if r.success() || pending_ok { 0 } else { 1 }
         }
     }
 }
@@ -368,6 +517,12 @@ pub(super) fn summary_line(r: &BuildReport, elapsed: std::time::Duration) -> Str
     if r.remote > 0 {
         s.push_str(&format!(", {} from the remote cache", r.remote));
     }
+    if r.pending > 0 {
+        s.push_str(&format!(", {} pending in batches", r.pending));
+    }
+    if r.waiting > 0 {
+        s.push_str(&format!(", {} waiting for them", r.waiting));
+    }
     // only builds that called priced or token-reporting models say so:
     // mock and command builds keep the plain line
     if let Some(spend) = spend_text(&r.spent) {
@@ -375,6 +530,10 @@ pub(super) fn summary_line(r: &BuildReport, elapsed: std::time::Duration) -> Str
     }
     if let Some(spend) = spend_text(&r.saved) {
         s.push_str(&format!("; cache saved {spend}"));
+    }
+    if r.batch_saved_usd > 0.0 {
+        let saved = markitect::build::format_usd(r.batch_saved_usd);
+        s.push_str(&format!("; batch saved {saved}"));
     }
     s.push_str(&format!(" ({:.2} s)", elapsed.as_secs_f64()));
     s

@@ -25,6 +25,7 @@ pub fn run(root: &Utf8Path, args: ExplainArgs) -> i32 {
         NodeState::Failed => say!("`{key}` failed in its last run"),
         NodeState::Stale(r) => say!("`{key}` is stale: {r}"),
         NodeState::Broken(e) => say!("`{key}` cannot be built as the project stands: {e}"),
+        NodeState::Pending(id) => say!("`{key}` is pending in batch {id}"),
     }
     match &ex.run {
         RunLookup::Found(m) => {

@@ -110,6 +110,11 @@ pub fn run(root: &Utf8Path, args: GcArgs) -> i32 {
     for p in &rep.left_alone {
         eprintln!("left `{p}`: not a file mkt writes (remove it by hand if it is yours to delete)");
     }
+    for p in &rep.pending_batches {
+        eprintln!(
+            "kept `{p}`: a batch not yet collected (`mkt build` collects it; `mkt batch cancel` gives it up)"
+        );
+    }
     if !opts.all {
         let runs = |n: usize| if n == 1 { "run" } else { "runs" };
         eprintln!(

@@ -8,6 +8,7 @@ macro_rules! say {
     };
 }
 
+mod batch;
 mod build;
 mod cache;
 mod clean;
@@ -17,6 +18,7 @@ mod gc;
 mod graph;
 mod init;
 mod runs;
+mod shell;
 mod show;
 mod status;
 mod watch;
@@ -30,6 +32,7 @@ use markitect::error::Error;
 #[command(
     name = "mkt",
     version,
+    long_version = version_text(),
     about = "A build system for LLM prompt pipelines"
 )]
 struct Cli {
@@ -68,6 +71,30 @@ enum Command {
     /// Push results to, pull them from, or count what is in the remote
     /// cache.
     Cache(cache::CacheArgs),
+    /// List or cancel the batches `mkt build --batch` submitted.
+    Batch(batch::BatchArgs),
+    /// Print the completion script for a shell (bash, zsh, fish,
+    /// powershell, elvish).
+    Completions(shell::CompletionsArgs),
+    /// Print the manual page (roff), or write one per command into a
+    /// directory.
+    Man(shell::ManArgs),
+}
+
+/// What `mkt --version` prints after `mkt ` (`-V` prints the first line): mkt's version, then the
+/// versions of the formats it reads and writes, so that two builds of mkt
+/// can be told to share a store and its cache keys, or not.
+fn version_text() -> &'static str {
+    static TEXT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TEXT.get_or_init(|| {
+        format!(
+            "{}\nstore format: {}\ninput-bundle hash: {}\nrun manifest: {}",
+            env!("CARGO_PKG_VERSION"),
+            markitect::store::STORE_VERSION,
+            markitect::hash::BUNDLE_ENCODING,
+            markitect::manifest::MANIFEST_SCHEMA,
+        )
+    })
 }
 
 /// Prints an error the way every command does, returning its exit code.
@@ -108,9 +135,12 @@ pub fn run() -> i32 {
             }
         },
     };
-    // init makes the project that discovery would look for
+    // init makes the project that discovery would look for; completions
+    // and the manual need none
     let command = match cli.command {
         Command::Init(args) => return init::run(&start, args),
+        Command::Completions(args) => return shell::completions(args),
+        Command::Man(args) => return shell::man(args),
         c => c,
     };
     let root = match Project::discover(&start) {
@@ -138,6 +168,9 @@ pub fn run() -> i32 {
         Command::Gc(args) => gc::run(&root, args),
         Command::Clean(args) => clean::run(&root, args),
         Command::Cache(args) => cache::run(&root, args),
-        Command::Init(_) => unreachable!("handled before discovery"),
+        Command::Batch(args) => batch::run(&root, args),
+        Command::Init(_) | Command::Completions(_) | Command::Man(_) => {
+            unreachable!("handled before discovery")
+        }
     }
 }

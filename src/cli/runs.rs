@@ -63,9 +63,12 @@ pub fn run(root: &Utf8Path, args: RunsArgs) -> i32 {
         .map(|e| {
             [
                 e.time.replace('T', " ").chars().take(19).collect(),
-                // a result served from the remote cache says so
+                // a result served from the remote cache says so, and one
+                // a provider batch answered
                 if e.remote {
                     "remote".to_string()
+                } else if e.batch.is_some() {
+                    format!("{} (batch)", e.status.as_str())
                 } else {
                     e.status.as_str().to_string()
                 },

@@ -94,7 +94,102 @@ pub fn request_body(m: &ModelConfig, prompt: &CompiledPrompt) -> Value {
     if let Some(stop) = &s.stop {
         o.insert("stop_sequences".into(), json!(stop));
     }
+    if let Some(config) = output_config(m) {
+        o.insert("output_config".into(), config);
+    }
     body
+}
+
+/// Structured outputs: with `format = "json"` and a `schema`, on a model
+/// that has them, `output_config.format` asks for JSON of that schema by
+/// constrained decoding (Anthropic's "Structured outputs" guide: generally
+/// available, no beta header, on Claude Sonnet 4.5, Opus 4.5, Haiku 4.5
+/// and later). mkt's own check of the answer stays the guard, with the
+/// schema as written.
+fn output_config(m: &ModelConfig) -> Option<Value> {
+    let s = &m.settings;
+    let schema = s
+        .schema
+        .as_ref()
+        .filter(|_| s.format.as_deref() == Some("json"))?;
+    if !has_structured_outputs(s.model.as_deref()?) {
+        return None;
+    }
+    Some(json!({ "format": { "type": "json_schema", "schema": api_schema(schema) } }))
+}
+
+/// Whether model id `id` (`claude-sonnet-4-5`, `claude-opus-4-5-20251101`)
+/// names a Claude 4.5 or later, which have structured outputs.
+pub fn has_structured_outputs(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("claude-") else {
+        return false;
+    };
+    let mut parts = rest.split('-');
+    // the family first (opus, sonnet, haiku); ids before 4 put the version
+    // first (`claude-3-5-sonnet`)
+    if !parts
+        .next()
+        .is_some_and(|f| f.bytes().all(|b| b.is_ascii_lowercase()))
+    {
+        return false;
+    }
+    let mut version = parts.map_while(|p| p.parse::<u32>().ok().filter(|_| p.len() <= 2));
+    match (version.next(), version.next()) {
+        (Some(major), minor) => (major, minor.unwrap_or(0)) >= (4, 5),
+        _ => false,
+    }
+}
+
+/// `schema` as the API takes it, as Anthropic's SDKs send it: every object
+/// closed (`additionalProperties: false`, which the API requires) and the
+/// constraints it refuses with a 400 (bounds of numbers, strings and
+/// arrays) left out; the answer is still checked against all of them.
+pub fn api_schema(schema: &Value) -> Value {
+    const REFUSED: &[&str] = &[
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "multipleOf",
+        "minLength",
+        "maxLength",
+        "maxItems",
+        "uniqueItems",
+    ];
+    match schema {
+        Value::Object(map) => {
+            let mut out = serde_json::Map::new();
+            for (k, v) in map {
+                let keep = match k.as_str() {
+                    k if REFUSED.contains(&k) => false,
+                    "minItems" => v.as_u64().is_some_and(|n| n <= 1),
+                    "additionalProperties" => v == &Value::Bool(false),
+                    _ => true,
+                };
+                if !keep {
+                    continue;
+                }
+                // (a map of names to schemas: a property may be named
+                // `maximum`)
+                let named = ["properties", "$defs", "definitions", "patternProperties"];
+                let v = match v {
+                    Value::Object(m) if named.contains(&k.as_str()) => {
+                        Value::Object(m.iter().map(|(n, s)| (n.clone(), api_schema(s))).collect())
+                    }
+                    v => api_schema(v),
+                };
+                out.insert(k.clone(), v);
+            }
+            let is_object =
+                map.get("type") == Some(&json!("object")) || map.contains_key("properties");
+            if is_object {
+                out.insert("additionalProperties".into(), Value::Bool(false));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(api_schema).collect()),
+        v => v.clone(),
+    }
 }
 
 /// `{"type": "error", "error": {"type", "message"}}`; a `billing_error`
@@ -187,6 +282,65 @@ mod tests {
                 "stop_sequences": ["END"]
             })
         );
+    }
+
+    #[test]
+    fn structured_outputs_are_asked_of_claude_4_5_and_later() {
+        assert!(has_structured_outputs("claude-sonnet-4-5"));
+        assert!(has_structured_outputs("claude-opus-4-5-20251101"));
+        assert!(has_structured_outputs("claude-haiku-4-5-20251001"));
+        assert!(has_structured_outputs("claude-opus-4-6"));
+        assert!(has_structured_outputs("claude-sonnet-5"));
+        assert!(!has_structured_outputs("claude-sonnet-4-20250514"));
+        assert!(!has_structured_outputs("claude-3-5-sonnet-20241022"));
+        assert!(!has_structured_outputs("claude-opus-4-1"));
+        assert!(!has_structured_outputs("llama3"));
+        let schema = json!({
+            "type": "object",
+            "required": ["title"],
+            "properties": {
+                "title": {"type": "string", "maxLength": 80},
+                "maximum": {"type": "integer", "minimum": 0},
+                "tags": {"type": "array", "minItems": 2, "items": {"type": "object", "properties": {"k": {"type": "string"}}}}
+            }
+        });
+        assert_eq!(
+            api_schema(&schema),
+            json!({
+                "type": "object",
+                "required": ["title"],
+                "additionalProperties": false,
+                "properties": {
+                    "title": {"type": "string"},
+                    "maximum": {"type": "integer"},
+                    "tags": {"type": "array", "items": {"type": "object", "additionalProperties": false, "properties": {"k": {"type": "string"}}}}
+                }
+            })
+        );
+        let model = |id: &str, format: Option<&str>| {
+            let mut m = ModelConfig {
+                name: "c".into(),
+                provider: crate::config::Provider::Anthropic,
+                settings: Default::default(),
+            };
+            m.settings.model = Some(id.into());
+            m.settings.max_tokens = Some(100);
+            m.settings.format = format.map(str::to_string);
+            m.settings.schema = Some(json!({"type": "object"}));
+            m
+        };
+        let prompt = CompiledPrompt {
+            messages: Vec::new(),
+        };
+        let body = request_body(&model("claude-sonnet-4-5", Some("json")), &prompt);
+        assert_eq!(
+            body["output_config"],
+            json!({"format": {"type": "json_schema", "schema": {"type": "object", "additionalProperties": false}}})
+        );
+        let older = request_body(&model("claude-3-5-haiku-latest", Some("json")), &prompt);
+        assert!(older.get("output_config").is_none());
+        let text = request_body(&model("claude-sonnet-4-5", None), &prompt);
+        assert!(text.get("output_config").is_none());
     }
 
     #[test]

@@ -83,6 +83,42 @@ pub enum ModelError {
         why: String,
         usage: Option<Usage>,
     },
+    /// A request of a batch that the provider never ran: the batch expired
+    /// or was cancelled first, or its results do not mention it.
+    #[error(
+        "not run in batch `{batch}`: {reason}\n\
+         help: nothing was stored for it; the next `mkt build` sends it again"
+    )]
+    BatchRequestNotRun { batch: String, reason: String },
+    /// A request of a batch that the provider refused without an HTTP
+    /// status of its own (an OpenAI error file's `error` object).
+    #[error("the provider refused this request of batch `{batch}`: {code}: {message}")]
+    BatchRequestRefused {
+        batch: String,
+        code: String,
+        message: String,
+    },
+    /// A batch beyond the provider's limits: not sent.
+    #[error(
+        "a batch of {requests} requests and {bytes} bytes is beyond the provider's limits ({max_requests} requests, {max_bytes} bytes); nothing was sent\n\
+         help: this is a bug in how mkt splits batches; `mkt build --no-batch` sends the requests one by one"
+    )]
+    BatchTooLarge {
+        requests: usize,
+        bytes: usize,
+        max_requests: usize,
+        max_bytes: usize,
+    },
+    /// Results asked of a batch that has not ended.
+    #[error(
+        "batch `{batch}` has not ended (status `{status}`): its results are not ready\n\
+         help: wait until it has ended, or cancel it"
+    )]
+    BatchNotEnded { batch: String, status: String },
+    /// A batch endpoint answered with JSON that is not what its API
+    /// promises.
+    #[error("unexpected answer from `{url}`: {why}")]
+    BatchAnswer { url: String, why: String },
 }
 
 /// An HTTP error answer.

@@ -2,7 +2,9 @@
 //! (`openai.rs`, `anthropic.rs`) holds only its wire format, a [`Wire`].
 //! Here: the API key from the environment, one blocking client (ureq with
 //! rustls), the retry loop, the record of models that ran out of quota,
-//! and the use of the model's [`limiter`](super::limiter).
+//! and the use of the model's [`limiter`](super::limiter). The batch APIs
+//! ([`super::batch`]) send their requests (GET or POST, any body) through
+//! the same loop by way of an [`Endpoint`], outside the limiter.
 //!
 //! Answers of 429 and 529 are back-pressure, not failure: they never count
 //! against `max_retries`; the request waits (what the server asked for,
@@ -102,13 +104,19 @@ pub fn base_url(m: &ModelConfig, w: &Wire) -> (String, bool) {
 /// The URL of a request: `base` (in the SDK's form or with `/v1`, see
 /// [`Wire::sdk_base_lacks_v1`]) and the wire's path.
 pub fn endpoint(base: &str, w: &Wire) -> String {
+    format!("{}{}", api_root(base, w), w.path)
+}
+
+/// `base` with the API's `/v1` (see [`Wire::sdk_base_lacks_v1`]), without a
+/// trailing slash: what every path of the API is appended to.
+pub fn api_root(base: &str, w: &Wire) -> String {
     let base = base.trim_end_matches('/');
     let v1 = if w.sdk_base_lacks_v1 && !base.ends_with("/v1") {
         "/v1"
     } else {
         ""
     };
-    format!("{base}{v1}{}", w.path)
+    format!("{base}{v1}")
 }
 
 /// The API key, as the providers' SDKs find it:
@@ -175,9 +183,15 @@ impl ModelAdapter for Http {
         let req = Request {
             model: m,
             wire: w,
+            method: Method::Post,
             url: endpoint(&base, w),
+            content_type: "application/json".into(),
             headers: (w.headers)(key.as_deref()),
             secret: key.as_deref(),
+            metered: true,
+            // a chat call sent twice is paid twice but does no other harm
+            idempotent: true,
+            max_body: CHAT_MAX_BODY,
             // what providers (and llmock) count before answering: a
             // quarter of the body's bytes, and the answer at its longest
             cost: Cost {
@@ -190,16 +204,200 @@ impl ModelAdapter for Http {
     }
 }
 
+/// The largest answer body read: a chat answer, and a batch's result
+/// file (50,000 long answers may well pass 64 MiB).
+const CHAT_MAX_BODY: u64 = 64 * 1024 * 1024;
+const FILE_MAX_BODY: u64 = 2 * 1024 * 1024 * 1024;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
+/// A model's API for requests other than its chat call (the batch
+/// endpoints): the same base URL, key, headers, retries, back-pressure
+/// handling and key redaction as the chat call, through the same loop.
+///
+/// These requests do not go through the model's limiter and do not teach
+/// it their answers' rate-limit headers: the limiter paces chat calls by
+/// the account's requests and tokens per minute, and a batch's upload,
+/// creation and polls count against neither (both providers limit the
+/// batch endpoints separately, and the batch's tokens against a queue of
+/// their own). A poll is one cheap request every few seconds at most;
+/// taking a request from `requests_per_minute` for it would slow the
+/// chat calls of the same build for nothing, and a 200 MB upload counted
+/// as tokens would stall them for minutes. A 429 from these endpoints
+/// is still waited out (within `rate_limit_wait_s`) and 5xx retried.
+pub struct Endpoint {
+    model: ModelConfig,
+    wire: &'static Wire,
+    root: String,
+    key: Option<String>,
+}
+
+impl Endpoint {
+    /// The API of `m` as `wire` reaches it; fails, sending nothing, when
+    /// the key is required and missing.
+    pub fn new(m: &ModelConfig, wire: &'static Wire) -> Result<Endpoint, ModelError> {
+        let (base, own_api) = base_url(m, wire);
+        let key = api_key(m, wire.default_key_env, own_api)?;
+        Ok(Endpoint {
+            model: m.clone(),
+            wire,
+            root: api_root(&base, wire),
+            key,
+        })
+    }
+
+    /// The URL of `path` (`/batches`, starting with a slash).
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.root)
+    }
+
+    /// Sends a request to `url` (from [`Endpoint::url`], or one the API
+    /// gave) and returns the body of its successful answer.
+    pub fn send(
+        &self,
+        method: Method,
+        url: String,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>, ModelError> {
+        let req = self.request(method, url, content_type, body);
+        Ok(send_raw(&req, &mut CallStats::default())?.1)
+    }
+
+    /// [`Endpoint::send`] of a JSON body (or none, for a GET) to `path`,
+    /// returning the answer's JSON.
+    pub fn json(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, ModelError> {
+        let body = body.map_or_else(Vec::new, |b| serde_json::to_vec(b).expect("JSON"));
+        let req = self.request(method, self.url(path), "application/json", body);
+        send(&req, &mut CallStats::default())
+    }
+
+    /// [`Endpoint::json`] of a POST that creates something (a batch): not
+    /// sent again when it may have arrived (see `Request::idempotent`).
+    pub fn create(&self, path: &str, body: &Value) -> Result<Value, ModelError> {
+        let body = serde_json::to_vec(body).expect("JSON");
+        let mut req = self.request(Method::Post, self.url(path), "application/json", body);
+        req.idempotent = false;
+        send(&req, &mut CallStats::default())
+    }
+
+    fn request(
+        &self,
+        method: Method,
+        url: String,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Request<'_> {
+        Request {
+            model: &self.model,
+            wire: self.wire,
+            method,
+            url,
+            content_type: content_type.to_string(),
+            headers: (self.wire.headers)(self.key.as_deref()),
+            secret: self.key.as_deref(),
+            body,
+            metered: false,
+            idempotent: true,
+            max_body: FILE_MAX_BODY,
+            cost: Cost::default(),
+        }
+    }
+
+    /// The error the chat call would give for an answer of `status` with
+    /// `body` from `url` (a line of a batch's results carries one): the
+    /// API's own message, key redacted; [`ModelError::Quota`] where the
+    /// API says the account is out of credit. Never `retryable`: the
+    /// request is not retried within the batch (a later build may submit
+    /// it again).
+    pub fn answer_error(&self, status: u16, body: &Value, url: &str) -> ModelError {
+        let api = (self.wire.read_error)(status, body);
+        let message = match &api {
+            Some(a) => a.message.clone(),
+            None => snippet(body.to_string().as_bytes()),
+        };
+        let message = match &self.key {
+            Some(k) if !k.is_empty() => redact_key(&message, k),
+            _ => message,
+        };
+        if api.is_some_and(|a| a.quota) {
+            return ModelError::Quota {
+                model: self.model.name.clone(),
+                first: format!("HTTP {status} from `{url}`: {message}"),
+            };
+        }
+        ModelError::Http(HttpError {
+            status,
+            url: url.to_string(),
+            message,
+            retryable: false,
+            attempts: 1,
+            max_retries: 0,
+            wait_asked: None,
+        })
+    }
+
+    /// The URL of the chat call, which a batch's requests stand for.
+    pub fn chat_url(&self) -> String {
+        self.url(self.wire.path)
+    }
+
+    /// The wire's reading of a successful answer (the chat call's own).
+    pub fn read_answer(&self, v: &Value) -> Result<ModelResponse, ModelError> {
+        (self.wire.read_answer)(v)
+    }
+
+    /// Whether `url` is on the API's own origin (scheme, host, port): only
+    /// there may the key go.
+    pub fn same_origin(&self, url: &str) -> bool {
+        origin(url).is_some_and(|o| Some(o) == origin(&self.root))
+    }
+
+    /// `path` (absolute, `/...`) on the API's origin.
+    pub fn on_origin(&self, path: &str) -> Option<String> {
+        origin(&self.root).map(|o| format!("{o}{path}"))
+    }
+}
+
+/// `scheme://host[:port]` of `url`.
+fn origin(url: &str) -> Option<&str> {
+    let after = url.find("://")? + 3;
+    let end = url[after..].find('/').map_or(url.len(), |i| after + i);
+    Some(&url[..end])
+}
+
 /// One request as the protocol builds it.
 struct Request<'a> {
     model: &'a ModelConfig,
     wire: &'static Wire,
+    method: Method,
     url: String,
+    /// Of the body (a GET sends none).
+    content_type: String,
     /// Header name and value; the key is among them and is redacted from
     /// every message made here.
     headers: Vec<(&'static str, String)>,
     secret: Option<&'a str>,
     body: Vec<u8>,
+    /// Whether the request takes its place in the model's limiter and
+    /// teaches it the rate-limit headers of its answer (a chat call); see
+    /// [`Endpoint`] for why the batch endpoints do not.
+    metered: bool,
+    /// Whether sending it twice does no harm. A request that is not (one
+    /// that creates a batch) is not sent again after a timeout or a broken
+    /// connection, when the server may have acted on it; it still is after
+    /// an answer that says it did not (5xx, 429).
+    idempotent: bool,
+    max_body: u64,
     cost: Cost,
 }
 
@@ -251,6 +449,17 @@ impl Limits {
 /// Sends `req`, retrying what is worth retrying, and returns the JSON of
 /// the successful answer.
 fn send(req: &Request<'_>, stats: &mut CallStats) -> Result<Value, ModelError> {
+    let (status, body) = send_raw(req, stats)?;
+    serde_json::from_slice(&body).map_err(|_| ModelError::NotJsonBody {
+        status,
+        url: req.url.clone(),
+        snippet: req.redact(snippet(&body)),
+    })
+}
+
+/// Sends `req`, retrying what is worth retrying, and returns the status
+/// and body of the successful answer.
+fn send_raw(req: &Request<'_>, stats: &mut CallStats) -> Result<(u16, Vec<u8>), ModelError> {
     let m = req.model;
     let lim = Limits::of(m);
     let pool = limiter::for_model(m);
@@ -267,7 +476,12 @@ fn send(req: &Request<'_>, stats: &mut CallStats) -> Result<Value, ModelError> {
             t.saturating_duration_since(Instant::now())
         });
         limiter::wait(asked)?;
-        let (permit, queued) = pool.acquire(req.cost)?;
+        let (permit, queued) = if req.metered {
+            let (p, q) = pool.acquire(req.cost)?;
+            (Some(p), q)
+        } else {
+            (None, Duration::ZERO)
+        };
         let waited = asked + queued;
         stats.rate_limit_wait += waited;
         if pressed > 0 {
@@ -282,12 +496,16 @@ fn send(req: &Request<'_>, stats: &mut CallStats) -> Result<Value, ModelError> {
                     kind,
                     TransportKind::Timeout { .. } | TransportKind::ConnectTimeout { .. }
                 );
-                if timed_out {
-                    permit.answered(&[], Signal::Congested);
-                } else {
-                    drop(permit);
+                match permit {
+                    Some(p) if timed_out => p.answered(&[], Signal::Congested),
+                    p => drop(p),
                 }
-                if kind.retryable() && retries < lim.max_retries {
+                let may_have_acted = matches!(
+                    kind,
+                    TransportKind::Timeout { .. } | TransportKind::Broken(_)
+                );
+                let again = req.idempotent || !may_have_acted;
+                if kind.retryable() && again && retries < lim.max_retries {
                     limiter::sleep_interruptible(backoff(retries))?;
                     retries += 1;
                     continue;
@@ -301,21 +519,19 @@ fn send(req: &Request<'_>, stats: &mut CallStats) -> Result<Value, ModelError> {
             }
         };
         let status = answer.status;
-        let json: Option<Value> = serde_json::from_slice(&answer.body).ok();
         let backpressure = BACKPRESSURE_STATUSES.contains(&status);
         let signal = match status {
             200..=299 => Signal::Fine,
             _ if backpressure => Signal::Congested,
             _ => Signal::Neutral,
         };
-        permit.answered(&answer.learnt, signal);
-        if (200..300).contains(&status) {
-            return json.ok_or_else(|| ModelError::NotJsonBody {
-                status,
-                url: req.url.clone(),
-                snippet: req.redact(snippet(&answer.body)),
-            });
+        if let Some(p) = permit {
+            p.answered(&answer.learnt, signal);
         }
+        if (200..300).contains(&status) {
+            return Ok((status, answer.body));
+        }
+        let json: Option<Value> = serde_json::from_slice(&answer.body).ok();
         let api = json.as_ref().and_then(|j| (req.wire.read_error)(status, j));
         let message = req.redact(match &api {
             Some(a) => a.message.clone(),
@@ -416,17 +632,28 @@ fn masked_len(s: &str, key: &str) -> Option<usize> {
 
 /// One request and its answer, or why there was none.
 fn exchange(req: &Request<'_>, lim: &Limits) -> Result<Answer, TransportKind> {
-    let mut r = AGENT
-        .post(&req.url)
-        .config()
-        .timeout_global(Some(lim.timeout))
-        .timeout_connect(Some(lim.connect))
-        .build()
-        .header("content-type", "application/json");
-    for (k, v) in &req.headers {
-        r = r.header(*k, v);
+    fn prepare<B>(
+        r: ureq::RequestBuilder<B>,
+        req: &Request<'_>,
+        lim: &Limits,
+    ) -> ureq::RequestBuilder<B> {
+        let mut r = r
+            .config()
+            .timeout_global(Some(lim.timeout))
+            .timeout_connect(Some(lim.connect))
+            .build();
+        for (k, v) in &req.headers {
+            r = r.header(*k, v);
+        }
+        r
     }
-    let got = r.send(&req.body[..]).and_then(|mut resp| {
+    let sent = match req.method {
+        Method::Get => prepare(AGENT.get(&req.url), req, lim).call(),
+        Method::Post => prepare(AGENT.post(&req.url), req, lim)
+            .header("content-type", &req.content_type)
+            .send(&req.body[..]),
+    };
+    let got = sent.and_then(|mut resp| {
         let header = |name: &str| {
             resp.headers()
                 .get(name)
@@ -456,7 +683,7 @@ fn exchange(req: &Request<'_>, lim: &Limits) -> Result<Answer, TransportKind> {
         let body = resp
             .body_mut()
             .with_config()
-            .limit(64 * 1024 * 1024)
+            .limit(req.max_body)
             .read_to_vec()?;
         Ok(Answer {
             status,

@@ -553,6 +553,22 @@ impl Run {
     }
 
     #[track_caller]
+    pub fn stdout_contains(&self, needle: &str) -> &Self {
+        if !self.stdout.contains(needle) {
+            self.fail(&format!("expected stdout to contain:\n{needle}"));
+        }
+        self
+    }
+
+    #[track_caller]
+    pub fn stdout_lacks(&self, needle: &str) -> &Self {
+        if self.stdout.contains(needle) {
+            self.fail(&format!("expected stdout not to contain:\n{needle}"));
+        }
+        self
+    }
+
+    #[track_caller]
     pub fn stderr_contains(&self, needle: &str) -> &Self {
         if !self.stderr.contains(needle) {
             self.fail(&format!("expected stderr to contain:\n{needle}"));
