@@ -183,6 +183,7 @@ struct RawProject {
     #[serde(default)]
     targets: BTreeMap<Spanned<String>, Spanned<RawTarget>>,
     cache: Option<RawCache>,
+    max_cost_usd: Option<Spanned<f64>>,
 }
 
 /// `[cache]`: the remote cache (see `remote.rs`).
@@ -371,6 +372,9 @@ pub struct Project {
     pub targets: Vec<TargetDecl>,
     /// `[cache]`, checked (none of it enters any hash).
     pub cache: crate::cache_config::CacheConfig,
+    /// `max_cost_usd`: a build whose estimate may cost more is refused,
+    /// and one that has spent it stops (`mkt build --max-cost` wins).
+    pub max_cost_usd: Option<f64>,
 }
 
 impl Project {
@@ -424,17 +428,18 @@ impl Project {
     /// mkt's version; anything unreadable in it just means a fresh parse.
     /// Returns the bytes to store as the new cache when it was not used.
     ///
-    /// Format (binary, see `codec.rs`): `"MKTPROJ1"`, key digest,
+    /// Format (binary, see `codec.rs`): `"MKTPROJ3"`, key digest,
     /// str version, u32 n, n × str (model JSON), u32 n, n × TARGET, where
     /// TARGET := str name, span, str template, span, u32 n × (str name,
     /// str pattern, u8 glob, span), str output, span, u32 model index,
-    /// u8 has_foreach [str glob, span], then the BLAKE3 of all before;
+    /// u8 has_foreach [str glob, span], str (`[cache]` JSON), str
+    /// (`max_cost_usd` JSON), then the BLAKE3 of all before;
     /// span := u64 start, u64 end.
     pub fn load_cached(root: &Utf8Path, cache: &Utf8Path) -> Result<(Project, Option<Vec<u8>>)> {
         let source = Project::read_source(root)?;
         let key = Digest::of(source.as_bytes());
         if let Ok(bytes) = crate::store::map_replaced(cache)
-            && let Some((models, targets, cache)) = decode_cache(&bytes, &key)
+            && let Some((models, targets, cache, max_cost_usd)) = decode_cache(&bytes, &key)
         {
             let p = Project {
                 root: root.to_owned(),
@@ -442,6 +447,7 @@ impl Project {
                 models,
                 targets,
                 cache,
+                max_cost_usd,
             };
             return Ok((p, None));
         }
@@ -451,8 +457,9 @@ impl Project {
     }
 }
 
-// 2: the `[cache]` table was added (str, JSON) after the targets
-const CACHE_MAGIC: &[u8; 8] = b"MKTPROJ2";
+// 2: the `[cache]` table was added (str, JSON) after the targets;
+// 3: `max_cost_usd` (str, JSON) after it
+const CACHE_MAGIC: &[u8; 8] = b"MKTPROJ3";
 
 fn encode_cache(p: &Project, key: &Digest) -> Vec<u8> {
     use crate::codec::Writer;
@@ -509,6 +516,7 @@ fn encode_cache(p: &Project, key: &Digest) -> Vec<u8> {
         }
     }
     w.str(&serde_json::to_string(&p.cache).expect("cache config serialises"));
+    w.str(&serde_json::to_string(&p.max_cost_usd).expect("a number serialises"));
     let sum = Digest::of(&w.0);
     w.digest(&sum);
     w.0
@@ -518,6 +526,7 @@ type Decoded = (
     BTreeMap<String, std::sync::Arc<ModelConfig>>,
     Vec<TargetDecl>,
     crate::cache_config::CacheConfig,
+    Option<f64>,
 );
 
 fn decode_cache(bytes: &[u8], key: &Digest) -> Option<Decoded> {
@@ -584,6 +593,7 @@ fn decode_cache(bytes: &[u8], key: &Digest) -> Option<Decoded> {
         });
     }
     let cache = serde_json::from_str(&r.str()?).ok()?;
+    let max_cost_usd = serde_json::from_str(&r.str()?).ok()?;
     if r.pos != bytes.len() {
         return None;
     }
@@ -592,7 +602,7 @@ fn decode_cache(bytes: &[u8], key: &Digest) -> Option<Decoded> {
         .take(n_project_models)
         .map(|m| (m.name.clone(), m))
         .collect();
-    Some((all, targets, cache))
+    Some((all, targets, cache, max_cost_usd))
 }
 
 impl Project {
@@ -620,9 +630,21 @@ impl Project {
             models: BTreeMap::new(),
             targets: Vec::new(),
             cache: Default::default(),
+            max_cost_usd: None,
         };
         if let Some(c) = raw.cache {
             project.cache = resolve_cache(&project, c)?;
+        }
+        if let Some(cap) = raw.max_cost_usd {
+            let v = *cap.get_ref();
+            if !(v.is_finite() && v > 0.0) {
+                return Err(project.error(
+                    &cap.span(),
+                    format!("`max_cost_usd` is {v}, not a positive number of US dollars"),
+                    Some("e.g. `max_cost_usd = 5.0`, or remove it for no cap".into()),
+                ));
+            }
+            project.max_cost_usd = Some(v);
         }
 
         let mut raw_models = raw.models;

@@ -122,6 +122,60 @@ pub enum Error {
         "another `mkt` holds the lock on `{path}`\n  help: wait for it to finish, or drop `--no-wait` to wait for it"
     )]
     Locked { path: Utf8PathBuf },
+
+    /// The build's estimate may cost more than its cost cap (`--max-cost`,
+    /// `max_cost_usd`): nothing was run.
+    #[error("{}", cost_cap_text(*.cap, *.high, *.targets, .dearest))]
+    CostCap {
+        cap: f64,
+        /// The estimate's upper bound; `None`: unbounded.
+        high: Option<f64>,
+        /// How many targets the estimate covers.
+        targets: usize,
+        /// The dearest of them with their upper bounds, dearest first.
+        dearest: Vec<(String, Option<f64>)>,
+    },
+}
+
+fn cost_cap_text(
+    cap: f64,
+    high: Option<f64>,
+    targets: usize,
+    dearest: &[(String, Option<f64>)],
+) -> String {
+    use crate::build::format_usd;
+    let cap_s = format_usd(cap);
+    let mut s = match high {
+        Some(h) => format!(
+            "the build may cost up to {}, {} over its cost cap of {cap_s}; ",
+            format_usd(h),
+            format_usd(h - cap)
+        ),
+        None => format!(
+            "the build's cost has no upper bound, so it may go over its cost cap of {cap_s}; "
+        ),
+    };
+    s.push_str(match dearest.len() {
+        n if n == targets => "its model calls, dearest first:",
+        _ => "the dearest of its model calls:",
+    });
+    let width = dearest
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    for (key, h) in dearest {
+        let bound = match h {
+            Some(h) => format!("up to {}", format_usd(*h)),
+            None => "unbounded (no `max_tokens`, and no run on record)".to_string(),
+        };
+        s.push_str(&format!("\n  {key:width$}  {bound}"));
+    }
+    s.push_str(match high {
+        Some(_) => "\n  help: raise the cap (`--max-cost`, or `max_cost_usd` in `prompts.toml`), build fewer targets, or lower `max_tokens`; `mkt build --dry-run` shows the estimate",
+        None => "\n  help: set `max_tokens` on their models (or in the targets' `params`) so that an answer's cost has a bound",
+    });
+    s
 }
 
 impl Error {
@@ -151,7 +205,8 @@ impl Error {
             | Error::UnknownTarget { .. }
             | Error::StoreNotADirectory { .. }
             | Error::StoreFileIsALink { .. }
-            | Error::NotAStore { .. } => 2,
+            | Error::NotAStore { .. }
+            | Error::CostCap { .. } => 2,
             _ => 1,
         }
     }

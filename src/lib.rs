@@ -11,6 +11,7 @@ pub mod clean;
 mod codec;
 pub mod config;
 pub mod error;
+pub mod estimate;
 pub mod exec;
 pub mod explain;
 #[cfg(test)]

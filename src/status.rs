@@ -78,6 +78,10 @@ pub struct StatusReport {
     /// Every node's state in build order; empty when the no-op check
     /// showed at once that nothing changed (then all are fresh).
     pub nodes: Vec<(String, NodeState)>,
+    /// What the model calls of the targets that would run may cost (see
+    /// `estimate.rs`); empty when none would call an `openai` or
+    /// `anthropic` model.
+    pub estimate: crate::estimate::Estimate,
 }
 
 impl StatusReport {
@@ -101,6 +105,7 @@ pub fn status(root: &Utf8Path, targets: &[String]) -> Result<StatusReport> {
         targets: targets.to_vec(),
         dry_run: true,
         keep_going: true,
+        estimate: true,
         ..Default::default()
     };
     let nodes = Mutex::new(Vec::new());
@@ -124,6 +129,7 @@ pub fn status(root: &Utf8Path, targets: &[String]) -> Result<StatusReport> {
     })?;
     let mut nodes = nodes.into_inner().unwrap();
     mark_pending(root, &mut nodes);
+    let estimate = rep.estimate.unwrap_or_default();
     let not_fresh = nodes
         .iter()
         .filter(|(_, s)| !s.is_fresh())
@@ -133,6 +139,7 @@ pub fn status(root: &Utf8Path, targets: &[String]) -> Result<StatusReport> {
         total: rep.total,
         not_fresh,
         nodes,
+        estimate,
     })
 }
 

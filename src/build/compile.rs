@@ -58,6 +58,24 @@ pub(crate) fn compile_node(
     expected: &HashMap<&str, Digest>,
     upstream: &[UpstreamRecord],
 ) -> std::result::Result<crate::template::CompiledPrompt, CompileError> {
+    compile_node_with(src, node, expected, upstream, &|un, d| {
+        upstream_text(src, un, d)
+    })
+}
+
+/// The text of an upstream node's output of a digest, for compilation.
+pub(super) type UpstreamText<'a> =
+    dyn Fn(&Node, Digest) -> std::result::Result<String, CompileError> + 'a;
+
+/// [`compile_node`], the upstream outputs' texts given by `text_of` (an
+/// estimate compiles a target whose upstream has not run yet).
+pub(super) fn compile_node_with(
+    src: &Sources<'_>,
+    node: &Node,
+    expected: &HashMap<&str, Digest>,
+    upstream: &[UpstreamRecord],
+    text_of: &UpstreamText<'_>,
+) -> std::result::Result<crate::template::CompiledPrompt, CompileError> {
     let template_source = read_text(src.files, expected, &node.template)?;
     let prompty = prompty_of(node, &template_source)?;
     let mut partials = BTreeMap::new();
@@ -98,7 +116,7 @@ pub(crate) fn compile_node(
         for &u in nodes {
             let rec = up.next().expect("one upstream record per upstream node");
             let un = &src.graph.nodes[u];
-            let text = upstream_text(src, un, rec.output_digest)?;
+            let text = text_of(un, rec.output_digest)?;
             if is_foreach {
                 list.push(minijinja::context! {
                     path => un.output.clone(),
@@ -227,7 +245,7 @@ fn not_utf8(path: &str) -> String {
 
 /// The text of an upstream output: from the store (verified), else from
 /// the output file when it still has the expected digest.
-fn upstream_text(
+pub(super) fn upstream_text(
     src: &Sources<'_>,
     node: &Node,
     digest: Digest,

@@ -102,6 +102,8 @@ pub(crate) struct Ctx<'a> {
     pub(crate) keep_going: bool,
     /// Batches: what was collected, what is pending, what to queue.
     pub(crate) batch: Option<&'a BatchPass>,
+    /// The cost cap, when the build has one.
+    pub(crate) budget: Option<super::budget::Budget>,
 }
 
 impl Ctx<'_> {
@@ -115,13 +117,13 @@ impl Ctx<'_> {
     }
 
     /// Why a job should not start now, if the build is stopping.
-    pub(crate) fn why_stopped(&self) -> Option<&'static str> {
+    pub(crate) fn why_stopped(&self) -> Option<&str> {
         if crate::exec::interrupted() {
             Some(INTERRUPTED)
         } else if self.stopping.load(Ordering::SeqCst) {
             Some(STOPPED)
         } else {
-            None
+            self.budget.as_ref().and_then(|b| b.reached())
         }
     }
 }
@@ -139,6 +141,15 @@ pub(crate) fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         },
         None => call,
     };
+    // with a cost cap, the call's upper bound is taken out of the budget
+    // before it is sent (see `budget.rs`)
+    let reserved = match &ctx.budget {
+        None => None,
+        Some(b) => match b.reserve(super::estimate::call_high_cost(ctx, &call)) {
+            Ok(r) => Some((b, r)),
+            Err(why) => return skipped(&call.job, why, call.warnings),
+        },
+    };
     let t_process = Instant::now();
     let mut stats = crate::exec::CallStats::default();
     let response = crate::exec::call(&call.model, &call.prompt, ctx.src.files.root(), &mut stats);
@@ -147,7 +158,12 @@ pub(crate) fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
         stats,
         batch: None,
     };
-    finish(&ctx.src, ctx.remote, call, response, called)
+    let r = finish(&ctx.src, ctx.remote, call, response, called);
+    if let Some((budget, reserved)) = reserved {
+        let cost = r.spent.as_ref().and_then(|(_, c)| *c);
+        budget.settle(reserved, cost.unwrap_or(0.0));
+    }
+    r
 }
 
 fn decl_of<'a>(src: &Sources<'a>, node: usize) -> &'a TargetDecl {
@@ -735,6 +751,7 @@ mod tests {
             stopping: Default::default(),
             keep_going: false,
             batch: None,
+            budget: None,
         };
         let job = Job {
             node: 0,

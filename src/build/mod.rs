@@ -24,7 +24,9 @@
 //! behind the flushes, 17-28 ms each.)
 
 mod batching;
+mod budget;
 mod compile;
+mod estimate;
 mod job;
 mod report;
 mod schedule;
@@ -187,6 +189,16 @@ pub fn build_in(
     phases.mark("analyse");
     plan.stat_and_hash(&mode);
     phases.mark("stat and hash");
+    if let Some(cap) = cost_cap(&plan, opts) {
+        let refused = check_cost_cap(cap, &estimate_plan(&store, &plan, &mode, opts));
+        // nothing was written: nothing to flush (unless an earlier build
+        // left its writes unflushed)
+        if refused.is_err() && !store.sync_due() {
+            store.end_writes();
+        }
+        refused?;
+        phases.mark("estimate the cost");
+    }
     let mut done = schedule(&store, &plan, &mode, opts, batch.as_ref(), report)?;
     phases.mark("schedule and run");
     let rep = &mut done.rep;
@@ -650,6 +662,7 @@ fn schedule(
         stopping: Default::default(),
         keep_going: opts.keep_going,
         batch,
+        budget: cost_cap(plan, opts).map(budget::Budget::new),
     };
     let mut prog = Progress::new(&plan.graph, &plan.selected, plan.total);
     if let Some(changed) = mode.changed() {
@@ -673,6 +686,67 @@ fn schedule(
     drop(remote);
     store.seal_own_pack()?;
     Ok(done)
+}
+
+/// The build's cost cap: `--max-cost`, else the project's `max_cost_usd`;
+/// none for a dry run or `mkt cache pull`, which call no model.
+fn cost_cap(plan: &Plan, opts: &BuildOptions) -> Option<f64> {
+    (opts.max_cost_usd.or(plan.project.max_cost_usd)).filter(|_| !opts.dry_run && !opts.fetch_only)
+}
+
+/// What the model calls of the plan would cost: its dry run, with an
+/// estimate (reporting nothing).
+fn estimate_plan(
+    store: &ObjectStore,
+    plan: &Plan,
+    mode: &Mode,
+    opts: &BuildOptions,
+) -> crate::estimate::Estimate {
+    let dry = BuildOptions {
+        dry_run: true,
+        estimate: true,
+        keep_going: true,
+        ..opts.clone()
+    };
+    let ctx = Ctx {
+        src: Sources {
+            project: &plan.project,
+            graph: &plan.graph,
+            files: &plan.files,
+            store,
+        },
+        old: &plan.old_targets,
+        forced: plan.named.iter().map(|&n| n && opts.force).collect(),
+        remote: None,
+        fetch_only: false,
+        stopping: Default::default(),
+        keep_going: true,
+        budget: None,
+        batch: None,
+    };
+    let prog = Progress::new(&plan.graph, &plan.selected, plan.total);
+    let untouched = mode.changed().filter(|_| mode.records_vouched);
+    let done = run_all(&ctx, prog, untouched, &dry, &|_| {});
+    done.rep.estimate.unwrap_or_default()
+}
+
+/// Refuses a build whose estimate may cost more than `cap` (module docs
+/// of `estimate.rs`): one whose upper bound is over it, or unbounded.
+fn check_cost_cap(cap: f64, est: &crate::estimate::Estimate) -> Result<()> {
+    let totals = est.totals();
+    let high = totals.cost.map_or(Some(0.0), |c| c.high);
+    if high.is_some_and(|h| h <= cap + 1e-12) {
+        return Ok(());
+    }
+    let dearest = (est.dearest(5).into_iter())
+        .map(|t| (t.target.clone(), t.cost_high()))
+        .collect();
+    Err(crate::error::Error::CostCap {
+        cap,
+        high,
+        targets: est.targets.len(),
+        dearest,
+    })
 }
 
 /// With a stamp that names what changed, the nodes that read or write it

@@ -28,6 +28,13 @@ pub struct BuildOptions {
     /// calls through it; `--no-batch` (`Some(false)`): none does; `None`:
     /// the models with `batch = true` do.
     pub batch: Option<bool>,
+    /// `--dry-run`: estimate the tokens and cost of the model calls that
+    /// would be made ([`BuildReport::estimate`]).
+    pub estimate: bool,
+    /// `--max-cost`: the cost cap in US dollars (else the project's
+    /// `max_cost_usd`): a build whose estimate may cost more is refused,
+    /// and one that reaches it stops dispatching.
+    pub max_cost_usd: Option<f64>,
 }
 
 impl Default for BuildOptions {
@@ -43,6 +50,8 @@ impl Default for BuildOptions {
             remote_cache: true,
             fetch_only: false,
             batch: None,
+            estimate: false,
+            max_cost_usd: None,
         }
     }
 }
@@ -174,6 +183,10 @@ pub struct BuildReport {
     pub interrupted: bool,
     /// `--dry-run`: each node that would be rebuilt and why.
     pub would_run: Vec<(String, DirtyReason)>,
+    /// `--dry-run` with [`BuildOptions::estimate`]: what the model calls
+    /// of the nodes that would run may cost (those of `openai` and
+    /// `anthropic` models), in build order.
+    pub estimate: Option<crate::estimate::Estimate>,
     /// With [`BuildOptions::want_watch_set`]: what the build depends on;
     /// `None` from a [`build_in`] whose session graph did not change (what
     /// the last build reported still holds).

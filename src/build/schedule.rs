@@ -1,6 +1,7 @@
 //! The scheduler: the ready queue, what each node came to, and the pool of
 //! workers the stale nodes' jobs run on.
 
+use super::estimate::{Wanted, estimate_nodes};
 use super::job::{Ctx, Job, JobResult, run_job};
 use super::report::{BuildOptions, BuildReport, Event, INTERRUPTED, Outcome, STOPPED};
 use crate::fingerprint::{DirtyReason, Fingerprint, TargetRecord, staleness};
@@ -103,6 +104,8 @@ pub(super) struct Progress<'g> {
     pub(super) reasons: HashMap<usize, DirtyReason>,
     pub(super) rep: BuildReport,
     pub(super) done: usize,
+    /// `--dry-run` with an estimate: the nodes that would call a model.
+    pub(super) wanted: Vec<Wanted>,
 }
 
 impl<'g> Progress<'g> {
@@ -135,6 +138,7 @@ impl<'g> Progress<'g> {
                 ..Default::default()
             },
             done: 0,
+            wanted: Vec::new(),
         }
     }
 
@@ -223,6 +227,9 @@ pub(super) fn run_all(
         }
         drop(job_tx);
     });
+    if opts.dry_run && opts.estimate {
+        prog.rep.estimate = Some(estimate_nodes(ctx, &prog.wanted));
+    }
     out.rep = prog.into_report(); // the per-node bookkeeping is freed here
     out
 }
@@ -327,6 +334,10 @@ fn triage(
             ..Done::ok(digest, String::new())
         };
         prog.complete(i, Outcome::WouldRun, d, report);
+        let model = &ctx.src.project.targets[node.target].model;
+        if opts.estimate && !reason.output_only() && crate::estimate::is_estimated(model) {
+            prog.wanted.push(Wanted { node: i, upstream });
+        }
         return None;
     }
     report(Event::Started {
@@ -359,6 +370,9 @@ fn blocked(ctx: &Ctx<'_>, prog: &Progress<'_>, i: usize) -> Option<Blame> {
         .cloned();
     if blame.is_some() {
         return blame;
+    }
+    if let Some(why) = ctx.budget.as_ref().and_then(|b| b.reached()) {
+        return Some(Blame::NotRun(why.to_string()));
     }
     (ctx.stopping.load(Ordering::SeqCst)).then(|| Blame::NotRun(STOPPED.to_string()))
 }

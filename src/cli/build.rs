@@ -51,6 +51,20 @@ pub struct BuildArgs {
     /// collects what they answered.
     #[arg(long)]
     detach: bool,
+    /// The cost cap in US dollars (else `max_cost_usd` in prompts.toml):
+    /// refuse to start a build whose estimate may cost more, and stop
+    /// dispatching model calls once it is reached.
+    #[arg(long, value_name = "USD", value_parser = parse_usd)]
+    max_cost: Option<f64>,
+}
+
+fn parse_usd(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!(
+            "`{s}` is not a positive number of US dollars (e.g. `--max-cost 2.50`)"
+        )),
+    }
 }
 
 /// Prints build events: shared by `build` and `watch`.
@@ -307,6 +321,8 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
             (_, true) => Some(false),
             _ => None,
         },
+        estimate: args.dry_run,
+        max_cost_usd: args.max_cost,
     };
     let printer = Printer::new(args.quiet);
     install_interrupt_handler();
@@ -397,6 +413,11 @@ fn finish(
         }
         Ok(r) => {
             if opts.dry_run {
+                if let Some(est) = r.estimate.as_ref().filter(|e| !e.targets.is_empty()) {
+                    for l in super::estimate::table(est) {
+                        printer.stdout(&l);
+                    }
+                }
                 if !args.quiet {
                     printer.line(&format!(
                         "{} of {} targets would run",

@@ -12,6 +12,7 @@ mod batch;
 mod build;
 mod cache;
 mod clean;
+mod estimate;
 mod explain;
 mod gc;
 mod graph;

@@ -27,6 +27,8 @@ pub fn run(root: &Utf8Path, args: StatusArgs) -> i32 {
             state: &'static str,
             reason: Option<String>,
             cause: Option<&'a markitect::state::DirtyReason>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            estimate: Option<super::estimate::TargetJson>,
         }
         #[derive(serde::Serialize)]
         struct Status<'a> {
@@ -34,7 +36,13 @@ pub fn run(root: &Utf8Path, args: StatusArgs) -> i32 {
             total: usize,
             fresh: usize,
             targets: Vec<Target<'a>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            estimate: Option<super::estimate::TotalJson>,
         }
+        let est = &rep.estimate;
+        let by_key: std::collections::HashMap<&str, _> =
+            est.targets.iter().map(|e| (e.target.as_str(), e)).collect();
+        let estimate_of = |key: &str| by_key.get(key).map(|e| super::estimate::target_json(e));
         let v = Status {
             schema: "mkt.status/1",
             total: rep.total,
@@ -50,8 +58,10 @@ pub fn run(root: &Utf8Path, args: StatusArgs) -> i32 {
                         NodeState::Stale(r) => Some(r),
                         _ => None,
                     },
+                    estimate: estimate_of(key),
                 })
                 .collect(),
+            estimate: (!est.targets.is_empty()).then(|| super::estimate::total_json(est)),
         };
         println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
     } else {
@@ -67,6 +77,11 @@ pub fn run(root: &Utf8Path, args: StatusArgs) -> i32 {
                 st => st.reason().unwrap_or_default(),
             };
             say!("{key:width$}  {reason}");
+        }
+        if !rep.estimate.targets.is_empty() {
+            for l in super::estimate::table(&rep.estimate) {
+                say!("{l}");
+            }
         }
         if rep.all_fresh() {
             match rep.total {
