@@ -66,6 +66,10 @@ pub(crate) struct PreparedCall {
     /// Wall time the job took before the call.
     pub(crate) prepare_ms: f64,
     pub(crate) warnings: Vec<String>,
+    /// With `pin = true`: the snapshot the answer must come from (the one
+    /// that made the target's output, or the model's newest; `drift.rs`).
+    #[serde(default)]
+    pub(crate) pinned_to: Option<String>,
 }
 
 /// What [`prepare`] came to.
@@ -94,6 +98,9 @@ pub(crate) struct Ctx<'a> {
     /// independent targets before the failure).
     pub(crate) stopping: std::sync::atomic::AtomicBool,
     pub(crate) keep_going: bool,
+    /// The newest snapshot of each pinned model's outputs, found when
+    /// first asked for.
+    pub(crate) pins: crate::drift::Pins,
 }
 
 impl Ctx<'_> {
@@ -103,6 +110,20 @@ impl Ctx<'_> {
     pub(crate) fn failed(&self) {
         if !self.keep_going {
             self.stopping.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The snapshot a pinned model must answer `node` from: the one that
+    /// made its output, else the one that made the model's newest output.
+    fn pinned_to(&self, node: &Node, model: &str) -> Option<String> {
+        match self.old.get(&node.key) {
+            Some(rec) if !rec.answered_by.is_empty() => Some(rec.answered_by.clone()),
+            _ => {
+                let (project, graph) = (self.src.project, self.src.graph);
+                self.pins.newest(model, || {
+                    crate::drift::census(project, graph, model, |k| self.old.get(k))
+                })
+            }
         }
     }
 
@@ -218,6 +239,9 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
         },
         ..sources_manifest(&ctx.src, node)
     };
+    let pinned_to = (decl.model.settings.pin == Some(true))
+        .then(|| ctx.pinned_to(node, &decl.model.name))
+        .flatten();
     Prepared::Call(PreparedCall {
         job,
         prompt,
@@ -225,6 +249,7 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
         manifest,
         prepare_ms: ms_since(started),
         warnings,
+        pinned_to,
     })
 }
 
@@ -315,9 +340,14 @@ fn serve(
 ) -> JobResult {
     let node = &src.graph.nodes[job.node];
     let decl = decl_of(src, job.node);
-    let (digest, run_id, ibh) = match &how {
-        Served::Restored(rec) => (rec.output_digest, &rec.run_id, rec.ibh),
-        Served::Cached(m, ibh, _) => (m.outputs[0].digest, &m.run_id, ibh.0),
+    let (digest, run_id, ibh, answered_by) = match &how {
+        Served::Restored(rec) => (rec.output_digest, &rec.run_id, rec.ibh, &*rec.answered_by),
+        Served::Cached(m, ibh, _) => (
+            m.outputs[0].digest,
+            &m.run_id,
+            ibh.0,
+            m.answered_by.as_deref().unwrap_or(""),
+        ),
     };
     if let Err(e) = write_output(src, node, bytes, digest) {
         return failed(job, node, e.to_string(), warnings, None);
@@ -340,7 +370,7 @@ fn serve(
     JobResult {
         node: job.node,
         outcome,
-        record: Some(record_for(job, node, ibh, digest, run_id)),
+        record: Some(record_for(job, node, ibh, digest, (run_id, answered_by))),
         warnings,
         history: Some(h),
         spent: None,
@@ -385,6 +415,8 @@ fn sources_manifest(src: &Sources<'_>, node: &Node) -> RunManifest {
         error: None,
         usage: None,
         cost_usd: None,
+        answered_by: None,
+        system_fingerprint: None,
         timing: Timing {
             started_at: String::new(),
             finished_at: String::new(),
@@ -422,10 +454,12 @@ pub(crate) fn finish(
         mut manifest,
         prepare_ms,
         warnings,
+        pinned_to,
         ..
     } = call;
     let node = &src.graph.nodes[job.node];
     let decl = decl_of(src, job.node);
+    let response = check_pin(&decl.model.name, pinned_to.as_deref(), response);
     let run_id = manifest::new_run_id();
     let m = &mut manifest;
     m.run_id = run_id.clone();
@@ -454,7 +488,13 @@ pub(crate) fn finish(
             outcome: Outcome::Ran {
                 run_id: run_id.clone(),
             },
-            record: Some(record_for(&job, node, ibh, d, &run_id)),
+            record: Some(record_for(
+                &job,
+                node,
+                ibh,
+                d,
+                (&run_id, m.answered_by.as_deref().unwrap_or("")),
+            )),
             warnings,
             history: Some(history_line(
                 node,
@@ -489,6 +529,26 @@ pub(crate) fn finish(
     }
 }
 
+/// With `pin = true` (`pinned_to`, the snapshot the model's outputs were
+/// made by), an answer from another snapshot is a failed run.
+fn check_pin(
+    model: &str,
+    pinned_to: Option<&str>,
+    response: std::result::Result<ModelResponse, ModelError>,
+) -> std::result::Result<ModelResponse, ModelError> {
+    match (response, pinned_to) {
+        (Ok(r), Some(was)) if r.model.as_deref().is_some_and(|now| now != was) => {
+            Err(ModelError::SnapshotChanged {
+                model: model.to_string(),
+                was: was.to_string(),
+                now: r.model.unwrap_or_default(),
+                usage: r.usage,
+            })
+        }
+        (response, _) => response,
+    }
+}
+
 /// Stores a finished call's run: `Ok(Some(digest))`: its output, in the
 /// store, the action cache and the output file; `Ok(None)`: the model
 /// failed (recorded in `runs/`); `Err`: the store could not be written.
@@ -504,6 +564,8 @@ fn store_run(
     src.store.put(&prompt_json)?;
     match response {
         Ok(resp) => {
+            m.answered_by = resp.model;
+            m.system_fingerprint = resp.system_fingerprint;
             let d = src.store.put(&resp.output)?;
             m.outputs.push(OutputRecord {
                 path: node.output.clone(),
@@ -521,6 +583,9 @@ fn store_run(
             Ok(Some(d))
         }
         Err(e) => {
+            if let ModelError::SnapshotChanged { now, .. } = &e {
+                m.answered_by = Some(now.clone());
+            }
             m.status = RunStatus::Failed;
             m.error = Some(e.to_string());
             m.cost_usd = e.usage().and_then(|u| decl.model.settings.cost_usd(u));
@@ -593,7 +658,15 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-fn record_for(job: &Job, node: &Node, ibh: Digest, digest: Digest, run_id: &str) -> TargetRecord {
+/// The record of a job whose output has `digest`, made by run `run_id`
+/// (which the model snapshot `answered_by` answered, if known).
+fn record_for(
+    job: &Job,
+    node: &Node,
+    ibh: Digest,
+    digest: Digest,
+    (run_id, answered_by): (&str, &str),
+) -> TargetRecord {
     TargetRecord {
         fingerprint: job.fingerprint.clone(),
         ibh,
@@ -601,6 +674,7 @@ fn record_for(job: &Job, node: &Node, ibh: Digest, digest: Digest, run_id: &str)
         output_digest: digest,
         run_id: run_id.to_string(),
         failed: false,
+        answered_by: answered_by.to_string(),
     }
 }
 
@@ -617,7 +691,7 @@ fn failed(
         outcome: Outcome::Failed { error },
         record: Some(TargetRecord {
             failed: true,
-            ..record_for(job, node, Digest::default(), Digest::default(), "")
+            ..record_for(job, node, Digest::default(), Digest::default(), ("", ""))
         }),
         warnings,
         history,
@@ -685,6 +759,7 @@ mod tests {
             fetch_only: false,
             stopping: Default::default(),
             keep_going: false,
+            pins: Default::default(),
         };
         let job = Job {
             node: 0,

@@ -32,7 +32,9 @@ mod stamp;
 pub use compile::CompileError;
 pub(crate) use compile::Sources;
 pub(crate) use compile::compile_node;
-pub use report::{BuildOptions, BuildReport, Event, Outcome, Phases, Spend, WatchSet, format_usd};
+pub use report::{
+    BuildOptions, BuildReport, Event, Outcome, Phases, Spend, WatchSet, format_count, format_usd,
+};
 
 use crate::config::PROJECT_FILE;
 use crate::config::Project;
@@ -633,6 +635,7 @@ fn schedule(
         fetch_only: opts.fetch_only,
         stopping: Default::default(),
         keep_going: opts.keep_going,
+        pins: Default::default(),
     };
     let mut prog = Progress::new(&plan.graph, &plan.selected, plan.total);
     if let Some(changed) = mode.changed() {
@@ -640,6 +643,14 @@ fn schedule(
     }
     let untouched = mode.changed().filter(|_| mode.records_vouched);
     let done = run_all(&ctx, prog, untouched, opts, report);
+    if !done.answered.is_empty() {
+        let (project, graph) = (&plan.project, &plan.graph);
+        let drifts =
+            crate::drift::seen_in_build(project, graph, ctx.old, &done.records, &done.answered);
+        for d in &drifts {
+            report(Event::ModelDrift(d));
+        }
+    }
     // uploads ran beside the build; what is left is waited for here, so
     // that the build ends with its results published
     if let Some(r) = &remote {
@@ -684,6 +695,7 @@ fn save(
         mut rep,
         records,
         history,
+        ..
     } = done;
     let jobs = rep.ran + rep.cached + rep.restored + rep.failed;
     if !mode.in_session && !mode.small_edit(jobs) {

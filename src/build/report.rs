@@ -90,6 +90,9 @@ pub enum Event<'a> {
         total: usize,
     },
     Warning(String),
+    /// A model answered as another snapshot than the one that made some
+    /// of its outputs (once per model and build, after the runs).
+    ModelDrift(&'a crate::drift::ModelDrift),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -213,6 +216,19 @@ pub fn format_usd(v: f64) -> String {
     }
 }
 
+/// A count with its thousands grouped: `1204` as `1,204`.
+pub fn format_count(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Tokens (input + output) and their cost.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Spend {
@@ -238,3 +254,20 @@ impl BuildReport {
 /// Why a skipped node did not run, when the build stopped.
 pub(super) const INTERRUPTED: &str = "the build was interrupted";
 pub(super) const STOPPED: &str = "the build stopped after a failure (use `--keep-going` to go on)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_group_their_thousands() {
+        let shown: Vec<String> = [0, 7, 999, 1_000, 1_204, 12_345, 1_000_000]
+            .into_iter()
+            .map(format_count)
+            .collect();
+        assert_eq!(
+            shown,
+            ["0", "7", "999", "1,000", "1,204", "12,345", "1,000,000"]
+        );
+    }
+}

@@ -175,6 +175,9 @@ pub(super) struct Scheduled {
     pub(super) rep: BuildReport,
     pub(super) records: HashMap<String, TargetRecord>,
     pub(super) history: String,
+    /// The nodes whose model was called and named the snapshot that
+    /// answered, with that snapshot (`drift.rs`).
+    pub(super) answered: Vec<(usize, String)>,
 }
 
 /// Runs the selected nodes (`prog`) in dependency order, the stale ones
@@ -192,6 +195,7 @@ pub(super) fn run_all(
         rep: BuildReport::default(),
         records: HashMap::default(),
         history: String::new(),
+        answered: Vec::new(),
     };
     let (job_tx, job_rx) = mpsc::channel::<Job>();
     let job_rx = Arc::new(Mutex::new(job_rx));
@@ -433,6 +437,9 @@ fn take_result(
         _ => Done::failed(key.clone()),
     };
     if let Some(rec) = r.record {
+        if matches!(r.outcome, Outcome::Ran { .. }) && !rec.answered_by.is_empty() {
+            out.answered.push((r.node, rec.answered_by.clone()));
+        }
         out.records.insert(key, rec);
     }
     prog.complete(r.node, r.outcome, d, report);

@@ -147,6 +147,7 @@ impl Printer {
             }
             Event::Started { key, .. } => self.status(false, || format!("running {key}")),
             Event::Warning(w) => self.line(&format!("warning: {w}")),
+            Event::ModelDrift(d) => self.line(&format!("warning: {}", drift_text(d))),
             Event::Finished {
                 key,
                 outcome,
@@ -203,6 +204,28 @@ fn spend_text(s: &markitect::build::Spend) -> Option<String> {
         t.push_str(&format!(", {}", markitect::build::format_usd(s.cost_usd)));
     }
     Some(t)
+}
+
+/// `model `gpt` answers as `X` now; 1,204 outputs were made by `Y``, and
+/// what to do about it.
+pub(super) fn drift_text(d: &markitect::drift::ModelDrift) -> String {
+    let made: Vec<String> = (d.before.iter().enumerate())
+        .map(|(i, (snapshot, n))| {
+            let what = match (i, *n) {
+                (0, 1) => "1 output was made by".to_string(),
+                (0, n) => format!("{} outputs were made by", markitect::build::format_count(n)),
+                (_, n) => format!("{} by", markitect::build::format_count(n)),
+            };
+            format!("{what} `{snapshot}`")
+        })
+        .collect();
+    format!(
+        "model `{}` answers as `{}` now; {}\n\
+         help: `mkt status --drift` lists them; `pin = true` on the model makes a change of snapshot an error",
+        d.model,
+        d.now,
+        made.join(", ")
+    )
 }
 
 fn indent(s: &str) -> String {

@@ -120,10 +120,17 @@ fn read_error(status: u16, body: &Value) -> Option<ApiError> {
 pub fn read_answer(v: &Value) -> Result<ModelResponse, ModelError> {
     let usage = v.get("usage").filter(|u| u.is_object()).map(|u| {
         let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let (read, written) = (
+            n("cache_read_input_tokens"),
+            n("cache_creation_input_tokens"),
+        );
+        // the API counts the cached tokens apart from `input_tokens`; the
+        // manifest's `input_tokens` are all of them, as OpenAI's are
         Usage {
-            input_tokens: n("input_tokens"),
+            input_tokens: n("input_tokens") + read + written,
             output_tokens: n("output_tokens"),
-            cached_tokens: n("cache_read_input_tokens"),
+            cached_tokens: read,
+            cache_write_tokens: written,
         }
     });
     let Some(blocks) = v.get("content").and_then(Value::as_array) else {
@@ -140,6 +147,8 @@ pub fn read_answer(v: &Value) -> Result<ModelResponse, ModelError> {
     Ok(ModelResponse {
         output: text.into_bytes(),
         usage,
+        model: v.get("model").and_then(Value::as_str).map(str::to_string),
+        system_fingerprint: None,
     })
 }
 
@@ -192,19 +201,25 @@ mod tests {
     #[test]
     fn answer_usage_and_billing_errors() {
         let v = json!({
+            "model": "claude-sonnet-4-5-20250929",
             "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}],
-            "usage": {"input_tokens": 20, "output_tokens": 2, "cache_read_input_tokens": 5}
+            "usage": {"input_tokens": 20, "output_tokens": 2, "cache_read_input_tokens": 5,
+                      "cache_creation_input_tokens": 7}
         });
         let r = read_answer(&v).unwrap();
         assert_eq!(r.output, b"Hello");
+        // the cached tokens, which the API counts apart, are added in
         assert_eq!(
             r.usage,
             Some(Usage {
-                input_tokens: 20,
+                input_tokens: 32,
                 output_tokens: 2,
-                cached_tokens: 5
+                cached_tokens: 5,
+                cache_write_tokens: 7,
             })
         );
+        assert_eq!(r.model.as_deref(), Some("claude-sonnet-4-5-20250929"));
+        assert_eq!(r.system_fingerprint, None);
         let overloaded = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
         let e = read_error(529, &overloaded).unwrap();
         assert!(!e.quota);

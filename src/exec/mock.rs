@@ -46,10 +46,9 @@ impl ModelAdapter for Mock {
             }
             std::thread::sleep(left.min(std::time::Duration::from_millis(20)));
         }
-        Ok(ModelResponse {
-            output: mock_output(&self.name, prompt).into_bytes(),
-            usage: None,
-        })
+        Ok(ModelResponse::unnamed(
+            mock_output(&self.name, prompt).into_bytes(),
+        ))
     }
 }
 

@@ -109,13 +109,18 @@ pub fn read_answer(v: &Value) -> Result<ModelResponse, ModelError> {
             input_tokens: n(u.get("prompt_tokens")),
             output_tokens: n(u.get("completion_tokens")),
             cached_tokens: n(u.pointer("/prompt_tokens_details/cached_tokens")),
+            // OpenAI charges no premium for writing its cache
+            cache_write_tokens: 0,
         }
     });
+    let named = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let msg = v.pointer("/choices/0/message");
     match msg.and_then(|m| m.get("content")).and_then(Value::as_str) {
         Some(text) => Ok(ModelResponse {
             output: text.as_bytes().to_vec(),
             usage,
+            model: named("model"),
+            system_fingerprint: named("system_fingerprint"),
         }),
         None => {
             let why = match msg.and_then(|m| m.get("refusal")).and_then(Value::as_str) {
@@ -183,6 +188,8 @@ mod tests {
     #[test]
     fn answer_usage_and_errors() {
         let v = json!({
+            "model": "gpt-4o-mini-2024-07-18",
+            "system_fingerprint": "fp_44709d6fcb",
             "choices": [{"message": {"role": "assistant", "content": "Hello"}}],
             "usage": {"prompt_tokens": 12, "completion_tokens": 3,
                       "prompt_tokens_details": {"cached_tokens": 8}}
@@ -194,9 +201,15 @@ mod tests {
             Some(Usage {
                 input_tokens: 12,
                 output_tokens: 3,
-                cached_tokens: 8
+                cached_tokens: 8,
+                cache_write_tokens: 0,
             })
         );
+        assert_eq!(r.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert_eq!(r.system_fingerprint.as_deref(), Some("fp_44709d6fcb"));
+        // a local server may name no model
+        let bare = json!({"choices": [{"message": {"content": "x"}}]});
+        assert_eq!(read_answer(&bare).unwrap().model, None);
         let e = read_error(
             429,
             &json!({"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}),
