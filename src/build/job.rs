@@ -49,6 +49,43 @@ pub(crate) struct JobResult {
     /// served from the action cache instead (`saved`).
     pub(crate) spent: Option<(Usage, Option<f64>)>,
     pub(crate) saved: Option<(Usage, Option<f64>)>,
+    /// What the provider's prompt cache did for the model call made.
+    pub(crate) prompt_cache: Option<CacheUse>,
+}
+
+/// A model call's use of the provider's prompt cache.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CacheUse {
+    pub(crate) read: u64,
+    pub(crate) written: u64,
+    /// Against the same tokens uncached, where the model has prices.
+    pub(crate) saved_usd: Option<f64>,
+    /// The prompt marked a prefix for caching, and the answer shows it
+    /// was not cached (too short for the model): the model's name.
+    pub(crate) missed: Option<String>,
+}
+
+impl CacheUse {
+    /// From the usage of a call to `decl`'s model; `marked`: its prompt
+    /// had a cache prefix, `follower`: sent after that prefix's first call
+    /// was answered.
+    fn of(decl: &TargetDecl, usage: &Usage, marked: bool, follower: bool) -> CacheUse {
+        let (read, written) = (usage.cached_tokens, usage.cache_write_tokens);
+        // Anthropic reports a write for a prefix it caches; OpenAI, which
+        // reports none, a read for every call after the first
+        let missed = marked
+            && read == 0
+            && match decl.model.provider {
+                crate::config::Provider::Anthropic => written == 0,
+                _ => follower,
+            };
+        CacheUse {
+            read,
+            written,
+            saved_usd: decl.model.settings.prompt_cache_saving(usage),
+            missed: missed.then(|| decl.model.name.clone()),
+        }
+    }
 }
 
 /// A job ready for its model call (see the module docs).
@@ -70,6 +107,14 @@ pub(crate) struct PreparedCall {
     /// that made the target's output, or the model's newest; `drift.rs`).
     #[serde(default)]
     pub(crate) pinned_to: Option<String>,
+    /// The key of the prompt prefix marked for the provider's cache
+    /// (`exec/cache.rs`), if one is.
+    #[serde(default)]
+    pub(crate) cache_prefix: Option<Digest>,
+    /// Sent after the first call of its prefix was answered (`prefix.rs`):
+    /// its answer should read the cache.
+    #[serde(default)]
+    pub(crate) cache_follower: bool,
 }
 
 /// What [`prepare`] came to.
@@ -139,12 +184,40 @@ impl Ctx<'_> {
     }
 }
 
-/// One job's work, in this process: prepared, the model called, finished.
-pub(crate) fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
-    let call = match prepare(ctx, job) {
-        Prepared::Done(r) => return r,
-        Prepared::Call(call) => call,
-    };
+/// What a worker's job came to: its result, or a call whose prompt shares
+/// a cache prefix, for the scheduler's gate (`prefix.rs`) to send on.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made and taken apart once per job, never stored"
+)]
+pub(crate) enum Worked {
+    Done(JobResult),
+    AtGate(Box<PreparedCall>, Digest),
+}
+
+/// One job's work, in this process: prepared, the model called, finished;
+/// except that a call with a cache prefix goes back to the scheduler
+/// before the model is called.
+pub(crate) fn run_job_gated(ctx: &Ctx<'_>, job: Job) -> Worked {
+    match prepare(ctx, job) {
+        Prepared::Done(r) => Worked::Done(r),
+        Prepared::Call(call) => match call.cache_prefix {
+            Some(key) => Worked::AtGate(Box::new(call), key),
+            None => Worked::Done(call_model(ctx, call)),
+        },
+    }
+}
+
+/// A call the gate let through: skipped if the build stopped meanwhile.
+pub(crate) fn call_model_now(ctx: &Ctx<'_>, call: PreparedCall) -> JobResult {
+    match ctx.why_stopped() {
+        Some(because) => skipped(&call.job, because, call.warnings),
+        None => call_model(ctx, call),
+    }
+}
+
+/// The model call of a prepared job, and its finish.
+fn call_model(ctx: &Ctx<'_>, call: PreparedCall) -> JobResult {
     let decl = decl_of(&ctx.src, call.job.node);
     let t_process = Instant::now();
     let mut stats = crate::exec::CallStats::default();
@@ -242,6 +315,7 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
     let pinned_to = (decl.model.settings.pin == Some(true))
         .then(|| ctx.pinned_to(node, &decl.model.name))
         .flatten();
+    let cache_prefix = crate::exec::cache::prefix_key(&decl.model, &prompt);
     Prepared::Call(PreparedCall {
         job,
         prompt,
@@ -250,6 +324,8 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
         prepare_ms: ms_since(started),
         warnings,
         pinned_to,
+        cache_prefix,
+        cache_follower: false,
     })
 }
 
@@ -375,6 +451,7 @@ fn serve(
         history: Some(h),
         spent: None,
         saved,
+        prompt_cache: None,
     }
 }
 
@@ -455,6 +532,8 @@ pub(crate) fn finish(
         prepare_ms,
         warnings,
         pinned_to,
+        cache_prefix,
+        cache_follower,
         ..
     } = call;
     let node = &src.graph.nodes[job.node];
@@ -471,6 +550,8 @@ pub(crate) fn finish(
         (stats.attempts > 0).then_some(stats.rate_limit_wait.as_secs_f64() * 1e3);
     let stored = store_run(src, remote, node, decl, m, prompt_json, response);
     let spent = m.usage.clone().map(|u| (u, m.cost_usd));
+    let prompt_cache =
+        (m.usage.as_ref()).map(|u| CacheUse::of(decl, u, cache_prefix.is_some(), cache_follower));
     let ibh = m.input_bundle_hash.0;
     let took = || prepare_ms + called.process_ms + ms_since(t_finish);
     let line = |kind| {
@@ -506,6 +587,7 @@ pub(crate) fn finish(
             )),
             spent,
             saved: None,
+            prompt_cache,
         },
         Ok(None) => {
             let h = history_line(
@@ -519,6 +601,7 @@ pub(crate) fn finish(
             let error = m.error.clone().unwrap_or_default();
             JobResult {
                 spent,
+                prompt_cache,
                 ..failed(&job, node, error, warnings, Some(h))
             }
         }
@@ -697,6 +780,7 @@ fn failed(
         history,
         spent: None,
         saved: None,
+        prompt_cache: None,
     }
 }
 
@@ -711,6 +795,7 @@ fn skipped(job: &Job, because: &str, warnings: Vec<String>) -> JobResult {
         history: None,
         spent: None,
         saved: None,
+        prompt_cache: None,
     }
 }
 

@@ -25,6 +25,7 @@
 
 mod compile;
 mod job;
+mod prefix;
 mod report;
 mod schedule;
 mod stamp;
@@ -33,7 +34,8 @@ pub use compile::CompileError;
 pub(crate) use compile::Sources;
 pub(crate) use compile::compile_node;
 pub use report::{
-    BuildOptions, BuildReport, Event, Outcome, Phases, Spend, WatchSet, format_count, format_usd,
+    BuildOptions, BuildReport, Event, Outcome, Phases, PromptCache, Spend, WatchSet, format_count,
+    format_usd,
 };
 
 use crate::config::PROJECT_FILE;

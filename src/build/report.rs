@@ -121,6 +121,8 @@ pub struct BuildReport {
     /// What the runs served from the action cache had cost, priced with
     /// the current prices.
     pub saved: Spend,
+    /// What the providers' prompt caches did for this build's calls.
+    pub prompt_cache: PromptCache,
     /// Output files of targets no longer in the graph that are still on
     /// disk (`mkt clean --stale` removes them). Counted only on builds that
     /// analysed the project, never on the no-op or cached-graph paths.
@@ -227,6 +229,28 @@ pub fn format_count(n: usize) -> String {
         out.push(c);
     }
     out
+}
+
+/// Input tokens read from and written to the providers' prompt caches,
+/// and what that saved against the same tokens uncached (US dollars, where
+/// the models have prices; less than 0 when the writes cost more).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct PromptCache {
+    pub read_tokens: u64,
+    pub write_tokens: u64,
+    pub saved_usd: f64,
+    pub priced: bool,
+}
+
+impl PromptCache {
+    pub(super) fn add(&mut self, read: u64, written: u64, saved_usd: Option<f64>) {
+        self.read_tokens += read;
+        self.write_tokens += written;
+        if let Some(s) = saved_usd.filter(|_| read + written > 0) {
+            self.saved_usd += s;
+            self.priced = true;
+        }
+    }
 }
 
 /// Tokens (input + output) and their cost.

@@ -228,6 +228,27 @@ pub(super) fn drift_text(d: &markitect::drift::ModelDrift) -> String {
     )
 }
 
+/// `prompt cache read 19900 tokens, wrote 200, saved $0.0537`, or `None`
+/// when no call read or wrote a provider's prompt cache.
+fn prompt_cache_text(c: &markitect::build::PromptCache) -> Option<String> {
+    if c.read_tokens == 0 && c.write_tokens == 0 {
+        return None;
+    }
+    let mut t = format!("prompt cache read {} tokens", c.read_tokens);
+    if c.write_tokens > 0 {
+        t.push_str(&format!(", wrote {}", c.write_tokens));
+    }
+    if c.priced {
+        let usd = markitect::build::format_usd(c.saved_usd.abs());
+        if c.saved_usd < 0.0 {
+            t.push_str(&format!(", cost {usd} more than uncached"));
+        } else {
+            t.push_str(&format!(", saved {usd}"));
+        }
+    }
+    Some(t)
+}
+
 fn indent(s: &str) -> String {
     s.lines()
         .map(|l| format!("  {l}"))
@@ -377,6 +398,9 @@ pub(super) fn summary_line(r: &BuildReport, elapsed: std::time::Duration) -> Str
     }
     if let Some(spend) = spend_text(&r.saved) {
         s.push_str(&format!("; cache saved {spend}"));
+    }
+    if let Some(cached) = prompt_cache_text(&r.prompt_cache) {
+        s.push_str(&format!("; {cached}"));
     }
     s.push_str(&format!(" ({:.2} s)", elapsed.as_secs_f64()));
     s

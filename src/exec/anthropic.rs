@@ -65,15 +65,29 @@ fn headers(key: Option<&str>) -> Vec<(&'static str, String)> {
 
 /// The request body (public for tests). `max_tokens` is required by the
 /// API and by `prompts.toml` (checked when the project loads).
+///
+/// A prompt with cache breakpoints (`cache.rs`) has the text they fall in
+/// sent as text blocks, each block that ends at one with `cache_control`;
+/// the system messages are joined first, as without.
 pub fn request_body(m: &ModelConfig, prompt: &CompiledPrompt) -> Value {
     let s = &m.settings;
-    let mut system = Vec::new();
+    let breaks = super::cache::breakpoints(m, prompt);
+    let cc = super::cache::cache_control(m);
+    let mut system = String::new();
+    let mut system_breaks = Vec::new();
     let mut messages = Vec::new();
-    for msg in &prompt.messages {
+    for (i, msg) in prompt.messages.iter().enumerate() {
+        let at = breaks.iter().filter(|b| b.message == i).map(|b| b.at);
         if msg.role == "system" {
-            system.push(msg.content.as_str());
+            if !system.is_empty() {
+                system.push_str("\n\n");
+            }
+            system_breaks.extend(at.map(|a| system.len() + a));
+            system.push_str(&msg.content);
         } else {
-            messages.push(json!({ "role": msg.role, "content": msg.content }));
+            let at: Vec<usize> = at.collect();
+            let content = super::cache::text_content(&msg.content, &at, &cc);
+            messages.push(json!({ "role": msg.role, "content": content }));
         }
     }
     let mut body = json!({
@@ -83,7 +97,8 @@ pub fn request_body(m: &ModelConfig, prompt: &CompiledPrompt) -> Value {
     });
     let o = body.as_object_mut().expect("object");
     if !system.is_empty() {
-        o.insert("system".into(), json!(system.join("\n\n")));
+        let system = super::cache::text_content(&system, &system_breaks, &cc);
+        o.insert("system".into(), system);
     }
     if let Some(t) = s.temperature {
         o.insert("temperature".into(), json!(t));
@@ -165,6 +180,7 @@ mod tests {
             content: content.into(),
         };
         let p = CompiledPrompt {
+            cache_breaks: Vec::new(),
             messages: vec![
                 msg("system", "Be brief."),
                 msg("user", "Hi"),

@@ -60,6 +60,7 @@ mod tests {
     #[test]
     fn output_is_deterministic_and_names_the_prompt() {
         let p = CompiledPrompt {
+            cache_breaks: Vec::new(),
             messages: vec![Message {
                 role: "user".into(),
                 content: "Hi".into(),

@@ -3,6 +3,7 @@
 
 mod anthropic;
 pub mod batch;
+pub mod cache;
 mod command;
 mod error;
 mod http;

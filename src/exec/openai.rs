@@ -47,7 +47,8 @@ fn headers(key: Option<&str>) -> Vec<(&'static str, String)> {
 }
 
 /// The request body (public for tests): the official chat completions
-/// fields; sampling parameters only when set. `max_tokens` is sent under
+/// fields; sampling parameters only when set; `prompt_cache_key` when the
+/// prompt asks for caching (`cache.rs`). `max_tokens` is sent under
 /// that name because local servers know it (OpenAI still accepts it).
 pub fn request_body(m: &ModelConfig, prompt: &CompiledPrompt) -> Value {
     let s = &m.settings;
@@ -72,6 +73,12 @@ pub fn request_body(m: &ModelConfig, prompt: &CompiledPrompt) -> Value {
     }
     if let Some(stop) = &s.stop {
         o.insert("stop".into(), json!(stop));
+    }
+    if let Some(key) = super::cache::prefix_key(m, prompt) {
+        o.insert(
+            "prompt_cache_key".into(),
+            json!(super::cache::openai_key(&key)),
+        );
     }
     if s.format.as_deref() == Some("json") {
         let rf = match &s.schema {
@@ -149,6 +156,7 @@ mod tests {
     #[test]
     fn body_has_the_messages_and_only_the_set_parameters() {
         let p = CompiledPrompt {
+            cache_breaks: Vec::new(),
             messages: vec![
                 Message {
                     role: "system".into(),
