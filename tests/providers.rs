@@ -134,7 +134,9 @@ fn openai_request_usage_cost_and_cache_savings() {
     let first = p.mkt_env(&["build"], ENV);
     first
         .success()
-        .summary("1 ran, 0 cached, 0 up to date; spent 1200 tokens, $0.00315");
+        .summary(
+        "1 ran, 0 cached, 0 up to date; spent 1200 tokens, $0.00315; prompt cache read 600 tokens, saved $0.00135",
+    );
     assert_eq!(p.read("out/a.md"), "A short summary.");
 
     let reqs = api.requests();
@@ -212,7 +214,9 @@ fn anthropic_request_follows_the_messages_api() {
     ));
     let run = p.mkt_env(&["build"], ENV);
     run.success()
-        .summary("1 ran, 0 cached, 0 up to date; spent 95 tokens, $0.000237");
+        .summary(
+            "1 ran, 0 cached, 0 up to date; spent 95 tokens, $0.000237; prompt cache read 40 tokens, saved $0.000108",
+        );
     assert_eq!(p.read("out/a.md"), "Brief.");
     let reqs = api.requests();
     assert_eq!(paths(&reqs), ["POST /v1/messages"]);
