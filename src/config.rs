@@ -110,6 +110,23 @@ pub struct ModelSettings {
     /// 0.5; not hashed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub batch_discount: Option<f64>,
+    /// US dollars per million input tokens read from the provider's prompt
+    /// cache; default a tenth of `price_input_per_mtok` (not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub price_cached_input_per_mtok: Option<f64>,
+    /// `"system"`: mark the system messages for the provider's prompt
+    /// cache (`exec/cache.rs`; not hashed: the answer does not depend on
+    /// it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_cache: Option<String>,
+    /// anthropic: how long a cache entry lives, `"5m"` (default) or
+    /// `"1h"` (not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prompt_cache_ttl: Option<String>,
+    /// An answer from another snapshot than the one that made the model's
+    /// outputs fails the target (`drift.rs`; not hashed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pin: Option<bool>,
 }
 
 impl ModelSettings {
@@ -147,28 +164,73 @@ impl ModelSettings {
             price_output_per_mtok: over.price_output_per_mtok.or(self.price_output_per_mtok),
             batch: over.batch.or(self.batch),
             batch_discount: over.batch_discount.or(self.batch_discount),
+            price_cached_input_per_mtok: over
+                .price_cached_input_per_mtok
+                .or(self.price_cached_input_per_mtok),
+            prompt_cache: over
+                .prompt_cache
+                .clone()
+                .or_else(|| self.prompt_cache.clone()),
+            prompt_cache_ttl: over
+                .prompt_cache_ttl
+                .clone()
+                .or_else(|| self.prompt_cache_ttl.clone()),
+            pin: over.pin.or(self.pin),
         }
     }
 
     /// The cost in US dollars of `usage` at these prices; `None` when no
-    /// price is set. Tokens are priced as the API reported them: cached
-    /// input tokens are not discounted (OpenAI counts them in the input
-    /// tokens) and Anthropic's cache reads, which it counts apart, are not
-    /// priced.
+    /// price is set. Input tokens read from the prompt cache cost
+    /// `price_cached_input_per_mtok` (default a tenth of the input price,
+    /// Anthropic's rate); those written to it the input price times
+    /// [`ModelSettings::cache_write_premium`]; the rest the input price.
     pub fn cost_usd(&self, usage: &crate::manifest::Usage) -> Option<f64> {
         if self.price_input_per_mtok.is_none() && self.price_output_per_mtok.is_none() {
             return None;
         }
-        let per = |tokens: u64, price: Option<f64>| tokens as f64 * price.unwrap_or(0.0) / 1e6;
+        let input = self.price_input_per_mtok.unwrap_or(0.0);
+        let read = usage.cached_tokens.min(usage.input_tokens);
+        let written = usage.cache_write_tokens.min(usage.input_tokens - read);
+        let plain = usage.input_tokens - read - written;
+        let per = |tokens: u64, price: f64| tokens as f64 * price / 1e6;
         Some(
-            per(usage.input_tokens, self.price_input_per_mtok)
-                + per(usage.output_tokens, self.price_output_per_mtok),
+            per(plain, input)
+                + per(read, self.cached_input_price())
+                + per(written, input * self.cache_write_premium())
+                + per(
+                    usage.output_tokens,
+                    self.price_output_per_mtok.unwrap_or(0.0),
+                ),
         )
     }
 
     /// What a batch request costs relative to an ordinary one.
     pub fn batch_discount(&self) -> f64 {
         self.batch_discount.unwrap_or(DEFAULT_BATCH_DISCOUNT)
+    }
+
+    /// US dollars per million input tokens read from the prompt cache.
+    pub fn cached_input_price(&self) -> f64 {
+        (self.price_cached_input_per_mtok).unwrap_or(self.price_input_per_mtok.unwrap_or(0.0) * 0.1)
+    }
+
+    /// What writing a token to the prompt cache costs, in input prices:
+    /// 1.25 for Anthropic's 5-minute entries, 2 for 1-hour ones.
+    pub fn cache_write_premium(&self) -> f64 {
+        match self.prompt_cache_ttl.as_deref() {
+            Some("1h") => 2.0,
+            _ => 1.25,
+        }
+    }
+
+    /// What prompt caching saved on `usage` against the same tokens sent
+    /// uncached, in US dollars (negative when the writes cost more than
+    /// the reads saved); `None` when no input price is set.
+    pub fn prompt_cache_saving(&self, usage: &crate::manifest::Usage) -> Option<f64> {
+        let input = self.price_input_per_mtok?;
+        let read = usage.cached_tokens as f64 * (input - self.cached_input_price());
+        let written = usage.cache_write_tokens as f64 * input * (self.cache_write_premium() - 1.0);
+        Some((read - written) / 1e6)
     }
 }
 
@@ -266,6 +328,9 @@ impl Provider {
             "price_output_per_mtok",
             "batch",
             "batch_discount",
+            "price_cached_input_per_mtok",
+            "prompt_cache",
+            "pin",
         ];
         // the Messages API has no `seed`
         const ANTHROPIC: &[&str] = &[
@@ -290,6 +355,10 @@ impl Provider {
             "price_output_per_mtok",
             "batch",
             "batch_discount",
+            "price_cached_input_per_mtok",
+            "prompt_cache",
+            "prompt_cache_ttl",
+            "pin",
         ];
         match self {
             Provider::Mock => &["latency_ms"],
@@ -331,6 +400,12 @@ impl ModelConfig {
         s.price_output_per_mtok = None;
         s.batch = None;
         s.batch_discount = None;
+        s.price_cached_input_per_mtok = None;
+        // caching hints and the pin: the same answer, sent and checked
+        // another way
+        s.prompt_cache = None;
+        s.prompt_cache_ttl = None;
+        s.pin = None;
         match serde_json::to_value(&s) {
             Ok(serde_json::Value::Object(map)) => map.into_iter().collect(),
             _ => BTreeMap::new(),
@@ -798,6 +873,7 @@ fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usi
         ("price_input_per_mtok", s.price_input_per_mtok),
         ("price_output_per_mtok", s.price_output_per_mtok),
         ("batch_discount", s.batch_discount),
+        ("price_cached_input_per_mtok", s.price_cached_input_per_mtok),
     ];
     if let Some((key, v)) = numbers
         .into_iter()
@@ -866,6 +942,32 @@ fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usi
                         }
                     }),
                 );
+            }
+            let one_of = |key: &str, v: Option<&str>, allowed: &[&str]| match v {
+                Some(v) if !allowed.contains(&v) => {
+                    let list: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+                    Some(project.error(
+                        span,
+                        format!(
+                            "model `{}`: `{key}` must be {}, not \"{v}\"",
+                            m.name,
+                            list.join(" or ")
+                        ),
+                        Some(format!("for example `{key} = {}`", list[0])),
+                    ))
+                }
+                _ => None,
+            };
+            if let Some(e) =
+                one_of("prompt_cache", s.prompt_cache.as_deref(), &["system"]).or_else(|| {
+                    one_of(
+                        "prompt_cache_ttl",
+                        s.prompt_cache_ttl.as_deref(),
+                        &["5m", "1h"],
+                    )
+                })
+            {
+                return Err(e);
             }
             // The Messages API requires it; a silent default would decide
             // how long (and how costly) every answer may be.
@@ -1382,6 +1484,7 @@ mod tests {
              connect_timeout_s = 2\nmax_retries = 1\nmax_concurrency = 2\nrequests_per_minute = 60\n\
              tokens_per_minute = 30000\nrate_limit_wait_s = 60\n\
              price_input_per_mtok = 1.0\nprice_output_per_mtok = 2.0\n\
+             price_cached_input_per_mtok = 0.5\nprompt_cache = \"system\"\npin = true\n\
              [targets.a]\ntemplate = \"t.md\"\noutput = \"o.md\"\nmodel = \"m\"\n\
              [targets.b]\ntemplate = \"t.md\"\noutput = \"p.md\"\nmodel = \"m\"\n\
              params = { sample = \"2\", base_url = \"http://elsewhere/v1\", timeout_s = 9 }\n",
@@ -1404,6 +1507,7 @@ mod tests {
             input_tokens: 1_000_000,
             output_tokens: 500_000,
             cached_tokens: 0,
+            cache_write_tokens: 0,
         });
         assert_eq!(cost, Some(2.0));
         assert_eq!(
@@ -1413,6 +1517,53 @@ mod tests {
                 .settings
                 .cost_usd(&Default::default()),
             None
+        );
+    }
+
+    /// Cache reads at a tenth of the input price (or the price set), cache
+    /// writes at 1.25 times it (twice for `prompt_cache_ttl = "1h"`).
+    #[test]
+    fn prompt_cache_reads_and_writes_are_priced() {
+        let model = |extra: &str| {
+            parse(&format!(
+                "[models.m]\nprovider = \"anthropic\"\nmodel = \"c\"\nmax_tokens = 9\n\
+                 price_input_per_mtok = 3.0\nprice_output_per_mtok = 15.0\n{extra}"
+            ))
+            .unwrap()
+            .models["m"]
+                .settings
+                .clone()
+        };
+        let usage = |read, written| crate::manifest::Usage {
+            input_tokens: 1_000_000,
+            output_tokens: 0,
+            cached_tokens: read,
+            cache_write_tokens: written,
+        };
+        let close = |a: Option<f64>, b: f64| assert!((a.unwrap() - b).abs() < 1e-9, "{a:?} {b}");
+        let m = model("");
+        close(m.cost_usd(&usage(0, 0)), 3.0);
+        close(m.cost_usd(&usage(800_000, 0)), 0.2 * 3.0 + 0.8 * 0.3);
+        close(m.cost_usd(&usage(0, 800_000)), 0.2 * 3.0 + 0.8 * 3.75);
+        close(m.prompt_cache_saving(&usage(800_000, 0)), 0.8 * 2.7);
+        close(m.prompt_cache_saving(&usage(0, 800_000)), -0.8 * 0.75);
+        let hour = model("prompt_cache_ttl = \"1h\"\nprice_cached_input_per_mtok = 1.5\n");
+        close(hour.cost_usd(&usage(0, 1_000_000)), 6.0);
+        close(hour.cost_usd(&usage(1_000_000, 0)), 1.5);
+        let e = parse("[models.m]\nprovider = \"openai\"\nmodel = \"x\"\nprompt_cache = \"all\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model `m`: `prompt_cache` must be \"system\", not \"all\""),
+            "{e}"
+        );
+        let e =
+            parse("[models.m]\nprovider = \"openai\"\nmodel = \"x\"\nprompt_cache_ttl = \"1h\"\n")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            e.contains("`prompt_cache_ttl` is not a setting of the `openai` provider"),
+            "{e}"
         );
     }
 

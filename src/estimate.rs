@@ -209,6 +209,7 @@ pub fn cost_range(model: &ModelConfig, input: u64, output: OutputBound) -> Optio
         input_tokens: input,
         output_tokens,
         cached_tokens: 0,
+        cache_write_tokens: 0,
     };
     let low = s.cost_usd(&usage(output.low()))?;
     let high = match output.high() {
@@ -304,6 +305,7 @@ mod tests {
                     content: c.to_string(),
                 })
                 .collect(),
+            cache_breaks: Vec::new(),
         }
     }
 

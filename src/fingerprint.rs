@@ -72,6 +72,12 @@ pub struct TargetRecord {
     pub output_digest: Digest,
     pub run_id: String,
     pub failed: bool,
+    /// The model snapshot that answered the run that made the output, as
+    /// the provider named it (the manifest's `answered_by`); empty when
+    /// it named none, or the record predates the field. Kept here so that
+    /// a build can tell which snapshots made the outputs without reading
+    /// their manifests (`build/drift.rs`).
+    pub answered_by: String,
 }
 
 /// Why a target must be (re)built: produced by [`dirty_reason`], rendered by
@@ -301,6 +307,7 @@ mod tests {
             output_digest: Digest::of(b"out"),
             run_id: "r".into(),
             failed: false,
+            answered_by: String::new(),
         }
     }
 

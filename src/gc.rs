@@ -820,6 +820,7 @@ mod tests {
             output_digest: m.outputs[0].digest,
             run_id: m.run_id.clone(),
             failed: false,
+            answered_by: String::new(),
         }
     }
 

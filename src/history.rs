@@ -177,6 +177,7 @@ mod tests {
             reason: "input `docs/a.md` changed".into(),
             duration_ms: 12.5,
             usage: Some(Usage {
+                cache_write_tokens: 0,
                 input_tokens: 10,
                 output_tokens: 20,
                 cached_tokens: 0,

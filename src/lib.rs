@@ -10,6 +10,7 @@ pub mod cache_config;
 pub mod clean;
 mod codec;
 pub mod config;
+pub mod drift;
 pub mod error;
 pub mod estimate;
 pub mod exec;

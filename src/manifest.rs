@@ -83,9 +83,23 @@ pub struct Timing {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Usage {
+    /// All the prompt's tokens, those read from or written to the
+    /// provider's prompt cache included (Anthropic, which reports them
+    /// apart, has them added in).
     pub input_tokens: u64,
     pub output_tokens: u64,
+    /// Of `input_tokens`, those read from the prompt cache (OpenAI's
+    /// `cached_tokens`, Anthropic's `cache_read_input_tokens`).
     pub cached_tokens: u64,
+    /// Of `input_tokens`, those written to the prompt cache (Anthropic's
+    /// `cache_creation_input_tokens`; OpenAI charges no write); absent in
+    /// manifests written before the field existed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +126,14 @@ pub struct RunManifest {
     /// US dollars; absent when no price is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_usd: Option<f64>,
+    /// The model the provider says answered (the `model` of its answer:
+    /// the dated snapshot behind an alias), when it said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
+    /// OpenAI's `system_fingerprint`: the backend configuration that
+    /// answered, when the provider gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_fingerprint: Option<String>,
     pub timing: Timing,
     pub tool_version: String,
     /// The machine that made the run, so that a result served from a
@@ -233,8 +255,15 @@ pub(crate) mod tests {
             }],
             status: RunStatus::Ok,
             error: None,
-            usage: None,
+            usage: Some(Usage {
+                input_tokens: 2100,
+                output_tokens: 40,
+                cached_tokens: 0,
+                cache_write_tokens: 2048,
+            }),
             cost_usd: None,
+            answered_by: Some("gpt-4o-mini-2024-07-18".into()),
+            system_fingerprint: Some("fp_0123abcd".into()),
             timing: Timing {
                 started_at: "2026-11-25T00:01:02.345Z".into(),
                 finished_at: "2026-11-25T00:01:02.400Z".into(),
@@ -261,6 +290,21 @@ pub(crate) mod tests {
         m.host = None;
         let json = String::from_utf8(m.to_json()).unwrap();
         assert!(!json.contains("host"), "{json}");
+        assert_eq!(RunManifest::from_json(json.as_bytes()), Some(m));
+    }
+
+    /// Manifests written before the answering model, the fingerprint and
+    /// cache writes were recorded still parse.
+    #[test]
+    fn manifests_without_answered_by_or_cache_writes_still_parse() {
+        let mut m = sample();
+        m.answered_by = None;
+        m.system_fingerprint = None;
+        m.usage.as_mut().unwrap().cache_write_tokens = 0;
+        let json = String::from_utf8(m.to_json()).unwrap();
+        for field in ["answered_by", "system_fingerprint", "cache_write_tokens"] {
+            assert!(!json.contains(field), "{json}");
+        }
         assert_eq!(RunManifest::from_json(json.as_bytes()), Some(m));
     }
 

@@ -36,7 +36,7 @@
 //! for its format): a build appends only what it changed.
 //!
 //! ```text
-//! "MKTSTATE" | u32 version (=1) | u64 body length | body | 32-byte BLAKE3 of body
+//! "MKTSTATE" | u32 version (=2; 1 is read too) | u64 body length | body | 32-byte BLAKE3 of body
 //! body := u32 count, FILE*   | u32 count, ANALYSIS* | u32 count, TARGET*
 //! FILE := str path | u64 size | i64 mtime_ns | i64 ctime_ns | u64 ino | u8 racy | digest
 //! ANALYSIS := digest (of the template text) | refs(inputs) | u8 all_inputs
@@ -44,9 +44,13 @@
 //! refs := u32 count, (str name | u32 line)*
 //! TARGET := str key | digest config | digest model | u32 n, (u8 kind | str path | digest)*
 //!           | u32 n, (str key | digest)* | digest ibh | str output | digest output
-//!           | str run_id | u8 failed
+//!           | str run_id | u8 failed | str answered_by
 //! str := u32 length | UTF-8 bytes; integers little-endian; digest := 32 bytes
 //! ```
+//!
+//! Version 1 had no `answered_by` (the model snapshot that answered, see
+//! [`TargetRecord::answered_by`]): its records read with it empty, and the
+//! next snapshot written is version 2.
 
 pub use crate::fingerprint::{Dep, DepKind, DirtyReason, Fingerprint, TargetRecord, dirty_reason};
 use crate::hash::Digest;
@@ -55,7 +59,7 @@ use crate::template::{Ref, TemplateRefs};
 use rustc_hash::FxHashMap as HashMap;
 
 pub const STATE_MAGIC: &[u8; 8] = b"MKTSTATE";
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 /// Two seconds covers file systems with one- and two-second timestamps
 /// (a file whose mtime has no sub-second part is assumed to be on one).
 pub const RACY_NS: i64 = 2_000_000_000;
@@ -226,9 +230,26 @@ fn skip_analysis(r: &mut Reader<'_>) -> Option<()> {
     r.bool().map(drop)
 }
 
+/// The layout of a target record: version 1's lacks `answered_by`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    V1,
+    V2,
+}
+
+impl Layout {
+    fn of(version: u32) -> Option<Layout> {
+        match version {
+            1 => Some(Layout::V1),
+            STATE_VERSION => Some(Layout::V2),
+            _ => None,
+        }
+    }
+}
+
 /// Steps over a target record, checking its shape; returns its key, its
 /// output digest and whether it failed.
-fn skip_target<'a>(r: &mut Reader<'a>) -> Option<(&'a [u8], Digest, bool)> {
+fn skip_target<'a>(r: &mut Reader<'a>, layout: Layout) -> Option<(&'a [u8], Digest, bool)> {
     let n = r.u32()? as usize;
     let key = r.take(n)?;
     r.take(64)?;
@@ -245,7 +266,11 @@ fn skip_target<'a>(r: &mut Reader<'a>) -> Option<(&'a [u8], Digest, bool)> {
     r.skip_str()?;
     let output_digest = r.digest()?;
     r.skip_str()?;
-    Some((key, output_digest, r.bool()?))
+    let failed = r.bool()?;
+    if layout == Layout::V2 {
+        r.skip_str()?;
+    }
+    Some((key, output_digest, failed))
 }
 
 fn put_target(w: &mut Writer, key: &str, t: &TargetRecord) {
@@ -268,9 +293,10 @@ fn put_target(w: &mut Writer, key: &str, t: &TargetRecord) {
     w.digest(&t.output_digest);
     w.str(&t.run_id);
     w.u8(t.failed as u8);
+    w.str(&t.answered_by);
 }
 
-fn get_target(r: &mut Reader<'_>) -> Option<(String, TargetRecord)> {
+fn get_target(r: &mut Reader<'_>, layout: Layout) -> Option<(String, TargetRecord)> {
     let key = r.str()?;
     let config = r.digest()?;
     let model = r.digest()?;
@@ -300,6 +326,10 @@ fn get_target(r: &mut Reader<'_>) -> Option<(String, TargetRecord)> {
         output_digest: r.digest()?,
         run_id: r.str()?,
         failed: r.bool()?,
+        answered_by: match layout {
+            Layout::V1 => String::new(),
+            Layout::V2 => r.str()?,
+        },
     };
     Some((key, rec))
 }
@@ -373,7 +403,7 @@ impl State {
     /// Decodes a state file; `None` for anything but a complete, intact file
     /// of this version.
     pub fn decode(bytes: &[u8]) -> Option<State> {
-        let body = State::body(bytes)?;
+        let (body, layout) = State::body(bytes)?;
         let mut r = Reader { buf: body, pos: 0 };
         let mut st = State::default();
         let n = r.count(FILE_MIN)?;
@@ -390,22 +420,24 @@ impl State {
         let n = r.count(TARGET_MIN)?;
         st.targets.reserve(n);
         for _ in 0..n {
-            let (key, rec) = get_target(&mut r)?;
+            let (key, rec) = get_target(&mut r, layout)?;
             st.targets.insert(key, rec);
         }
         (r.pos == body.len()).then_some(st)
     }
 
-    /// The body of an intact state file of this version.
-    fn body(bytes: &[u8]) -> Option<&[u8]> {
+    /// The body of an intact state file of a version this reads, and the
+    /// layout of its target records.
+    fn body(bytes: &[u8]) -> Option<(&[u8], Layout)> {
         let mut r = Reader { buf: bytes, pos: 0 };
-        if r.take(8)? != STATE_MAGIC || r.u32()? != STATE_VERSION {
+        if r.take(8)? != STATE_MAGIC {
             return None;
         }
+        let layout = Layout::of(r.u32()?)?;
         let len = usize::try_from(r.u64()?).ok()?;
         let body = r.take(len)?;
         let sum = r.digest()?;
-        (r.pos == bytes.len() && Digest::of(body) == sum).then_some(body)
+        (r.pos == bytes.len() && Digest::of(body) == sum).then_some((body, layout))
     }
 }
 
@@ -431,6 +463,7 @@ struct IndexedRecords {
     decoded: Vec<std::sync::OnceLock<Option<TargetRecord>>>,
     /// Records from the log, newer than the snapshot's.
     newer: HashMap<String, TargetRecord>,
+    layout: Layout,
 }
 
 /// The key of the target record at `at` in `bytes` (already checked).
@@ -452,7 +485,7 @@ impl IndexedRecords {
     /// Indexes the records of an intact snapshot (`None` otherwise). The
     /// other sections are stepped over, every record's shape checked.
     fn new(bytes: MappedFile) -> Option<IndexedRecords> {
-        let body = State::body(&bytes)?;
+        let (body, layout) = State::body(&bytes)?;
         u32::try_from(bytes.len()).ok()?;
         let start = body.as_ptr() as usize - bytes.as_ptr() as usize;
         let mut r = Reader { buf: body, pos: 0 };
@@ -467,7 +500,7 @@ impl IndexedRecords {
         let mut index = hashbrown::HashTable::with_capacity(n);
         for _ in 0..n {
             let at = (start + r.pos) as u32;
-            let key = std::str::from_utf8(skip_target(&mut r)?.0).ok()?;
+            let key = std::str::from_utf8(skip_target(&mut r, layout)?.0).ok()?;
             let hash = key_hash(key);
             let same = |&i: &u32| record_key(&bytes, offsets[i as usize]) == key.as_bytes();
             if index.find(hash, same).is_some() {
@@ -488,6 +521,7 @@ impl IndexedRecords {
             index,
             decoded,
             newer: HashMap::default(),
+            layout,
         })
     }
 
@@ -502,7 +536,7 @@ impl IndexedRecords {
                     buf: &self.bytes,
                     pos: self.offsets[i] as usize,
                 };
-                get_target(&mut r).map(|(_, rec)| rec)
+                get_target(&mut r, self.layout).map(|(_, rec)| rec)
             })
             .as_ref()
     }
@@ -531,7 +565,7 @@ impl IndexedRecords {
             buf: &self.bytes,
             pos: self.offsets[i] as usize,
         };
-        skip_target(&mut r).map(|(_, digest, failed)| (digest, failed))
+        skip_target(&mut r, self.layout).map(|(_, digest, failed)| (digest, failed))
     }
 }
 
@@ -602,6 +636,9 @@ pub struct StateDelta<'a> {
     pub targets: Vec<(&'a str, &'a TargetRecord)>,
 }
 
+/// The tag of a target record in the log; 3 was version 1's.
+const TARGET_V2: u8 = 4;
+
 impl StateDelta<'_> {
     pub fn is_empty(&self) -> bool {
         self.files.is_empty() && self.analysis.is_empty() && self.targets.is_empty()
@@ -618,7 +655,7 @@ impl StateDelta<'_> {
             put_analysis(&mut w, d, r);
         }
         for (k, t) in &self.targets {
-            w.u8(3);
+            w.u8(TARGET_V2);
             put_target(&mut w, k, t);
         }
         w.0
@@ -641,8 +678,13 @@ impl StateDelta<'_> {
                     out.analysis.insert(d, a);
                 }
                 2 => skip_analysis(&mut r)?,
+                // (a version 1 record, appended by an older mkt)
                 3 => {
-                    let (k, t) = get_target(&mut r)?;
+                    let (k, t) = get_target(&mut r, Layout::V1)?;
+                    out.targets.insert(k, t);
+                }
+                TARGET_V2 => {
+                    let (k, t) = get_target(&mut r, Layout::V2)?;
                     out.targets.insert(k, t);
                 }
                 _ => return None,
@@ -894,6 +936,7 @@ mod tests {
                 output_digest: d,
                 run_id: "r1".into(),
                 failed: false,
+                answered_by: "gpt-4o-mini-2024-07-18".into(),
             },
         );
         st
@@ -1097,6 +1140,78 @@ mod tests {
     fn round_trip() {
         let st = sample();
         assert_eq!(State::decode(&st.encode()), Some(st));
+    }
+
+    /// A version 1 file: what [`State::encode`] wrote before records had
+    /// `answered_by` (which must be empty in `st`).
+    fn encode_v1(st: &State) -> Vec<u8> {
+        let mut w = Writer(Vec::new());
+        w.u32(st.files.len() as u32);
+        for (p, e) in &st.files {
+            put_file(&mut w, p, e);
+        }
+        w.u32(st.analysis.len() as u32);
+        for (d, r) in &st.analysis {
+            put_analysis(&mut w, d, r);
+        }
+        w.u32(st.targets.len() as u32);
+        for (k, t) in &st.targets {
+            assert!(t.answered_by.is_empty());
+            put_target(&mut w, k, t);
+            w.0.truncate(w.0.len() - 4); // the empty `answered_by`
+        }
+        let mut out = STATE_MAGIC.to_vec();
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&(w.0.len() as u64).to_le_bytes());
+        out.extend_from_slice(&w.0);
+        out.extend_from_slice(&Digest::of(&w.0).0);
+        out
+    }
+
+    /// A state written before records had `answered_by` (version 1, and
+    /// version 1 records in the log) still reads, whole and one record at
+    /// a time, with `answered_by` empty; the next records appended to its
+    /// log are of version 2, and read back alongside.
+    #[test]
+    fn a_version_1_state_and_log_still_read() {
+        let mut old = sample();
+        for rec in old.targets.values_mut() {
+            rec.answered_by.clear();
+        }
+        let v1 = encode_v1(&old);
+        assert_eq!(State::decode(&v1), Some(old.clone()));
+        let t = tempfile::tempdir().unwrap();
+        let dir = camino::Utf8Path::from_path(t.path()).unwrap();
+        std::fs::write(dir.join("state"), &v1).unwrap();
+        // a version 1 log record (tag 3), as an older mkt appended it
+        let mut rec = old.targets["summary"].clone();
+        rec.run_id = "old-log".into();
+        let mut w = Writer(Vec::new());
+        w.u8(3);
+        put_target(&mut w, "logged", &rec);
+        w.0.truncate(w.0.len() - 4);
+        let mut log = LOG_MAGIC.to_vec();
+        log.extend_from_slice(&v1[v1.len() - 32..]);
+        log.extend_from_slice(&(w.0.len() as u64).to_le_bytes());
+        log.extend_from_slice(&w.0);
+        log.extend_from_slice(&Digest::of(&w.0).0);
+        std::fs::write(dir.join("state.log"), &log).unwrap();
+        let (mut sf, st) = StateFiles::load(dir);
+        assert_eq!(st.targets["logged"], rec);
+        assert_eq!(st.targets["summary"], old.targets["summary"]);
+        // this mkt appends a version 2 record to the old snapshot's log
+        let mut new = sample().targets["summary"].clone();
+        new.run_id = "new-log".into();
+        let delta = StateDelta {
+            targets: vec![("fresh", &new)],
+            ..Default::default()
+        };
+        assert!(sf.append(&delta.encode()).unwrap());
+        let (_, records) = StateFiles::load_records(dir);
+        assert_eq!(records.get("fresh"), Some(&new));
+        assert_eq!(records.get("logged"), Some(&rec));
+        assert_eq!(records.get("summary"), old.targets.get("summary"));
+        assert_eq!(records.output("summary").map(|o| o.1), Some(false));
     }
 
     /// ninja-style: every truncation of a valid file is rejected, never a

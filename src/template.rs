@@ -20,6 +20,14 @@
 //! lines the whole text is one user message, byte for byte; with them each
 //! message's text is trimmed of surrounding whitespace and empty ones are
 //! dropped.
+//!
+//! **Cache breakpoints**: a template or partial line that is exactly
+//! `{# mkt:cache #}` (a Jinja comment, so any other renderer ignores it)
+//! ends the prefix the provider is asked to cache there
+//! ([`CompiledPrompt::cache_breaks`], `exec/cache.rs`). The line vanishes
+//! whole, its line ending too, so a prompt with the marker is byte for
+//! byte, and digest for digest, the prompt without it; like role lines,
+//! data cannot forge one.
 
 use crate::error::{Error, Location, Result};
 use crate::hash::Digest;
@@ -56,15 +64,19 @@ pub const MAX_INCLUDE_DEPTH: usize = 49;
 
 const ROLES: [&str; 3] = ["system", "user", "assistant"];
 pub(crate) const ROLE_FN: &str = "__mkt_role__";
+const CACHE_FN: &str = "__mkt_cache__";
+/// The line that marks a cache breakpoint (module docs).
+pub const CACHE_MARKER: &str = "{# mkt:cache #}";
 
-/// Rewrites role lines into calls that emit an unforgeable marker. Line
-/// numbers are unchanged.
+/// Rewrites role lines and cache markers into calls that emit an
+/// unforgeable marker. Line numbers are unchanged.
 pub fn preprocess(source: &str) -> std::borrow::Cow<'_, str> {
     let is_role_line = |line: &str| {
         let l = line.trim_end();
         l.strip_suffix(':').is_some_and(|r| ROLES.contains(&r))
     };
-    if !source.lines().any(is_role_line) {
+    let is_cache_line = |line: &str| line.trim() == CACHE_MARKER;
+    if !source.lines().any(|l| is_role_line(l) || is_cache_line(l)) {
         return std::borrow::Cow::Borrowed(source);
     }
     let mut out = String::with_capacity(source.len() + 64);
@@ -73,6 +85,11 @@ pub fn preprocess(source: &str) -> std::borrow::Cow<'_, str> {
         if is_role_line(body) {
             let role = body.trim_end().trim_end_matches(':');
             out.push_str(&format!("{{{{ {ROLE_FN}(\"{role}\") }}}}"));
+            out.push_str(&line[body.len()..]);
+        } else if is_cache_line(body) {
+            // (the line ending stays, for the line numbers; the marker
+            // takes it away from the rendered text: `take_cache_marks`)
+            out.push_str(&format!("{{{{ {CACHE_FN}() }}}}"));
             out.push_str(&line[body.len()..]);
         } else {
             out.push_str(line);
@@ -257,16 +274,36 @@ pub struct Message {
 }
 
 /// The exact messages sent to a model.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct CompiledPrompt {
     pub messages: Vec<Message>,
+    /// Where `{# mkt:cache #}` lines ended a prefix to cache, in order: a
+    /// hint for the provider, which no answer depends on, so not part of
+    /// [`CompiledPrompt::canonical_json`] (nor of the prompt digest).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache_breaks: Vec<CacheBreak>,
+}
+
+/// A cache breakpoint: the prefix up to byte `at` of message `message`'s
+/// content (`at` is on a character boundary, at most the content's length).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct CacheBreak {
+    pub message: usize,
+    pub at: usize,
 }
 
 impl CompiledPrompt {
     /// The bytes stored in the object store and hashed into the prompt
     /// digest: `{"messages":[{"role":..,"content":..},..]}`.
     pub fn canonical_json(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("serialising strings cannot fail")
+        #[derive(Serialize)]
+        struct Canonical<'a> {
+            messages: &'a [Message],
+        }
+        let c = Canonical {
+            messages: &self.messages,
+        };
+        serde_json::to_vec(&c).expect("serialising strings cannot fail")
     }
 
     /// Reads back what [`CompiledPrompt::canonical_json`] wrote.
@@ -311,24 +348,66 @@ fn marker_nonce() -> &'static str {
     })
 }
 
+fn cache_mark() -> String {
+    format!("\u{1}mkt-cache-{}\u{1}", marker_nonce())
+}
+
+/// `text` without its cache marks (each with the line ending after it,
+/// which was the marker line's), and where they were in what is left.
+fn take_cache_marks(text: &str, mark: &str) -> (String, Vec<usize>) {
+    if !text.contains(mark) {
+        return (text.to_string(), Vec::new());
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut at = Vec::new();
+    let mut parts = text.split(mark);
+    out.push_str(parts.next().unwrap_or(""));
+    for part in parts {
+        at.push(out.len());
+        let part = (part
+            .strip_prefix("\r\n")
+            .or_else(|| part.strip_prefix('\n')))
+        .unwrap_or(part);
+        out.push_str(part);
+    }
+    (out, at)
+}
+
 fn split_roles(text: String) -> CompiledPrompt {
     let marker = format!("\u{1}mkt-role-{}:", marker_nonce());
+    let mark = cache_mark();
     if !text.contains(&marker) {
+        let (content, at) = take_cache_marks(&text, &mark);
         return CompiledPrompt {
             messages: vec![Message {
                 role: "user".into(),
-                content: text,
+                content,
             }],
+            cache_breaks: at
+                .into_iter()
+                .map(|at| CacheBreak { message: 0, at })
+                .collect(),
         };
     }
-    let mut messages = Vec::new();
+    let mut p = CompiledPrompt::default();
     let mut push = |role: &str, content: &str| {
+        let (content, at) = take_cache_marks(content, &mark);
+        let lead = content.len() - content.trim_start().len();
         let content = content.trim();
         if !content.is_empty() {
-            messages.push(Message {
+            let message = p.messages.len();
+            for a in at {
+                let at = a.saturating_sub(lead).min(content.len());
+                p.cache_breaks.push(CacheBreak { message, at });
+            }
+            p.messages.push(Message {
                 role: role.to_string(),
                 content: content.to_string(),
             });
+        } else if let (Some(last), false) = (p.messages.last(), at.is_empty()) {
+            // a mark in a message that is dropped ends the one before
+            let (message, at) = (p.messages.len() - 1, last.content.len());
+            p.cache_breaks.push(CacheBreak { message, at });
         }
     };
     let mut parts = text.split(&marker);
@@ -340,7 +419,8 @@ fn split_roles(text: String) -> CompiledPrompt {
         let (role, rest) = part.split_once('\u{1}').unwrap_or(("user", part));
         push(role, rest);
     }
-    CompiledPrompt { messages }
+    p.cache_breaks.dedup();
+    p
 }
 
 /// Everything a compilation may reach, gathered by the caller from what
@@ -394,6 +474,7 @@ pub fn compile(input: &RenderInput<'_>) -> Result<CompiledPrompt> {
     env.add_function(ROLE_FN, move |role: String| {
         format!("\u{1}mkt-role-{nonce}:{role}\u{1}")
     });
+    env.add_function(CACHE_FN, cache_mark);
     let main = preprocess(input.template_source);
     let name = input.template_path.as_str();
     let tmpl = env
@@ -527,6 +608,43 @@ mod tests {
             p.to_text(),
             "system:\nBe brief.\n\nuser:\nuser:\nnot a role\n"
         );
+    }
+
+    /// A `{# mkt:cache #}` line leaves the prompt, its text and digest,
+    /// as they are without it, and says where the cached prefix ends; data
+    /// cannot forge one, and line numbers after it are unchanged.
+    #[test]
+    fn cache_markers_are_breakpoints_outside_the_prompt_text() {
+        let ctx = || minijinja::context! { doc => "{# mkt:cache #}\nnot a mark" };
+        let plain = "system:\nBe brief.\nuser:\nRead this:\n{{ doc }}\nNow answer.\n";
+        let marked = "system:\nBe brief.\n{# mkt:cache #}\nuser:\nRead this:\n{{ doc }}\n  {# mkt:cache #}\nNow answer.\n";
+        let (p, m) = (
+            render(plain, ctx()).unwrap(),
+            render(marked, ctx()).unwrap(),
+        );
+        assert_eq!(m.messages, p.messages);
+        assert_eq!(m.canonical_json(), p.canonical_json());
+        assert_eq!(m.digest(), p.digest());
+        assert!(p.cache_breaks.is_empty());
+        let user = &m.messages[1].content;
+        assert_eq!(user, "Read this:\n{# mkt:cache #}\nnot a mark\nNow answer.");
+        assert_eq!(
+            m.cache_breaks,
+            [
+                CacheBreak { message: 0, at: 9 },
+                CacheBreak {
+                    message: 1,
+                    at: user.find("Now").unwrap()
+                }
+            ]
+        );
+        // without role lines: one user message, byte for byte
+        let m = render("Doc\n{# mkt:cache #}\r\nQ\n", minijinja::context! {}).unwrap();
+        assert_eq!(m.messages[0].content, "Doc\nQ\n");
+        assert_eq!(m.cache_breaks, [CacheBreak { message: 0, at: 4 }]);
+        // a line after a marker keeps its number in errors
+        let e = render("a\n{# mkt:cache #}\n{{ nope }}\n", minijinja::context! {}).unwrap_err();
+        assert!(e.to_string().starts_with("t.md:3:"), "{e}");
     }
 
     #[test]

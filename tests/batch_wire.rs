@@ -76,6 +76,7 @@ fn request(i: usize, text: &str) -> BatchRequest {
                 role: "user".into(),
                 content: text.into(),
             }],
+            cache_breaks: Vec::new(),
         },
     }
 }

@@ -953,7 +953,9 @@ fn invalid_unknown_model_setting() {
         "prompts.toml:7:1: unknown field `temprature`, expected one of `provider`, `latency_ms`, `command`, `stdin`, `timeout_s`, \
          `model`, `base_url`, `api_key_env`, `temperature`, `top_p`, `max_tokens`, `seed`, `stop`, `format`, `response_format`, `schema`, `sample`, \
          `connect_timeout_s`, `max_retries`, `max_concurrency`, `requests_per_minute`, `tokens_per_minute`, `rate_limit_wait_s`, \
-         `price_input_per_mtok`, `price_output_per_mtok`, `batch`, `batch_discount`\n  \
+         `price_input_per_mtok`, `price_output_per_mtok`, `batch`, `batch_discount`, `price_cached_input_per_mtok`, \
+         `prompt_cache`, `prompt_cache_ttl`, `pin`
+  \
          help: remove or rename the key; see the `prompts.toml` reference in README.md",
     );
 }

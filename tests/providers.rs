@@ -134,7 +134,9 @@ fn openai_request_usage_cost_and_cache_savings() {
     let first = p.mkt_env(&["build"], ENV);
     first
         .success()
-        .summary("1 ran, 0 cached, 0 up to date; spent 1200 tokens, $0.0045");
+        .summary(
+        "1 ran, 0 cached, 0 up to date; spent 1200 tokens, $0.00315; prompt cache read 600 tokens, saved $0.00135",
+    );
     assert_eq!(p.read("out/a.md"), "A short summary.");
 
     let reqs = api.requests();
@@ -166,9 +168,9 @@ fn openai_request_usage_cost_and_cache_savings() {
         m["usage"],
         json!({"input_tokens": 1000, "output_tokens": 200, "cached_tokens": 600})
     );
-    // 1000 × 2.5 / 1e6 + 200 × 10 / 1e6
+    // 400 × 2.5 / 1e6 + 600 cached × 0.25 / 1e6 + 200 × 10 / 1e6
     assert!(
-        (m["cost_usd"].as_f64().unwrap() - 0.0045).abs() < 1e-12,
+        (m["cost_usd"].as_f64().unwrap() - 0.00315).abs() < 1e-12,
         "{m}"
     );
     assert_eq!(m["model"]["provider"], "openai");
@@ -184,7 +186,10 @@ fn openai_request_usage_cost_and_cache_savings() {
         "{header}"
     );
     let row = runs.stdout.lines().nth(1).unwrap();
-    assert!(row.contains("1000+200") && row.contains("$0.0045"), "{row}");
+    assert!(
+        row.contains("1000+200") && row.contains("$0.00315"),
+        "{row}"
+    );
 
     // an edit and its undo: the second answer comes from the action cache,
     // and the summary says what that saved
@@ -195,7 +200,7 @@ fn openai_request_usage_cost_and_cache_savings() {
     let third = p.mkt_env(&["build"], ENV);
     third
         .success()
-        .summary("0 ran, 1 cached, 0 up to date; cache saved 1200 tokens, $0.0045");
+        .summary("0 ran, 1 cached, 0 up to date; cache saved 1200 tokens, $0.00315");
     assert_eq!(api.requests().len(), 2);
     assert_key_nowhere(&p, &[&first, &second, &third, &runs]);
 }
@@ -209,7 +214,9 @@ fn anthropic_request_follows_the_messages_api() {
     ));
     let run = p.mkt_env(&["build"], ENV);
     run.success()
-        .summary("1 ran, 0 cached, 0 up to date; spent 55 tokens, $0.000225");
+        .summary(
+            "1 ran, 0 cached, 0 up to date; spent 95 tokens, $0.000237; prompt cache read 40 tokens, saved $0.000108",
+        );
     assert_eq!(p.read("out/a.md"), "Brief.");
     let reqs = api.requests();
     assert_eq!(paths(&reqs), ["POST /v1/messages"]);
@@ -228,10 +235,17 @@ fn anthropic_request_follows_the_messages_api() {
             "stop_sequences": ["###"]
         })
     );
+    // the 40 tokens read from the prompt cache, which the API counts
+    // apart, are among the input tokens, at a tenth of the price:
+    // 50 × 3 / 1e6 + 40 × 0.3 / 1e6 + 5 × 15 / 1e6
     let m = &ac_manifests(&p)[0];
     assert_eq!(
         m["usage"],
-        json!({"input_tokens": 50, "output_tokens": 5, "cached_tokens": 40})
+        json!({"input_tokens": 90, "output_tokens": 5, "cached_tokens": 40})
+    );
+    assert!(
+        (m["cost_usd"].as_f64().unwrap() - 0.000237).abs() < 1e-12,
+        "{m}"
     );
     assert_key_nowhere(&p, &[&run]);
 }

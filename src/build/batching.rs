@@ -268,6 +268,7 @@ fn pending(call: &PreparedCall, batch: Option<String>) -> JobResult {
         spent: None,
         saved: None,
         batch_saved: None,
+        prompt_cache: None,
     }
 }
 

@@ -52,6 +52,43 @@ pub(crate) struct JobResult {
     pub(crate) saved: Option<(Usage, Option<f64>)>,
     /// A batch answer: what the ordinary call would have cost more.
     pub(crate) batch_saved: Option<f64>,
+    /// What the provider's prompt cache did for the model call made.
+    pub(crate) prompt_cache: Option<CacheUse>,
+}
+
+/// A model call's use of the provider's prompt cache.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct CacheUse {
+    pub(crate) read: u64,
+    pub(crate) written: u64,
+    /// Against the same tokens uncached, where the model has prices.
+    pub(crate) saved_usd: Option<f64>,
+    /// The prompt marked a prefix for caching, and the answer shows it
+    /// was not cached (too short for the model): the model's name.
+    pub(crate) missed: Option<String>,
+}
+
+impl CacheUse {
+    /// From the usage of a call to `decl`'s model; `marked`: its prompt
+    /// had a cache prefix, `follower`: sent after that prefix's first call
+    /// was answered.
+    fn of(decl: &TargetDecl, usage: &Usage, marked: bool, follower: bool) -> CacheUse {
+        let (read, written) = (usage.cached_tokens, usage.cache_write_tokens);
+        // Anthropic reports a write for a prefix it caches; OpenAI, which
+        // reports none, a read for every call after the first
+        let missed = marked
+            && read == 0
+            && match decl.model.provider {
+                crate::config::Provider::Anthropic => written == 0,
+                _ => follower,
+            };
+        CacheUse {
+            read,
+            written,
+            saved_usd: decl.model.settings.prompt_cache_saving(usage),
+            missed: missed.then(|| decl.model.name.clone()),
+        }
+    }
 }
 
 /// A job ready for its model call (see the module docs).
@@ -72,6 +109,18 @@ pub(crate) struct PreparedCall {
     /// Wall time the job took before the call.
     pub(crate) prepare_ms: f64,
     pub(crate) warnings: Vec<String>,
+    /// With `pin = true`: the snapshot the answer must come from (the one
+    /// that made the target's output, or the model's newest; `drift.rs`).
+    #[serde(default)]
+    pub(crate) pinned_to: Option<String>,
+    /// The key of the prompt prefix marked for the provider's cache
+    /// (`exec/cache.rs`), if one is.
+    #[serde(default)]
+    pub(crate) cache_prefix: Option<Digest>,
+    /// Sent after the first call of its prefix was answered (`prefix.rs`):
+    /// its answer should read the cache.
+    #[serde(default)]
+    pub(crate) cache_follower: bool,
 }
 
 /// What [`prepare`] came to.
@@ -104,6 +153,9 @@ pub(crate) struct Ctx<'a> {
     pub(crate) batch: Option<&'a BatchPass>,
     /// The cost cap, when the build has one.
     pub(crate) budget: Option<super::budget::Budget>,
+    /// The newest snapshot of each pinned model's outputs, found when
+    /// first asked for.
+    pub(crate) pins: crate::drift::Pins,
 }
 
 impl Ctx<'_> {
@@ -113,6 +165,20 @@ impl Ctx<'_> {
     pub(crate) fn failed(&self) {
         if !self.keep_going {
             self.stopping.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// The snapshot a pinned model must answer `node` from: the one that
+    /// made its output, else the one that made the model's newest output.
+    fn pinned_to(&self, node: &Node, model: &str) -> Option<String> {
+        match self.old.get(&node.key) {
+            Some(rec) if !rec.answered_by.is_empty() => Some(rec.answered_by.clone()),
+            _ => {
+                let (project, graph) = (self.src.project, self.src.graph);
+                self.pins.newest(model, || {
+                    crate::drift::census(project, graph, model, |k| self.old.get(k))
+                })
+            }
         }
     }
 
@@ -128,12 +194,41 @@ impl Ctx<'_> {
     }
 }
 
-/// One job's work, in this process: prepared, the model called, finished.
-pub(crate) fn run_job(ctx: &Ctx<'_>, job: Job) -> JobResult {
-    let call = match prepare(ctx, job) {
-        Prepared::Done(r) => return r,
-        Prepared::Call(call) => call,
-    };
+/// What a worker's job came to: its result, or a call whose prompt shares
+/// a cache prefix, for the scheduler's gate (`prefix.rs`) to send on.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made and taken apart once per job, never stored"
+)]
+pub(crate) enum Worked {
+    Done(JobResult),
+    AtGate(Box<PreparedCall>, Digest),
+}
+
+/// One job's work, in this process: prepared, the model called, finished;
+/// except that a call with a cache prefix goes back to the scheduler
+/// before the model is called.
+pub(crate) fn run_job_gated(ctx: &Ctx<'_>, job: Job) -> Worked {
+    match prepare(ctx, job) {
+        Prepared::Done(r) => Worked::Done(r),
+        Prepared::Call(call) => match call.cache_prefix {
+            Some(key) => Worked::AtGate(Box::new(call), key),
+            None => Worked::Done(call_model(ctx, call)),
+        },
+    }
+}
+
+/// A call the gate let through: skipped if the build stopped meanwhile.
+pub(crate) fn call_model_now(ctx: &Ctx<'_>, call: PreparedCall) -> JobResult {
+    match ctx.why_stopped() {
+        Some(because) => skipped(&call.job, because, call.warnings),
+        None => call_model(ctx, call),
+    }
+}
+
+/// The model call of a prepared job, and its finish: unless a batch
+/// answers it, or it waits in one, or the cost cap holds it back.
+fn call_model(ctx: &Ctx<'_>, call: PreparedCall) -> JobResult {
     let call = match ctx.batch {
         Some(b) => match b.route(&ctx.src, ctx.remote, call) {
             Route::Done(r) => return r,
@@ -253,6 +348,10 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
         },
         ..sources_manifest(&ctx.src, node)
     };
+    let pinned_to = (decl.model.settings.pin == Some(true))
+        .then(|| ctx.pinned_to(node, &decl.model.name))
+        .flatten();
+    let cache_prefix = crate::exec::cache::prefix_key(&decl.model, &prompt);
     Prepared::Call(PreparedCall {
         job,
         model,
@@ -261,6 +360,9 @@ pub(crate) fn prepare(ctx: &Ctx<'_>, job: Job) -> Prepared {
         manifest,
         prepare_ms: ms_since(started),
         warnings,
+        pinned_to,
+        cache_prefix,
+        cache_follower: false,
     })
 }
 
@@ -350,9 +452,14 @@ fn serve(
 ) -> JobResult {
     let node = &src.graph.nodes[job.node];
     let decl = decl_of(src, job.node);
-    let (digest, run_id, ibh) = match &how {
-        Served::Restored(rec) => (rec.output_digest, &rec.run_id, rec.ibh),
-        Served::Cached(m, ibh, _) => (m.outputs[0].digest, &m.run_id, ibh.0),
+    let (digest, run_id, ibh, answered_by) = match &how {
+        Served::Restored(rec) => (rec.output_digest, &rec.run_id, rec.ibh, &*rec.answered_by),
+        Served::Cached(m, ibh, _) => (
+            m.outputs[0].digest,
+            &m.run_id,
+            ibh.0,
+            m.answered_by.as_deref().unwrap_or(""),
+        ),
     };
     if let Err(e) = write_output(src, node, bytes, digest) {
         return failed(job, node, e.into(), warnings, None);
@@ -383,12 +490,13 @@ fn serve(
     JobResult {
         node: job.node,
         outcome,
-        record: Some(record_for(job, node, ibh, digest, run_id)),
+        record: Some(record_for(job, node, ibh, digest, (run_id, answered_by))),
         warnings,
         history: Some(h),
         spent: None,
         saved,
         batch_saved: None,
+        prompt_cache: None,
     }
 }
 
@@ -429,6 +537,8 @@ fn sources_manifest(src: &Sources<'_>, node: &Node) -> RunManifest {
         error: None,
         usage: None,
         cost_usd: None,
+        answered_by: None,
+        system_fingerprint: None,
         timing: Timing {
             started_at: String::new(),
             finished_at: String::new(),
@@ -469,10 +579,14 @@ pub(crate) fn finish(
         mut manifest,
         prepare_ms,
         warnings,
+        pinned_to,
+        cache_prefix,
+        cache_follower,
         ..
     } = call;
     let node = &src.graph.nodes[job.node];
     let decl = decl_of(src, job.node);
+    let response = check_pin(&decl.model.name, pinned_to.as_deref(), response);
     let run_id = manifest::new_run_id();
     let m = &mut manifest;
     m.run_id = run_id.clone();
@@ -489,6 +603,8 @@ pub(crate) fn finish(
         .and_then(|_| decl.model.settings.cost_usd(m.usage.as_ref()?))
         .map(|ordinary| ordinary - m.cost_usd.unwrap_or(0.0));
     let batch = m.batch.as_deref();
+    let prompt_cache =
+        (m.usage.as_ref()).map(|u| CacheUse::of(decl, u, cache_prefix.is_some(), cache_follower));
     let ibh = m.input_bundle_hash.0;
     let took = || prepare_ms + called.process_ms + ms_since(t_finish);
     let line = |kind| {
@@ -507,7 +623,13 @@ pub(crate) fn finish(
                 run_id: run_id.clone(),
                 batch: batch.map(str::to_string),
             },
-            record: Some(record_for(&job, node, ibh, d, &run_id)),
+            record: Some(record_for(
+                &job,
+                node,
+                ibh,
+                d,
+                (&run_id, m.answered_by.as_deref().unwrap_or("")),
+            )),
             warnings,
             history: Some(history_line(
                 node,
@@ -521,6 +643,7 @@ pub(crate) fn finish(
             spent,
             saved: None,
             batch_saved,
+            prompt_cache,
         },
         Ok(Err(error)) => {
             let h = history_line(
@@ -534,6 +657,7 @@ pub(crate) fn finish(
             );
             JobResult {
                 spent,
+                prompt_cache,
                 ..failed(&job, node, JobError::Model(error), warnings, Some(h))
             }
         }
@@ -541,6 +665,26 @@ pub(crate) fn finish(
             spent,
             ..failed(&job, node, e.into(), warnings, None)
         },
+    }
+}
+
+/// With `pin = true` (`pinned_to`, the snapshot the model's outputs were
+/// made by), an answer from another snapshot is a failed run.
+fn check_pin(
+    model: &str,
+    pinned_to: Option<&str>,
+    response: std::result::Result<ModelResponse, ModelError>,
+) -> std::result::Result<ModelResponse, ModelError> {
+    match (response, pinned_to) {
+        (Ok(r), Some(was)) if r.model.as_deref().is_some_and(|now| now != was) => {
+            Err(ModelError::SnapshotChanged {
+                model: model.to_string(),
+                was: was.to_string(),
+                now: r.model.unwrap_or_default(),
+                usage: r.usage,
+            })
+        }
+        (response, _) => response,
     }
 }
 
@@ -559,6 +703,8 @@ fn store_run(
     src.store.put(&prompt_json)?;
     match response {
         Ok(resp) => {
+            m.answered_by = resp.model;
+            m.system_fingerprint = resp.system_fingerprint;
             let d = src.store.put(&resp.output)?;
             m.outputs.push(OutputRecord {
                 path: node.output.clone(),
@@ -579,6 +725,9 @@ fn store_run(
             Ok(Ok(d))
         }
         Err(e) => {
+            if let ModelError::SnapshotChanged { now, .. } = &e {
+                m.answered_by = Some(now.clone());
+            }
             m.status = RunStatus::Failed;
             m.error = Some(e.to_string());
             m.cost_usd = match m.batch {
@@ -656,7 +805,15 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-fn record_for(job: &Job, node: &Node, ibh: Digest, digest: Digest, run_id: &str) -> TargetRecord {
+/// The record of a job whose output has `digest`, made by run `run_id`
+/// (which the model snapshot `answered_by` answered, if known).
+fn record_for(
+    job: &Job,
+    node: &Node,
+    ibh: Digest,
+    digest: Digest,
+    (run_id, answered_by): (&str, &str),
+) -> TargetRecord {
     TargetRecord {
         fingerprint: job.fingerprint.clone(),
         ibh,
@@ -664,6 +821,7 @@ fn record_for(job: &Job, node: &Node, ibh: Digest, digest: Digest, run_id: &str)
         output_digest: digest,
         run_id: run_id.to_string(),
         failed: false,
+        answered_by: answered_by.to_string(),
     }
 }
 
@@ -680,13 +838,14 @@ fn failed(
         outcome: Outcome::Failed { error },
         record: Some(TargetRecord {
             failed: true,
-            ..record_for(job, node, Digest::default(), Digest::default(), "")
+            ..record_for(job, node, Digest::default(), Digest::default(), ("", ""))
         }),
         warnings,
         history,
         spent: None,
         saved: None,
         batch_saved: None,
+        prompt_cache: None,
     }
 }
 
@@ -702,6 +861,7 @@ fn skipped(job: &Job, because: &str, warnings: Vec<String>) -> JobResult {
         spent: None,
         saved: None,
         batch_saved: None,
+        prompt_cache: None,
     }
 }
 
@@ -752,6 +912,7 @@ mod tests {
             keep_going: false,
             batch: None,
             budget: None,
+            pins: Default::default(),
         };
         let job = Job {
             node: 0,

@@ -28,6 +28,7 @@ mod budget;
 mod compile;
 mod estimate;
 mod job;
+mod prefix;
 mod report;
 mod schedule;
 mod stamp;
@@ -37,7 +38,8 @@ pub(crate) use compile::Sources;
 pub(crate) use compile::compile_node;
 pub(crate) use compile::node_model;
 pub use report::{
-    BuildOptions, BuildReport, Event, JobError, Outcome, Phases, Spend, WatchSet, format_usd,
+    BuildOptions, BuildReport, Event, JobError, Outcome, Phases, PromptCache, Spend, WatchSet,
+    format_count, format_usd,
 };
 
 use crate::config::PROJECT_FILE;
@@ -663,6 +665,7 @@ fn schedule(
         keep_going: opts.keep_going,
         batch,
         budget: cost_cap(plan, opts).map(budget::Budget::new),
+        pins: Default::default(),
     };
     let mut prog = Progress::new(&plan.graph, &plan.selected, plan.total);
     if let Some(changed) = mode.changed() {
@@ -674,6 +677,14 @@ fn schedule(
         b.submit(store, &mut done.rep, report);
         let lines = b.store_unclaimed(store, &plan.project, &mut done.rep)?;
         done.history.push_str(&lines);
+    }
+    if !done.answered.is_empty() {
+        let (project, graph) = (&plan.project, &plan.graph);
+        let drifts =
+            crate::drift::seen_in_build(project, graph, ctx.old, &done.records, &done.answered);
+        for d in &drifts {
+            report(Event::ModelDrift(d));
+        }
     }
     // uploads ran beside the build; what is left is waited for here, so
     // that the build ends with its results published
@@ -723,6 +734,7 @@ fn estimate_plan(
         keep_going: true,
         budget: None,
         batch: None,
+        pins: Default::default(),
     };
     let prog = Progress::new(&plan.graph, &plan.selected, plan.total);
     let untouched = mode.changed().filter(|_| mode.records_vouched);
@@ -780,6 +792,7 @@ fn save(
         mut rep,
         records,
         history,
+        ..
     } = done;
     let jobs = rep.ran + rep.cached + rep.restored + rep.failed;
     if !mode.in_session && !mode.small_edit(jobs) {

@@ -154,6 +154,9 @@ pub enum Event<'a> {
     BatchSubmitted(&'a crate::batch::Submitted),
     /// Requests that could not be submitted (they count as failed).
     BatchNotSubmitted(&'a crate::batch::NotSubmitted),
+    /// A model answered as another snapshot than the one that made some
+    /// of its outputs (once per model and build, after the runs).
+    ModelDrift(&'a crate::drift::ModelDrift),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -198,6 +201,8 @@ pub struct BuildReport {
     /// What the runs served from the action cache had cost, priced with
     /// the current prices.
     pub saved: Spend,
+    /// What the providers' prompt caches did for this build's calls.
+    pub prompt_cache: PromptCache,
     /// Output files of targets no longer in the graph that are still on
     /// disk (`mkt clean --stale` removes them). Counted only on builds that
     /// analysed the project, never on the no-op or cached-graph paths.
@@ -295,6 +300,41 @@ pub fn format_usd(v: f64) -> String {
     }
 }
 
+/// A count with its thousands grouped: `1204` as `1,204`.
+pub fn format_count(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Input tokens read from and written to the providers' prompt caches,
+/// and what that saved against the same tokens uncached (US dollars, where
+/// the models have prices; less than 0 when the writes cost more).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct PromptCache {
+    pub read_tokens: u64,
+    pub write_tokens: u64,
+    pub saved_usd: f64,
+    pub priced: bool,
+}
+
+impl PromptCache {
+    pub(super) fn add(&mut self, read: u64, written: u64, saved_usd: Option<f64>) {
+        self.read_tokens += read;
+        self.write_tokens += written;
+        if let Some(s) = saved_usd.filter(|_| read + written > 0) {
+            self.saved_usd += s;
+            self.priced = true;
+        }
+    }
+}
+
 /// Tokens (input + output) and their cost.
 #[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub struct Spend {
@@ -326,3 +366,20 @@ impl BuildReport {
 /// Why a skipped node did not run, when the build stopped.
 pub(super) const INTERRUPTED: &str = "the build was interrupted";
 pub(super) const STOPPED: &str = "the build stopped after a failure (use `--keep-going` to go on)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_group_their_thousands() {
+        let shown: Vec<String> = [0, 7, 999, 1_000, 1_204, 12_345, 1_000_000]
+            .into_iter()
+            .map(format_count)
+            .collect();
+        assert_eq!(
+            shown,
+            ["0", "7", "999", "1,000", "1,204", "12,345", "1,000,000"]
+        );
+    }
+}

@@ -2,7 +2,9 @@
 //! workers the stale nodes' jobs run on.
 
 use super::estimate::{Wanted, estimate_nodes};
-use super::job::{Ctx, Job, JobResult, run_job};
+
+use super::job::{Ctx, Job, JobResult, PreparedCall, Worked, call_model_now, run_job_gated};
+use super::prefix::{Arrival, PrefixGate};
 use super::report::{BuildOptions, BuildReport, Event, INTERRUPTED, Outcome, STOPPED};
 use crate::fingerprint::{DirtyReason, Fingerprint, TargetRecord, staleness};
 use crate::graph::Graph;
@@ -182,6 +184,18 @@ pub(super) struct Scheduled {
     pub(super) rep: BuildReport,
     pub(super) records: HashMap<String, TargetRecord>,
     pub(super) history: String,
+    /// The nodes whose model was called and named the snapshot that
+    /// answered, with that snapshot (`drift.rs`).
+    pub(super) answered: Vec<(usize, String)>,
+    /// The models whose prompts' cache prefixes went uncached (reported
+    /// once each).
+    pub(super) cache_missed: Vec<String>,
+}
+
+/// What a worker is given: a job, or a call the prefix gate let through.
+enum Work {
+    Job(Job),
+    Call(Box<PreparedCall>),
 }
 
 /// Runs the selected nodes (`prog`) in dependency order, the stale ones
@@ -199,33 +213,61 @@ pub(super) fn run_all(
         rep: BuildReport::default(),
         records: HashMap::default(),
         history: String::new(),
+        answered: Vec::new(),
+        cache_missed: Vec::new(),
     };
-    let (job_tx, job_rx) = mpsc::channel::<Job>();
+    let (job_tx, job_rx) = mpsc::channel::<Work>();
     let job_rx = Arc::new(Mutex::new(job_rx));
-    let (res_tx, res_rx) = mpsc::channel::<JobResult>();
+    let (res_tx, res_rx) = mpsc::channel::<Worked>();
+    // (used only by builds whose prompts mark a cache prefix)
+    let mut gate: PrefixGate<Box<PreparedCall>> = PrefixGate::default();
+    let mut gated = false;
     std::thread::scope(|scope| {
         let mut workers = 0usize;
         let mut in_flight = 0usize;
+        // (it owns the sending end: dropped, it closes the queue, and the
+        // workers end)
+        let mut dispatch = move |work: Work, in_flight: &mut usize| {
+            if workers < opts.jobs.max(1) && *in_flight >= workers {
+                spawn_worker(scope, ctx, Arc::clone(&job_rx), res_tx.clone());
+                workers += 1;
+            }
+            *in_flight += 1;
+            job_tx.send(work).expect("workers alive");
+        };
         loop {
             while let Some(i) = prog.ready.pop_front() {
                 let Some(job) = triage(ctx, &mut prog, i, untouched, opts, report) else {
                     continue;
                 };
-                if workers < opts.jobs.max(1) && in_flight >= workers {
-                    spawn_worker(scope, ctx, Arc::clone(&job_rx), res_tx.clone());
-                    workers += 1;
-                }
-                in_flight += 1;
-                job_tx.send(job).expect("workers alive");
+                dispatch(Work::Job(job), &mut in_flight);
             }
             if in_flight == 0 {
                 break;
             }
-            let r = res_rx.recv().expect("a worker answers every job");
+            let worked = res_rx.recv().expect("a worker answers every job");
             in_flight -= 1;
-            take_result(ctx, &mut prog, &mut out, r, report);
+            match worked {
+                Worked::Done(r) => {
+                    if gated {
+                        for call in gate.finished(r.node) {
+                            dispatch(Work::Call(call), &mut in_flight);
+                        }
+                    }
+                    take_result(ctx, &mut prog, &mut out, r, report);
+                }
+                Worked::AtGate(mut call, key) => {
+                    gated = true;
+                    let node = call.job.node;
+                    call.cache_follower = true; // unless it leads, below
+                    if let Arrival::Go { mut call, first } = gate.arrive(key, node, call) {
+                        call.cache_follower = !first;
+                        dispatch(Work::Call(call), &mut in_flight);
+                    }
+                }
+            }
         }
-        drop(job_tx);
+        drop(dispatch);
     });
     if opts.dry_run && opts.estimate {
         prog.rep.estimate = Some(estimate_nodes(ctx, &prog.wanted));
@@ -238,20 +280,25 @@ pub(super) fn run_all(
 fn spawn_worker<'s, 'a: 's>(
     scope: &'s std::thread::Scope<'s, '_>,
     ctx: &'a Ctx<'a>,
-    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
-    tx: mpsc::Sender<JobResult>,
+    rx: Arc<Mutex<mpsc::Receiver<Work>>>,
+    tx: mpsc::Sender<Worked>,
 ) {
     scope.spawn(move || {
         loop {
-            let job = match rx.lock().unwrap().recv() {
-                Ok(j) => j,
+            let work = match rx.lock().unwrap().recv() {
+                Ok(w) => w,
                 Err(_) => return,
             };
-            let r = run_job(ctx, job);
-            if matches!(r.outcome, Outcome::Failed { .. }) {
+            let worked = match work {
+                Work::Job(job) => run_job_gated(ctx, job),
+                Work::Call(call) => Worked::Done(call_model_now(ctx, *call)),
+            };
+            if let Worked::Done(r) = &worked
+                && matches!(r.outcome, Outcome::Failed { .. })
+            {
                 ctx.failed();
             }
-            if tx.send(r).is_err() {
+            if tx.send(worked).is_err() {
                 return;
             }
         }
@@ -440,6 +487,20 @@ fn take_result(
         prog.rep.saved.add(Some(u), *c);
     }
     prog.rep.batch_saved_usd += r.batch_saved.unwrap_or(0.0);
+    if let Some(cache) = &r.prompt_cache {
+        prog.rep
+            .prompt_cache
+            .add(cache.read, cache.written, cache.saved_usd);
+        if let Some(model) = &cache.missed
+            && !out.cache_missed.contains(model)
+        {
+            out.cache_missed.push(model.clone());
+            report(Event::Warning(format!(
+                "model `{model}`: a prompt prefix marked for caching was neither written to nor read from the provider's cache; it is likely shorter than the model's minimum (1,024 tokens for most models)\n\
+                 help: mark a longer prefix (a later `{{# mkt:cache #}}` line, more in the system messages), or remove `prompt_cache`"
+            )));
+        }
+    }
     for w in r.warnings {
         report(Event::Warning(w));
     }
@@ -463,6 +524,9 @@ fn take_result(
         _ => Done::failed(key.clone()),
     };
     if let Some(rec) = r.record {
+        if matches!(r.outcome, Outcome::Ran { .. }) && !rec.answered_by.is_empty() {
+            out.answered.push((r.node, rec.answered_by.clone()));
+        }
         out.records.insert(key, rec);
     }
     prog.complete(r.node, r.outcome, d, report);

@@ -193,6 +193,7 @@ impl Printer {
                 indent(&n.error)
             )),
             Event::BatchPolled { .. } | Event::BatchSubmitted(_) => {}
+            Event::ModelDrift(d) => self.line(&format!("warning: {}", drift_text(d))),
             Event::Finished {
                 key,
                 outcome,
@@ -294,6 +295,49 @@ fn spend_text(s: &markitect::build::Spend) -> Option<String> {
     let mut t = format!("{} tokens", s.tokens);
     if s.cost_usd > 0.0 {
         t.push_str(&format!(", {}", markitect::build::format_usd(s.cost_usd)));
+    }
+    Some(t)
+}
+
+/// `model `gpt` answers as `X` now; 1,204 outputs were made by `Y``, and
+/// what to do about it.
+pub(super) fn drift_text(d: &markitect::drift::ModelDrift) -> String {
+    let made: Vec<String> = (d.before.iter().enumerate())
+        .map(|(i, (snapshot, n))| {
+            let what = match (i, *n) {
+                (0, 1) => "1 output was made by".to_string(),
+                (0, n) => format!("{} outputs were made by", markitect::build::format_count(n)),
+                (_, n) => format!("{} by", markitect::build::format_count(n)),
+            };
+            format!("{what} `{snapshot}`")
+        })
+        .collect();
+    format!(
+        "model `{}` answers as `{}` now; {}\n\
+         help: `mkt status --drift` lists them; `pin = true` on the model makes a change of snapshot an error",
+        d.model,
+        d.now,
+        made.join(", ")
+    )
+}
+
+/// `prompt cache read 19900 tokens, wrote 200, saved $0.0537`, or `None`
+/// when no call read or wrote a provider's prompt cache.
+fn prompt_cache_text(c: &markitect::build::PromptCache) -> Option<String> {
+    if c.read_tokens == 0 && c.write_tokens == 0 {
+        return None;
+    }
+    let mut t = format!("prompt cache read {} tokens", c.read_tokens);
+    if c.write_tokens > 0 {
+        t.push_str(&format!(", wrote {}", c.write_tokens));
+    }
+    if c.priced {
+        let usd = markitect::build::format_usd(c.saved_usd.abs());
+        if c.saved_usd < 0.0 {
+            t.push_str(&format!(", cost {usd} more than uncached"));
+        } else {
+            t.push_str(&format!(", saved {usd}"));
+        }
     }
     Some(t)
 }
@@ -543,6 +587,9 @@ pub(super) fn summary_line(r: &BuildReport, elapsed: std::time::Duration) -> Str
     if r.batch_saved_usd > 0.0 {
         let saved = markitect::build::format_usd(r.batch_saved_usd);
         s.push_str(&format!("; batch saved {saved}"));
+    }
+    if let Some(cached) = prompt_cache_text(&r.prompt_cache) {
+        s.push_str(&format!("; {cached}"));
     }
     s.push_str(&format!(" ({:.2} s)", elapsed.as_secs_f64()));
     s

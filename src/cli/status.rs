@@ -11,11 +11,64 @@ pub struct StatusArgs {
     /// Print JSON (schema `mkt.status/1`, see README) instead of text.
     #[arg(long)]
     json: bool,
+    /// List the outputs made by other snapshots than the newest one seen
+    /// for their model (exit code 1 when there are any).
+    #[arg(long)]
+    drift: bool,
+}
+
+/// `mkt status --drift`: one line per output made by another snapshot
+/// than its model's newest; with `--json`, schema `mkt.drift/1`.
+fn run_drift(root: &Utf8Path, args: &StatusArgs) -> i32 {
+    let snap = match markitect::provenance::Snapshot::load(root) {
+        Ok(s) => s,
+        Err(e) => return super::report_error(&e),
+    };
+    let mut drifted = markitect::drift::drifted(&snap.project, &snap.graph, &snap.records);
+    if !args.targets.is_empty() {
+        let mut wanted = std::collections::HashSet::new();
+        for t in &args.targets {
+            match snap.nodes_named(t) {
+                Ok(nodes) => wanted.extend(nodes.into_iter().map(|i| snap.node(i).key.clone())),
+                Err(e) => return super::report_error(&e),
+            }
+        }
+        drifted.retain(|d| wanted.contains(&d.target));
+    }
+    if args.json {
+        let v = serde_json::json!({ "schema": "mkt.drift/1", "drifted": drifted });
+        println!("{}", serde_json::to_string_pretty(&v).expect("JSON"));
+    } else {
+        let width = (drifted.iter().map(|d| d.target.chars().count()))
+            .max()
+            .unwrap_or(0);
+        for d in &drifted {
+            say!(
+                "{:width$}  made by `{}`; model `{}` answers as `{}`",
+                d.target,
+                d.made_by,
+                d.model,
+                d.newest
+            );
+        }
+        match drifted.len() {
+            0 => eprintln!("every output was made by the newest snapshot seen for its model"),
+            1 => eprintln!("1 output was made by another snapshot than the newest of its model"),
+            n => eprintln!(
+                "{} outputs were made by other snapshots than the newest of their model",
+                markitect::build::format_count(n)
+            ),
+        }
+    }
+    i32::from(!drifted.is_empty())
 }
 
 /// Exit code 0 when everything is fresh, 1 when something is not, 2 when
 /// the project is invalid.
 pub fn run(root: &Utf8Path, args: StatusArgs) -> i32 {
+    if args.drift {
+        return run_drift(root, &args);
+    }
     let rep = match status(root, &args.targets) {
         Ok(r) => r,
         Err(e) => return super::report_error(&e),

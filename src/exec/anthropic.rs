@@ -65,15 +65,29 @@ fn headers(key: Option<&str>) -> Vec<(&'static str, String)> {
 
 /// The request body (public for tests). `max_tokens` is required by the
 /// API and by `prompts.toml` (checked when the project loads).
+///
+/// A prompt with cache breakpoints (`cache.rs`) has the text they fall in
+/// sent as text blocks, each block that ends at one with `cache_control`;
+/// the system messages are joined first, as without.
 pub fn request_body(m: &ModelConfig, prompt: &CompiledPrompt) -> Value {
     let s = &m.settings;
-    let mut system = Vec::new();
+    let breaks = super::cache::breakpoints(m, prompt);
+    let cc = super::cache::cache_control(m);
+    let mut system = String::new();
+    let mut system_breaks = Vec::new();
     let mut messages = Vec::new();
-    for msg in &prompt.messages {
+    for (i, msg) in prompt.messages.iter().enumerate() {
+        let at = breaks.iter().filter(|b| b.message == i).map(|b| b.at);
         if msg.role == "system" {
-            system.push(msg.content.as_str());
+            if !system.is_empty() {
+                system.push_str("\n\n");
+            }
+            system_breaks.extend(at.map(|a| system.len() + a));
+            system.push_str(&msg.content);
         } else {
-            messages.push(json!({ "role": msg.role, "content": msg.content }));
+            let at: Vec<usize> = at.collect();
+            let content = super::cache::text_content(&msg.content, &at, &cc);
+            messages.push(json!({ "role": msg.role, "content": content }));
         }
     }
     let mut body = json!({
@@ -83,7 +97,8 @@ pub fn request_body(m: &ModelConfig, prompt: &CompiledPrompt) -> Value {
     });
     let o = body.as_object_mut().expect("object");
     if !system.is_empty() {
-        o.insert("system".into(), json!(system.join("\n\n")));
+        let system = super::cache::text_content(&system, &system_breaks, &cc);
+        o.insert("system".into(), system);
     }
     if let Some(t) = s.temperature {
         o.insert("temperature".into(), json!(t));
@@ -215,10 +230,17 @@ fn read_error(status: u16, body: &Value) -> Option<ApiError> {
 pub fn read_answer(v: &Value) -> Result<ModelResponse, ModelError> {
     let usage = v.get("usage").filter(|u| u.is_object()).map(|u| {
         let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+        let (read, written) = (
+            n("cache_read_input_tokens"),
+            n("cache_creation_input_tokens"),
+        );
+        // the API counts the cached tokens apart from `input_tokens`; the
+        // manifest's `input_tokens` are all of them, as OpenAI's are
         Usage {
-            input_tokens: n("input_tokens"),
+            input_tokens: n("input_tokens") + read + written,
             output_tokens: n("output_tokens"),
-            cached_tokens: n("cache_read_input_tokens"),
+            cached_tokens: read,
+            cache_write_tokens: written,
         }
     });
     let Some(blocks) = v.get("content").and_then(Value::as_array) else {
@@ -235,6 +257,8 @@ pub fn read_answer(v: &Value) -> Result<ModelResponse, ModelError> {
     Ok(ModelResponse {
         output: text.into_bytes(),
         usage,
+        model: v.get("model").and_then(Value::as_str).map(str::to_string),
+        system_fingerprint: None,
     })
 }
 
@@ -251,6 +275,7 @@ mod tests {
             content: content.into(),
         };
         let p = CompiledPrompt {
+            cache_breaks: Vec::new(),
             messages: vec![
                 msg("system", "Be brief."),
                 msg("user", "Hi"),
@@ -331,6 +356,7 @@ mod tests {
         };
         let prompt = CompiledPrompt {
             messages: Vec::new(),
+            cache_breaks: Vec::new(),
         };
         let body = request_body(&model("claude-sonnet-4-5", Some("json")), &prompt);
         assert_eq!(
@@ -346,19 +372,25 @@ mod tests {
     #[test]
     fn answer_usage_and_billing_errors() {
         let v = json!({
+            "model": "claude-sonnet-4-5-20250929",
             "content": [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}],
-            "usage": {"input_tokens": 20, "output_tokens": 2, "cache_read_input_tokens": 5}
+            "usage": {"input_tokens": 20, "output_tokens": 2, "cache_read_input_tokens": 5,
+                      "cache_creation_input_tokens": 7}
         });
         let r = read_answer(&v).unwrap();
         assert_eq!(r.output, b"Hello");
+        // the cached tokens, which the API counts apart, are added in
         assert_eq!(
             r.usage,
             Some(Usage {
-                input_tokens: 20,
+                input_tokens: 32,
                 output_tokens: 2,
-                cached_tokens: 5
+                cached_tokens: 5,
+                cache_write_tokens: 7,
             })
         );
+        assert_eq!(r.model.as_deref(), Some("claude-sonnet-4-5-20250929"));
+        assert_eq!(r.system_fingerprint, None);
         let overloaded = json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}});
         let e = read_error(529, &overloaded).unwrap();
         assert!(!e.quota);

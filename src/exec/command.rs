@@ -231,10 +231,7 @@ impl ModelAdapter for Command {
             }
             return Err(ModelError::new(msg));
         }
-        Ok(ModelResponse {
-            output: out.stdout,
-            usage: None,
-        })
+        Ok(ModelResponse::unnamed(out.stdout))
     }
 }
 

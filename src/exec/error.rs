@@ -76,6 +76,18 @@ pub enum ModelError {
     /// the model refused; it may have been paid for.
     #[error("{why}")]
     BadAnswer { why: String, usage: Option<Usage> },
+    /// `pin = true` and the answer came from another snapshot than the one
+    /// the model's outputs were made by (`drift.rs`); it was paid for.
+    #[error(
+        "model `{model}` is pinned to `{was}`, which made its outputs, but answered as `{now}`; the answer was not stored\n\
+         help: to move to `{now}`, remove `pin = true` from `[models.{model}]` and build again; to stay on `{was}`, set `model = \"{was}\"` if the provider still serves it"
+    )]
+    SnapshotChanged {
+        model: String,
+        was: String,
+        now: String,
+        usage: Option<Usage>,
+    },
     /// `format = "json"` and the output is not (matching) JSON.
     #[error("model `{model}` was asked for JSON (`format = \"json\"`) but {why}")]
     NotJson {
@@ -238,16 +250,18 @@ impl ModelError {
     /// was paid for.
     pub fn usage(&self) -> Option<&Usage> {
         match self {
-            ModelError::BadAnswer { usage, .. } | ModelError::NotJson { usage, .. } => {
-                usage.as_ref()
-            }
+            ModelError::BadAnswer { usage, .. }
+            | ModelError::NotJson { usage, .. }
+            | ModelError::SnapshotChanged { usage, .. } => usage.as_ref(),
             _ => None,
         }
     }
 
     pub fn into_usage(self) -> Option<Usage> {
         match self {
-            ModelError::BadAnswer { usage, .. } | ModelError::NotJson { usage, .. } => usage,
+            ModelError::BadAnswer { usage, .. }
+            | ModelError::NotJson { usage, .. }
+            | ModelError::SnapshotChanged { usage, .. } => usage,
             _ => None,
         }
     }

@@ -46,10 +46,9 @@ impl ModelAdapter for Mock {
             }
             std::thread::sleep(left.min(std::time::Duration::from_millis(20)));
         }
-        Ok(ModelResponse {
-            output: mock_output(&self.name, prompt).into_bytes(),
-            usage: None,
-        })
+        Ok(ModelResponse::unnamed(
+            mock_output(&self.name, prompt).into_bytes(),
+        ))
     }
 }
 
@@ -61,6 +60,7 @@ mod tests {
     #[test]
     fn output_is_deterministic_and_names_the_prompt() {
         let p = CompiledPrompt {
+            cache_breaks: Vec::new(),
             messages: vec![Message {
                 role: "user".into(),
                 content: "Hi".into(),

@@ -3,6 +3,7 @@
 
 mod anthropic;
 pub mod batch;
+pub mod cache;
 mod command;
 mod error;
 mod http;
@@ -34,6 +35,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct ModelResponse {
     pub output: Vec<u8>,
     pub usage: Option<Usage>,
+    /// The model the provider says answered (`model` in OpenAI's and
+    /// Anthropic's answers): for an alias, the dated snapshot behind it.
+    pub model: Option<String>,
+    /// OpenAI's `system_fingerprint`, the backend configuration.
+    pub system_fingerprint: Option<String>,
+}
+
+impl ModelResponse {
+    /// An answer that names no model (mock, command).
+    pub fn unnamed(output: Vec<u8>) -> ModelResponse {
+        ModelResponse {
+            output,
+            usage: None,
+            model: None,
+            system_fingerprint: None,
+        }
+    }
 }
 
 /// How a call went besides its result, for the manifest: the attempts it

@@ -47,7 +47,8 @@ fn headers(key: Option<&str>) -> Vec<(&'static str, String)> {
 }
 
 /// The request body (public for tests): the official chat completions
-/// fields; sampling parameters only when set. `max_tokens` is sent under
+/// fields; sampling parameters only when set; `prompt_cache_key` when the
+/// prompt asks for caching (`cache.rs`). `max_tokens` is sent under
 /// that name because local servers know it (OpenAI still accepts it).
 pub fn request_body(m: &ModelConfig, prompt: &CompiledPrompt) -> Value {
     let s = &m.settings;
@@ -72,6 +73,12 @@ pub fn request_body(m: &ModelConfig, prompt: &CompiledPrompt) -> Value {
     }
     if let Some(stop) = &s.stop {
         o.insert("stop".into(), json!(stop));
+    }
+    if let Some(key) = super::cache::prefix_key(m, prompt) {
+        o.insert(
+            "prompt_cache_key".into(),
+            json!(super::cache::openai_key(&key)),
+        );
     }
     if s.format.as_deref() == Some("json") {
         let rf = match (&s.schema, s.response_format.as_deref()) {
@@ -112,13 +119,18 @@ pub fn read_answer(v: &Value) -> Result<ModelResponse, ModelError> {
             input_tokens: n(u.get("prompt_tokens")),
             output_tokens: n(u.get("completion_tokens")),
             cached_tokens: n(u.pointer("/prompt_tokens_details/cached_tokens")),
+            // OpenAI charges no premium for writing its cache
+            cache_write_tokens: 0,
         }
     });
+    let named = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
     let msg = v.pointer("/choices/0/message");
     match msg.and_then(|m| m.get("content")).and_then(Value::as_str) {
         Some(text) => Ok(ModelResponse {
             output: text.as_bytes().to_vec(),
             usage,
+            model: named("model"),
+            system_fingerprint: named("system_fingerprint"),
         }),
         None => {
             let why = match msg.and_then(|m| m.get("refusal")).and_then(Value::as_str) {
@@ -147,6 +159,7 @@ mod tests {
     #[test]
     fn body_has_the_messages_and_only_the_set_parameters() {
         let p = CompiledPrompt {
+            cache_breaks: Vec::new(),
             messages: vec![
                 Message {
                     role: "system".into(),
@@ -186,6 +199,8 @@ mod tests {
     #[test]
     fn answer_usage_and_errors() {
         let v = json!({
+            "model": "gpt-4o-mini-2024-07-18",
+            "system_fingerprint": "fp_44709d6fcb",
             "choices": [{"message": {"role": "assistant", "content": "Hello"}}],
             "usage": {"prompt_tokens": 12, "completion_tokens": 3,
                       "prompt_tokens_details": {"cached_tokens": 8}}
@@ -197,9 +212,15 @@ mod tests {
             Some(Usage {
                 input_tokens: 12,
                 output_tokens: 3,
-                cached_tokens: 8
+                cached_tokens: 8,
+                cache_write_tokens: 0,
             })
         );
+        assert_eq!(r.model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert_eq!(r.system_fingerprint.as_deref(), Some("fp_44709d6fcb"));
+        // a local server may name no model
+        let bare = json!({"choices": [{"message": {"content": "x"}}]});
+        assert_eq!(read_answer(&bare).unwrap().model, None);
         let e = read_error(
             429,
             &json!({"error": {"message": "You exceeded your current quota", "type": "insufficient_quota", "code": "insufficient_quota"}}),

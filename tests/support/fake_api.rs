@@ -66,6 +66,33 @@ impl Reply {
         self
     }
 
+    /// Sets a field of the JSON body (`model`, `system_fingerprint`, ...).
+    pub fn with(mut self, field: &str, value: serde_json::Value) -> Reply {
+        let mut v: serde_json::Value =
+            serde_json::from_str(&self.body).expect("a JSON body to set a field of");
+        v[field] = value;
+        self.body = v.to_string();
+        self
+    }
+
+    /// The answer names `model` as the snapshot that answered.
+    pub fn answered_by(self, model: &str) -> Reply {
+        self.with("model", serde_json::json!(model))
+    }
+
+    /// OpenAI's `system_fingerprint`.
+    pub fn fingerprint(self, fp: &str) -> Reply {
+        self.with("system_fingerprint", serde_json::json!(fp))
+    }
+
+    /// Sets `usage.cache_creation_input_tokens` (Anthropic's cache writes).
+    pub fn cache_write(mut self, tokens: u64) -> Reply {
+        let mut v: serde_json::Value = serde_json::from_str(&self.body).expect("JSON body");
+        v["usage"]["cache_creation_input_tokens"] = serde_json::json!(tokens);
+        self.body = v.to_string();
+        self
+    }
+
     /// A chat completions answer.
     pub fn openai(text: &str, input: u64, output: u64, cached: u64) -> Reply {
         Reply::json(

@@ -292,6 +292,7 @@ mod tests {
                         content: "Hi".into(),
                     },
                 ],
+                cache_breaks: Vec::new(),
             },
         };
         assert_eq!(
@@ -314,6 +315,7 @@ mod tests {
                         role: "user".into(),
                         content: text.to_string(),
                     }],
+                    cache_breaks: Vec::new(),
                 },
             })
             .collect();

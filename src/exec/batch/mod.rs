@@ -176,10 +176,7 @@ mod tests {
 
     #[test]
     fn requests_the_provider_says_nothing_about_are_reported_not_run() {
-        let answered = ModelResponse {
-            output: b"x".to_vec(),
-            usage: None,
-        };
+        let answered = ModelResponse::unnamed(b"x".to_vec());
         let got = with_unanswered(
             "b1",
             ["a", "b", "c"],

@@ -393,6 +393,7 @@ mod tests {
                     role: "user".into(),
                     content: text.into(),
                 }],
+                cache_breaks: Vec::new(),
             },
         }
     }
@@ -553,7 +554,8 @@ mod tests {
             Some(Usage {
                 input_tokens: 5,
                 output_tokens: 2,
-                cached_tokens: 0
+                cached_tokens: 0,
+                cache_write_tokens: 0,
             })
         );
         assert_eq!(ok(2).output, b"three");
