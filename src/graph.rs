@@ -468,6 +468,67 @@ pub fn analyse_project(
     old_analysis: &HashMap<Digest, TemplateRefs>,
 ) -> Result<Graph> {
     // 1. expand foreach globs into nodes and resolve their outputs
+    let (mut nodes, outputs) = expand_nodes(project, files)?;
+    check_globs_miss_outputs(project, &nodes)?;
+    // 2. analyse each target's template (once per target, shared by its
+    // nodes), after stat-ing templates and plain inputs in parallel
+    let mut prefetch: Vec<&str> = Vec::with_capacity(project.targets.len() * 2);
+    for decl in &project.targets {
+        prefetch.push(decl.template.as_str());
+        prefetch.extend(
+            decl.inputs
+                .iter()
+                .filter(|i| !i.is_glob)
+                .map(|i| i.pattern.as_str()),
+        );
+    }
+    files.digest_all(&prefetch);
+    let an = Analyser {
+        files,
+        old: old_analysis,
+        new: Mutex::new(HashMap::default()),
+    };
+    let mut by_target: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, n) in nodes.iter().enumerate() {
+        by_target
+            .entry(project.targets[n.target].name.clone())
+            .or_default()
+            .push(i);
+    }
+    let decl_index: HashMap<&str, usize> = (project.targets.iter().enumerate())
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    for decl in &project.targets {
+        let scope = Scope {
+            project,
+            files,
+            nodes: &nodes,
+            outputs: &outputs,
+            by_target: &by_target,
+            decl_index: &decl_index,
+        };
+        let resolved = scope.resolve(&an, decl)?;
+        for &ni in by_target.get(&decl.name).into_iter().flatten() {
+            resolved.apply(&mut nodes[ni]);
+        }
+    }
+    check_used_items(project, files, &nodes)?;
+    // 3. the DAG, its order, and cycles
+    let order = build_order(project, &nodes)?;
+    Ok(Graph {
+        nodes,
+        order,
+        analysis: an.new.into_inner().unwrap(),
+    })
+}
+
+/// Every target's nodes (one, or one per `foreach` file), with their
+/// outputs checked (not the project file, not another node's, inside the
+/// project), and which node writes each output.
+fn expand_nodes(
+    project: &Project,
+    files: &ProjectFiles,
+) -> Result<(Vec<Node>, HashMap<String, usize>)> {
     // at least one node per target: no doubling reallocation for the
     // common case of plain targets
     let mut nodes: Vec<Node> = Vec::with_capacity(project.targets.len());
@@ -500,25 +561,7 @@ pub fn analyse_project(
                 ),
                 None => (decl.name.clone(), decl.output.clone()),
             };
-            if output == crate::config::PROJECT_FILE {
-                return Err(project.error(
-                    &decl.output_span,
-                    format!("output `{output}` of `{key}` is the project file"),
-                    Some("write outputs to a directory inside the project, such as `out/`".into()),
-                ));
-            }
-            if let Some(&other) = outputs.get(&output) {
-                let o = &nodes[other];
-                return Err(project.error(
-                    &decl.output_span,
-                    format!("`{key}` and `{}` both write `{output}`", o.key),
-                    Some("give every target its own output path".into()),
-                ));
-            }
-            if files.check_writable(&output).is_err() {
-                let (message, help) = output_escapes(&key, &output);
-                return Err(project.error(&decl.output_span, message, Some(help)));
-            }
+            check_output(project, files, decl, &key, &output, &outputs, &nodes)?;
             outputs.insert(output.clone(), nodes.len());
             nodes.push(Node {
                 key,
@@ -536,9 +579,46 @@ pub fn analyse_project(
             });
         }
     }
-    // A glob may not match any target's output, existing or not: that file
-    // would be read before (or while) it is written, and a `foreach` over
-    // its own outputs would grow by one level every build.
+    Ok((nodes, outputs))
+}
+
+/// A node's output: not the project file, not another node's, and a path
+/// that stays inside the project.
+fn check_output(
+    project: &Project,
+    files: &ProjectFiles,
+    decl: &TargetDecl,
+    key: &str,
+    output: &str,
+    outputs: &HashMap<String, usize>,
+    nodes: &[Node],
+) -> Result<()> {
+    if output == crate::config::PROJECT_FILE {
+        return Err(project.error(
+            &decl.output_span,
+            format!("output `{output}` of `{key}` is the project file"),
+            Some("write outputs to a directory inside the project, such as `out/`".into()),
+        ));
+    }
+    if let Some(&other) = outputs.get(output) {
+        let o = &nodes[other];
+        return Err(project.error(
+            &decl.output_span,
+            format!("`{key}` and `{}` both write `{output}`", o.key),
+            Some("give every target its own output path".into()),
+        ));
+    }
+    if files.check_writable(output).is_err() {
+        let (message, help) = output_escapes(key, output);
+        return Err(project.error(&decl.output_span, message, Some(help)));
+    }
+    Ok(())
+}
+
+/// A glob may not match any target's output, existing or not: that file
+/// would be read before (or while) it is written, and a `foreach` over
+/// its own outputs would grow by one level every build.
+fn check_globs_miss_outputs(project: &Project, nodes: &[Node]) -> Result<()> {
     for decl in &project.targets {
         let globs = decl
             .foreach
@@ -571,53 +651,111 @@ pub fn analyse_project(
             }
         }
     }
-    let mut by_target: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for (i, n) in nodes.iter().enumerate() {
-        by_target
-            .entry(project.targets[n.target].name.clone())
-            .or_default()
-            .push(i);
+    Ok(())
+}
+
+/// What the analysis of one target's template sees of the project.
+struct Scope<'a> {
+    project: &'a Project,
+    files: &'a ProjectFiles,
+    nodes: &'a [Node],
+    outputs: &'a HashMap<String, usize>,
+    by_target: &'a BTreeMap<String, Vec<usize>>,
+    /// Each target's index in the project, by name.
+    decl_index: &'a HashMap<&'a str, usize>,
+}
+
+/// What a target's template reaches, resolved: shared by its nodes.
+struct Resolved {
+    inputs: Vec<ResolvedInput>,
+    partials: Vec<String>,
+    verbatim: Vec<String>,
+    uses_item: bool,
+    upstream: Vec<(String, Vec<usize>)>,
+    /// Each upstream target's name, and its output pattern if `foreach`.
+    upstream_shape: Vec<(String, Option<String>)>,
+}
+
+impl Resolved {
+    fn apply(&self, n: &mut Node) {
+        let shape: Vec<(&str, Option<&str>)> = (self.upstream_shape.iter())
+            .map(|(name, pattern)| (name.as_str(), pattern.as_deref()))
+            .collect();
+        n.config_digest = config_digest(
+            &n.template,
+            &self.inputs,
+            n.item.as_deref().filter(|_| self.uses_item),
+            &shape,
+        );
+        n.inputs = self.inputs.clone();
+        n.partials = self.partials.clone();
+        n.verbatim = self.verbatim.clone();
+        n.uses_item = self.uses_item;
+        n.upstream = self.upstream.clone();
+    }
+}
+
+/// An error at a reference `r` in `file`.
+fn ref_error(file: &str, r: &Ref, msg: String, help: String) -> Error {
+    Error::invalid(
+        Location {
+            file: file.into(),
+            line: r.line as usize,
+            col: 1,
+        },
+        msg,
+        Some(help),
+    )
+}
+
+impl Scope<'_> {
+    /// The node that writes `path`, if one does.
+    fn output_of(&self, path: &str) -> Option<&Node> {
+        self.outputs.get(path).map(|&o| &self.nodes[o])
     }
 
-    // 2. analyse each target's template (once per target, shared by its
-    // nodes), after stat-ing templates and plain inputs in parallel
-    let mut prefetch: Vec<&str> = Vec::with_capacity(project.targets.len() * 2);
-    for decl in &project.targets {
-        prefetch.push(decl.template.as_str());
-        prefetch.extend(
-            decl.inputs
-                .iter()
-                .filter(|i| !i.is_glob)
-                .map(|i| i.pattern.as_str()),
-        );
-    }
-    files.digest_all(&prefetch);
-    let an = Analyser {
-        files,
-        old: old_analysis,
-        new: Mutex::new(HashMap::default()),
-    };
-    let decl_index: HashMap<&str, usize> = project
-        .targets
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.name.as_str(), i))
-        .collect();
-    for (ti, decl) in project.targets.iter().enumerate() {
-        let output_of = |p: &str| outputs.get(p).map(|&o| nodes[o].key.clone());
-        let reach = reach(&an, project, decl, &output_of)?;
-        let ref_error = |file: &str, r: &Ref, msg: String, help: String| {
-            Error::invalid(
+    /// Analyses `decl`'s template and resolves what it reaches.
+    fn resolve(&self, an: &Analyser<'_>, decl: &TargetDecl) -> Result<Resolved> {
+        let output_of = |p: &str| self.output_of(p).map(|n| n.key.clone());
+        let reach = reach(an, self.project, decl, &output_of)?;
+        let inputs = self.resolve_inputs(decl, &reach)?;
+        let verbatim = self.resolve_verbatim(&reach)?;
+        if reach.uses_item && decl.foreach.is_none() {
+            return Err(Error::invalid(
                 Location {
-                    file: file.into(),
-                    line: r.line as usize,
+                    file: decl.template.to_string().into(),
+                    line: 1,
                     col: 1,
                 },
-                msg,
-                Some(help),
-            )
-        };
-        // inputs: declared, existing, not someone's output
+                format!(
+                    "the template of `{}` uses `item`, but the target has no `foreach`",
+                    decl.name
+                ),
+                Some("add `foreach = \"GLOB\"` to the target, or remove `item`".into()),
+            ));
+        }
+        let upstream = self.resolve_upstream(&reach)?;
+        let upstream_shape = (upstream.iter())
+            .map(|(name, _)| {
+                let up = (self.decl_index.get(name.as_str())).map(|&i| &self.project.targets[i]);
+                let pattern = up.filter(|t| t.foreach.is_some()).map(|t| t.output.clone());
+                (name.clone(), pattern)
+            })
+            .collect();
+        Ok(Resolved {
+            inputs,
+            partials: reach.partials.into_iter().collect(),
+            verbatim,
+            uses_item: reach.uses_item,
+            upstream,
+            upstream_shape,
+        })
+    }
+
+    /// The inputs a template reads: declared, existing, not a node's
+    /// output (all of them when the template reads the whole table).
+    fn resolve_inputs(&self, decl: &TargetDecl, reach: &Reach) -> Result<Vec<ResolvedInput>> {
+        let project = self.project;
         let mut used: BTreeSet<&str> = BTreeSet::new();
         for (file, r) in &reach.inputs {
             if !decl.inputs.iter().any(|i| i.name == r.name) {
@@ -644,40 +782,14 @@ pub fn analyse_project(
         let mut inputs = Vec::new();
         for i in &decl.inputs {
             let paths = if i.is_glob {
-                files.glob(&i.pattern).map_err(|e| {
+                self.files.glob(&i.pattern).map_err(|e| {
                     project.error(&i.span, format!("invalid glob `{}`: {e}", i.pattern), None)
                 })?
             } else {
                 vec![i.pattern.clone()]
             };
             for p in &paths {
-                if let Some(&o) = outputs.get(p) {
-                    return Err(project.error(
-                        &i.span,
-                        format!(
-                            "input `{}` of `{}` is the output of `{}`",
-                            p, decl.name, nodes[o].key
-                        ),
-                        Some(format!(
-                            "use `targets.{}` in the template instead, so mkt knows the order",
-                            project.targets[nodes[o].target].name
-                        )),
-                    ));
-                }
-                match files.digest(p) {
-                    Ok(Some(_)) => {}
-                    Ok(None) => {
-                        return Err(project.error(
-                            &i.span,
-                            format!(
-                                "input `{}` of target `{}`: `{p}` not found",
-                                i.name, decl.name
-                            ),
-                            Some("create the file or fix the path".into()),
-                        ));
-                    }
-                    Err(e) => return Err(file_error(project, &i.span, e)),
-                }
+                self.check_input(decl, i, p)?;
             }
             if reach.all_inputs || used.contains(i.name.as_str()) {
                 inputs.push(ResolvedInput {
@@ -688,22 +800,57 @@ pub fn analyse_project(
                 });
             }
         }
-        // verbatim files
+        Ok(inputs)
+    }
+
+    /// One path of input `i`: not a node's output, and a file that exists.
+    fn check_input(&self, decl: &TargetDecl, i: &crate::config::InputDecl, p: &str) -> Result<()> {
+        let project = self.project;
+        if let Some(o) = self.output_of(p) {
+            return Err(project.error(
+                &i.span,
+                format!(
+                    "input `{}` of `{}` is the output of `{}`",
+                    p, decl.name, o.key
+                ),
+                Some(format!(
+                    "use `targets.{}` in the template instead, so mkt knows the order",
+                    project.targets[o.target].name
+                )),
+            ));
+        }
+        match self.files.digest(p) {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(project.error(
+                &i.span,
+                format!(
+                    "input `{}` of target `{}`: `{p}` not found",
+                    i.name, decl.name
+                ),
+                Some("create the file or fix the path".into()),
+            )),
+            Err(e) => Err(file_error(project, &i.span, e)),
+        }
+    }
+
+    /// The verbatim files a template inserts: existing, inside the
+    /// project, not a node's output.
+    fn resolve_verbatim(&self, reach: &Reach) -> Result<Vec<String>> {
         let mut verbatim = BTreeSet::new();
         for (file, r) in &reach.verbatim {
             let p = normalise_ref(file, r, "verbatim file")?;
-            if let Some(by) = output_of(&p) {
+            if let Some(o) = self.output_of(&p) {
                 return Err(ref_error(
                     file,
                     r,
-                    format!("verbatim file `{p}` is the output of `{by}`"),
+                    format!("verbatim file `{p}` is the output of `{}`", o.key),
                     format!(
                         "use `targets.{}` instead, so mkt knows the order",
-                        project.targets[nodes[outputs[&p]].target].name
+                        self.project.targets[o.target].name
                     ),
                 ));
             }
-            match files.digest(&p) {
+            match self.files.digest(&p) {
                 Ok(Some(_)) => {}
                 Ok(None) => {
                     return Err(ref_error(
@@ -724,30 +871,20 @@ pub fn analyse_project(
             }
             verbatim.insert(p);
         }
-        if reach.uses_item && decl.foreach.is_none() {
-            let (file, line) = (decl.template.to_string(), 1);
-            return Err(Error::invalid(
-                Location {
-                    file: file.into(),
-                    line,
-                    col: 1,
-                },
-                format!(
-                    "the template of `{}` uses `item`, but the target has no `foreach`",
-                    decl.name
-                ),
-                Some("add `foreach = \"GLOB\"` to the target, or remove `item`".into()),
-            ));
-        }
-        // upstream targets
+        Ok(verbatim.into_iter().collect())
+    }
+
+    /// The targets a template reads, each with its nodes (none for a
+    /// `foreach` target whose glob matches no file).
+    fn resolve_upstream(&self, reach: &Reach) -> Result<Vec<(String, Vec<usize>)>> {
         let mut upstream: BTreeMap<String, Vec<usize>> = BTreeMap::new();
         for (file, r) in &reach.targets {
-            match by_target.get(&r.name) {
+            match self.by_target.get(&r.name) {
                 Some(v) => {
                     upstream.insert(r.name.clone(), v.clone());
                 }
-                None if project.targets.iter().any(|t| t.name == r.name) => {
-                    // a foreach target whose glob matches no file: empty list
+                // a `foreach` target whose glob matches no file: an empty list
+                None if self.decl_index.contains_key(r.name.as_str()) => {
                     upstream.insert(r.name.clone(), Vec::new());
                 }
                 None => {
@@ -755,44 +892,19 @@ pub fn analyse_project(
                         file,
                         r,
                         format!("`targets.{}` names no target in `prompts.toml`", r.name),
-                        known_targets(project),
+                        known_targets(self.project),
                     ));
                 }
             }
         }
-        let upstream: Vec<(String, Vec<usize>)> = upstream.into_iter().collect();
-        let upstream_shape: Vec<(&str, Option<&str>)> = upstream
-            .iter()
-            .map(|(name, _)| {
-                let up = decl_index.get(name.as_str()).map(|&i| &project.targets[i]);
-                let pattern = up
-                    .filter(|t| t.foreach.is_some())
-                    .map(|t| t.output.as_str());
-                (name.as_str(), pattern)
-            })
-            .collect();
-        let partials: Vec<String> = reach.partials.into_iter().collect();
-        let verbatim: Vec<String> = verbatim.into_iter().collect();
-        for &ni in by_target.get(&decl.name).into_iter().flatten() {
-            let n = &mut nodes[ni];
-            n.config_digest = config_digest(
-                &n.template,
-                &inputs,
-                n.item.as_deref().filter(|_| reach.uses_item),
-                &upstream_shape,
-            );
-            n.inputs = inputs.clone();
-            n.partials = partials.clone();
-            n.verbatim = verbatim.clone();
-            n.uses_item = reach.uses_item;
-            n.upstream = upstream.clone();
-        }
-        let _ = ti;
+        Ok(upstream.into_iter().collect())
     }
+}
 
-    // Each `foreach` file a template uses is a source like any input:
-    // one that leads out of the project is an error here, before anything
-    // runs. (One no template reads is never opened, so it may be anything.)
+/// Each `foreach` file a template uses is a source like any input: one
+/// that leads out of the project is an error here, before anything runs.
+/// (One no template reads is never opened, so it may be anything.)
+fn check_used_items(project: &Project, files: &ProjectFiles, nodes: &[Node]) -> Result<()> {
     let used_items: Vec<&str> = (nodes.iter())
         .filter(|n| n.uses_item)
         .filter_map(|n| n.item.as_deref())
@@ -817,8 +929,11 @@ pub fn analyse_project(
             Err(e) => return Err(file_error(project, span, e)),
         }
     }
+    Ok(())
+}
 
-    // 3. the DAG, its order, and cycles
+/// The nodes in dependency order; a cycle is an error naming it.
+fn build_order(project: &Project, nodes: &[Node]) -> Result<Vec<usize>> {
     let mut g: DiGraph<usize, ()> = DiGraph::with_capacity(nodes.len(), nodes.len());
     let idx: Vec<NodeIndex> = (0..nodes.len()).map(|i| g.add_node(i)).collect();
     for (i, n) in nodes.iter().enumerate() {
@@ -826,19 +941,12 @@ pub fn analyse_project(
             g.add_edge(idx[u], idx[i], ());
         }
     }
-    let order = match petgraph::algo::toposort(&g, None) {
-        Ok(o) => o.into_iter().map(|ix| g[ix]).collect(),
-        Err(cycle) => {
-            return Err(Error::Cycle {
-                path: cycle_path(&nodes, project, g[cycle.node_id()]),
-            });
-        }
-    };
-    Ok(Graph {
-        nodes,
-        order,
-        analysis: an.new.into_inner().unwrap(),
-    })
+    match petgraph::algo::toposort(&g, None) {
+        Ok(o) => Ok(o.into_iter().map(|ix| g[ix]).collect()),
+        Err(cycle) => Err(Error::Cycle {
+            path: cycle_path(nodes, project, g[cycle.node_id()]),
+        }),
+    }
 }
 
 /// The help line listing a project's targets.
