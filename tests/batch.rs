@@ -7,9 +7,7 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use support::llmock::{journal, unique};
 use support::{Project, project};
 
 /// The tests here count llmock's batch requests in its journal, which
@@ -17,52 +15,6 @@ use support::{Project, project};
 fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn llmock() -> Option<String> {
-    const VAR: &str = "MKT_TEST_LLMOCK_URL";
-    match std::env::var(VAR) {
-        Ok(v) if !v.is_empty() => Some(v.trim_end_matches('/').to_string()),
-        _ if std::env::var_os("MKT_REQUIRE_SERVERS").is_some() => panic!(
-            "`{VAR}` is not set but `MKT_REQUIRE_SERVERS` is: the batch tests need the \
-             llmock server that `.ci/run` starts"
-        ),
-        _ => {
-            eprintln!(
-                "SKIPPED: `{VAR}` is not set, so the batch test did not run \
-                 (`.ci/run` starts llmock and sets it)"
-            );
-            None
-        }
-    }
-}
-
-/// A model id of this test alone, to find its requests in the journal.
-fn unique(what: &str) -> String {
-    static K: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{what}-{}-{}",
-        std::process::id(),
-        K.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// The paths of the requests llmock received (method and path), in order.
-fn journal(url: &str) -> Vec<serde_json::Value> {
-    let rest = url.strip_prefix("http://").expect("an http:// URL");
-    let mut s = TcpStream::connect(rest).unwrap();
-    write!(
-        s,
-        "GET /_llmock/requests HTTP/1.1\r\nHost: {rest}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let body = &text[text.find("\r\n\r\n").expect("a body") + 4..];
-    let json_start = body.find('{').expect("JSON");
-    let json_end = body.rfind('}').expect("JSON");
-    let v: serde_json::Value = serde_json::from_str(&body[json_start..=json_end]).unwrap();
-    v["requests"].as_array().unwrap().clone()
 }
 
 /// Chat calls made for `model` (ordinary calls, not batch requests).
@@ -110,7 +62,9 @@ fn mkt(p: &Project, args: &[&str]) -> support::Run {
 
 fn builds_two_layers_through_batches(provider: &str, path: &str) {
     let _serial = one_at_a_time();
-    let Some(url) = llmock() else { return };
+    let Some(url) = support::llmock::url("batch") else {
+        return;
+    };
     let model = unique(provider);
     let p = two_layers(provider, &format!("{url}{path}"), &model, "");
     let run = mkt(&p, &["build", "--batch"]);
@@ -166,7 +120,9 @@ fn a_two_layer_pipeline_builds_through_anthropic_message_batches() {
 #[test]
 fn a_detached_batch_is_collected_by_a_later_build_and_never_sent_twice() {
     let _serial = one_at_a_time();
-    let Some(url) = llmock() else { return };
+    let Some(url) = support::llmock::url("batch") else {
+        return;
+    };
     let model = unique("openai");
     let p = two_layers("openai", &format!("{url}/v1"), &model, "batch = true");
     // `batch = true` on the model: no flag needed
@@ -201,7 +157,9 @@ fn a_detached_batch_is_collected_by_a_later_build_and_never_sent_twice() {
 #[test]
 fn an_answer_for_a_target_edited_meanwhile_is_kept_for_its_prompt_only() {
     let _serial = one_at_a_time();
-    let Some(url) = llmock() else { return };
+    let Some(url) = support::llmock::url("batch") else {
+        return;
+    };
     let model = unique("openai");
     let p = two_layers("openai", &format!("{url}/v1"), &model, "");
     mkt(&p, &["build", "--batch", "--detach", "notes"]).success();
@@ -222,7 +180,9 @@ fn an_answer_for_a_target_edited_meanwhile_is_kept_for_its_prompt_only() {
 #[test]
 fn a_cancelled_batch_frees_its_requests() {
     let _serial = one_at_a_time();
-    let Some(url) = llmock() else { return };
+    let Some(url) = support::llmock::url("batch") else {
+        return;
+    };
     let model = unique("anthropic");
     let p = two_layers("anthropic", &format!("{url}/anthropic/v1"), &model, "");
     mkt(&p, &["build", "--batch", "--detach", "notes"]).success();
@@ -269,7 +229,9 @@ fn batch_posts(url: &str, since: usize) -> usize {
 #[test]
 fn a_submission_cut_short_before_its_id_was_recorded_is_found_by_its_tag() {
     let _serial = one_at_a_time();
-    let Some(url) = llmock() else { return };
+    let Some(url) = support::llmock::url("batch") else {
+        return;
+    };
     let model = unique("openai");
     let p = two_layers("openai", &format!("{url}/v1"), &model, "");
     mkt(&p, &["build", "--batch", "--detach", "notes"]).success();
@@ -290,7 +252,9 @@ fn a_submission_cut_short_before_its_id_was_recorded_is_found_by_its_tag() {
 #[test]
 fn a_cut_short_anthropic_submission_is_sent_again_with_a_warning() {
     let _serial = one_at_a_time();
-    let Some(url) = llmock() else { return };
+    let Some(url) = support::llmock::url("batch") else {
+        return;
+    };
     let model = unique("anthropic");
     let p = two_layers("anthropic", &format!("{url}/anthropic/v1"), &model, "");
     mkt(&p, &["build", "--batch", "--detach", "notes"]).success();
@@ -314,7 +278,9 @@ fn a_cut_short_anthropic_submission_is_sent_again_with_a_warning() {
 #[test]
 fn gc_keeps_the_prompts_of_pending_requests() {
     let _serial = one_at_a_time();
-    let Some(url) = llmock() else { return };
+    let Some(url) = support::llmock::url("batch") else {
+        return;
+    };
     let model = unique("openai");
     let p = two_layers("openai", &format!("{url}/v1"), &model, "");
     mkt(&p, &["build", "--batch", "--detach", "notes"]).success();
@@ -331,7 +297,9 @@ fn gc_keeps_the_prompts_of_pending_requests() {
 #[test]
 fn two_builds_at_once_submit_each_request_once() {
     let _serial = one_at_a_time();
-    let Some(url) = llmock() else { return };
+    let Some(url) = support::llmock::url("batch") else {
+        return;
+    };
     let model = unique("openai");
     let p = two_layers("openai", &format!("{url}/v1"), &model, "");
     let before = journal(&url).len();

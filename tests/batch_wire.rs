@@ -17,37 +17,9 @@ use markitect::exec::batch::{
 use markitect::exec::{self, CallStats, ModelError};
 use markitect::template::{CompiledPrompt, Message};
 use serde_json::{Value, json};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use support::fake_api::{FakeApi, Recorded, Reply};
-
-fn llmock() -> Option<String> {
-    const VAR: &str = "MKT_TEST_LLMOCK_URL";
-    match std::env::var(VAR) {
-        Ok(v) if !v.is_empty() => Some(v.trim_end_matches('/').to_string()),
-        _ if std::env::var_os("MKT_REQUIRE_SERVERS").is_some() => panic!(
-            "`{VAR}` is not set but `MKT_REQUIRE_SERVERS` is: the batch tests need the \
-             llmock server that `.ci/run` starts"
-        ),
-        _ => {
-            eprintln!(
-                "SKIPPED: `{VAR}` is not set, so the llmock batch test did not run \
-                 (`.ci/run` starts llmock and sets it)"
-            );
-            None
-        }
-    }
-}
-
-/// A name of this test alone (llmock keeps every batch of the run).
-fn unique(what: &str) -> String {
-    static K: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{what}-{}-{}",
-        std::process::id(),
-        K.fetch_add(1, Ordering::Relaxed)
-    )
-}
+use support::llmock::unique;
 
 fn model(provider: Provider, name: &str, base_url: &str) -> ModelConfig {
     ModelConfig {
@@ -108,7 +80,9 @@ fn text_of(o: &Outcome) -> String {
 /// provider keeps one, collects the answers, and checks each is what the
 /// ordinary call gives for the same prompt; then cancels a second batch.
 fn through_llmock(provider: Provider, base_path: &str, finds: bool) {
-    let Some(url) = llmock() else { return };
+    let Some(url) = support::llmock::url("llmock batch") else {
+        return;
+    };
     let name = unique(provider.as_str());
     let m = model(provider, &name, &format!("{url}{base_path}"));
     let api = batch_api_for(&m).expect("a batch API");

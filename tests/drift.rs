@@ -179,18 +179,9 @@ fn editing_pin_alone_reruns_nothing() {
 /// other output.
 #[test]
 fn llmock_names_the_model_that_answered() {
-    let Some(url) = std::env::var("MKT_TEST_LLMOCK_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-    else {
-        assert!(
-            std::env::var_os("MKT_REQUIRE_SERVERS").is_none(),
-            "`MKT_TEST_LLMOCK_URL` is not set but `MKT_REQUIRE_SERVERS` is"
-        );
-        eprintln!("SKIPPED: `MKT_TEST_LLMOCK_URL` is not set (`.ci/run` starts llmock)");
+    let Some(url) = support::llmock::url("model drift") else {
         return;
     };
-    let url = url.trim_end_matches('/');
     let toml = |b_params: &str| {
         format!(
             "[targets.a]\ntemplate = \"t.md\"\noutput = \"out/a.md\"\nmodel = \"m\"\n\

@@ -9,65 +9,18 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use support::llmock::{journal, unique};
 use support::{Project, project};
 
 /// More than the 120 a minute that the bucket holds when it starts full:
 /// the last 20 must wait for it to refill (10 s at the limit).
 const N: usize = 140;
 
-fn llmock() -> Option<String> {
-    const VAR: &str = "MKT_TEST_LLMOCK_URL";
-    match std::env::var(VAR) {
-        Ok(v) if !v.is_empty() => Some(v.trim_end_matches('/').to_string()),
-        _ if std::env::var_os("MKT_REQUIRE_SERVERS").is_some() => panic!(
-            "`{VAR}` is not set but `MKT_REQUIRE_SERVERS` is: the rate-limit tests need the \
-             llmock server that `.ci/run` starts"
-        ),
-        _ => {
-            eprintln!(
-                "SKIPPED: `{VAR}` is not set, so the rate-limit test did not run \
-                 (`.ci/run` starts llmock and sets it)"
-            );
-            None
-        }
-    }
-}
-
-/// A model id and API key of this test alone: llmock keeps its limits
-/// per key, and the journal is filtered by model.
-fn unique(what: &str) -> String {
-    static K: AtomicUsize = AtomicUsize::new(0);
-    format!(
-        "{what}-{}-{}",
-        std::process::id(),
-        K.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 /// The statuses llmock answered to requests for `model`, with the reason
 /// of each refusal (`ratelimit:requests` for its quota, `chaos:429` for
 /// an injected one).
-fn journal(url: &str, model: &str) -> Vec<(u64, String)> {
-    let rest = url.strip_prefix("http://").expect("an http:// URL");
-    let mut s = TcpStream::connect(rest).unwrap();
-    write!(
-        s,
-        "GET /_llmock/requests HTTP/1.1\r\nHost: {rest}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    s.read_to_string(&mut text).unwrap();
-    let body = &text[text.find("\r\n\r\n").expect("a body") + 4..];
-    // the journal is small enough to come in one chunk, or none
-    let json_start = body.find('{').expect("JSON");
-    let json_end = body.rfind('}').expect("JSON");
-    let v: serde_json::Value = serde_json::from_str(&body[json_start..=json_end]).unwrap();
-    v["requests"]
-        .as_array()
-        .unwrap()
+fn answers(url: &str, model: &str) -> Vec<(u64, String)> {
+    journal(url)
         .iter()
         .filter(|r| r["model"] == model)
         .map(|r| {
@@ -96,7 +49,9 @@ fn pipeline(model_toml: &str) -> Project {
 /// issue asks: exit 0, every output right, few answers of 429 for the
 /// quota, every target answered once.
 fn build_through_the_limit(provider: &str, base_path: &str, extra: &str) {
-    let Some(url) = llmock() else { return };
+    let Some(url) = support::llmock::url("rate-limit") else {
+        return;
+    };
     let (model, key) = (unique(provider), unique("key"));
     let p = pipeline(&format!(
         "provider = \"{provider}\"\nmodel = \"{model}\"\nbase_url = \"{url}{base_path}\"\n\
@@ -111,7 +66,7 @@ fn build_through_the_limit(provider: &str, base_path: &str, extra: &str) {
             format!("Hello! You said: summarise doc {i}")
         );
     }
-    let answers = journal(&url, &model);
+    let answers = answers(&url, &model);
     let count = |f: &dyn Fn(&(u64, String)) -> bool| answers.iter().filter(|a| f(a)).count();
     assert_eq!(count(&|a| a.0 == 200), N, "each target answered once");
     let quota_429 = count(&|a| a.1 == "ratelimit:requests");
@@ -129,7 +84,7 @@ fn build_through_the_limit(provider: &str, base_path: &str, extra: &str) {
     p.mkt_env(&["build"], &[("MKT_TEST_LLMOCK_KEY", &key)])
         .success()
         .summary(&format!("0 ran, 0 cached, {N} up to date"));
-    assert_eq!(journal(&url, &model).len(), answers.len());
+    assert_eq!(self::answers(&url, &model).len(), answers.len());
 }
 
 #[test]

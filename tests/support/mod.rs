@@ -12,6 +12,7 @@
 #![allow(dead_code)] // each test file uses a different subset
 
 pub mod fake_api;
+pub mod llmock;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
