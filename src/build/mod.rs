@@ -578,6 +578,28 @@ fn plan(
 }
 
 impl Plan {
+    /// A context to run the plan's jobs in: nothing remote, no batches,
+    /// no cost cap, going on after failures (what a caller adds is its own).
+    fn ctx<'a>(&'a self, store: &'a ObjectStore, opts: &BuildOptions) -> Ctx<'a> {
+        Ctx {
+            src: Sources {
+                project: &self.project,
+                graph: &self.graph,
+                files: &self.files,
+                store,
+            },
+            old: &self.old_targets,
+            forced: self.named.iter().map(|&n| n && opts.force).collect(),
+            remote: None,
+            fetch_only: false,
+            stopping: Default::default(),
+            keep_going: true,
+            budget: None,
+            batch: None,
+            pins: Default::default(),
+        }
+    }
+
     /// Stats (and where needed hashes) every file the selected nodes read
     /// or write, in parallel: on a no-op build this is nearly all the work.
     /// With a stamp that vouches for the rest, only what it saw change.
@@ -651,21 +673,12 @@ fn schedule(
         }
     };
     let ctx = Ctx {
-        src: Sources {
-            project: &plan.project,
-            graph: &plan.graph,
-            files: &plan.files,
-            store,
-        },
-        old: &plan.old_targets,
-        forced: plan.named.iter().map(|&n| n && opts.force).collect(),
         remote: remote.as_ref(),
         fetch_only: opts.fetch_only,
-        stopping: Default::default(),
         keep_going: opts.keep_going,
         batch,
         budget: cost_cap(plan, opts).map(budget::Budget::new),
-        pins: Default::default(),
+        ..plan.ctx(store, opts)
     };
     let mut prog = Progress::new(&plan.graph, &plan.selected, plan.total);
     if let Some(changed) = mode.changed() {
@@ -719,23 +732,7 @@ fn estimate_plan(
         keep_going: true,
         ..opts.clone()
     };
-    let ctx = Ctx {
-        src: Sources {
-            project: &plan.project,
-            graph: &plan.graph,
-            files: &plan.files,
-            store,
-        },
-        old: &plan.old_targets,
-        forced: plan.named.iter().map(|&n| n && opts.force).collect(),
-        remote: None,
-        fetch_only: false,
-        stopping: Default::default(),
-        keep_going: true,
-        budget: None,
-        batch: None,
-        pins: Default::default(),
-    };
+    let ctx = plan.ctx(store, opts);
     let prog = Progress::new(&plan.graph, &plan.selected, plan.total);
     let untouched = mode.changed().filter(|_| mode.records_vouched);
     let done = run_all(&ctx, prog, untouched, &dry, &|_| {});
