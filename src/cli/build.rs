@@ -373,16 +373,21 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
     let started = std::time::Instant::now();
     let mut polls = 0u32;
     let mut stuck = 0u32;
+    // what the passes before the last did, for the last summary line
+    let mut earlier: Option<BuildReport> = None;
     loop {
         let result = build_once(root, &opts, &printer);
+        // a batch that ended but whose answers cannot be read, say: the
+        // waits between such passes grow to a minute; a dozen is enough
+        let progressed = matches!(&result, Ok(r)
+            if r.ran + r.cached + r.restored + r.failed > 0 || !r.submitted.is_empty());
+        let result = result.map(|r| with_earlier(r, earlier.as_ref()));
         let waits = matches!(&result, Ok(r) if r.pending + r.waiting > 0 && r.no_failure() && !r.interrupted);
         if !waits || opts.dry_run || args.detach {
             return finish(&args, &opts, &printer, result, started);
         }
         let r = result.expect("a build that waits succeeded");
-        // a batch that ended but whose answers cannot be read, say: the
-        // waits between such passes grow to a minute; a dozen is enough
-        let progressed = r.ran + r.cached + r.restored + r.failed > 0 || !r.submitted.is_empty();
+        earlier = Some(r.clone());
         stuck = if progressed { 0 } else { stuck + 1 };
         if stuck >= 12 {
             printer.line("mkt: no batch answer could be collected in a dozen tries; the batches stay on record, a later `mkt build` collects them");
@@ -418,6 +423,29 @@ pub fn run(root: &Utf8Path, args: BuildArgs) -> i32 {
             }
         }
     }
+}
+
+/// The report of a build's last pass with what the passes before it did
+/// (a build that waits for batches runs one pass per batch that ends):
+/// their runs count once, and what they built is not up to date anew.
+fn with_earlier(mut r: BuildReport, earlier: Option<&BuildReport>) -> BuildReport {
+    let Some(e) = earlier else { return r };
+    r.fresh = r.fresh.saturating_sub(e.ran + e.cached + e.restored);
+    r.ran += e.ran;
+    r.cached += e.cached;
+    r.restored += e.restored;
+    r.remote += e.remote;
+    r.spent.tokens += e.spent.tokens;
+    r.spent.cost_usd += e.spent.cost_usd;
+    r.saved.tokens += e.saved.tokens;
+    r.saved.cost_usd += e.saved.cost_usd;
+    r.batch_saved_usd += e.batch_saved_usd;
+    r.prompt_cache.read_tokens += e.prompt_cache.read_tokens;
+    r.prompt_cache.write_tokens += e.prompt_cache.write_tokens;
+    r.prompt_cache.saved_usd += e.prompt_cache.saved_usd;
+    r.prompt_cache.priced |= e.prompt_cache.priced;
+    r.submitted.extend(e.submitted.iter().cloned());
+    r
 }
 
 /// One build (of the passes a batch build makes), its events printed.
