@@ -22,38 +22,13 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def start_llmock(llmock):
-    port = free_port()
-    log = open(os.devnull, "w")
-    proc = subprocess.Popen(
-        [llmock, "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--response-style", "echo", "--log-level", "warning"],
-        stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            urllib.request.urlopen(url + "/_llmock/requests", timeout=1)
-            return proc, url
-        except Exception:
-            time.sleep(0.2)
-    proc.kill()
-    sys.exit(f"llmock did not answer at {url} within 30 s")
+import llmock
 
 
 def write_project(root, n, provider, base_url):
@@ -95,7 +70,7 @@ def main():
     ap.add_argument("--csv")
     args = ap.parse_args()
     mkt = os.path.abspath(args.mkt)
-    proc, url = start_llmock(args.llmock)
+    proc, url = llmock.start(args.llmock)
     root = tempfile.mkdtemp(prefix="mkt-bench-batch-")
     rows = []
     try:

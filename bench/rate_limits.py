@@ -30,41 +30,15 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 
+import llmock
+
 MAX_TOKENS = 100
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def start_llmock(llmock, latency, flags):
-    port = free_port()
-    log = open(os.devnull, "w")
-    proc = subprocess.Popen(
-        [llmock, "serve", "--host", "127.0.0.1", "--port", str(port),
-         "--latency-ms", str(int(latency * 1000)), "--response-style", "echo",
-         "--log-level", "warning", *flags],
-        stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(150):
-        try:
-            urllib.request.urlopen(url + "/_llmock/requests", timeout=1)
-            return proc, url
-        except Exception:
-            time.sleep(0.2)
-    proc.kill()
-    sys.exit(f"llmock did not answer at {url} within 30 s")
 
 
 def write_project(root, n, base_url):
@@ -111,7 +85,7 @@ def run(args, name, rpm, tpm, errors):
         flags += ["--tpm", str(tpm)]
     for status, rate in errors:
         flags += ["--error-rate", f"{status}={rate}"]
-    proc, url = start_llmock(args.llmock, args.latency, flags)
+    proc, url = llmock.start(args.llmock, ["--latency-ms", str(int(args.latency * 1000)), *flags])
     root = tempfile.mkdtemp(prefix="mkt-bench-rl-")
     try:
         write_project(root, args.n, url)
