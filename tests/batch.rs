@@ -134,6 +134,16 @@ fn a_detached_batch_is_collected_by_a_later_build_and_never_sent_twice() {
     mkt(&p, &["status"])
         .code(1)
         .stdout_contains("notes[docs/a.txt]  pending in batch batch_");
+    // what is pending was paid for when it was sent: only the digest is
+    // estimated
+    let run = mkt(&p, &["status", "--json"]);
+    run.code(1);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let estimated: Vec<&str> = (v["targets"].as_array().unwrap().iter())
+        .filter(|t| t.get("estimate").is_some())
+        .map(|t| t["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(estimated, ["digest"]);
     mkt(&p, &["batch", "status"])
         .success()
         .stdout_contains("(model `m`): ")

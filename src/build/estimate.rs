@@ -24,15 +24,26 @@ pub(super) struct Wanted {
 
 /// The estimate of every wanted node, compiled in parallel; a node whose
 /// prompt does not compile is left out (its build fails before any call).
+/// A node whose request waits in a provider batch is left out too: what
+/// it costs was settled when the batch was sent (`mkt batch status`).
 pub(super) fn estimate_nodes(ctx: &Ctx<'_>, wanted: &[Wanted]) -> Estimate {
     use rayon::prelude::*;
+    let records = crate::batch::record::read_all(&crate::batch::records_dir(ctx.src.store.dir()));
+    let pending: rustc_hash::FxHashSet<InputBundleHash> = (records.records.iter())
+        .filter(|r| !r.cancelled)
+        .flat_map(|r| r.requests.iter().map(|m| m.input_bundle_hash))
+        .collect();
     let targets = (wanted.par_iter())
-        .filter_map(|w| estimate_node(ctx, w))
+        .filter_map(|w| estimate_node(ctx, w, &pending))
         .collect();
     Estimate { targets }
 }
 
-fn estimate_node(ctx: &Ctx<'_>, w: &Wanted) -> Option<TargetEstimate> {
+fn estimate_node(
+    ctx: &Ctx<'_>,
+    w: &Wanted,
+    pending: &rustc_hash::FxHashSet<InputBundleHash>,
+) -> Option<TargetEstimate> {
     let src = &ctx.src;
     let node = &src.graph.nodes[w.node];
     // (the target's model, with a `.prompty` file's parameters applied)
@@ -49,6 +60,14 @@ fn estimate_node(ctx: &Ctx<'_>, w: &Wanted) -> Option<TargetEstimate> {
         }
     };
     let prompt = compile_node_with(src, node, &Default::default(), &w.upstream, &text_of).ok()?;
+    if !pending.is_empty() {
+        let digest = Digest::of(&prompt.canonical_json());
+        let params = model.hashed_params();
+        let ibh = InputBundleHash::compute(digest, model.provider.as_str(), &params);
+        if pending.contains(&ibh) {
+            return None;
+        }
+    }
     let mut input = count_prompt(&model, &prompt);
     input.exact &= !guessed.get();
     let output = output_bound(src, ctx.old, &node.key, model.settings.max_tokens);
