@@ -56,17 +56,49 @@ fn two_layers(provider: &str, base: &str, model: &str, extra: &str) -> Project {
         .build()
 }
 
+/// A test's share of llmock: the one-at-a-time guard, the server, a
+/// model id of its own, and the two-layer project for `provider` there.
+struct At {
+    _serial: std::sync::MutexGuard<'static, ()>,
+    url: String,
+    model: String,
+    p: Project,
+}
+
+/// [`At`] for `provider` (`openai` or `anthropic`, each at its path), with
+/// `extra` model settings; `None` (the test skips) without llmock.
+fn at_llmock(provider: &str, extra: &str) -> Option<At> {
+    let _serial = one_at_a_time();
+    let url = support::llmock::url("batch")?;
+    let model = unique(provider);
+    let path = if provider == "anthropic" {
+        "/anthropic/v1"
+    } else {
+        "/v1"
+    };
+    let p = two_layers(provider, &format!("{url}{path}"), &model, extra);
+    Some(At {
+        _serial,
+        url,
+        model,
+        p,
+    })
+}
+
 fn mkt(p: &Project, args: &[&str]) -> support::Run {
     p.mkt(args)
 }
 
-fn builds_two_layers_through_batches(provider: &str, path: &str) {
-    let _serial = one_at_a_time();
-    let Some(url) = support::llmock::url("batch") else {
+fn builds_two_layers_through_batches(provider: &str) {
+    let Some(At {
+        _serial,
+        url,
+        model,
+        p,
+    }) = at_llmock(provider, "")
+    else {
         return;
     };
-    let model = unique(provider);
-    let p = two_layers(provider, &format!("{url}{path}"), &model, "");
     let run = mkt(&p, &["build", "--batch"]);
     run.success()
         .stderr_contains("submitted batch ")
@@ -109,22 +141,25 @@ fn builds_two_layers_through_batches(provider: &str, path: &str) {
 
 #[test]
 fn a_two_layer_pipeline_builds_through_openai_batches() {
-    builds_two_layers_through_batches("openai", "/v1");
+    builds_two_layers_through_batches("openai");
 }
 
 #[test]
 fn a_two_layer_pipeline_builds_through_anthropic_message_batches() {
-    builds_two_layers_through_batches("anthropic", "/anthropic/v1");
+    builds_two_layers_through_batches("anthropic");
 }
 
 #[test]
 fn a_detached_batch_is_collected_by_a_later_build_and_never_sent_twice() {
-    let _serial = one_at_a_time();
-    let Some(url) = support::llmock::url("batch") else {
+    let Some(At {
+        _serial,
+        url,
+        model,
+        p,
+    }) = at_llmock("openai", "batch = true")
+    else {
         return;
     };
-    let model = unique("openai");
-    let p = two_layers("openai", &format!("{url}/v1"), &model, "batch = true");
     // `batch = true` on the model: no flag needed
     mkt(&p, &["build", "--detach"])
         .success()
@@ -166,12 +201,9 @@ fn a_detached_batch_is_collected_by_a_later_build_and_never_sent_twice() {
 
 #[test]
 fn an_answer_for_a_target_edited_meanwhile_is_kept_for_its_prompt_only() {
-    let _serial = one_at_a_time();
-    let Some(url) = support::llmock::url("batch") else {
+    let Some(At { _serial, p, .. }) = at_llmock("openai", "") else {
         return;
     };
-    let model = unique("openai");
-    let p = two_layers("openai", &format!("{url}/v1"), &model, "");
     mkt(&p, &["build", "--batch", "--detach", "notes"]).success();
     // edited after submission: the answer for "apples" is no use to it now
     p.write("docs/a.txt", "apricots");
@@ -189,12 +221,9 @@ fn an_answer_for_a_target_edited_meanwhile_is_kept_for_its_prompt_only() {
 
 #[test]
 fn a_cancelled_batch_frees_its_requests() {
-    let _serial = one_at_a_time();
-    let Some(url) = support::llmock::url("batch") else {
+    let Some(At { _serial, p, .. }) = at_llmock("anthropic", "") else {
         return;
     };
-    let model = unique("anthropic");
-    let p = two_layers("anthropic", &format!("{url}/anthropic/v1"), &model, "");
     mkt(&p, &["build", "--batch", "--detach", "notes"]).success();
     let run = mkt(&p, &["batch", "cancel"]);
     run.success().stdout_contains("cancelled batch msgbatch_");
@@ -238,12 +267,12 @@ fn batch_posts(url: &str, since: usize) -> usize {
 
 #[test]
 fn a_submission_cut_short_before_its_id_was_recorded_is_found_by_its_tag() {
-    let _serial = one_at_a_time();
-    let Some(url) = support::llmock::url("batch") else {
+    let Some(At {
+        _serial, url, p, ..
+    }) = at_llmock("openai", "")
+    else {
         return;
     };
-    let model = unique("openai");
-    let p = two_layers("openai", &format!("{url}/v1"), &model, "");
     mkt(&p, &["build", "--batch", "--detach", "notes"]).success();
     // as if killed between the provider's answer and the record's rewrite
     let (path, mut rec) = the_record(&p);
@@ -261,12 +290,12 @@ fn a_submission_cut_short_before_its_id_was_recorded_is_found_by_its_tag() {
 
 #[test]
 fn a_cut_short_anthropic_submission_is_sent_again_with_a_warning() {
-    let _serial = one_at_a_time();
-    let Some(url) = support::llmock::url("batch") else {
+    let Some(At {
+        _serial, url, p, ..
+    }) = at_llmock("anthropic", "")
+    else {
         return;
     };
-    let model = unique("anthropic");
-    let p = two_layers("anthropic", &format!("{url}/anthropic/v1"), &model, "");
     mkt(&p, &["build", "--batch", "--detach", "notes"]).success();
     let (path, mut rec) = the_record(&p);
     rec["batch_id"] = serde_json::Value::Null;
@@ -287,12 +316,9 @@ fn a_cut_short_anthropic_submission_is_sent_again_with_a_warning() {
 
 #[test]
 fn gc_keeps_the_prompts_of_pending_requests() {
-    let _serial = one_at_a_time();
-    let Some(url) = support::llmock::url("batch") else {
+    let Some(At { _serial, p, .. }) = at_llmock("openai", "") else {
         return;
     };
-    let model = unique("openai");
-    let p = two_layers("openai", &format!("{url}/v1"), &model, "");
     mkt(&p, &["build", "--batch", "--detach", "notes"]).success();
     mkt(&p, &["gc"]).success();
     mkt(&p, &["gc", "--all"])
@@ -306,12 +332,15 @@ fn gc_keeps_the_prompts_of_pending_requests() {
 
 #[test]
 fn two_builds_at_once_submit_each_request_once() {
-    let _serial = one_at_a_time();
-    let Some(url) = support::llmock::url("batch") else {
+    let Some(At {
+        _serial,
+        url,
+        model,
+        p,
+    }) = at_llmock("openai", "")
+    else {
         return;
     };
-    let model = unique("openai");
-    let p = two_layers("openai", &format!("{url}/v1"), &model, "");
     let before = journal(&url).len();
     let first = p.spawn_mkt_piped(&["build", "--batch"]);
     let second = p.spawn_mkt_piped(&["build", "--batch"]);
