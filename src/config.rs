@@ -847,7 +847,20 @@ fn resolve_model(
 /// accepts and which it needs. A `schema` given as a string of JSON is
 /// replaced by the JSON it holds, so that only its content is hashed.
 fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usize>) -> Result<()> {
-    let err = |msg: String, help: Option<String>| Err(project.error(span, msg, help));
+    check_setting_keys(project, m, span)?;
+    check_numbers(project, m, span)?;
+    match m.provider {
+        Provider::Mock => check_mock_settings(project, m, span),
+        Provider::Command => check_command_settings(project, m, span),
+        Provider::Openai | Provider::Anthropic => {
+            check_http_settings(project, m, span)?;
+            check_output_format(project, m, span)
+        }
+    }
+}
+
+/// Every key given in the table is a setting of the model's provider.
+fn check_setting_keys(project: &Project, m: &ModelConfig, span: &Range<usize>) -> Result<()> {
     let set = match serde_json::to_value(&m.settings) {
         Ok(serde_json::Value::Object(map)) => map,
         _ => serde_json::Map::new(),
@@ -857,16 +870,24 @@ fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usi
         .keys()
         .find(|k| *k != "provider" && !allowed.contains(&k.as_str()))
     {
-        return err(
+        return Err(project.error(
+            span,
             format!(
                 "model `{}`: `{key}` is not a setting of the `{}` provider",
                 m.name,
                 m.provider.as_str()
             ),
             Some(format!("remove `{key}`")),
-        );
+        ));
     }
-    let s = &mut m.settings;
+    Ok(())
+}
+
+/// The sampling and price numbers are finite, and `batch_discount` is a
+/// fraction in (0, 1].
+fn check_numbers(project: &Project, m: &ModelConfig, span: &Range<usize>) -> Result<()> {
+    let err = |msg: String, help: Option<String>| Err(project.error(span, msg, help));
+    let s = &m.settings;
     let numbers = [
         ("temperature", s.temperature),
         ("top_p", s.top_p),
@@ -893,191 +914,209 @@ fn check_model_settings(project: &Project, m: &mut ModelConfig, span: &Range<usi
             Some("give the batch price relative to the ordinary one, e.g. `batch_discount = 0.5` for half".into()),
         );
     }
-    match m.provider {
-        Provider::Mock => {
-            if s.latency_ms.is_some_and(|l| l > MAX_LATENCY_MS) {
-                return err(
-                    format!(
-                        "model `{}`: `latency_ms` is more than {MAX_LATENCY_MS} (an hour)",
-                        m.name
-                    ),
-                    Some(
-                        "the mock's latency simulates a model: use milliseconds to seconds".into(),
-                    ),
-                );
-            }
+    Ok(())
+}
+
+/// The mock's `latency_ms` is at most [`MAX_LATENCY_MS`].
+fn check_mock_settings(project: &Project, m: &ModelConfig, span: &Range<usize>) -> Result<()> {
+    if m.settings.latency_ms.is_some_and(|l| l > MAX_LATENCY_MS) {
+        return Err(project.error(
+            span,
+            format!(
+                "model `{}`: `latency_ms` is more than {MAX_LATENCY_MS} (an hour)",
+                m.name
+            ),
+            Some("the mock's latency simulates a model: use milliseconds to seconds".into()),
+        ));
+    }
+    Ok(())
+}
+
+/// A command model has a non-empty argv and a known `stdin` format.
+fn check_command_settings(project: &Project, m: &ModelConfig, span: &Range<usize>) -> Result<()> {
+    let err = |msg: String, help: Option<String>| Err(project.error(span, msg, help));
+    let s = &m.settings;
+    match &s.command {
+        Some(argv) if !argv.is_empty() && !argv[0].is_empty() => {}
+        _ => {
+            return err(
+                format!("model `{}` needs a non-empty `command`", m.name),
+                Some("for example `command = [\"python3\", \"call_model.py\"]`".into()),
+            );
         }
-        Provider::Command => {
-            match &s.command {
-                Some(argv) if !argv.is_empty() && !argv[0].is_empty() => {}
+    }
+    if let Some(fmt) = s.stdin.as_deref()
+        && fmt != "text"
+        && fmt != "json"
+    {
+        return err(
+            format!(
+                "model `{}`: `stdin` must be \"text\" or \"json\", not \"{fmt}\"",
+                m.name
+            ),
+            None,
+        );
+    }
+    Ok(())
+}
+
+/// An HTTP model has a model id, known prompt-cache values, `max_tokens`
+/// for Anthropic, an http(s) `base_url`, a plausible `api_key_env` and
+/// limits of at least 1.
+fn check_http_settings(project: &Project, m: &ModelConfig, span: &Range<usize>) -> Result<()> {
+    let err = |msg: String, help: Option<String>| Err(project.error(span, msg, help));
+    let s = &m.settings;
+    if s.model.as_deref().is_none_or(str::is_empty) {
+        return err(
+            format!("model `{}` needs `model`, the provider's model id", m.name),
+            Some(match m.provider {
+                Provider::Anthropic => "for example `model = \"claude-sonnet-4-5\"`".into(),
                 _ => {
-                    return err(
-                        format!("model `{}` needs a non-empty `command`", m.name),
-                        Some("for example `command = [\"python3\", \"call_model.py\"]`".into()),
-                    );
+                    "for example `model = \"gpt-4o-mini\"` (or a local server's model name)".into()
                 }
-            }
-            if let Some(fmt) = s.stdin.as_deref()
-                && fmt != "text"
-                && fmt != "json"
-            {
+            }),
+        );
+    }
+    let one_of = |key: &str, v: Option<&str>, allowed: &[&str]| match v {
+        Some(v) if !allowed.contains(&v) => {
+            let list: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
+            Some(project.error(
+                span,
+                format!(
+                    "model `{}`: `{key}` must be {}, not \"{v}\"",
+                    m.name,
+                    list.join(" or ")
+                ),
+                Some(format!("for example `{key} = {}`", list[0])),
+            ))
+        }
+        _ => None,
+    };
+    if let Some(e) = one_of("prompt_cache", s.prompt_cache.as_deref(), &["system"]).or_else(|| {
+        one_of(
+            "prompt_cache_ttl",
+            s.prompt_cache_ttl.as_deref(),
+            &["5m", "1h"],
+        )
+    }) {
+        return Err(e);
+    }
+    // The Messages API requires it; a silent default would decide
+    // how long (and how costly) every answer may be.
+    if m.provider == Provider::Anthropic && s.max_tokens.is_none() {
+        return err(
+            format!(
+                "model `{}` needs `max_tokens` (the Anthropic API requires it)",
+                m.name
+            ),
+            Some("for example `max_tokens = 1024`".into()),
+        );
+    }
+    if let Some(url) = &s.base_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return err(
+            format!(
+                "model `{}`: `base_url` `{url}` is not an http(s) URL",
+                m.name
+            ),
+            Some("for example `base_url = \"http://localhost:11434/v1\"`".into()),
+        );
+    }
+    if let Some(var) = &s.api_key_env
+        && var.contains(['=', '\0'])
+    {
+        return err(
+            format!(
+                "model `{}`: `api_key_env` must name an environment variable",
+                m.name
+            ),
+            Some("for example `api_key_env = \"OPENAI_API_KEY\"` (or `\"\"` for no key); the key itself never goes in `prompts.toml`".into()),
+        );
+    }
+    if s.max_concurrency == Some(0)
+        || s.requests_per_minute == Some(0)
+        || s.tokens_per_minute == Some(0)
+    {
+        return err(
+            format!(
+                "model `{}`: `max_concurrency`, `requests_per_minute` and `tokens_per_minute` must be at least 1",
+                m.name
+            ),
+            None,
+        );
+    }
+    Ok(())
+}
+
+/// An HTTP model's `format` and `response_format` are known and agree,
+/// `schema` comes with `format = "json"` and is a valid JSON Schema (a
+/// string of JSON is replaced by the JSON it holds).
+fn check_output_format(project: &Project, m: &mut ModelConfig, span: &Range<usize>) -> Result<()> {
+    let err = |msg: String, help: Option<String>| Err(project.error(span, msg, help));
+    let s = &mut m.settings;
+    match s.format.as_deref() {
+        None | Some("text") => {
+            if s.schema.is_some() {
                 return err(
-                    format!(
-                        "model `{}`: `stdin` must be \"text\" or \"json\", not \"{fmt}\"",
-                        m.name
-                    ),
-                    None,
+                    format!("model `{}`: `schema` needs `format = \"json\"`", m.name),
+                    Some("add `format = \"json\"`".into()),
                 );
             }
         }
-        Provider::Openai | Provider::Anthropic => {
-            if s.model.as_deref().is_none_or(str::is_empty) {
+        Some("json") => {}
+        Some(other) => {
+            return err(
+                format!(
+                    "model `{}`: `format` must be \"text\" or \"json\", not \"{other}\"",
+                    m.name
+                ),
+                None,
+            );
+        }
+    }
+    match (s.response_format.as_deref(), s.format.as_deref()) {
+        (None | Some("json_schema" | "json_object"), Some("json")) | (None, _) => {}
+        (Some("json_schema" | "json_object"), _) => {
+            return err(
+                format!(
+                    "model `{}`: `response_format` needs `format = \"json\"`",
+                    m.name
+                ),
+                Some("add `format = \"json\"`, or remove `response_format`".into()),
+            );
+        }
+        (Some(other), _) => {
+            return err(
+                format!(
+                    "model `{}`: `response_format` must be \"json_schema\" or \"json_object\", not \"{other}\"",
+                    m.name
+                ),
+                Some("`json_object` for servers that take the schema in JSON mode (llama-cpp-python)".into()),
+            );
+        }
+    }
+    if let Some(serde_json::Value::String(text)) = &s.schema {
+        match serde_json::from_str(text) {
+            Ok(v) => s.schema = Some(v),
+            Err(e) => {
                 return err(
-                    format!("model `{}` needs `model`, the provider's model id", m.name),
-                    Some(match m.provider {
-                        Provider::Anthropic => "for example `model = \"claude-sonnet-4-5\"`".into(),
-                        _ => {
-                            "for example `model = \"gpt-4o-mini\"` (or a local server's model name)"
-                                .into()
-                        }
-                    }),
-                );
-            }
-            let one_of = |key: &str, v: Option<&str>, allowed: &[&str]| match v {
-                Some(v) if !allowed.contains(&v) => {
-                    let list: Vec<String> = allowed.iter().map(|a| format!("\"{a}\"")).collect();
-                    Some(project.error(
-                        span,
-                        format!(
-                            "model `{}`: `{key}` must be {}, not \"{v}\"",
-                            m.name,
-                            list.join(" or ")
-                        ),
-                        Some(format!("for example `{key} = {}`", list[0])),
-                    ))
-                }
-                _ => None,
-            };
-            if let Some(e) =
-                one_of("prompt_cache", s.prompt_cache.as_deref(), &["system"]).or_else(|| {
-                    one_of(
-                        "prompt_cache_ttl",
-                        s.prompt_cache_ttl.as_deref(),
-                        &["5m", "1h"],
-                    )
-                })
-            {
-                return Err(e);
-            }
-            // The Messages API requires it; a silent default would decide
-            // how long (and how costly) every answer may be.
-            if m.provider == Provider::Anthropic && s.max_tokens.is_none() {
-                return err(
-                    format!(
-                        "model `{}` needs `max_tokens` (the Anthropic API requires it)",
-                        m.name
-                    ),
-                    Some("for example `max_tokens = 1024`".into()),
-                );
-            }
-            if let Some(url) = &s.base_url
-                && !(url.starts_with("http://") || url.starts_with("https://"))
-            {
-                return err(
-                    format!(
-                        "model `{}`: `base_url` `{url}` is not an http(s) URL",
-                        m.name
-                    ),
-                    Some("for example `base_url = \"http://localhost:11434/v1\"`".into()),
-                );
-            }
-            if let Some(var) = &s.api_key_env
-                && var.contains(['=', '\0'])
-            {
-                return err(
-                    format!(
-                        "model `{}`: `api_key_env` must name an environment variable",
-                        m.name
-                    ),
-                    Some("for example `api_key_env = \"OPENAI_API_KEY\"` (or `\"\"` for no key); the key itself never goes in `prompts.toml`".into()),
-                );
-            }
-            if s.max_concurrency == Some(0)
-                || s.requests_per_minute == Some(0)
-                || s.tokens_per_minute == Some(0)
-            {
-                return err(
-                    format!(
-                        "model `{}`: `max_concurrency`, `requests_per_minute` and `tokens_per_minute` must be at least 1",
-                        m.name
-                    ),
-                    None,
-                );
-            }
-            match s.format.as_deref() {
-                None | Some("text") => {
-                    if s.schema.is_some() {
-                        return err(
-                            format!("model `{}`: `schema` needs `format = \"json\"`", m.name),
-                            Some("add `format = \"json\"`".into()),
-                        );
-                    }
-                }
-                Some("json") => {}
-                Some(other) => {
-                    return err(
-                        format!(
-                            "model `{}`: `format` must be \"text\" or \"json\", not \"{other}\"",
-                            m.name
-                        ),
-                        None,
-                    );
-                }
-            }
-            match (s.response_format.as_deref(), s.format.as_deref()) {
-                (None | Some("json_schema" | "json_object"), Some("json")) | (None, _) => {}
-                (Some("json_schema" | "json_object"), _) => {
-                    return err(
-                        format!(
-                            "model `{}`: `response_format` needs `format = \"json\"`",
-                            m.name
-                        ),
-                        Some("add `format = \"json\"`, or remove `response_format`".into()),
-                    );
-                }
-                (Some(other), _) => {
-                    return err(
-                        format!(
-                            "model `{}`: `response_format` must be \"json_schema\" or \"json_object\", not \"{other}\"",
-                            m.name
-                        ),
-                        Some("`json_object` for servers that take the schema in JSON mode (llama-cpp-python)".into()),
-                    );
-                }
-            }
-            if let Some(serde_json::Value::String(text)) = &s.schema {
-                match serde_json::from_str(text) {
-                    Ok(v) => s.schema = Some(v),
-                    Err(e) => {
-                        return err(
-                            format!("model `{}`: `schema` is not valid JSON: {e}", m.name),
-                            Some("write the schema as a TOML table or a string of JSON".into()),
-                        );
-                    }
-                }
-            }
-            if let Some(schema) = &s.schema
-                && let Err(e) = jsonschema::validator_for(schema)
-            {
-                return err(
-                    format!(
-                        "model `{}`: `schema` is not a valid JSON Schema: {e}",
-                        m.name
-                    ),
-                    None,
+                    format!("model `{}`: `schema` is not valid JSON: {e}", m.name),
+                    Some("write the schema as a TOML table or a string of JSON".into()),
                 );
             }
         }
+    }
+    if let Some(schema) = &s.schema
+        && let Err(e) = jsonschema::validator_for(schema)
+    {
+        return err(
+            format!(
+                "model `{}`: `schema` is not a valid JSON Schema: {e}",
+                m.name
+            ),
+            None,
+        );
     }
     Ok(())
 }

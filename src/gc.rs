@@ -58,7 +58,7 @@ use crate::history::{HISTORY_FILE, HistoryEntry};
 use crate::layout;
 use crate::manifest::RunManifest;
 use crate::pack::RecordKind;
-use crate::state::StateFiles;
+use crate::state::{State, StateFiles};
 use crate::store::{AcRead, ObjectStore, STORE_DIR};
 use camino::{Utf8Path, Utf8PathBuf};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -398,179 +398,44 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(Error::io("read", history_path, e)),
     };
-
-    // Pinned: what the current outputs need.
-    let mut pinned: HashSet<Utf8PathBuf> = HashSet::default();
-    let mut pinned_ids: HashSet<(String, String)> = HashSet::default();
-    for (key, rec) in &state.targets {
-        if rec.failed {
-            continue;
-        }
-        pinned.insert(store.object_path(&rec.output_digest));
-        let ibh = InputBundleHash(rec.ibh);
-        if let Some(m) = read_manifest(&store, &ibh) {
-            pinned.extend(manifest_files(&store, store.ac_path(&ibh), &m));
-        }
-        pinned_ids.insert((key.clone(), rec.run_id.clone()));
-    }
-    // and the prompts of requests waiting in batches, which their answers'
-    // runs will name
-    let batches = crate::batch::record::read_all(&crate::batch::records_dir(&dir));
-    for m in batches.records.iter().flat_map(|r| &r.requests) {
-        pinned.insert(store.object_path(&m.prompt_digest));
-    }
-
-    // Recent: each target's last K distinct runs, newest first.
-    let lines: Vec<(&[u8], Option<HistoryEntry>)> = history_bytes
+    let pinned = pinned_runs(&store, &state);
+    let lines: Vec<HistoryLine> = history_bytes
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| (l, serde_json::from_slice::<HistoryEntry>(l).ok()))
         .collect();
-    let mut per_target: HashMap<&str, Vec<String>> = HashMap::default();
-    let mut recent: Vec<Run> = Vec::new();
-    let mut seen_runs: HashSet<String> = HashSet::default();
-    let mut kept: HashSet<(String, String)> = pinned_ids.clone();
-    for (_, e) in lines.iter().rev() {
-        let Some(e) = e else { continue };
-        let ids = per_target.entry(e.target.as_str()).or_default();
-        let id = run_identity(e);
-        if ids.contains(&id) || ids.len() >= opts.keep_runs {
-            continue;
-        }
-        ids.push(id.clone());
-        kept.insert((e.target.clone(), id));
-        if e.run_id.is_empty()
-            || pinned_ids.contains(&(e.target.clone(), e.run_id.clone()))
-            || !seen_runs.insert(e.run_id.clone())
-        {
-            continue;
-        }
-        let mut files = Vec::new();
-        if let Some(ibh) = e.input_bundle_hash {
-            let ibh = InputBundleHash(ibh);
-            if let Some(m) = read_manifest(&store, &ibh).filter(|m| m.run_id == e.run_id) {
-                files = manifest_files(&store, store.ac_path(&ibh), &m);
-            }
-        }
-        if files.is_empty() {
-            let path = store.run_path(&e.run_id);
-            if let Some(m) = store.run_get(&e.run_id) {
-                files = manifest_files(&store, path, &m);
-            }
-        }
-        if !files.is_empty() {
-            recent.push(Run {
-                id: e.run_id.clone(),
-                files,
-            });
-        }
-    }
+    let recent = recent_runs(&store, &lines, &pinned.ids, opts.keep_runs);
 
     let mut rep = GcReport {
-        pinned_runs: pinned_ids.len(),
-        recent_runs: recent.len(),
+        pinned_runs: pinned.ids.len(),
+        recent_runs: recent.runs.len(),
         ..Default::default()
     };
     let files = with_packed_records(&store, walk(&dir)?)?;
     rep.size_before = files.iter().map(|f| f.bytes).sum();
     let mut refs: HashMap<&Utf8Path, usize> = HashMap::default();
-    for r in &recent {
+    for r in &recent.runs {
         for f in &r.files {
             *refs.entry(f.as_path()).or_default() += 1;
         }
     }
-    let mut by_path: HashMap<Utf8PathBuf, &StoreFile> = HashMap::default();
-    let mut size = rep.size_before;
-    for f in &files {
-        let abs = dir.join(&f.rel);
-        let why = match f.kind {
-            Kind::Temp if f.age_s >= STRAY_TEMP_AGE_S => Some(Why::StrayTemp),
-            Kind::Object | Kind::AcEntry | Kind::FailedRun
-                if !pinned.contains(&abs) && !refs.contains_key(abs.as_path()) =>
-            {
-                Some(Why::Unreferenced)
-            }
-            _ => None,
-        };
-        match why {
-            Some(why) => {
-                size -= f.bytes;
-                rep.removed.push(removal(f, why));
-            }
-            None => {
-                by_path.insert(abs, f);
-            }
-        }
-    }
-
-    // The size limit: evict recent runs, least recently used first.
+    let mut plan = unneeded_files(&dir, &files, &pinned.files, &refs, rep.size_before);
     let mut evicted: HashSet<String> = HashSet::default();
     if let Some(max) = opts.max_size {
-        let last_use = |r: &Run| {
-            r.files
-                .iter()
-                .filter_map(|p| by_path.get(p).map(|f| f.used))
-                .max()
-                .unwrap_or(0)
-        };
-        let mut order: Vec<(i64, &Run)> = recent.iter().map(|r| (last_use(r), r)).collect();
-        // run ids begin with their time, so they break ties oldest first
-        order.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
-        for (_, run) in order {
-            if size <= max {
-                break;
-            }
-            evicted.insert(run.id.clone());
-            for p in &run.files {
-                let n = refs.get_mut(p.as_path()).expect("counted above");
-                *n -= 1;
-                if *n > 0 || pinned.contains(p) {
-                    continue;
-                }
-                if let Some(f) = by_path.remove(p) {
-                    size -= f.bytes;
-                    rep.removed.push(removal(f, Why::Evicted));
-                }
-            }
-        }
-        rep.fits = Some(size <= max);
+        evicted = evict_to_fit(&mut plan, &recent.runs, &mut refs, &pinned.files, max);
+        rep.fits = Some(plan.size <= max);
     }
+    rep.removed = plan.removed;
     rep.evicted_runs = evicted.len();
     rep.recent_runs -= evicted.len();
     // Records leave a pack when gc rewrites it (`ObjectStore::repack`):
     // its old own bytes go, the rewritten pack's come.
     let dropped: HashSet<(RecordKind, [u8; 32])> =
         rep.removed.iter().filter_map(|r| r.packed).collect();
-    if !dropped.is_empty() {
-        // (records listed, records kept) of each pack
-        let mut counts: HashMap<&Utf8Path, (usize, usize)> = HashMap::default();
-        for (k, key, pack) in files.iter().filter_map(|f| f.packed.as_ref()) {
-            let c = counts.entry(pack.as_path()).or_default();
-            c.0 += 1;
-            c.1 += usize::from(!dropped.contains(&(*k, *key)));
-        }
-        for pack in files.iter().filter(|f| f.kind == Kind::PackIndex) {
-            let (listed, kept) = counts.get(pack.rel.as_path()).copied().unwrap_or_default();
-            // rewritten when it loses a record or holds older copies
-            if kept < listed || pack.bytes > crate::pack::own_bytes(listed) {
-                size = size - pack.bytes + crate::pack::own_bytes(kept);
-            }
-        }
-    }
+    let mut size = size_after_repack(&files, &dropped, plan.size);
 
-    // The history: the lines of kept runs, byte for byte.
-    let mut new_history = Vec::with_capacity(history_bytes.len());
-    let mut kept_lines = 0;
-    for (line, e) in &lines {
-        let Some(e) = e else { continue };
-        let id = run_identity(e);
-        if evicted.contains(&id) || !kept.contains(&(e.target.clone(), id)) {
-            continue;
-        }
-        new_history.extend_from_slice(line);
-        new_history.push(b'\n');
-        kept_lines += 1;
-    }
+    let (new_history, kept_lines) =
+        kept_history(&lines, &recent.kept, &evicted, history_bytes.len());
     rep.history_lines = (lines.len(), kept_lines);
     let history_changed = new_history.len() != history_bytes.len();
     size = size + new_history.len() as u64 - history_bytes.len() as u64;
@@ -584,21 +449,274 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
     if history_changed {
         store.write_atomic(&history_path, &new_history)?;
     }
-    remove_all(root, &rep.removed)?;
+    remove_unneeded(root, &store, &files, &rep.removed, &dropped)?;
+    Ok(rep)
+}
+
+/// A line of `history.jsonl`, and its entry if it parses.
+type HistoryLine<'a> = (&'a [u8], Option<HistoryEntry>);
+
+/// The runs that produced the current outputs.
+struct Pinned {
+    /// Their manifests and objects, and the prompts of requests waiting
+    /// in batches (absolute paths).
+    files: HashSet<Utf8PathBuf>,
+    /// (node key, run id) of each.
+    ids: HashSet<(String, String)>,
+}
+
+/// Pinned: what the current outputs need (every record in the state that
+/// did not fail), and the prompts of requests waiting in batches.
+fn pinned_runs(store: &ObjectStore, state: &State) -> Pinned {
+    let mut pinned = Pinned {
+        files: HashSet::default(),
+        ids: HashSet::default(),
+    };
+    for (key, rec) in &state.targets {
+        if rec.failed {
+            continue;
+        }
+        pinned.files.insert(store.object_path(&rec.output_digest));
+        let ibh = InputBundleHash(rec.ibh);
+        if let Some(m) = read_manifest(store, &ibh) {
+            pinned
+                .files
+                .extend(manifest_files(store, store.ac_path(&ibh), &m));
+        }
+        pinned.ids.insert((key.clone(), rec.run_id.clone()));
+    }
+    // the prompts of requests waiting in batches, which their answers'
+    // runs will name
+    let batches = crate::batch::record::read_all(&crate::batch::records_dir(store.dir()));
+    for m in batches.records.iter().flat_map(|r| &r.requests) {
+        pinned.files.insert(store.object_path(&m.prompt_digest));
+    }
+    pinned
+}
+
+/// The runs the history keeps beyond the pinned ones.
+struct Recent {
+    /// Each kept run that is not pinned and has a manifest, once.
+    runs: Vec<Run>,
+    /// (node key, run identity) of every run whose history lines stay,
+    /// the pinned ones included.
+    kept: HashSet<(String, String)>,
+}
+
+/// Recent: each target's last `keep_runs` distinct runs in the history,
+/// newest first, with the manifest each is filed under.
+fn recent_runs(
+    store: &ObjectStore,
+    lines: &[HistoryLine],
+    pinned_ids: &HashSet<(String, String)>,
+    keep_runs: usize,
+) -> Recent {
+    let mut per_target: HashMap<&str, Vec<String>> = HashMap::default();
+    let mut recent = Recent {
+        runs: Vec::new(),
+        kept: pinned_ids.clone(),
+    };
+    let mut seen_runs: HashSet<String> = HashSet::default();
+    for (_, e) in lines.iter().rev() {
+        let Some(e) = e else { continue };
+        let ids = per_target.entry(e.target.as_str()).or_default();
+        let id = run_identity(e);
+        if ids.contains(&id) || ids.len() >= keep_runs {
+            continue;
+        }
+        ids.push(id.clone());
+        recent.kept.insert((e.target.clone(), id));
+        if e.run_id.is_empty()
+            || pinned_ids.contains(&(e.target.clone(), e.run_id.clone()))
+            || !seen_runs.insert(e.run_id.clone())
+        {
+            continue;
+        }
+        let mut files = Vec::new();
+        if let Some(ibh) = e.input_bundle_hash {
+            let ibh = InputBundleHash(ibh);
+            if let Some(m) = read_manifest(store, &ibh).filter(|m| m.run_id == e.run_id) {
+                files = manifest_files(store, store.ac_path(&ibh), &m);
+            }
+        }
+        if files.is_empty() {
+            let path = store.run_path(&e.run_id);
+            if let Some(m) = store.run_get(&e.run_id) {
+                files = manifest_files(store, path, &m);
+            }
+        }
+        if !files.is_empty() {
+            recent.runs.push(Run {
+                id: e.run_id.clone(),
+                files,
+            });
+        }
+    }
+    recent
+}
+
+/// What gc removes, as decided so far.
+struct Plan<'a> {
+    removed: Vec<Removal>,
+    /// The files that stay so far, by absolute path.
+    staying: HashMap<Utf8PathBuf, &'a StoreFile>,
+    /// The store's size without the removed files.
+    size: u64,
+}
+
+/// Stray temps, and the objects, ac entries and failed runs that neither
+/// a pinned nor a recent run (`refs`) needs.
+fn unneeded_files<'a>(
+    dir: &Utf8Path,
+    files: &'a [StoreFile],
+    pinned: &HashSet<Utf8PathBuf>,
+    refs: &HashMap<&Utf8Path, usize>,
+    size_before: u64,
+) -> Plan<'a> {
+    let mut plan = Plan {
+        removed: Vec::new(),
+        staying: HashMap::default(),
+        size: size_before,
+    };
+    for f in files {
+        let abs = dir.join(&f.rel);
+        let why = match f.kind {
+            Kind::Temp if f.age_s >= STRAY_TEMP_AGE_S => Some(Why::StrayTemp),
+            Kind::Object | Kind::AcEntry | Kind::FailedRun
+                if !pinned.contains(&abs) && !refs.contains_key(abs.as_path()) =>
+            {
+                Some(Why::Unreferenced)
+            }
+            _ => None,
+        };
+        match why {
+            Some(why) => {
+                plan.size -= f.bytes;
+                plan.removed.push(removal(f, why));
+            }
+            None => {
+                plan.staying.insert(abs, f);
+            }
+        }
+    }
+    plan
+}
+
+/// The size limit: evicts recent runs, least recently used first, until
+/// the store is at most `max` bytes; a file another recent run or a
+/// pinned one still needs stays. Returns the evicted runs' ids.
+fn evict_to_fit(
+    plan: &mut Plan,
+    recent: &[Run],
+    refs: &mut HashMap<&Utf8Path, usize>,
+    pinned: &HashSet<Utf8PathBuf>,
+    max: u64,
+) -> HashSet<String> {
+    let mut evicted: HashSet<String> = HashSet::default();
+    let last_use = |r: &Run| {
+        r.files
+            .iter()
+            .filter_map(|p| plan.staying.get(p).map(|f| f.used))
+            .max()
+            .unwrap_or(0)
+    };
+    let mut order: Vec<(i64, &Run)> = recent.iter().map(|r| (last_use(r), r)).collect();
+    // run ids begin with their time, so they break ties oldest first
+    order.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+    for (_, run) in order {
+        if plan.size <= max {
+            break;
+        }
+        evicted.insert(run.id.clone());
+        for p in &run.files {
+            let n = refs.get_mut(p.as_path()).expect("counted above");
+            *n -= 1;
+            if *n > 0 || pinned.contains(p) {
+                continue;
+            }
+            if let Some(f) = plan.staying.remove(p) {
+                plan.size -= f.bytes;
+                plan.removed.push(removal(f, Why::Evicted));
+            }
+        }
+    }
+    evicted
+}
+
+/// `size` once the packs that lose a record (or hold older copies) are
+/// rewritten: each such pack's own bytes become those of its kept records.
+fn size_after_repack(
+    files: &[StoreFile],
+    dropped: &HashSet<(RecordKind, [u8; 32])>,
+    mut size: u64,
+) -> u64 {
+    if dropped.is_empty() {
+        return size;
+    }
+    // (records listed, records kept) of each pack
+    let mut counts: HashMap<&Utf8Path, (usize, usize)> = HashMap::default();
+    for (k, key, pack) in files.iter().filter_map(|f| f.packed.as_ref()) {
+        let c = counts.entry(pack.as_path()).or_default();
+        c.0 += 1;
+        c.1 += usize::from(!dropped.contains(&(*k, *key)));
+    }
+    for pack in files.iter().filter(|f| f.kind == Kind::PackIndex) {
+        let (listed, kept) = counts.get(pack.rel.as_path()).copied().unwrap_or_default();
+        // rewritten when it loses a record or holds older copies
+        if kept < listed || pack.bytes > crate::pack::own_bytes(listed) {
+            size = size - pack.bytes + crate::pack::own_bytes(kept);
+        }
+    }
+    size
+}
+
+/// The history: the lines of kept runs, byte for byte, and how many.
+fn kept_history(
+    lines: &[HistoryLine],
+    kept: &HashSet<(String, String)>,
+    evicted: &HashSet<String>,
+    capacity: usize,
+) -> (Vec<u8>, usize) {
+    let mut new_history = Vec::with_capacity(capacity);
+    let mut kept_lines = 0;
+    for (line, e) in lines {
+        let Some(e) = e else { continue };
+        let id = run_identity(e);
+        if evicted.contains(&id) || !kept.contains(&(e.target.clone(), id)) {
+            continue;
+        }
+        new_history.extend_from_slice(line);
+        new_history.push(b'\n');
+        kept_lines += 1;
+    }
+    (new_history, kept_lines)
+}
+
+/// Removes the loose files of `removed`, rewrites the packs that lose a
+/// record of `dropped` or hold older copies, and removes the shard
+/// directories emptied.
+fn remove_unneeded(
+    root: &Utf8Path,
+    store: &ObjectStore,
+    files: &[StoreFile],
+    removed: &[Removal],
+    dropped: &HashSet<(RecordKind, [u8; 32])>,
+) -> Result<()> {
+    remove_all(root, removed)?;
     if !dropped.is_empty() {
         // what goes: the dropped records, and older copies of the others
         // (a copy that does not verify goes with any pack rewritten)
         let newest: HashMap<(RecordKind, [u8; 32]), Utf8PathBuf> = files
             .iter()
             .filter_map(|f| f.packed.as_ref())
-            .map(|(k, key, pack)| ((*k, *key), dir.join(pack)))
+            .map(|(k, key, pack)| ((*k, *key), store.dir().join(pack)))
             .collect();
         store.repack(&|pack, kind, key| {
             !dropped.contains(&(kind, *key)) && newest.get(&(kind, *key)).is_none_or(|p| p == pack)
         })?;
     }
     let mut dirs: HashSet<Utf8PathBuf> = HashSet::default();
-    for r in rep.removed.iter().filter(|r| r.packed.is_none()) {
+    for r in removed.iter().filter(|r| r.packed.is_none()) {
         if let Some(parent) = r.path.parent()
             && matches!(r.kind, Kind::Object | Kind::AcEntry)
         {
@@ -610,7 +728,7 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
     for d in dirs {
         let _ = fs::remove_dir(d);
     }
-    Ok(rep)
+    Ok(())
 }
 
 /// Unlinks the files of `removed` from a pool of threads: an unlink waits
