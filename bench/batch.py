@@ -18,17 +18,15 @@ Needs python3 and llmock (`pip install llmock==0.2.2`, e.g. in the venv
 `.ci/servers` makes).
 """
 import argparse
-import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
 
 import llmock
+import measure
 
 
 def write_project(root, n, provider, base_url):
@@ -45,20 +43,6 @@ def write_project(root, n, provider, base_url):
             'output = "out/{stem}.md"\nmodel = "m"\n\n'
             f'[models.m]\nprovider = "{provider}"\nmodel = "bench"\n'
             f'base_url = "{base_url}{path}"\napi_key_env = "BENCH_KEY"\nmax_tokens = 100\n')
-
-
-def measured(cmd, cwd, env):
-    """Runs `cmd`; its exit code, wall and CPU seconds, peak RSS in MiB."""
-    t = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - t
-    code = os.waitstatus_to_exitcode(status)
-    if code != 0:
-        print(err.decode(errors="replace")[-2000:], file=sys.stderr)
-    return code, wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024
 
 
 def main():
@@ -80,7 +64,8 @@ def main():
                            ("collect", [mkt, "build", "-q"])]:
             if phase == "collect":
                 time.sleep(4)  # llmock ends a batch 3 s after its creation
-            code, wall, cpu, rss = measured(cmd, root, env)
+            code, wall, user, sys_, rss = measure.measured(cmd, root, env)
+            cpu = user + sys_
             rows.append({"provider": args.provider, "n": args.n, "phase": phase,
                          "exit": code, "cpu_s": round(cpu, 2), "wall_s": round(wall, 2),
                          "peak_rss_mib": round(rss, 1)})
@@ -102,11 +87,7 @@ def main():
         proc.terminate()
         proc.wait()
         shutil.rmtree(root, ignore_errors=True)
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+    measure.write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,12 @@ the store the bytes of `.mkt/` with those of its packs (the prompts and
 outputs live there) apart.
 """
 import argparse
-import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
+
+import measure
 
 
 def write_corpus(root, n):
@@ -39,18 +37,6 @@ def write_corpus(root, n):
     with open(os.path.join(root, "prompts.toml"), "w") as f:
         f.write('[targets.label]\ntemplate = "t.md"\nforeach = "docs/**/*.txt"\n'
                 'output = "out/{dir}/{stem}.md"\n')
-
-
-def measured(cmd, cwd):
-    t = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = proc.stderr.read()
-    _, status, ru = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - t
-    code = os.waitstatus_to_exitcode(status)
-    if code not in (0, 1):
-        print(err.decode(errors="replace")[-2000:], file=sys.stderr)
-    return code, wall, ru.ru_utime, ru.ru_stime, ru.ru_maxrss / 1024
 
 
 def store_bytes(root):
@@ -85,7 +71,7 @@ def main():
             if phase == "edit":
                 with open(os.path.join(root, "docs", "0000", "0000007.txt"), "a") as f:
                     f.write("and again on the next day.\n")
-            code, wall, user, sys_, rss = measured(cmd, root)
+            code, wall, user, sys_, rss = measure.measured(cmd, root, ok=(0, 1))
             total, packs = store_bytes(root)
             rows.append({"n": args.n, "jobs": args.jobs, "phase": phase, "exit": code,
                          "wall_s": round(wall, 3), "user_s": round(user, 3),
@@ -95,11 +81,7 @@ def main():
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+    measure.write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ wall time, bound, ratio. Needs python3 and llmock
 (`pip install llmock==0.2.2`, e.g. in the venv `.ci/servers` makes).
 """
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ import time
 import urllib.request
 
 import llmock
+import measure
 
 MAX_TOKENS = 100
 
@@ -148,11 +148,7 @@ def main():
         row = run(args, name, rpm, tpm, errors)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+    measure.write_csv(args.csv, rows)
 
 
 if __name__ == "__main__":
