@@ -192,22 +192,12 @@ impl BatchApi for AnthropicBatch {
     }
 
     fn poll(&self, id: &str) -> Result<BatchProgress, ModelError> {
-        let api = self.api()?;
-        let path = format!("/messages/batches/{id}");
-        progress(&api.json(Method::Get, &path, None)?, &api.url(&path))
+        Ok(super::fetch(&self.api()?, &format!("/messages/batches/{id}"), progress)?.1)
     }
 
     fn results(&self, id: &str) -> Result<Vec<Outcome>, ModelError> {
         let api = self.api()?;
-        let path = format!("/messages/batches/{id}");
-        let batch = api.json(Method::Get, &path, None)?;
-        let p = progress(&batch, &api.url(&path))?;
-        if p.phase != BatchPhase::Ended {
-            return Err(ModelError::BatchNotEnded {
-                batch: id.to_string(),
-                status: p.status,
-            });
-        }
+        let batch = super::ended(&api, id, &format!("/messages/batches/{id}"), progress)?;
         let url = results_url(&api, id, batch.get("results_url").and_then(Value::as_str));
         let content = api.send(Method::Get, url.clone(), "", Vec::new())?;
         let mut out = Vec::new();

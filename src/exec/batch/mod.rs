@@ -159,6 +159,39 @@ pub fn with_unanswered<'a>(
     results
 }
 
+/// A provider's reading of its batch object: its progress, or why the
+/// answer is not one.
+type ReadProgress = fn(&serde_json::Value, &str) -> Result<BatchProgress, ModelError>;
+
+/// The batch object at `path` of `api`, with its progress as `read` finds it.
+fn fetch(
+    api: &super::http::Endpoint,
+    path: &str,
+    read: ReadProgress,
+) -> Result<(serde_json::Value, BatchProgress), ModelError> {
+    let batch = api.json(super::http::Method::Get, path, None)?;
+    let p = read(&batch, &api.url(path))?;
+    Ok((batch, p))
+}
+
+/// The batch object `id` at `path` once it has results to read: ended, or
+/// failed as a whole; `BatchNotEnded` while it runs or is being cancelled.
+fn ended(
+    api: &super::http::Endpoint,
+    id: &str,
+    path: &str,
+    read: ReadProgress,
+) -> Result<serde_json::Value, ModelError> {
+    let (batch, p) = fetch(api, path, read)?;
+    if matches!(p.phase, BatchPhase::Running | BatchPhase::Cancelling) {
+        return Err(ModelError::BatchNotEnded {
+            batch: id.to_string(),
+            status: p.status,
+        });
+    }
+    Ok(batch)
+}
+
 /// The batch API of `model`'s provider, if it has one. Its requests go to
 /// the model's base URL (`base_url`, `OPENAI_BASE_URL`,
 /// `ANTHROPIC_BASE_URL`) with its key, as the ordinary calls do.

@@ -317,22 +317,12 @@ impl BatchApi for OpenaiBatch {
     }
 
     fn poll(&self, id: &str) -> Result<BatchProgress, ModelError> {
-        let api = self.api()?;
-        let path = format!("/batches/{id}");
-        progress(&api.json(Method::Get, &path, None)?, &api.url(&path))
+        Ok(super::fetch(&self.api()?, &format!("/batches/{id}"), progress)?.1)
     }
 
     fn results(&self, id: &str) -> Result<Vec<Outcome>, ModelError> {
         let api = self.api()?;
-        let path = format!("/batches/{id}");
-        let batch = api.json(Method::Get, &path, None)?;
-        let p = progress(&batch, &api.url(&path))?;
-        if matches!(p.phase, BatchPhase::Running | BatchPhase::Cancelling) {
-            return Err(ModelError::BatchNotEnded {
-                batch: id.to_string(),
-                status: p.status,
-            });
-        }
+        let batch = super::ended(&api, id, &format!("/batches/{id}"), progress)?;
         let mut out = Vec::new();
         for key in ["output_file_id", "error_file_id"] {
             let Some(file) = batch.get(key).and_then(Value::as_str) else {
