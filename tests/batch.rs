@@ -382,3 +382,13 @@ fn a_batch_that_cannot_reach_the_provider_fails_its_targets_and_leaves_nothing_p
         .success()
         .stdout_eq("no pending batches\n");
 }
+
+#[test]
+fn cancelling_a_batch_that_is_not_pending_says_so() {
+    let p = two_layers("openai", "http://127.0.0.1:9/v1", "gpt", "");
+    mkt(&p, &["batch", "cancel", "batch_nope"])
+        .code(1)
+        .stderr_eq(
+            "error: no pending batch `batch_nope`\n  help: `mkt batch status` lists the pending batches\n",
+        );
+}

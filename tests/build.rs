@@ -2617,3 +2617,29 @@ fn a_foreach_file_no_template_reads_may_be_anything() {
     );
     assert_eq!(p.read("out/real.md"), p.read("out/x.md"));
 }
+
+#[test]
+fn invalid_batch_discount_and_response_format() {
+    let model = |setting: &str| {
+        inline(&format!(
+            "[targets.a]\ntemplate = \"t/a.md\"\noutput = \"out/a.md\"\nmodel = \"x\"\n\n\
+             [models.x]\nprovider = \"openai\"\nmodel = \"gpt-4o-mini\"\n{setting}\n"
+        ))
+        .build()
+    };
+    assert_invalid(
+        &model("batch_discount = 2.0"),
+        "prompts.toml:6:1: model `x`: `batch_discount` is 2, not a fraction of the ordinary price\n  \
+         help: give the batch price relative to the ordinary one, e.g. `batch_discount = 0.5` for half",
+    );
+    assert_invalid(
+        &model("format = \"json\"\nresponse_format = \"xml\""),
+        "prompts.toml:6:1: model `x`: `response_format` must be \"json_schema\" or \"json_object\", not \"xml\"\n  \
+         help: `json_object` for servers that take the schema in JSON mode (llama-cpp-python)",
+    );
+    assert_invalid(
+        &model("response_format = \"json_object\""),
+        "prompts.toml:6:1: model `x`: `response_format` needs `format = \"json\"`\n  \
+         help: add `format = \"json\"`, or remove `response_format`",
+    );
+}
