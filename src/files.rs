@@ -315,9 +315,9 @@ impl ProjectFiles {
     pub fn glob(&self, pattern: &str) -> Result<Vec<String>, globset::Error> {
         let (files, dirs) = glob_walk(&self.root, pattern)?;
         // (how each directory listed resolved, and the ones above it)
-        for (d, _, _) in &dirs {
-            if !d.is_empty() {
-                self.note_path_resolution(d);
+        for d in &dirs {
+            if !d.path.is_empty() {
+                self.note_path_resolution(&d.path);
             }
         }
         self.walked.lock().unwrap().extend(dirs);
@@ -413,6 +413,54 @@ impl ProjectFiles {
         }
     }
 
+    /// Verifies by content, in parallel, the racy entries this build saw
+    /// whose mtime has aged past the racy window: those that still hold
+    /// are no longer racy. A build's own outputs are all racy when written
+    /// (their stat is taken at once); without this, the next build reads
+    /// every one of them again (at a million targets, 19 s of a no-op).
+    /// Entries still inside the window stay racy: nothing waits for them.
+    pub fn settle_racy(&self) {
+        // (before any stat or read: the racy rule)
+        let checked_at = now_ns();
+        let settled: Vec<(String, StatEntry)> = {
+            let seen = self.seen.lock().unwrap();
+            let due: Vec<(&String, &StatEntry)> = (seen.iter())
+                .filter(|(_, e)| e.racy && !crate::state::is_racy(&e.stat, checked_at))
+                .collect();
+            (due.into_par_iter())
+                .filter_map(|(p, e)| self.still(p, e, checked_at).map(|e| (p.clone(), e)))
+                .collect()
+        };
+        self.seen.lock().unwrap().extend(settled);
+        for d in self.walked.lock().unwrap().iter_mut() {
+            let racy = d
+                .stat
+                .is_some_and(|st| crate::state::is_racy(&st, d.seen_at));
+            if racy
+                && d.stat
+                    .is_some_and(|st| !crate::state::is_racy(&st, checked_at))
+            {
+                let stat = std::fs::metadata(self.abs(&d.path)).ok();
+                let stat = stat
+                    .filter(|m| m.is_dir())
+                    .map(|m| FileStat::from_metadata(&m));
+                if stat == d.stat && listing_digest(&self.abs(&d.path)) == d.listing {
+                    d.seen_at = checked_at;
+                }
+            }
+        }
+    }
+
+    /// `e` as verified at `checked_at`, if the file still has its stat and
+    /// its content.
+    fn still(&self, rel: &str, e: &StatEntry, checked_at: i64) -> Option<StatEntry> {
+        if self.stat(rel).ok()?? != e.stat {
+            return None;
+        }
+        let bytes = std::fs::read(self.abs(rel)).ok()?;
+        (Digest::of(&bytes) == e.digest).then(|| StatEntry::new(e.stat, e.digest, checked_at))
+    }
+
     /// Forgets what is known of a file (it is about to change).
     pub fn forget(&self, rel: &str) {
         self.seen.lock().unwrap().remove(rel);
@@ -485,7 +533,58 @@ pub fn glob_matcher(pattern: &str) -> Result<globset::GlobMatcher, globset::Erro
 /// (relative; `""` is the root): a file added to or removed from any of
 /// them changes its mtime, which is how a no-op build notices new matches
 /// without walking again.
-pub type WalkedDir = (String, Option<FileStat>, i64);
+#[derive(Debug, Clone)]
+pub struct WalkedDir {
+    pub path: String,
+    /// Its stat from before it was listed (`None`: absent).
+    pub stat: Option<FileStat>,
+    /// When that stat was taken.
+    pub seen_at: i64,
+    /// What the listing found ([`listing_digest`]): a racy directory is
+    /// verified by listing it again.
+    pub listing: Digest,
+}
+
+/// What a glob sees of a directory: its entries but hidden ones (names
+/// that are not UTF-8 too), each with whether it is a directory; `None`
+/// when it cannot be listed.
+fn list_dir(abs: &Utf8Path) -> Option<Vec<(String, bool)>> {
+    let listing = std::fs::read_dir(abs).ok()?;
+    let mut out = Vec::new();
+    for entry in listing.flatten() {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.starts_with('.') {
+            continue;
+        }
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        out.push((name, is_dir));
+    }
+    Some(out)
+}
+
+/// The digest of a listing: the names in order, each with its kind. A
+/// directory that cannot be listed has the zero digest.
+fn digest_listing(entries: Option<&[(String, bool)]>) -> Digest {
+    let Some(entries) = entries else {
+        return Digest::default();
+    };
+    let mut sorted: Vec<&(String, bool)> = entries.iter().collect();
+    sorted.sort();
+    let mut bytes = Vec::new();
+    for (name, is_dir) in sorted {
+        bytes.extend_from_slice(name.as_bytes());
+        bytes.extend_from_slice(if *is_dir { b"\0d\0" } else { b"\0f\0" });
+    }
+    Digest::of(&bytes)
+}
+
+/// The digest of what a glob sees of directory `abs` now (see
+/// [`WalkedDir::listing`]).
+pub fn listing_digest(abs: &Utf8Path) -> Digest {
+    digest_listing(list_dir(abs).as_deref())
+}
 
 pub fn glob_walk(
     root: &Utf8Path,
@@ -520,27 +619,24 @@ pub fn glob_walk(
             .ok()
             .filter(|m| m.is_dir())
             .map(|m| FileStat::from_metadata(&m));
-        dirs.push((rel_dir.clone(), stat, seen_at));
-        let Ok(listing) = std::fs::read_dir(&abs) else {
-            continue;
-        };
-        for entry in listing.flatten() {
-            let Ok(name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if name.starts_with('.') {
-                continue;
-            }
+        let listing = list_dir(&abs);
+        dirs.push(WalkedDir {
+            path: rel_dir.clone(),
+            stat,
+            seen_at,
+            listing: digest_listing(listing.as_deref()),
+        });
+        for (name, is_dir) in listing.into_iter().flatten() {
             let rel = if rel_dir.is_empty() {
                 name
             } else {
                 format!("{rel_dir}/{name}")
             };
-            match entry.file_type() {
-                Ok(t) if t.is_dir() && deep => stack.push(rel),
-                Ok(t) if t.is_dir() => {}
-                Ok(_) if glob.is_match(&rel) => out.push(rel),
-                _ => {}
+            match is_dir {
+                true if deep => stack.push(rel),
+                true => {}
+                false if glob.is_match(&rel) => out.push(rel),
+                false => {}
             }
         }
     }
@@ -577,6 +673,64 @@ mod tests {
             ["docs/a.md", "docs/sub/c.md", "other/d.md"]
         );
         assert_eq!(glob_walk(root, "*/d.md").unwrap().0, ["other/d.md"]);
+    }
+
+    /// Sleeps past the racy window of the file system's fine timestamps.
+    fn past_the_racy_window() {
+        std::thread::sleep(std::time::Duration::from_nanos(
+            crate::state::RACY_FINE_NS as u64 + 20_000_000,
+        ));
+    }
+
+    #[test]
+    fn racy_entries_past_the_window_are_verified_and_settled_before_they_are_kept() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        std::fs::create_dir(root.join("docs")).unwrap();
+        for (name, body) in [("docs/a.md", "aa"), ("docs/b.md", "bb")] {
+            std::fs::write(root.join(name), body).unwrap();
+        }
+        let files = ProjectFiles::new(root, HashMap::default());
+        assert_eq!(files.glob("docs/*.md").unwrap(), ["docs/a.md", "docs/b.md"]);
+        // as a build records the outputs it writes: racy, seen at once
+        files.wrote("docs/a.md", Digest::of(b"aa"));
+        files.wrote("docs/b.md", Digest::of(b"bb"));
+        let racy = |p: &str| files.seen_entry(p).unwrap().racy;
+        assert!(racy("docs/a.md") && racy("docs/b.md"));
+        let dir_racy = || {
+            let d = files.walked_dirs().pop().unwrap();
+            crate::state::is_racy(&d.stat.unwrap(), d.seen_at)
+        };
+        assert!(dir_racy());
+        // still inside the window: nothing is read, nothing settles
+        files.settle_racy();
+        assert!(racy("docs/a.md") && dir_racy());
+        past_the_racy_window();
+        // `b.md` changed since (a new stat): it is not vouched for
+        std::fs::write(root.join("docs/b.md"), "BB").unwrap();
+        files.settle_racy();
+        assert!(!racy("docs/a.md"), "verified by content");
+        assert!(racy("docs/b.md"), "changed: stays racy");
+        assert!(!dir_racy(), "verified by its listing");
+    }
+
+    #[test]
+    fn a_racy_directory_whose_listing_changed_stays_racy() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        std::fs::create_dir(root.join("docs")).unwrap();
+        std::fs::write(root.join("docs/a.md"), "a").unwrap();
+        let files = ProjectFiles::new(root, HashMap::default());
+        files.glob("docs/*.md").unwrap();
+        let before = files.walked_dirs().pop().unwrap();
+        // a file renamed within the directory: its stat may change only
+        // within the tick, its listing does
+        std::fs::rename(root.join("docs/a.md"), root.join("docs/c.md")).unwrap();
+        assert_ne!(listing_digest(&root.join("docs")), before.listing);
+        past_the_racy_window();
+        files.settle_racy();
+        let after = files.walked_dirs().pop().unwrap();
+        assert_eq!(after.seen_at, before.seen_at, "not settled");
     }
 
     #[test]

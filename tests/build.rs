@@ -2421,6 +2421,7 @@ fn timings_list_the_phases_each_kind_of_build_went_through() {
             "analyse",
             "stat and hash",
             "schedule and run",
+            "verify racy files",
             "save the state",
             "append the history, sync",
             "write the stamp and caches",

@@ -192,8 +192,8 @@ fn expected_outputs(edited: &Path, next: Next) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 /// Copies `from` to `to` with every file's and directory's mtime: a fresh
-/// mtime would make each entry racy (`state.rs`), and a racy directory
-/// always counts as changed, which would keep the stamp from vouching.
+/// mtime would make each entry racy (`state.rs`), verified by content
+/// rather than vouched for by its stat.
 fn copy_with_times(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {

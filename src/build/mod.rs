@@ -633,7 +633,12 @@ impl Plan {
                 ..Default::default()
             },
             _ => WatchSet {
-                dirs: self.files.walked_dirs().into_iter().map(|d| d.0).collect(),
+                dirs: self
+                    .files
+                    .walked_dirs()
+                    .into_iter()
+                    .map(|d| d.path)
+                    .collect(),
                 ..Default::default()
             },
         };
@@ -796,6 +801,8 @@ fn save(
         release_free_memory(); // the compile jobs' garbage is gone
     }
     let noop_path = root.join(STORE_DIR).join(NOOP_STAMP_FILE);
+    plan.files.settle_racy(); // for the stamp and the stat cache
+    phases.mark("verify racy files");
     let (mut new_stamp, graph_key) = next_stamp(&mut plan, &mut mode, &rep);
     // A build that writes no stamp removes the old one before it saves
     // anything: records saved after the stamp would let its word ("only

@@ -53,14 +53,14 @@ pub(super) fn noop_stamp(
             }
         }
     }
-    for (dir, stat, at) in files.walked_dirs() {
-        let racy = stat.as_ref().is_some_and(|st| is_racy(st, at));
+    for d in files.walked_dirs() {
+        let racy = d.stat.as_ref().is_some_and(|st| is_racy(st, d.seen_at));
         entries.push(StampEntry {
-            path: dir,
+            path: d.path,
             kind: EntryKind::Dir,
-            stat,
+            stat: d.stat,
             racy,
-            digest: Digest::default(),
+            digest: d.listing,
         });
     }
     let resolve = resolve_entries(&entries, files)?;
@@ -191,8 +191,8 @@ mod tests {
                 ("in/old.md", Some(st(2)), false, Digest::of(b"in/old.md")),
                 // still within it
                 ("in/new.md", Some(st(now)), true, Digest::of(b"in/new.md")),
-                // a racy directory stays racy: it cannot be checked by content
-                ("in", Some(st(3)), true, Digest::of(b"in")),
+                // a directory too (verified by its listing)
+                ("in", Some(st(3)), false, Digest::of(b"in")),
                 ("out/a.md", Some(st(4)), false, Digest::of(b"out/a.md")),
             ]
         );
