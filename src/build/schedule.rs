@@ -235,8 +235,15 @@ pub(super) fn run_all(
             *in_flight += 1;
             job_tx.send(work).expect("workers alive");
         };
+        // Jobs are triaged as workers can take them, not all at once: a
+        // job holds its fingerprint and upstream records, and a million
+        // ready nodes queued at once held a million of them (a quarter of
+        // a full build's memory).
+        let window = opts.jobs.max(1) * 4;
         loop {
-            while let Some(i) = prog.ready.pop_front() {
+            while in_flight < window
+                && let Some(i) = prog.ready.pop_front()
+            {
                 let Some(job) = triage(ctx, &mut prog, i, untouched, opts, report) else {
                     continue;
                 };
