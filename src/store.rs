@@ -1187,10 +1187,21 @@ fn sync_each(paths: &[Utf8PathBuf]) -> Result<()> {
 pub fn replace_cache(path: &Utf8Path, parts: &[&[u8]]) -> std::io::Result<()> {
     // (readable as any file mkt writes, so that others sharing the project
     // keep the fast path)
-    let mut tmp = temp_in(dir_of(path))?;
-    for bytes in parts {
-        tmp.write_all(bytes)?;
-    }
+    replace_cache_with(path, |w| {
+        parts.iter().try_for_each(|bytes| w.write_all(bytes))
+    })
+}
+
+/// [`replace_cache`] of a file that `write` writes in pieces (through a
+/// buffer): for caches too large to encode whole first.
+pub fn replace_cache_with(
+    path: &Utf8Path,
+    write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    let tmp = temp_in(dir_of(path))?;
+    let mut w = std::io::BufWriter::with_capacity(256 * 1024, tmp);
+    write(&mut w)?;
+    let tmp = w.into_inner().map_err(|e| e.into_error())?;
     match fs::remove_file(path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -831,7 +831,8 @@ fn save(
         stamp.set_state_tip(saved.state_files.tip());
         if let Some(key) = graph_key {
             let graph_path = root.join(STORE_DIR).join(GRAPH_CACHE_FILE);
-            store.write_cache(&graph_path, &saved.graph.encode(&key))?;
+            crate::store::replace_cache_with(&graph_path, |w| saved.graph.encode_to(&key, w))
+                .map_err(|e| crate::error::Error::io("write", &graph_path, e))?;
         }
         let (body, sum) = stamp.encoded_parts();
         store.write_cache_parts(&noop_path, &[body, &sum])?
@@ -939,14 +940,14 @@ fn save_state(
     } else {
         // a snapshot keeps the stat cache and the analyses, which a build
         // that read only the records must read now
-        let (old_files, old_analysis, mut targets) = if mode.records_only {
+        let (old_files, old_analysis, targets) = if mode.records_only {
             drop(old_targets); // its mapping of the snapshot, read again now
             let (_, full) = StateFiles::load(store.dir());
             (full.files, full.analysis, full.targets)
         } else {
             (old_files, old_analysis, old_targets.into_map())
         };
-        targets.extend(records);
+        let targets = newer_over(records, targets);
         let old = State {
             files: old_files,
             analysis: old_analysis,
@@ -980,6 +981,24 @@ fn save_state(
         state,
         wrote,
     })
+}
+
+/// `old` with `newer`'s records over its own, grown from whichever is the
+/// larger: a first build's hundred thousand records moved into an empty
+/// map were a second table as large as theirs.
+fn newer_over(
+    mut newer: HashMap<String, TargetRecord>,
+    mut old: HashMap<String, TargetRecord>,
+) -> HashMap<String, TargetRecord> {
+    if newer.len() >= old.len() {
+        for (k, r) in old {
+            newer.entry(k).or_insert(r);
+        }
+        newer
+    } else {
+        old.extend(newer);
+        old
+    }
 }
 
 /// The state a snapshot saves: the stat cache of the files the project

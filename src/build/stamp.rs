@@ -4,7 +4,7 @@ use crate::config::{PROJECT_FILE, Project};
 use crate::files::ProjectFiles;
 use crate::graph::Graph;
 use crate::hash::Digest;
-use crate::stamp::{EntryKind, NoopStamp, StampEntry};
+use crate::stamp::{EntryKind, EntryRef, NoopStamp, StampEntry};
 use crate::state::{DepKind, FileStat, StatEntry, is_racy};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
@@ -17,65 +17,87 @@ pub(super) fn noop_stamp(
     project_stat: Option<(FileStat, i64)>,
 ) -> Option<NoopStamp> {
     let (pstat, seen_at) = project_stat?;
-    let mut entries = vec![StampEntry {
-        path: PROJECT_FILE.to_string(),
+    let paths = stamped_paths(graph);
+    if !paths.iter().all(|(p, _)| files.seen_entry(p).is_some()) {
+        return None;
+    }
+    let dirs = files.walked_dirs();
+    let all_paths = std::iter::once(PROJECT_FILE)
+        .chain(paths.iter().map(|(p, _)| *p))
+        .chain(dirs.iter().map(|d| d.path.as_str()));
+    let resolve = resolve_entries(all_paths, files)?;
+    let project_entry = EntryRef {
+        path: PROJECT_FILE,
         kind: EntryKind::Project,
         stat: Some(pstat),
         racy: is_racy(&pstat, seen_at),
         digest: Digest::of(project.source.as_bytes()),
-    }];
-    // a path with several roles (a template that is also an input) is
-    // stamped with the one that matters most: structure before content
+    };
+    let file_entries = paths.iter().map(|&(path, kind)| {
+        let e = files.seen_entry(path).expect("checked above");
+        EntryRef {
+            path,
+            kind,
+            stat: Some(e.stat),
+            racy: e.racy,
+            digest: e.digest,
+        }
+    });
+    let dir_entries = dirs.iter().map(|d| EntryRef {
+        path: &d.path,
+        kind: EntryKind::Dir,
+        stat: d.stat,
+        racy: d.stat.as_ref().is_some_and(|st| is_racy(st, d.seen_at)),
+        digest: d.listing,
+    });
+    let len = 1 + paths.len() + dirs.len() + resolve.len();
+    let entries = std::iter::once(project_entry)
+        .chain(file_entries)
+        .chain(dir_entries)
+        .chain(resolve.iter().map(StampEntry::as_ref));
+    Some(NoopStamp::from_refs(graph.nodes.len() as u32, len, entries))
+}
+
+/// Every file the graph's nodes read or write, once, in the order nodes
+/// name them, with its kind. A path with several roles (a template that is
+/// also an input) is stamped with the one that matters most: structure
+/// before content.
+fn stamped_paths(graph: &Graph) -> Vec<(&str, EntryKind)> {
+    let mut paths: Vec<(&str, EntryKind)> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::default();
     for n in &graph.nodes {
-        let paths = n.source_files().into_iter().map(|(k, p)| {
+        let sources = n.source_files().into_iter().map(|(k, p)| {
             let kind = match k {
                 DepKind::Template | DepKind::Partial => EntryKind::Structure,
                 DepKind::Input | DepKind::Item | DepKind::Verbatim => EntryKind::Content,
             };
             (kind, p)
         });
-        for (kind, p) in paths.chain([(EntryKind::Output, n.output.as_str())]) {
-            if let Some(&i) = index.get(p) {
-                if kind.outranks(entries[i].kind) {
-                    entries[i].kind = kind;
+        for (kind, p) in sources.chain([(EntryKind::Output, n.output.as_str())]) {
+            match index.get(p) {
+                Some(&i) if kind.outranks(paths[i].1) => paths[i].1 = kind,
+                Some(_) => {}
+                None => {
+                    index.insert(p, paths.len());
+                    paths.push((p, kind));
                 }
-            } else {
-                index.insert(p, entries.len());
-                let e = files.seen_entry(p)?;
-                entries.push(StampEntry {
-                    path: p.to_string(),
-                    kind,
-                    stat: Some(e.stat),
-                    racy: e.racy,
-                    digest: e.digest,
-                });
             }
         }
     }
-    for d in files.walked_dirs() {
-        let racy = d.stat.as_ref().is_some_and(|st| is_racy(st, d.seen_at));
-        entries.push(StampEntry {
-            path: d.path,
-            kind: EntryKind::Dir,
-            stat: d.stat,
-            racy,
-            digest: d.listing,
-        });
-    }
-    let resolve = resolve_entries(&entries, files)?;
-    entries.extend(resolve);
-    Some(NoopStamp::new(graph.nodes.len() as u32, &entries))
+    paths
 }
 
-/// The `Resolve` entries for a stamp of `entries` (see `stamp.rs`): every
+/// The `Resolve` entries for a stamp of `paths` (see `stamp.rs`): every
 /// directory on a stamped path and every stamped path that is a symlink,
 /// as they were when this build (or the stamp that vouched for them)
 /// checked where they lead; `None` when one was not checked and is a
 /// symlink now (the next build then checks it).
-fn resolve_entries(entries: &[StampEntry], files: &ProjectFiles) -> Option<Vec<StampEntry>> {
-    let dirs: HashSet<&str> = (entries.iter())
-        .filter_map(|e| Some(e.path.rsplit_once('/')?.0))
+fn resolve_entries<'a>(
+    paths: impl Iterator<Item = &'a str> + Clone,
+    files: &ProjectFiles,
+) -> Option<Vec<StampEntry>> {
+    let dirs: HashSet<&str> = (paths.clone())
+        .filter_map(|p| Some(p.rsplit_once('/')?.0))
         .collect();
     let mut needed: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     for dir in dirs {
@@ -86,7 +108,7 @@ fn resolve_entries(entries: &[StampEntry], files: &ProjectFiles) -> Option<Vec<S
     }
     let links = files.noted_symlinks();
     if !links.is_empty() {
-        let stamped: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        let stamped: HashSet<&str> = paths.collect();
         needed.extend(links.into_iter().filter(|p| stamped.contains(p.as_str())));
     }
     let mut out = Vec::with_capacity(needed.len());
