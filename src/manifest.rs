@@ -154,6 +154,15 @@ impl RunManifest {
         v
     }
 
+    /// [`RunManifest::to_json`] on one line, for the packs, where no one
+    /// reads it but mkt (`mkt show` prints it pretty): a sixth smaller, at
+    /// a million targets 190 MB of the store.
+    pub fn to_json_line(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(self).expect("manifest serialises");
+        v.push(b'\n');
+        v
+    }
+
     /// Parses and checks a manifest read from disk; `None` for anything
     /// that is not a well-formed manifest of this schema.
     pub fn from_json(bytes: &[u8]) -> Option<RunManifest> {
@@ -312,6 +321,11 @@ pub(crate) mod tests {
     fn round_trip_and_validation() {
         let m = sample();
         assert_eq!(RunManifest::from_json(&m.to_json()), Some(m.clone()));
+        // the packs' form: the same manifest, one line, smaller
+        let line = m.to_json_line();
+        assert_eq!(RunManifest::from_json(&line), Some(m.clone()));
+        assert_eq!(line.iter().filter(|&&b| b == b'\n').count(), 1);
+        assert!(line.len() < m.to_json().len() * 9 / 10);
         let mut bad = m.clone();
         bad.schema = "other".into();
         assert_eq!(RunManifest::from_json(&bad.to_json()), None);

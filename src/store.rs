@@ -687,7 +687,7 @@ impl ObjectStore {
             &mut packs,
             RecordKind::AcEntry,
             &m.input_bundle_hash.0.0,
-            &m.to_json(),
+            &m.to_json_line(),
         )
     }
 

@@ -1871,7 +1871,7 @@ fn a_forged_action_cache_entry_is_refused_and_rebuilt() {
     assert_eq!(entries.len(), 4);
     let side = entries
         .iter()
-        .find(|e| String::from_utf8_lossy(&e.payload).contains("\"target\": \"side\""))
+        .find(|e| String::from_utf8_lossy(&e.payload).contains("\"target\":\"side\""))
         .unwrap();
     for e in &entries {
         if e.key != side.key {

@@ -456,7 +456,7 @@ fn a_truncated_action_cache_entry_and_object_are_rebuilt_with_a_warning() {
     let entry = p
         .store_entries()
         .into_iter()
-        .find(|r| String::from_utf8_lossy(&r.payload).contains("\"target\": \"final\""))
+        .find(|r| String::from_utf8_lossy(&r.payload).contains("\"target\":\"final\""))
         .unwrap();
     p.corrupt_record(&entry, &vec![b' '; entry.payload.len() / 2]);
     // without the state every target is compiled and looked up
