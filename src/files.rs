@@ -510,6 +510,12 @@ impl ProjectFiles {
         f(&self.seen.lock().unwrap())
     }
 
+    /// The digest the vouching stamp records for `rel`, unless it saw it
+    /// change.
+    pub fn vouched_digest(&self, rel: &str) -> Option<Digest> {
+        Some(self.vouched.as_ref()?.get(rel)?.digest)
+    }
+
     /// What this build knows of a file: its stat when it was hashed.
     pub fn seen_entry(&self, rel: &str) -> Option<StatEntry> {
         self.known(rel)

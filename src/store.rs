@@ -1248,6 +1248,43 @@ impl MappedFile {
         }
     }
 
+    /// Lets the pages of `range` go from this process's memory (a read-only
+    /// mapping only; anything else keeps them). Touched again, they are
+    /// read back from the page cache, the same bytes: the file is never
+    /// written in place. For a scan of a large file of which little is read
+    /// again (an edit's build reads a few of a million state records).
+    pub fn release(&self, range: std::ops::Range<usize>) {
+        if let MappedFile::Mapped(m) = self
+            && !range.is_empty()
+        {
+            // SAFETY: `MADV_DONTNEED` on a shared read-only file mapping
+            // drops its pages from this process only; the next access
+            // faults in the file's unchanged bytes, so no reference into
+            // the range sees anything else.
+            let _ = unsafe {
+                m.unchecked_advise_range(
+                    memmap2::UncheckedAdvice::DontNeed,
+                    range.start,
+                    range.len(),
+                )
+            };
+        }
+    }
+
+    /// The digest of `self[range]`, hashed on every core a few megabytes
+    /// at a time, each let go once hashed ([`MappedFile::release`]).
+    pub fn digest_releasing(&self, range: std::ops::Range<usize>) -> Digest {
+        let mut h = blake3::Hasher::new();
+        let mut at = range.start;
+        while at < range.end {
+            let end = (at + RELEASE_EVERY).min(range.end);
+            h.update_rayon(&self[at..end]);
+            self.release(at..end);
+            at = end;
+        }
+        Digest(*h.finalize().as_bytes())
+    }
+
     /// The bytes, to write to: a writable mapping in place (only the
     /// pages written to are copied), anything else copied out first.
     pub fn bytes_mut(&mut self) -> &mut [u8] {
@@ -1274,6 +1311,23 @@ pub fn map_replaced(path: &Utf8Path) -> std::io::Result<MappedFile> {
     // process that rewrites one of these files in place, against the
     // store's rules, could make a running build read changed bytes.
     let m = unsafe { memmap2::MmapOptions::new().populate().map(&f)? };
+    Ok(MappedFile::Mapped(m))
+}
+
+/// How much of a file scanned once ([`MappedFile::release`]) stays mapped
+/// at most.
+pub const RELEASE_EVERY: usize = 8 << 20;
+
+/// [`map_replaced`] without reading the file in up front: for a file
+/// scanned once through [`MappedFile::release`], whose pages would
+/// otherwise all be this process's at once.
+pub fn map_replaced_lazily(path: &Utf8Path) -> std::io::Result<MappedFile> {
+    let f = File::open(path)?;
+    if f.metadata()?.len() == 0 {
+        return Ok(MappedFile::Owned(Vec::new()));
+    }
+    // SAFETY: as for `map_replaced`
+    let m = unsafe { memmap2::MmapOptions::new().map(&f)? };
     Ok(MappedFile::Mapped(m))
 }
 

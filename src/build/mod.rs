@@ -435,8 +435,8 @@ fn load(
                 },
                 || {
                     session_graph.or_else(|| {
-                        let bytes = crate::store::map_replaced(&graph_path).ok()?;
-                        Graph::decode(&bytes, &prior?.stamp.structure_key())
+                        let bytes = crate::store::map_replaced_lazily(&graph_path).ok()?;
+                        Graph::decode_mapped(&bytes, &prior?.stamp.structure_key())
                     })
                 },
             )

@@ -343,7 +343,7 @@ fn triage(
             .all(|u| prog.results[u].as_ref().is_some_and(|d| d.fresh))
         && !changed.contains(&node.output)
         && !node.sources().any(|(_, p)| changed.contains(p))
-        && let Some((output_digest, false)) = ctx.old.output(&node.key)
+        && let Some(output_digest) = recorded_output(ctx, &node.key, &node.output)
     {
         prog.complete(i, Outcome::Fresh, Done::fresh(output_digest), report);
         return None;
@@ -404,6 +404,22 @@ fn triage(
         fingerprint,
         upstream,
     })
+}
+
+/// The recorded output digest of an untouched node (see [`triage`]): the
+/// one the vouching stamp keeps for its output file, as the build that
+/// wrote the stamp succeeded at every node, so each record's output digest
+/// is its output file's (read that way, an edit's build at a million
+/// targets does not page in a million records); else its record's, when
+/// that run did not fail.
+fn recorded_output(ctx: &Ctx<'_>, key: &str, output: &str) -> Option<Digest> {
+    if let Some(d) = ctx.src.files.vouched_digest(output) {
+        return Some(d);
+    }
+    match ctx.old.output(key) {
+        Some((d, false)) => Some(d),
+        _ => None,
+    }
 }
 
 /// Why node `i` cannot run now, if it cannot: the build was interrupted,
