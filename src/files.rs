@@ -238,6 +238,20 @@ impl ProjectFiles {
             let Some(dir) = probe.filter(|d| !d.as_str().is_empty()) else {
                 break true;
             };
+            if dir != rel_dir
+                && let Some(ok) = self.dirs_ok.read().unwrap().get(dir)
+            {
+                break *ok;
+            }
+            // (a missing directory costs an `fstatat`, where `realpath`
+            // read every component of its absolute path: a first build
+            // checks each output's directory before it is made)
+            if let Some(Err(e)) = self.fast_lstat(dir.as_str())
+                && e.kind() == std::io::ErrorKind::NotFound
+            {
+                probe = dir.parent();
+                continue;
+            }
             match std::fs::canonicalize(self.root.join(dir)) {
                 Ok(c) => {
                     break c.starts_with(&self.root_canon)
@@ -246,10 +260,11 @@ impl ProjectFiles {
                 Err(_) => probe = dir.parent(),
             }
         };
-        // (an answer for a directory not there yet holds only until it is
-        // made, by mkt or by anyone: it is not kept)
-        if probe == Some(rel_dir) {
-            self.dirs_ok.write().unwrap().insert(rel_dir.to_owned(), ok);
+        // The directory that answered is kept, `rel_dir` itself or the
+        // nearest ancestor there. (An answer for a directory not there yet
+        // holds only until it is made, by mkt or by anyone: it is not kept.)
+        if let Some(found) = probe.filter(|d| !d.as_str().is_empty()) {
+            self.dirs_ok.write().unwrap().insert(found.to_owned(), ok);
         }
         ok
     }
