@@ -16,11 +16,12 @@
 //!   `--force` run of the same bundle replaces it), or `runs/<id>.json`
 //!   for a failed run.
 //!
-//! **Packed records** (`pack.rs`) are listed as if they were loose files,
-//! under the name they would have (`objects/xx/<digest>`,
-//! `ac/xx/<ibh>.json`: how runs name what they need), with their pack's
-//! times; only the newest copy of a key is listed, older copies count as
-//! the pack's own bytes. Removing one means rewriting its pack without
+//! **Packed records** (`pack.rs`) are listed beside loose files by what
+//! they are (an object's digest, an entry's bundle hash: how runs name what
+//! they need, so a loose file and a record of one key are the same need),
+//! with their pack's times; only the newest copy of a key that verifies
+//! is listed, older copies count as the pack's own bytes. Each action-cache
+//! entry is read once, as its pack is verified on every core. Removing one means rewriting its pack without
 //! it, which gc does a pack at a time, under the pack's own name (so the
 //! newest-first order stays and the extra space needed is one pack's).
 //!
@@ -54,7 +55,7 @@
 
 use crate::error::{Error, Result};
 use crate::hash::InputBundleHash;
-use crate::history::{HISTORY_FILE, HistoryEntry};
+use crate::history::HISTORY_FILE;
 use crate::layout;
 use crate::manifest::RunManifest;
 use crate::pack::RecordKind;
@@ -206,19 +207,100 @@ impl GcReport {
     }
 }
 
+/// What a run needs, by what it is rather than where it is: an object or
+/// an action-cache entry by its digest, a failed run's manifest by its
+/// run id. (Sets of these are what gc decides with; at 100,000 targets
+/// their paths as text cost it a third of its time and most of its
+/// memory.)
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Need {
+    Object([u8; 32]),
+    Ac([u8; 32]),
+    Run(String),
+}
+
+impl Need {
+    /// Of a loose file, by its path in `.mkt/`: only a name mkt gives.
+    fn of_loose(rel: &str) -> Option<Need> {
+        // (a digest in another shard or in capitals is not the file a run
+        // names)
+        let digest = |xx: &str, hex: &str| {
+            crate::hash::Digest::from_hex(hex)
+                .filter(|d| d.to_hex() == hex && hex.starts_with(xx))
+                .map(|d| d.0)
+        };
+        let parts: Vec<&str> = rel.split('/').collect();
+        match parts.as_slice() {
+            [layout::OBJECTS_DIR, xx, d] => digest(xx, d).map(Need::Object),
+            [layout::AC_DIR, xx, e] => e
+                .strip_suffix(".json")
+                .and_then(|h| digest(xx, h))
+                .map(Need::Ac),
+            [layout::RUNS_DIR, r] => r.strip_suffix(".json").map(|id| Need::Run(id.into())),
+            _ => None,
+        }
+    }
+
+    /// A packed record's.
+    fn of_record(kind: RecordKind, key: [u8; 32]) -> Need {
+        match kind {
+            RecordKind::Object => Need::Object(key),
+            RecordKind::AcEntry => Need::Ac(key),
+        }
+    }
+
+    /// The name it has (or, in a pack, would have) as a loose file.
+    fn loose_name(&self, store: &ObjectStore) -> Utf8PathBuf {
+        let abs = match self {
+            Need::Object(d) => store.object_path(&crate::hash::Digest(*d)),
+            Need::Ac(d) => store.ac_path(&InputBundleHash(crate::hash::Digest(*d))),
+            Need::Run(id) => store.run_path(id),
+        };
+        abs.strip_prefix(store.dir())
+            .expect("inside the store")
+            .to_owned()
+    }
+}
+
+/// Where a file of the store is.
+#[derive(Debug)]
+enum Place {
+    /// A file of its own, by its path in `.mkt/`.
+    Loose(Utf8PathBuf),
+    /// A record in a pack: the index of the pack in
+    /// [`PackedRecords::packs`].
+    Packed(RecordKind, usize),
+}
+
 /// One file of the store as gc sees it, or one record in a pack.
 struct StoreFile {
-    /// Relative to `.mkt/`; a packed record has the name it would have
-    /// as a loose file, which is how runs name what they need.
-    rel: Utf8PathBuf,
-    /// A packed record, and the pack it is in (relative to `.mkt/`).
-    packed: Option<(RecordKind, [u8; 32], Utf8PathBuf)>,
+    /// What runs name it by; none for a file no run needs (the state, the
+    /// history, a temp file) or a name mkt does not give.
+    need: Option<Need>,
+    place: Place,
     kind: Kind,
     bytes: u64,
     /// Seconds since the epoch: `max(atime, mtime)` (module docs).
     used: i64,
     /// Seconds since the last modification.
     age_s: u64,
+}
+
+impl StoreFile {
+    fn loose_rel(&self) -> Option<&Utf8Path> {
+        match &self.place {
+            Place::Loose(rel) => Some(rel),
+            Place::Packed(..) => None,
+        }
+    }
+
+    /// A packed record's kind and key.
+    fn record(&self) -> Option<(RecordKind, [u8; 32])> {
+        match (&self.place, &self.need) {
+            (Place::Packed(kind, _), Some(Need::Object(k) | Need::Ac(k))) => Some((*kind, *k)),
+            _ => None,
+        }
+    }
 }
 
 /// Every file under `dir` (recursively, symlinks not followed), with paths
@@ -255,67 +337,129 @@ fn walk(dir: &Utf8Path) -> Result<Vec<StoreFile>> {
                 .and_then(|m| now.duration_since(m).ok())
                 .map_or(0, |d| d.as_secs());
             out.push(StoreFile {
-                packed: None,
+                need: Need::of_loose(rel.as_str()),
                 kind: Kind::of(rel.as_str()),
                 bytes: meta.len(),
                 used: meta.atime().max(meta.mtime()),
                 age_s,
-                rel,
+                place: Place::Loose(rel),
             });
         }
     }
     Ok(out)
 }
 
-/// `files` with each pack's records listed as if they were loose files
-/// (see [`StoreFile::rel`]); what is left of a pack's size is its index.
-fn with_packed_records(store: &ObjectStore, mut files: Vec<StoreFile>) -> Result<Vec<StoreFile>> {
-    let mut records = Vec::new();
-    let packs: HashMap<String, usize> = files
+/// What gc keeps of a run's manifest: the run and what it names.
+#[derive(Debug, Clone)]
+struct ManifestRefs {
+    run_id: String,
+    prompt: [u8; 32],
+    outputs: Vec<[u8; 32]>,
+}
+
+impl ManifestRefs {
+    fn of(m: &RunManifest) -> ManifestRefs {
+        ManifestRefs {
+            run_id: m.run_id.clone(),
+            prompt: m.prompt_digest.0,
+            outputs: m.outputs.iter().map(|o| o.digest.0).collect(),
+        }
+    }
+
+    /// The files of the run: its manifest (`filed`) and the objects it
+    /// names.
+    fn files(&self, filed: Need) -> Vec<Need> {
+        let mut files = vec![filed, Need::Object(self.prompt)];
+        files.extend(self.outputs.iter().map(|d| Need::Object(*d)));
+        files
+    }
+}
+
+/// The store's files and packed records, and the believed manifests of
+/// the packed action-cache entries (read once, as every record is).
+struct Listing {
+    files: Vec<StoreFile>,
+    /// Every pack, by its absolute path.
+    packs: Vec<Utf8PathBuf>,
+    /// Where each pack is in `files` (none for one written after the
+    /// walk).
+    pack_files: Vec<Option<usize>>,
+    manifests: HashMap<[u8; 32], Box<ManifestRefs>>,
+}
+
+/// `files` with each pack's records listed too (what is left of a pack's
+/// size is its own bytes); with `manifests`, the packed manifests read.
+fn with_packed_records(
+    store: &ObjectStore,
+    mut files: Vec<StoreFile>,
+    manifests: bool,
+) -> Result<Listing> {
+    let read = |key: &[u8; 32], payload: &[u8]| {
+        let ibh = InputBundleHash(crate::hash::Digest(*key));
+        manifests
+            .then(|| crate::store::believed_ac_entry(&ibh, payload))
+            .flatten()
+            .map(|m| ManifestRefs::of(&m))
+    };
+    let packed = store.packed_records(read)?;
+    let in_store = |p: &Utf8PathBuf| p.strip_prefix(store.dir()).ok().map(Utf8Path::to_owned);
+    let by_rel: HashMap<Utf8PathBuf, usize> = files
         .iter()
         .enumerate()
         .filter(|(_, f)| f.kind == Kind::PackIndex)
-        .map(|(i, f)| (f.rel.to_string(), i))
+        .filter_map(|(i, f)| Some((f.loose_rel()?.to_owned(), i)))
         .collect();
-    for r in store.packed_records()? {
-        let Ok(rel) = r.pack.strip_prefix(store.dir()) else {
+    // each pack's place in `files`: none for one written after the walk
+    let file_of: Vec<Option<usize>> = (packed.packs.iter())
+        .map(|p| in_store(p).and_then(|rel| by_rel.get(&rel).copied()))
+        .collect();
+    let mut listing = Listing {
+        files: Vec::with_capacity(files.len() + packed.records.len()),
+        packs: packed.packs,
+        pack_files: file_of,
+        manifests: HashMap::default(),
+    };
+    let mut records = Vec::with_capacity(packed.records.len());
+    for r in packed.records {
+        let Some(i) = listing.pack_files[r.pack] else {
             continue;
-        };
-        let Some(&i) = packs.get(rel.as_str()) else {
-            continue; // a pack written after the walk
         };
         let pack = &mut files[i];
         pack.bytes = pack.bytes.saturating_sub(r.bytes);
-        let d = crate::hash::Digest(r.key);
-        let (kind, loose) = match r.kind {
-            RecordKind::Object => (Kind::Object, store.object_path(&d)),
-            RecordKind::AcEntry => (Kind::AcEntry, store.ac_path(&InputBundleHash(d))),
-        };
+        if let Some(m) = r.read {
+            listing.manifests.insert(r.key, m);
+        }
         records.push(StoreFile {
-            rel: loose
-                .strip_prefix(store.dir())
-                .expect("inside the store")
-                .to_owned(),
-            packed: Some((r.kind, r.key, rel.to_owned())),
-            kind,
+            need: Some(Need::of_record(r.kind, r.key)),
+            place: Place::Packed(r.kind, r.pack),
+            kind: match r.kind {
+                RecordKind::Object => Kind::Object,
+                RecordKind::AcEntry => Kind::AcEntry,
+            },
             bytes: r.bytes,
             used: pack.used,
             age_s: pack.age_s,
         });
     }
-    files.extend(records);
-    Ok(files)
+    listing.files.extend(files);
+    listing.files.extend(records);
+    Ok(listing)
 }
 
 /// The removal of `f`, with its path relative to the project root.
-fn removal(f: &StoreFile, why: Why) -> Removal {
-    let in_store = match &f.packed {
-        Some((_, _, pack)) => Utf8PathBuf::from(format!("{pack}:{}", f.rel)),
-        None => f.rel.clone(),
+fn removal(store: &ObjectStore, listing: &Listing, f: &StoreFile, why: Why) -> Removal {
+    let in_store = match (&f.place, &f.need) {
+        (Place::Loose(rel), _) => rel.clone(),
+        (Place::Packed(_, pack), Some(need)) => {
+            let pack = &listing.packs[*pack];
+            let pack = pack.strip_prefix(store.dir()).unwrap_or(pack);
+            Utf8PathBuf::from(format!("{pack}:{}", need.loose_name(store)))
+        }
+        (Place::Packed(..), None) => unreachable!("a packed record is named by its key"),
     };
     Removal {
         path: Utf8Path::new(STORE_DIR).join(in_store),
-        packed: f.packed.as_ref().map(|(k, key, _)| (*k, *key)),
+        packed: f.record(),
         kind: f.kind,
         bytes: f.bytes,
         why,
@@ -336,7 +480,7 @@ pub fn stats(root: &Utf8Path) -> Result<StoreStats> {
     // a store of an unknown version is refused here too (with the help
     // line that says how to start over), not counted as if it were ours
     let store = ObjectStore::open_read_only(root)?;
-    let files = with_packed_records(&store, walk(store.dir())?)?;
+    let files = with_packed_records(&store, walk(store.dir())?, false)?.files;
     let mut st = StoreStats::default();
     for k in Kind::ALL {
         let of_kind = files.iter().filter(|f| f.kind == k);
@@ -350,33 +494,68 @@ pub fn stats(root: &Utf8Path) -> Result<StoreStats> {
 
 /// The manifest filed under `ibh`, believed only when it is valid
 /// (`None` otherwise: gc then keeps nothing on its account, and the entry
-/// itself goes).
-fn read_manifest(store: &ObjectStore, ibh: &InputBundleHash) -> Option<RunManifest> {
-    match store.ac_get(ibh) {
-        AcRead::Found(m) => Some(*m),
+/// itself goes): the packed one read with the listing, else a loose one.
+fn read_manifest<'a>(
+    store: &ObjectStore,
+    listing: &'a Listing,
+    ibh: &[u8; 32],
+) -> Option<std::borrow::Cow<'a, ManifestRefs>> {
+    if let Some(m) = listing.manifests.get(ibh) {
+        return Some(std::borrow::Cow::Borrowed(m));
+    }
+    match store.ac_get(&InputBundleHash(crate::hash::Digest(*ibh))) {
+        AcRead::Found(m) => Some(std::borrow::Cow::Owned(ManifestRefs::of(&m))),
         _ => None,
     }
 }
 
-/// A run gc keeps: its manifest and the objects it names (absolute paths).
-struct Run {
-    id: String,
-    files: Vec<Utf8PathBuf>,
+/// A run gc keeps: its manifest and the objects it names.
+struct Run<'a> {
+    id: &'a str,
+    files: Vec<Need>,
 }
 
-fn manifest_files(store: &ObjectStore, manifest: Utf8PathBuf, m: &RunManifest) -> Vec<Utf8PathBuf> {
-    let mut files = vec![manifest, store.object_path(&m.prompt_digest)];
-    files.extend(m.outputs.iter().map(|o| store.object_path(&o.digest)));
-    files
+/// What gc reads of a line of `history.jsonl`: the run it names. (The
+/// fields every line has are required, so a line the history's reader
+/// skips is dropped here too.)
+#[derive(serde::Deserialize)]
+struct HistoryRun<'a> {
+    #[serde(borrow)]
+    time: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    target: std::borrow::Cow<'a, str>,
+    #[serde(borrow)]
+    run_id: std::borrow::Cow<'a, str>,
+    input_bundle_hash: Option<crate::hash::Digest>,
+    #[serde(rename = "status")]
+    _status: crate::history::RunKind,
+    #[serde(rename = "reason")]
+    _reason: serde::de::IgnoredAny,
+    #[serde(rename = "duration_ms")]
+    _duration_ms: f64,
 }
 
-/// The identity of a history line's run: its run id, or for a run that
-/// failed before it got one, its line's time (each such line is a run).
-fn run_identity(e: &HistoryEntry) -> String {
-    if e.run_id.is_empty() {
-        format!("@{}", e.time)
-    } else {
-        e.run_id.clone()
+/// A run as the history knows it: its target, and its run id or, for a
+/// run that failed before it got one, its line's time (each such line is
+/// a run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct RunKey<'a> {
+    target: &'a str,
+    id: &'a str,
+    by_time: bool,
+}
+
+impl<'a> HistoryRun<'a> {
+    fn key(&'a self) -> RunKey<'a> {
+        RunKey {
+            target: &self.target,
+            id: if self.run_id.is_empty() {
+                &self.time
+            } else {
+                &self.run_id
+            },
+            by_time: self.run_id.is_empty(),
+        }
     }
 }
 
@@ -398,41 +577,51 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(Error::io("read", history_path, e)),
     };
-    let pinned = pinned_runs(&store, &state);
+    let listing = with_packed_records(&store, walk(&dir)?, true)?;
+    let pinned = pinned_runs(&store, &listing, &state);
     let lines: Vec<HistoryLine> = history_bytes
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
-        .map(|l| (l, serde_json::from_slice::<HistoryEntry>(l).ok()))
+        .map(|l| (l, serde_json::from_slice::<HistoryRun>(l).ok()))
         .collect();
-    let recent = recent_runs(&store, &lines, &pinned.ids, opts.keep_runs);
+    let recent = recent_runs(&store, &listing, &lines, &pinned.ids, opts.keep_runs);
 
     let mut rep = GcReport {
         pinned_runs: pinned.ids.len(),
         recent_runs: recent.runs.len(),
         ..Default::default()
     };
-    let files = with_packed_records(&store, walk(&dir)?)?;
+    let files = &listing.files;
     rep.size_before = files.iter().map(|f| f.bytes).sum();
-    let mut refs: HashMap<&str, usize> = HashMap::default();
+    let mut refs: HashMap<&Need, usize> = HashMap::default();
     for r in &recent.runs {
         for f in &r.files {
-            *refs.entry(f.as_str()).or_default() += 1;
+            *refs.entry(f).or_default() += 1;
         }
     }
-    let mut plan = unneeded_files(&dir, &files, &pinned.files, &refs, rep.size_before);
-    let mut evicted: HashSet<String> = HashSet::default();
+    let mut plan = unneeded_files(files, &pinned.files, &refs, rep.size_before);
+    let mut evicted: HashSet<&str> = HashSet::default();
     if let Some(max) = opts.max_size {
-        evicted = evict_to_fit(&mut plan, &recent.runs, &mut refs, &pinned.files, max);
+        evicted = evict_to_fit(
+            &mut plan,
+            files,
+            &recent.runs,
+            &mut refs,
+            &pinned.files,
+            max,
+        );
         rep.fits = Some(plan.size <= max);
     }
-    rep.removed = plan.removed;
+    rep.removed = (plan.removed.iter())
+        .map(|&(i, why)| removal(&store, &listing, &files[i], why))
+        .collect();
     rep.evicted_runs = evicted.len();
     rep.recent_runs -= evicted.len();
     // Records leave a pack when gc rewrites it (`ObjectStore::repack`):
     // its old own bytes go, the rewritten pack's come.
     let dropped: HashSet<(RecordKind, [u8; 32])> =
         rep.removed.iter().filter_map(|r| r.packed).collect();
-    let mut size = size_after_repack(&files, &dropped, plan.size);
+    let mut size = size_after_repack(&listing, &dropped, plan.size);
 
     let (new_history, kept_lines) =
         kept_history(&lines, &recent.kept, &evicted, history_bytes.len());
@@ -449,27 +638,25 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
     if history_changed {
         store.write_atomic(&history_path, &new_history)?;
     }
-    remove_unneeded(root, &store, &files, &rep.removed, &dropped)?;
+    remove_unneeded(root, &store, &listing, &rep.removed, &dropped)?;
     Ok(rep)
 }
 
-/// A line of `history.jsonl`, and its entry if it parses.
-type HistoryLine<'a> = (&'a [u8], Option<HistoryEntry>);
+/// A line of `history.jsonl`, and the run it names if it parses.
+type HistoryLine<'a> = (&'a [u8], Option<HistoryRun<'a>>);
 
-/// The runs that produced the current outputs. (Here and below, sets and
-/// maps of paths are keyed by their text: a `Path` hashes component by
-/// component, which was a fifth of gc's time at 100,000 targets.)
-struct Pinned {
+/// The runs that produced the current outputs.
+struct Pinned<'s> {
     /// Their manifests and objects, and the prompts of requests waiting
-    /// in batches (absolute paths).
-    files: HashSet<String>,
+    /// in batches.
+    files: HashSet<Need>,
     /// (node key, run id) of each.
-    ids: HashSet<(String, String)>,
+    ids: HashSet<RunKey<'s>>,
 }
 
 /// Pinned: what the current outputs need (every record in the state that
 /// did not fail), and the prompts of requests waiting in batches.
-fn pinned_runs(store: &ObjectStore, state: &State) -> Pinned {
+fn pinned_runs<'s>(store: &ObjectStore, listing: &Listing, state: &'s State) -> Pinned<'s> {
     let mut pinned = Pinned {
         files: HashSet::default(),
         ids: HashSet::default(),
@@ -478,134 +665,118 @@ fn pinned_runs(store: &ObjectStore, state: &State) -> Pinned {
         if rec.failed {
             continue;
         }
-        pinned
-            .files
-            .insert(store.object_path(&rec.output_digest).into_string());
-        let ibh = InputBundleHash(rec.ibh);
-        if let Some(m) = read_manifest(store, &ibh) {
-            pinned.files.extend(
-                manifest_files(store, store.ac_path(&ibh), &m)
-                    .into_iter()
-                    .map(Utf8PathBuf::into_string),
-            );
+        pinned.files.insert(Need::Object(rec.output_digest.0));
+        if let Some(m) = read_manifest(store, listing, &rec.ibh.0) {
+            pinned.files.extend(m.files(Need::Ac(rec.ibh.0)));
         }
-        pinned.ids.insert((key.clone(), rec.run_id.clone()));
+        pinned.ids.insert(RunKey {
+            target: key,
+            id: &rec.run_id,
+            by_time: false,
+        });
     }
     // the prompts of requests waiting in batches, which their answers'
     // runs will name
     let batches = crate::batch::record::read_all(&crate::batch::records_dir(store.dir()));
     for m in batches.records.iter().flat_map(|r| &r.requests) {
-        pinned
-            .files
-            .insert(store.object_path(&m.prompt_digest).into_string());
+        pinned.files.insert(Need::Object(m.prompt_digest.0));
     }
     pinned
 }
 
 /// The runs the history keeps beyond the pinned ones.
-struct Recent {
+struct Recent<'a> {
     /// Each kept run that is not pinned and has a manifest, once.
-    runs: Vec<Run>,
-    /// (node key, run identity) of every run whose history lines stay,
-    /// the pinned ones included.
-    kept: HashSet<(String, String)>,
+    runs: Vec<Run<'a>>,
+    /// Every run whose history lines stay, the pinned ones included.
+    kept: HashSet<RunKey<'a>>,
 }
 
 /// Recent: each target's last `keep_runs` distinct runs in the history,
 /// newest first, with the manifest each is filed under.
-fn recent_runs(
+fn recent_runs<'a>(
     store: &ObjectStore,
-    lines: &[HistoryLine],
-    pinned_ids: &HashSet<(String, String)>,
+    listing: &Listing,
+    lines: &'a [HistoryLine<'a>],
+    pinned_ids: &HashSet<RunKey<'a>>,
     keep_runs: usize,
-) -> Recent {
-    let mut per_target: HashMap<&str, Vec<String>> = HashMap::default();
+) -> Recent<'a> {
+    let mut per_target: HashMap<&str, Vec<&str>> = HashMap::default();
     let mut recent = Recent {
         runs: Vec::new(),
         kept: pinned_ids.clone(),
     };
-    let mut seen_runs: HashSet<String> = HashSet::default();
+    let mut seen_runs: HashSet<&str> = HashSet::default();
     for (_, e) in lines.iter().rev() {
         let Some(e) = e else { continue };
-        let ids = per_target.entry(e.target.as_str()).or_default();
-        let id = run_identity(e);
-        if ids.contains(&id) || ids.len() >= keep_runs {
+        let key = e.key();
+        let ids = per_target.entry(key.target).or_default();
+        if ids.contains(&key.id) || ids.len() >= keep_runs {
             continue;
         }
-        ids.push(id.clone());
-        recent.kept.insert((e.target.clone(), id));
-        if e.run_id.is_empty()
-            || pinned_ids.contains(&(e.target.clone(), e.run_id.clone()))
-            || !seen_runs.insert(e.run_id.clone())
+        ids.push(key.id);
+        recent.kept.insert(key);
+        if key.by_time
+            || pinned_ids.contains(&RunKey {
+                by_time: false,
+                ..key
+            })
+            || !seen_runs.insert(key.id)
         {
             continue;
         }
+        let run_id = key.id;
         let mut files = Vec::new();
-        if let Some(ibh) = e.input_bundle_hash {
-            let ibh = InputBundleHash(ibh);
-            if let Some(m) = read_manifest(store, &ibh).filter(|m| m.run_id == e.run_id) {
-                files = manifest_files(store, store.ac_path(&ibh), &m);
-            }
+        if let Some(ibh) = e.input_bundle_hash
+            && let Some(m) = read_manifest(store, listing, &ibh.0).filter(|m| m.run_id == run_id)
+        {
+            files = m.files(Need::Ac(ibh.0));
         }
-        if files.is_empty() {
-            let path = store.run_path(&e.run_id);
-            if let Some(m) = store.run_get(&e.run_id) {
-                files = manifest_files(store, path, &m);
-            }
+        if files.is_empty()
+            && let Some(m) = store.run_get(run_id)
+        {
+            files = ManifestRefs::of(&m).files(Need::Run(run_id.into()));
         }
         if !files.is_empty() {
-            recent.runs.push(Run {
-                id: e.run_id.clone(),
-                files,
-            });
+            recent.runs.push(Run { id: run_id, files });
         }
     }
     recent
 }
 
 /// What gc removes, as decided so far.
-struct Plan<'a> {
-    removed: Vec<Removal>,
-    /// The files that stay so far, by absolute path.
-    staying: HashMap<String, &'a StoreFile>,
+struct Plan {
+    /// Indexes into the listing's files, and why each goes.
+    removed: Vec<(usize, Why)>,
     /// The store's size without the removed files.
     size: u64,
 }
 
 /// Stray temps, and the objects, ac entries and failed runs that neither
 /// a pinned nor a recent run (`refs`) needs.
-fn unneeded_files<'a>(
-    dir: &Utf8Path,
-    files: &'a [StoreFile],
-    pinned: &HashSet<String>,
-    refs: &HashMap<&str, usize>,
+fn unneeded_files(
+    files: &[StoreFile],
+    pinned: &HashSet<Need>,
+    refs: &HashMap<&Need, usize>,
     size_before: u64,
-) -> Plan<'a> {
+) -> Plan {
     let mut plan = Plan {
         removed: Vec::new(),
-        staying: HashMap::default(),
         size: size_before,
     };
-    for f in files {
-        let abs = dir.join(&f.rel);
+    let needed = |f: &StoreFile| {
+        f.need
+            .as_ref()
+            .is_some_and(|n| pinned.contains(n) || refs.contains_key(n))
+    };
+    for (i, f) in files.iter().enumerate() {
         let why = match f.kind {
-            Kind::Temp if f.age_s >= STRAY_TEMP_AGE_S => Some(Why::StrayTemp),
-            Kind::Object | Kind::AcEntry | Kind::FailedRun
-                if !pinned.contains(abs.as_str()) && !refs.contains_key(abs.as_str()) =>
-            {
-                Some(Why::Unreferenced)
-            }
-            _ => None,
+            Kind::Temp if f.age_s >= STRAY_TEMP_AGE_S => Why::StrayTemp,
+            Kind::Object | Kind::AcEntry | Kind::FailedRun if !needed(f) => Why::Unreferenced,
+            _ => continue,
         };
-        match why {
-            Some(why) => {
-                plan.size -= f.bytes;
-                plan.removed.push(removal(f, why));
-            }
-            None => {
-                plan.staying.insert(abs.into_string(), f);
-            }
-        }
+        plan.size -= f.bytes;
+        plan.removed.push((i, why));
     }
     plan
 }
@@ -613,38 +784,50 @@ fn unneeded_files<'a>(
 /// The size limit: evicts recent runs, least recently used first, until
 /// the store is at most `max` bytes; a file another recent run or a
 /// pinned one still needs stays. Returns the evicted runs' ids.
-fn evict_to_fit(
+fn evict_to_fit<'a>(
     plan: &mut Plan,
-    recent: &[Run],
-    refs: &mut HashMap<&str, usize>,
-    pinned: &HashSet<String>,
+    files: &[StoreFile],
+    recent: &[Run<'a>],
+    refs: &mut HashMap<&Need, usize>,
+    pinned: &HashSet<Need>,
     max: u64,
-) -> HashSet<String> {
-    let mut evicted: HashSet<String> = HashSet::default();
+) -> HashSet<&'a str> {
+    // the copies of each needed file that stay so far (a key can be both
+    // a loose file and a packed record: every copy goes with it), by
+    // index, last use and bytes
+    let gone: HashSet<usize> = plan.removed.iter().map(|r| r.0).collect();
+    let mut staying: HashMap<&Need, Vec<(usize, i64, u64)>> = HashMap::default();
+    for (i, f) in files.iter().enumerate() {
+        if let Some(n) = &f.need
+            && !gone.contains(&i)
+        {
+            staying.entry(n).or_default().push((i, f.used, f.bytes));
+        }
+    }
     let last_use = |r: &Run| {
-        r.files
-            .iter()
-            .filter_map(|p| plan.staying.get(p.as_str()).map(|f| f.used))
+        (r.files.iter().filter_map(|n| staying.get(n)))
+            .flat_map(|copies| copies.iter().map(|c| c.1))
             .max()
             .unwrap_or(0)
     };
     let mut order: Vec<(i64, &Run)> = recent.iter().map(|r| (last_use(r), r)).collect();
     // run ids begin with their time, so they break ties oldest first
-    order.sort_by(|a, b| (a.0, &a.1.id).cmp(&(b.0, &b.1.id)));
+    order.sort_by(|a, b| (a.0, a.1.id).cmp(&(b.0, b.1.id)));
+    let mut evicted: HashSet<&str> = HashSet::default();
     for (_, run) in order {
         if plan.size <= max {
             break;
         }
-        evicted.insert(run.id.clone());
-        for p in &run.files {
-            let n = refs.get_mut(p.as_str()).expect("counted above");
-            *n -= 1;
-            if *n > 0 || pinned.contains(p.as_str()) {
+        evicted.insert(run.id);
+        for n in &run.files {
+            let left = refs.get_mut(n).expect("counted above");
+            *left -= 1;
+            if *left > 0 || pinned.contains(n) {
                 continue;
             }
-            if let Some(f) = plan.staying.remove(p.as_str()) {
-                plan.size -= f.bytes;
-                plan.removed.push(removal(f, Why::Evicted));
+            for (i, _, bytes) in staying.remove(n).unwrap_or_default() {
+                plan.size -= bytes;
+                plan.removed.push((i, Why::Evicted));
             }
         }
     }
@@ -654,25 +837,32 @@ fn evict_to_fit(
 /// `size` once the packs that lose a record (or hold older copies) are
 /// rewritten: each such pack's own bytes become those of its kept records.
 fn size_after_repack(
-    files: &[StoreFile],
+    listing: &Listing,
     dropped: &HashSet<(RecordKind, [u8; 32])>,
     mut size: u64,
 ) -> u64 {
     if dropped.is_empty() {
         return size;
     }
-    // (records listed, records kept) of each pack
-    let mut counts: HashMap<&str, (usize, usize)> = HashMap::default();
-    for (k, key, pack) in files.iter().filter_map(|f| f.packed.as_ref()) {
-        let c = counts.entry(pack.as_str()).or_default();
-        c.0 += 1;
-        c.1 += usize::from(!dropped.contains(&(*k, *key)));
+    // (records listed, records kept) of each pack, by its index
+    let mut counts = vec![(0usize, 0usize); listing.packs.len()];
+    for f in &listing.files {
+        if let (Place::Packed(_, pack), Some(record)) = (&f.place, f.record()) {
+            counts[*pack].0 += 1;
+            counts[*pack].1 += usize::from(!dropped.contains(&record));
+        }
     }
-    for pack in files.iter().filter(|f| f.kind == Kind::PackIndex) {
-        let (listed, kept) = counts.get(pack.rel.as_str()).copied().unwrap_or_default();
+    let pack_of_file: HashMap<usize, usize> = (listing.pack_files.iter().enumerate())
+        .filter_map(|(pack, file)| Some(((*file)?, pack)))
+        .collect();
+    for (i, f) in listing.files.iter().enumerate() {
+        if f.kind != Kind::PackIndex {
+            continue;
+        }
+        let (listed, kept) = pack_of_file.get(&i).map_or((0, 0), |p| counts[*p]);
         // rewritten when it loses a record or holds older copies
-        if kept < listed || pack.bytes > crate::pack::own_bytes(listed) {
-            size = size - pack.bytes + crate::pack::own_bytes(kept);
+        if kept < listed || f.bytes > crate::pack::own_bytes(listed) {
+            size = size - f.bytes + crate::pack::own_bytes(kept);
         }
     }
     size
@@ -681,16 +871,16 @@ fn size_after_repack(
 /// The history: the lines of kept runs, byte for byte, and how many.
 fn kept_history(
     lines: &[HistoryLine],
-    kept: &HashSet<(String, String)>,
-    evicted: &HashSet<String>,
+    kept: &HashSet<RunKey>,
+    evicted: &HashSet<&str>,
     capacity: usize,
 ) -> (Vec<u8>, usize) {
     let mut new_history = Vec::with_capacity(capacity);
     let mut kept_lines = 0;
     for (line, e) in lines {
         let Some(e) = e else { continue };
-        let id = run_identity(e);
-        if evicted.contains(&id) || !kept.contains(&(e.target.clone(), id)) {
+        let key = e.key();
+        if (!key.by_time && evicted.contains(key.id)) || !kept.contains(&key) {
             continue;
         }
         new_history.extend_from_slice(line);
@@ -706,7 +896,7 @@ fn kept_history(
 fn remove_unneeded(
     root: &Utf8Path,
     store: &ObjectStore,
-    files: &[StoreFile],
+    listing: &Listing,
     removed: &[Removal],
     dropped: &HashSet<(RecordKind, [u8; 32])>,
 ) -> Result<()> {
@@ -714,13 +904,14 @@ fn remove_unneeded(
     if !dropped.is_empty() {
         // what goes: the dropped records, and older copies of the others
         // (a copy that does not verify goes with any pack rewritten)
-        let newest: HashMap<(RecordKind, [u8; 32]), Utf8PathBuf> = files
-            .iter()
-            .filter_map(|f| f.packed.as_ref())
-            .map(|(k, key, pack)| ((*k, *key), store.dir().join(pack)))
+        let newest: HashMap<(RecordKind, [u8; 32]), &Utf8Path> = (listing.files.iter())
+            .filter_map(|f| match (&f.place, f.record()) {
+                (Place::Packed(_, pack), Some(r)) => Some((r, listing.packs[*pack].as_path())),
+                _ => None,
+            })
             .collect();
         store.repack(&|pack, kind, key| {
-            !dropped.contains(&(kind, *key)) && newest.get(&(kind, *key)).is_none_or(|p| p == pack)
+            !dropped.contains(&(kind, *key)) && newest.get(&(kind, *key)).is_none_or(|p| *p == pack)
         })?;
     }
     let mut dirs: HashSet<Utf8PathBuf> = HashSet::default();
@@ -787,19 +978,20 @@ fn gc_all(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         size_before: files.iter().map(|f| f.bytes).sum(),
         ..Default::default()
     };
-    for f in files.iter().filter(|f| f.rel != layout::LOCK) {
-        if f.rel.starts_with(layout::BATCHES_DIR) && f.kind != Kind::Temp {
-            rep.pending_batches
-                .push(Utf8Path::new(STORE_DIR).join(&f.rel));
+    // (the walk lists loose files only)
+    let loose = files.iter().filter_map(|f| Some((f, f.loose_rel()?)));
+    for (f, rel) in loose.filter(|(_, rel)| *rel != layout::LOCK) {
+        if rel.starts_with(layout::BATCHES_DIR) && f.kind != Kind::Temp {
+            rep.pending_batches.push(Utf8Path::new(STORE_DIR).join(rel));
             continue;
         }
-        if !layout::is_store_file(f.rel.as_str()) {
-            rep.left_alone.push(Utf8Path::new(STORE_DIR).join(&f.rel));
+        if !layout::is_store_file(rel.as_str()) {
+            rep.left_alone.push(Utf8Path::new(STORE_DIR).join(rel));
             continue;
         }
         rep.removed.push(Removal {
             packed: None,
-            path: Utf8Path::new(STORE_DIR).join(&f.rel),
+            path: Utf8Path::new(STORE_DIR).join(rel),
             kind: f.kind,
             bytes: f.bytes,
             why: Why::All,
@@ -881,6 +1073,7 @@ pub fn human_bytes(n: u64) -> String {
 mod tests {
     use super::*;
     use crate::hash::Digest;
+    use crate::history::HistoryEntry;
 
     #[test]
     fn sizes_parse_in_binary_units() {
@@ -1047,6 +1240,33 @@ mod tests {
         assert!(!stray.exists());
         assert_eq!(rep.removed.len(), 1);
         assert_eq!(rep.removed[0].why, Why::StrayTemp);
+    }
+
+    #[test]
+    fn eviction_removes_every_copy_of_a_key() {
+        let t = tempfile::tempdir().unwrap();
+        let root = Utf8Path::from_path(t.path()).unwrap();
+        let s = ObjectStore::open(root).unwrap();
+        let old = put_run(&s, "a", 1, b"old output");
+        let current = put_run(&s, "a", 2, b"current output");
+        s.sync().unwrap();
+        let mut st = crate::state::State::default();
+        st.targets.insert("a".into(), record(&current));
+        save_state(&s, &st);
+        // the old run's output also lies loose, as a version 1 store left it
+        let loose = s.object_path(&old.outputs[0].digest);
+        fs::create_dir_all(loose.parent().unwrap()).unwrap();
+        fs::write(&loose, b"old output").unwrap();
+
+        let opts = GcOptions {
+            max_size: Some(1),
+            ..Default::default()
+        };
+        let rep = gc(root, &opts, &|| {}).unwrap();
+        assert_eq!(rep.evicted_runs, 1);
+        assert!(!loose.exists(), "the loose copy goes with the packed one");
+        assert_eq!(exists(&s, &old), [false; 3]);
+        assert_eq!(exists(&s, &current), [true; 3]);
     }
 
     #[test]

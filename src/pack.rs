@@ -181,8 +181,11 @@ fn read_record(file: &File, file_len: u64, e: &Entry) -> Option<Vec<u8>> {
     file.read_exact_at(&mut buf, e.offset).ok()?;
     let (kind, len, key, sum) = parse_header(&buf)?;
     let payload = &buf[RECORD_HEADER..];
-    (kind == e.kind && len == e.len && key == e.key && verifies(kind, &key, &sum, payload))
-        .then(|| buf.split_off(RECORD_HEADER))
+    if !(kind == e.kind && len == e.len && key == e.key && verifies(kind, &key, &sum, payload)) {
+        return None;
+    }
+    buf.drain(..RECORD_HEADER);
+    Some(buf)
 }
 
 /// Sorts `entries` by (key, kind), keeping of each only the one written

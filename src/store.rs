@@ -131,16 +131,32 @@ fn list_packs(packs_dir: &Utf8Path) -> Vec<(u64, Utf8PathBuf)> {
 /// Whether a record in the pack at that path is to be kept.
 pub type KeepRecord<'a> = dyn Fn(&Utf8Path, RecordKind, &[u8; 32]) -> bool + 'a;
 
+/// The manifest an action-cache entry filed under `ibh` holds, when it
+/// can be believed: a valid manifest of a run of that bundle that did not
+/// fail.
+pub fn believed_ac_entry(ibh: &InputBundleHash, bytes: &[u8]) -> Option<RunManifest> {
+    RunManifest::from_json(bytes)
+        .filter(|m| m.input_bundle_hash == *ibh && m.status == crate::manifest::RunStatus::Ok)
+}
+
 /// One record of the store's packs as `mkt gc` sees it: the newest copy
-/// of each key.
-#[derive(Debug, Clone)]
-pub struct PackedRecord {
+/// of each key that verifies.
+#[derive(Debug)]
+pub struct PackedRecord<T> {
     pub kind: RecordKind,
     pub key: [u8; 32],
     /// Its size in the pack, header included.
     pub bytes: u64,
-    /// The pack that holds it.
-    pub pack: Utf8PathBuf,
+    /// The pack that holds it: an index into [`PackedRecords::packs`].
+    pub pack: usize,
+    /// What the caller made of an action-cache entry's payload.
+    pub read: Option<Box<T>>,
+}
+
+/// Every pack of the store, newest first, and their records.
+pub struct PackedRecords<T> {
+    pub packs: Vec<Utf8PathBuf>,
+    pub records: Vec<PackedRecord<T>>,
 }
 
 /// The files a store wrote, up to [`SYNC_EACH_MAX`]; past that, only that
@@ -631,11 +647,7 @@ impl ObjectStore {
     /// Looks up the manifest of the run that produced `ibh`. An entry that
     /// cannot be believed is deleted and reported as [`AcRead::Corrupt`].
     pub fn ac_get(&self, ibh: &InputBundleHash) -> AcRead {
-        let believed = |bytes: &[u8]| {
-            RunManifest::from_json(bytes).filter(|m| {
-                m.input_bundle_hash == *ibh && m.status == crate::manifest::RunStatus::Ok
-            })
-        };
+        let believed = |bytes: &[u8]| believed_ac_entry(ibh, bytes);
         let (packed_corrupt, loose) = {
             let mut packs = self.packs();
             let key = (RecordKind::AcEntry, ibh.0.0);
@@ -903,28 +915,49 @@ impl ObjectStore {
     }
 
     /// The newest copy that verifies of every record in the store's packs
-    /// (for `mkt gc`: every record is read). A pack that cannot be read
-    /// is an error, not a pack without records.
-    pub fn packed_records(&self) -> Result<Vec<PackedRecord>> {
+    /// (for `mkt gc`: every record is read, on every core), with what
+    /// `read_ac` makes of each action-cache entry's payload, so the caller
+    /// need not read those again. A pack that cannot be read is an error,
+    /// not a pack without records.
+    pub fn packed_records<T: Send>(
+        &self,
+        read_ac: impl Fn(&[u8; 32], &[u8]) -> Option<T> + Sync,
+    ) -> Result<PackedRecords<T>> {
+        use rayon::prelude::*;
         let mut seen: HashSet<(RecordKind, [u8; 32])> = HashSet::default();
-        let mut out = Vec::new();
+        let mut out = PackedRecords {
+            packs: Vec::new(),
+            records: Vec::new(),
+        };
         for (_, path) in list_packs(&self.dir.join(PACKS_DIR)).into_iter().rev() {
             let pack = match File::open(&path).and_then(Pack::open) {
                 Ok(p) => p,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(Error::io("read", &path, e)),
             };
-            for e in pack.entries() {
-                if !seen.contains(&(e.kind, e.key)) && pack.read(&e).is_some() {
-                    seen.insert((e.kind, e.key));
-                    out.push(PackedRecord {
+            let at = out.packs.len();
+            // (a pack's index holds a key once, so only a newer pack can
+            // have read it already)
+            let verified: Vec<PackedRecord<T>> = (pack.entries().into_par_iter())
+                .filter(|e| !seen.contains(&(e.kind, e.key)))
+                .filter_map(|e| {
+                    let payload = pack.read(&e)?;
+                    let read = match e.kind {
+                        RecordKind::AcEntry => read_ac(&e.key, &payload).map(Box::new),
+                        RecordKind::Object => None,
+                    };
+                    Some(PackedRecord {
                         kind: e.kind,
                         key: e.key,
                         bytes: e.record_bytes(),
-                        pack: path.clone(),
-                    });
-                }
-            }
+                        pack: at,
+                        read,
+                    })
+                })
+                .collect();
+            seen.extend(verified.iter().map(|r| (r.kind, r.key)));
+            out.records.extend(verified);
+            out.packs.push(path);
         }
         Ok(out)
     }
