@@ -76,7 +76,7 @@
 //! entry rewrites its fixed-size fields (everything after the path) in a
 //! copy of the bytes, so writing the stamp out is the bytes and a checksum.
 
-use crate::at::lstat_at;
+use crate::at::{ParentDirs, lstat_at};
 use crate::hash::Digest;
 use crate::state::{FileStat, Reader, Writer};
 use crate::store::MappedFile;
@@ -544,8 +544,11 @@ impl NoopStamp {
         (0..self.len())
             .into_par_iter()
             .with_min_len(512)
-            .map(|i| self.entry(i))
-            .filter(|e| !e.unchanged(root))
+            .map_init(
+                || ParentDirs::new(&root.dir),
+                |dirs, i| Some(self.entry(i)).filter(|e| !e.unchanged(root, dirs)),
+            )
+            .flatten()
             .collect()
     }
 
@@ -604,7 +607,11 @@ impl NoopStamp {
             })
             .collect::<Vec<_>>()
             .into_par_iter()
-            .filter(|e| !e.unchanged(root))
+            .map_init(
+                || ParentDirs::new(&root.dir),
+                |dirs, e| Some(e).filter(|e| !e.unchanged(root, dirs)),
+            )
+            .flatten()
             .collect()
     }
 
@@ -663,27 +670,27 @@ impl EntryRef<'_> {
     /// The entry's stat as it was taken when the stamp was written: a
     /// file's or directory's own, or, for a symlink (one inside the
     /// project: the build checked it), that of what it leads to.
-    fn stat_now(&self, root: &std::fs::File) -> Option<std::io::Result<libc::stat>> {
-        let st = lstat_at(root, self.path)?;
+    fn stat_now(&self, dirs: &mut ParentDirs) -> Option<std::io::Result<libc::stat>> {
+        let (dir, name) = dirs.split(self.path);
+        let st = lstat_at(dir, name)?;
         match st {
             Ok(l) if l.st_mode & libc::S_IFMT == libc::S_IFLNK => {
                 // (a link since led elsewhere, out of the project too, leads
                 // to another file: another inode, or the same one with a
                 // new ctime if it was moved, so a stat that still matches
                 // is the file that was checked)
-                crate::at::stat_at(root, self.path)
+                crate::at::stat_at(dir, name)
             }
             other => Some(other),
         }
     }
 
-    fn unchanged(&self, root: &Root) -> bool {
+    fn unchanged(&self, root: &Root, dirs: &mut ParentDirs) -> bool {
         if self.kind == EntryKind::Resolve {
             return resolution(&root.dir, &root.path, self.path)
                 .is_some_and(|now| now == self.stat);
         }
-        let dir = &root.dir;
-        let now = match self.stat_now(dir) {
+        let now = match self.stat_now(dirs) {
             Some(Ok(st)) => Some(FileStat::from_libc(&st)),
             Some(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => None,
             _ => return false,
@@ -700,8 +707,8 @@ impl EntryRef<'_> {
         // racy: the same stat does not prove the same bytes
         use std::io::Read;
         let mut bytes = Vec::new();
-        let read =
-            crate::at::open_at(dir, self.path).and_then(|mut f| f.read_to_end(&mut bytes).ok());
+        let read = crate::at::open_at(&root.dir, self.path)
+            .and_then(|mut f| f.read_to_end(&mut bytes).ok());
         read.is_some() && Digest::of(&bytes) == self.digest
     }
 }
