@@ -129,7 +129,7 @@ impl Vouched {
 /// The position, in `index` over `stamp`'s entries, of `rel`'s.
 fn find(stamp: &NoopStamp, index: &hashbrown::HashTable<u32>, rel: &str) -> Option<usize> {
     index
-        .find(path_hash(rel), |&i| stamp.entry(i as usize).path == rel)
+        .find(path_hash(rel), |&i| stamp.path_is(i as usize, rel))
         .map(|&i| i as usize)
 }
 

@@ -17,6 +17,7 @@
 //! | `sync-pending`       | there from a build's first write to its flush             | `store.rs`       |
 //! | `project-cache`      | the parsed `prompts.toml`, keyed by its BLAKE3            | `config.rs`      |
 //! | `noop`               | the no-op stamp                                           | `stamp.rs`       |
+//! | `noop.patch`         | what builds since changed of `noop`                       | `stamp.rs`       |
 //! | `graph`              | the analysed graph, reused while only contents change     | `graph.rs`       |
 //! | `batches/<tag>.json` | a submitted batch not yet collected (`mkt build --batch`) | `batch/record.rs` |
 //! | `.mkt-tmp-*`         | a write in progress, renamed into place when complete     | `store.rs`       |
@@ -44,6 +45,7 @@ pub const STATE_LOG: &str = "state.log";
 pub const SYNC_PENDING: &str = "sync-pending";
 pub const PROJECT_CACHE: &str = "project-cache";
 pub const NOOP_STAMP: &str = "noop";
+pub const NOOP_PATCH: &str = "noop.patch";
 pub const GRAPH_CACHE: &str = "graph";
 pub const BATCHES_DIR: &str = "batches";
 /// The prefix of a temp file, in the store or beside an output.
@@ -74,6 +76,7 @@ pub fn is_store_file(rel: &str) -> bool {
             PROJECT_CACHE,
             PROJECT_CACHE_OLD,
             NOOP_STAMP,
+            NOOP_PATCH,
             GRAPH_CACHE,
         ]
         .contains(top),
@@ -102,7 +105,7 @@ fn is_store_dir(parts: &[&str]) -> bool {
 
 /// Every name above, for the check that the tables list them all.
 #[cfg(test)]
-const ALL: [&str; 18] = [
+const ALL: [&str; 19] = [
     STORE_DIR,
     VERSION,
     CACHEDIR_TAG,
@@ -118,6 +121,7 @@ const ALL: [&str; 18] = [
     SYNC_PENDING,
     PROJECT_CACHE,
     NOOP_STAMP,
+    NOOP_PATCH,
     GRAPH_CACHE,
     BATCHES_DIR,
     TEMP_PREFIX,

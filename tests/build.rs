@@ -1625,6 +1625,52 @@ fn a_structural_change_takes_the_stamps_word_only_for_unchanged_files() {
         .stderr_contains("leads outside the project");
 }
 
+/// An edit's build writes what it changed of a large stamp beside it
+/// (`.mkt/noop.patch`) instead of the whole stamp again; the stamp and its
+/// patch answer the next build as one, and a damaged patch costs the full
+/// check, never a wrong answer.
+#[test]
+fn an_edit_patches_the_stamp_and_a_damaged_patch_only_costs_time() {
+    let mut b = project().fixture("foreach");
+    for i in 0..40 {
+        b = b.file(&format!("docs/d{i:02}.md"), format!("Document {i}.\n"));
+    }
+    let p = b.build();
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    let stamp = std::fs::read(p.path(".mkt/noop")).unwrap();
+
+    p.append("docs/d07.md", "More.\n");
+    p.mkt(&["build"])
+        .success()
+        .ran_keys(&["summary[docs/d07.md]", "index"]);
+    assert!(
+        p.exists(".mkt/noop.patch"),
+        "a few entries changed: a patch"
+    );
+    assert_eq!(std::fs::read(p.path(".mkt/noop")).unwrap(), stamp);
+    stamped(&p);
+    no_op_without_analysis(&p);
+
+    // a damaged patch is not applied: the stamp alone, older than the
+    // edit, sees `d07.md` changed, and the full check finds it built
+    let mut patch = std::fs::read(p.path(".mkt/noop.patch")).unwrap();
+    let at = patch.len() / 2;
+    patch[at] ^= 1;
+    p.write(".mkt/noop.patch", &patch);
+    p.mkt(&["build"]).success().nothing_ran();
+    p.append("docs/d21.md", "More.\n");
+    p.mkt(&["build"])
+        .success()
+        .ran_keys(&["summary[docs/d21.md]", "index"]);
+    stamped(&p);
+    no_op_without_analysis(&p);
+
+    // a build of named targets that runs one removes both
+    p.mkt(&["build", "--force", "index"]).success();
+    assert!(!p.exists(".mkt/noop") && !p.exists(".mkt/noop.patch"));
+}
+
 #[test]
 fn noop_stamp_is_not_used_for_named_targets_or_force() {
     let p = project().fixture("foreach").build();

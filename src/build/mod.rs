@@ -77,7 +77,7 @@ pub struct Session {
     /// The graph the stamp's structure entries describe.
     graph: Option<Graph>,
     /// The stat of `.mkt/noop`, `state` and `state.log` after our last save.
-    disk: Option<[Option<FileStat>; 3]>,
+    disk: Option<[Option<FileStat>; 4]>,
     /// Made for one build only (see [`Session::one_shot`]).
     one_shot: bool,
 }
@@ -110,10 +110,11 @@ impl Session {
         };
     }
 
-    fn disk_now(root: &Utf8Path) -> [Option<FileStat>; 3] {
+    fn disk_now(root: &Utf8Path) -> [Option<FileStat>; 4] {
         let dir = root.join(STORE_DIR);
         [
             NOOP_STAMP_FILE,
+            crate::layout::NOOP_PATCH,
             crate::layout::STATE,
             crate::layout::STATE_LOG,
         ]
@@ -320,14 +321,10 @@ fn check_stamp(
         return Stamped::Looked(looked);
     }
     let hint = changed.filter(|_| session.stamp.is_some());
-    let noop_path = root.join(STORE_DIR).join(NOOP_STAMP_FILE);
+    let store_dir = root.join(STORE_DIR);
     let kept = session.stamp.take();
     looked.from_session = kept.is_some();
-    let stamp = kept.or_else(|| {
-        crate::store::map_replaced_writable(&noop_path)
-            .ok()
-            .and_then(NoopStamp::decode)
-    });
+    let stamp = kept.or_else(|| NoopStamp::read(&store_dir));
     phases.mark("read the no-op stamp");
     let (Some(mut stamp), Some(dir)) = (stamp, crate::stamp::Root::open(root)) else {
         return Stamped::Looked(looked);
@@ -339,8 +336,7 @@ fn check_stamp(
         // Racy entries were just verified by content; once they have aged
         // past the window they need not be read again.
         if !opts.dry_run && stamp.age(looked.checked_at) {
-            let (body, sum) = stamp.encoded_parts();
-            let _ = crate::store::replace_cache(&noop_path, &[body, &sum]);
+            let _ = stamp.write(&store_dir);
             session.disk = Some(Session::disk_now(root));
         }
         let n = stamp.nodes as usize;
@@ -800,7 +796,7 @@ fn save(
     if !mode.in_session && !mode.small_edit(jobs) {
         release_free_memory(); // the compile jobs' garbage is gone
     }
-    let noop_path = root.join(STORE_DIR).join(NOOP_STAMP_FILE);
+    let store_dir = root.join(STORE_DIR);
     plan.files.settle_racy(); // for the stamp and the stat cache
     phases.mark("verify racy files");
     let (mut new_stamp, graph_key) = next_stamp(&mut plan, &mut mode, &rep);
@@ -811,11 +807,8 @@ fn save(
     // (A build of named targets that found them all up to date changed
     // nothing the stamp describes: it still holds.)
     if new_stamp.is_none() && (!plan.named_only || jobs > 0) {
-        match std::fs::remove_file(&noop_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(crate::error::Error::io("remove", &noop_path, e)),
-        }
+        NoopStamp::remove(&store_dir)
+            .map_err(|e| crate::error::Error::io("remove", store_dir.join(NOOP_STAMP_FILE), e))?;
     }
     let saved = save_state(store, plan, &mode, records, !session.one_shot)?;
     phases.mark("save the state");
@@ -834,8 +827,8 @@ fn save(
             crate::store::replace_cache_with(&graph_path, |w| saved.graph.encode_to(&key, w))
                 .map_err(|e| crate::error::Error::io("write", &graph_path, e))?;
         }
-        let (body, sum) = stamp.encoded_parts();
-        store.write_cache_parts(&noop_path, &[body, &sum])?
+        (stamp.write(&store_dir))
+            .map_err(|e| crate::error::Error::io("write", store_dir.join(NOOP_STAMP_FILE), e))?
     }
     phases.mark("write the stamp and caches");
     rep.phases = std::mem::take(phases);
@@ -1054,7 +1047,7 @@ pub fn graph_from_stamp(
 ) -> Option<Graph> {
     crate::store::check_store_dir(root).ok()?; // (the store's open refuses it)
     let store = root.join(STORE_DIR);
-    let stamp = NoopStamp::decode(crate::store::map_replaced(&store.join(NOOP_STAMP_FILE)).ok()?)?;
+    let stamp = NoopStamp::read(&store)?;
     let dir = crate::stamp::Root::open(root)?;
     let checked_at = now_ns(); // before any stat: see the racy rule
     let Changes { structural, paths } = stamp.changes(&dir, None);
