@@ -494,7 +494,7 @@ impl ProjectFiles {
             if e.kind == EntryKind::Resolve {
                 let hash = |&i: &u32| path_hash(stamp.entry(i as usize).path);
                 resolve_index.insert_unique(path_hash(e.path), i as u32, hash);
-            } else if e.kind != EntryKind::Dir && e.stat.is_some() {
+            } else if stamp.is_present_file(i) {
                 let hash = |&i: &u32| path_hash(stamp.entry(i as usize).path);
                 index.insert_unique(path_hash(e.path), i as u32, hash);
             }
@@ -526,9 +526,22 @@ impl ProjectFiles {
     }
 
     /// The digest the vouching stamp records for `rel`, unless it saw it
-    /// change.
-    pub fn vouched_digest(&self, rel: &str) -> Option<Digest> {
-        Some(self.vouched.as_ref()?.get(rel)?.digest)
+    /// change. `near` is where to look first (the stamp lists files in the
+    /// order the graph's nodes name them, so a walk over the nodes, either
+    /// way, finds each a few entries from the last); it is left past the
+    /// entry found. (Hashing into the stamp for each of a million outputs, a
+    /// cache miss each, was most of an edit's scheduling.)
+    pub fn vouched_digest(&self, rel: &str, near: &mut usize) -> Option<Digest> {
+        let v = self.vouched.as_ref()?;
+        if v.except.contains(rel) {
+            return None;
+        }
+        let stamp = &v.stamp;
+        let i = (near.saturating_sub(4)..stamp.len().min(*near + 4))
+            .find(|&i| stamp.path_is(i, rel) && stamp.is_present_file(i))
+            .or_else(|| v.position(rel))?;
+        *near = i + 1;
+        Some(stamp.entry(i).digest)
     }
 
     /// What this build knows of a file: its stat when it was hashed.
@@ -696,6 +709,58 @@ mod tests {
             ["docs/a.md", "docs/sub/c.md", "other/d.md"]
         );
         assert_eq!(glob_walk(root, "*/d.md").unwrap().0, ["other/d.md"]);
+    }
+
+    #[test]
+    fn a_vouched_digest_is_the_same_wherever_the_lookup_starts() {
+        use crate::stamp::{EntryKind, NoopStamp, StampEntry};
+        let st = FileStat {
+            size: 1,
+            mtime_ns: 1,
+            ctime_ns: 1,
+            ino: 1,
+        };
+        let e = |path: &str, kind, stat: Option<FileStat>, d: &[u8]| StampEntry {
+            path: path.into(),
+            kind,
+            stat,
+            racy: false,
+            digest: Digest::of(d),
+        };
+        // a symlinked input has a `Resolve` entry of its own path, and a
+        // directory entry can share a name with nothing found
+        let entries = vec![
+            e("docs", EntryKind::Dir, Some(st), b"listing"),
+            e("docs/a.md", EntryKind::Resolve, Some(st), b"resolve"),
+            e("docs/a.md", EntryKind::Content, Some(st), b"a"),
+            e("out/a.md", EntryKind::Output, Some(st), b"out a"),
+            e("docs/b.md", EntryKind::Content, Some(st), b"b"),
+            e("out/b.md", EntryKind::Output, Some(st), b"out b"),
+            e("out/gone.md", EntryKind::Output, None, b""),
+        ];
+        let t = tempfile::tempdir().unwrap();
+        let mut files =
+            ProjectFiles::new(Utf8Path::from_path(t.path()).unwrap(), HashMap::default());
+        let changed: HashSet<String> = ["docs/b.md".to_string()].into_iter().collect();
+        files.vouch(Arc::new(NoopStamp::new(2, &entries)), changed, 0);
+        for near in 0..12 {
+            let mut at = near;
+            let got = |rel: &str, at: &mut usize| files.vouched_digest(rel, at);
+            assert_eq!(
+                got("docs/a.md", &mut at),
+                Some(Digest::of(b"a")),
+                "from {near}"
+            );
+            assert_eq!(at, 3);
+            let mut at = near;
+            assert_eq!(got("out/b.md", &mut at), Some(Digest::of(b"out b")));
+            assert_eq!(at, 6);
+            for rel in ["docs", "docs/b.md", "out/gone.md", "nowhere"] {
+                let mut at = near;
+                assert_eq!(got(rel, &mut at), None, "{rel} from {near}");
+                assert_eq!(at, near);
+            }
+        }
     }
 
     /// Sleeps past the racy window of the file system's fine timestamps.

@@ -525,6 +525,14 @@ impl NoopStamp {
             && self.tail_of(i) == at + path.len()
     }
 
+    /// Whether entry `i` is of a file (not a directory, nor how a path
+    /// resolves) that was there: the entries a path's lookup finds.
+    pub fn is_present_file(&self, i: usize) -> bool {
+        let tail = &self.body()[self.tail_of(i)..];
+        let kind = EntryKind::from_code(tail[0]);
+        !matches!(kind, Some(EntryKind::Dir | EntryKind::Resolve)) && tail[1] == 1
+    }
+
     pub fn entries(&self) -> impl Iterator<Item = EntryRef<'_>> {
         (0..self.len()).map(|i| self.entry(i))
     }

@@ -108,6 +108,8 @@ pub(super) struct Progress<'g> {
     pub(super) done: usize,
     /// `--dry-run` with an estimate: the nodes that would call a model.
     pub(super) wanted: Vec<Wanted>,
+    /// Where in the stamp to look first for the next node's output.
+    pub(super) near: usize,
 }
 
 impl<'g> Progress<'g> {
@@ -141,6 +143,7 @@ impl<'g> Progress<'g> {
             },
             done: 0,
             wanted: Vec::new(),
+            near: 0,
         }
     }
 
@@ -343,7 +346,7 @@ fn triage(
             .all(|u| prog.results[u].as_ref().is_some_and(|d| d.fresh))
         && !changed.contains(&node.output)
         && !node.sources().any(|(_, p)| changed.contains(p))
-        && let Some(output_digest) = recorded_output(ctx, &node.key, &node.output)
+        && let Some(output_digest) = recorded_output(ctx, &node.key, &node.output, &mut prog.near)
     {
         prog.complete(i, Outcome::Fresh, Done::fresh(output_digest), report);
         return None;
@@ -412,8 +415,8 @@ fn triage(
 /// is its output file's (read that way, an edit's build at a million
 /// targets does not page in a million records); else its record's, when
 /// that run did not fail.
-fn recorded_output(ctx: &Ctx<'_>, key: &str, output: &str) -> Option<Digest> {
-    if let Some(d) = ctx.src.files.vouched_digest(output) {
+fn recorded_output(ctx: &Ctx<'_>, key: &str, output: &str, near: &mut usize) -> Option<Digest> {
+    if let Some(d) = ctx.src.files.vouched_digest(output, near) {
         return Some(d);
     }
     match ctx.old.output(key) {
