@@ -143,8 +143,10 @@ pub struct ViewNode {
     pub members: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub counts: Option<BTreeMap<&'static str, usize>>,
+    /// (boxed: most nodes have none, and a node is drawn for each of a
+    /// corpus's million documents)
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub run: Option<RunInfo>,
+    pub run: Option<Box<RunInfo>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub no_run: Option<String>,
 }
@@ -576,7 +578,7 @@ pub fn provenance(
             }
             continue;
         };
-        v.run = Some(run_info(snap, &m));
+        v.run = Some(Box::new(run_info(snap, &m)));
         b.node(v);
         let mut edges = vec![recorded_edge(
             snap,
@@ -867,9 +869,17 @@ fn severity(state: &str) -> u8 {
 impl View {
     /// Pretty JSON with a trailing newline.
     pub fn to_json(&self) -> String {
-        let mut s = serde_json::to_string_pretty(self).expect("a view serialises");
-        s.push('\n');
-        s
+        let mut v = Vec::new();
+        self.write_json(&mut v)
+            .expect("writing to a Vec cannot fail");
+        String::from_utf8(v).expect("serde_json writes UTF-8")
+    }
+
+    /// [`View::to_json`] written to `out` as it is made, never held whole
+    /// (at a million targets the text is 640 MB).
+    pub fn write_json(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer_pretty(&mut *out, self)?;
+        out.write_all(b"\n")
     }
 
     fn is_provenance(&self) -> bool {

@@ -6,6 +6,7 @@ use clap::Args;
 use markitect::provenance::Snapshot;
 use markitect::status::status;
 use markitect::view::{self, Cone, ViewOptions};
+use std::io::Write;
 
 #[derive(Args)]
 pub struct GraphArgs {
@@ -38,15 +39,24 @@ pub struct GraphArgs {
 
 pub fn run(root: &Utf8Path, args: GraphArgs) -> i32 {
     match render(root, &args) {
-        Ok(text) => {
-            print!("{text}");
+        Ok(picture) => {
+            // stdout may be a pipe closed early (`| head`): stop quietly
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            let _ = if args.json {
+                picture.write_json(&mut out)
+            } else if args.mermaid {
+                out.write_all(picture.to_mermaid().as_bytes())
+            } else {
+                out.write_all(picture.to_dot().as_bytes())
+            }
+            .and_then(|()| out.flush());
             0
         }
         Err(e) => super::report_error(&e),
     }
 }
 
-fn render(root: &Utf8Path, args: &GraphArgs) -> markitect::error::Result<String> {
+fn render(root: &Utf8Path, args: &GraphArgs) -> markitect::error::Result<view::View> {
     let snap = Snapshot::load(root)?;
     let cone = if args.downstream {
         Cone::Downstream
@@ -60,16 +70,9 @@ fn render(root: &Utf8Path, args: &GraphArgs) -> markitect::error::Result<String>
         expand: args.expand || args.json,
         ..ViewOptions::default()
     };
-    let picture = if args.provenance {
+    Ok(if args.provenance {
         view::provenance(&snap, &report, &selected, &opts)
     } else {
         view::pipeline(&snap, &report, &selected, &opts)
-    };
-    Ok(if args.json {
-        picture.to_json()
-    } else if args.mermaid {
-        picture.to_mermaid()
-    } else {
-        picture.to_dot()
     })
 }
