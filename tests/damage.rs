@@ -217,7 +217,9 @@ fn set_mtime(from: &Path, to: &Path) {
 
 /// A copy of the project whose no-op stamp holds for the copy: a copy has
 /// other inodes, so one more build stamps it (and journals the new
-/// stats), as a user's next build would.
+/// stats), as a user's next build would. Then a document is touched and
+/// built again, which changes one entry of the stamp: that build writes
+/// it as a patch (`.mkt/noop.patch`), so the patch is damaged too.
 fn copy_of(edited: &Path, to: &Path) {
     copy_with_times(edited, to);
     let restamp = mkt(to, &["build"]);
@@ -227,6 +229,19 @@ fn copy_of(edited: &Path, to: &Path) {
         restamp.stderr
     );
     assert!(to.join(".mkt/noop").exists());
+    let doc = std::fs::File::options()
+        .write(true)
+        .open(to.join("docs/d3.md"))
+        .unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    doc.set_modified(an_hour_ago).unwrap();
+    let touched = mkt(to, &["build"]);
+    assert!(
+        touched.stderr.starts_with("0 ran, 0 cached, 5 up to date"),
+        "{}",
+        touched.stderr
+    );
+    assert!(to.join(".mkt/noop.patch").exists());
 }
 
 /// One damaged copy: `None` when all is well, else what went wrong.
@@ -296,6 +311,7 @@ fn every_damage_to_every_store_file_costs_time_never_a_stale_output() {
         }
     }
     assert!(cases.iter().any(|(f, _)| f == "state.log"));
+    assert!(cases.iter().any(|(f, _)| f == "noop.patch"));
     assert!(cases.iter().any(|(f, _)| f.starts_with("packs/")));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism()
