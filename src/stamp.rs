@@ -520,9 +520,17 @@ impl NoopStamp {
     /// Whether entry `i`'s path is `path` (compared as bytes: no decode of
     /// the rest, for a lookup that probes a few entries per path).
     pub fn path_is(&self, i: usize, path: &str) -> bool {
-        let at = self.starts[i] as usize + 4;
-        self.body().get(at..at + path.len()) == Some(path.as_bytes())
-            && self.tail_of(i) == at + path.len()
+        self.path_bytes(i) == path.as_bytes()
+    }
+
+    /// Entry `i`'s path as stored (checked to be UTF-8 by `decode`).
+    pub fn path_bytes(&self, i: usize) -> &[u8] {
+        &self.body()[self.starts[i] as usize + 4..self.tail_of(i)]
+    }
+
+    /// Whether entry `i` is a `Resolve` entry.
+    pub fn is_resolve(&self, i: usize) -> bool {
+        EntryKind::from_code(self.body()[self.tail_of(i)]) == Some(EntryKind::Resolve)
     }
 
     /// Whether entry `i` is of a file (not a directory, nor how a path
