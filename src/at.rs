@@ -49,17 +49,20 @@ fn fstat_at(
 /// Opens `rel` for reading relative to an open directory, without
 /// following a final symlink.
 pub fn open_at(dir: &std::fs::File, rel: &str) -> Option<std::fs::File> {
+    open_with(
+        dir,
+        rel,
+        libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+    )
+}
+
+/// `openat` of `rel` relative to `dir` with `flags`.
+fn open_with(dir: &std::fs::File, rel: &str, flags: libc::c_int) -> Option<std::fs::File> {
     use std::os::fd::{AsRawFd, FromRawFd};
     let c = std::ffi::CString::new(rel).ok()?;
     // SAFETY: `c` is NUL-terminated and `dir` keeps its descriptor open; a
     // non-negative result is a new descriptor that we own from here on.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW,
-        )
-    };
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), c.as_ptr(), flags) };
     // SAFETY: see above; `fd` is open and owned by nobody else.
     (fd >= 0).then(|| unsafe { std::fs::File::from_raw_fd(fd) })
 }
@@ -120,19 +123,7 @@ impl<'a> ParentDirs<'a> {
 /// Opens directory `rel` relative to `dir` for `*at` calls only
 /// (`O_PATH`), following symlinks as a path walk does.
 fn open_dir_at(dir: &std::fs::File, rel: &str) -> Option<std::fs::File> {
-    use std::os::fd::{AsRawFd, FromRawFd};
-    let c = std::ffi::CString::new(rel).ok()?;
-    // SAFETY: `c` is NUL-terminated and `dir` keeps its descriptor open; a
-    // non-negative result is a new descriptor that we own from here on.
-    let fd = unsafe {
-        libc::openat(
-            dir.as_raw_fd(),
-            c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    // SAFETY: see above; `fd` is open and owned by nobody else.
-    (fd >= 0).then(|| unsafe { std::fs::File::from_raw_fd(fd) })
+    open_with(dir, rel, libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
 }
 
 #[cfg(test)]
