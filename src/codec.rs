@@ -52,8 +52,13 @@ impl<'a> Reader<'a> {
         Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
     }
     pub(crate) fn str(&mut self) -> Option<String> {
+        self.str_ref().map(str::to_string)
+    }
+    /// [`Reader::str`] borrowed from the bytes, for a caller that may not
+    /// need a copy.
+    pub(crate) fn str_ref(&mut self) -> Option<&'a str> {
         let n = self.u32()? as usize;
-        String::from_utf8(self.take(n)?.to_vec()).ok()
+        std::str::from_utf8(self.take(n)?).ok()
     }
     pub(crate) fn digest(&mut self) -> Option<Digest> {
         Some(Digest(self.take(32)?.try_into().ok()?))

@@ -22,6 +22,7 @@ use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
+use std::sync::Arc;
 use std::sync::Mutex;
 
 #[derive(Debug, Clone, Serialize)]
@@ -40,7 +41,9 @@ pub struct Node {
     pub target: usize,
     pub item: Option<String>,
     pub output: String,
-    pub template: String,
+    /// (one string shared by every node of a target: a `foreach` over a
+    /// million documents has one template)
+    pub template: Arc<str>,
     /// The inputs the template (or its partials) use.
     pub inputs: Vec<ResolvedInput>,
     pub partials: Vec<String>,
@@ -62,7 +65,7 @@ impl Node {
     /// The source files the compilation reads, with their kind.
     pub fn sources(&self) -> impl Iterator<Item = (DepKind, &str)> + '_ {
         let item = self.item.as_deref().filter(|_| self.uses_item);
-        std::iter::once((DepKind::Template, self.template.as_str()))
+        std::iter::once((DepKind::Template, &*self.template))
             .chain(self.partials.iter().map(|p| (DepKind::Partial, p.as_str())))
             .chain(
                 self.verbatim
@@ -553,6 +556,7 @@ fn expand_nodes(
                 .collect(),
             None => vec![None],
         };
+        let template: Arc<str> = decl.template.as_str().into();
         for item in items {
             let (key, output) = match &item {
                 Some(i) => (
@@ -568,7 +572,7 @@ fn expand_nodes(
                 target: ti,
                 item,
                 output,
-                template: decl.template.to_string(),
+                template: Arc::clone(&template),
                 inputs: Vec::new(),
                 partials: Vec::new(),
                 verbatim: Vec::new(),
@@ -1187,6 +1191,8 @@ impl Graph {
         let n = r.count(8)?;
         let mut nodes = Vec::with_capacity(n);
         let mut released = 0;
+        // the template of the node before: the next one likely shares it
+        let mut template: Arc<str> = Arc::from("");
         for _ in 0..n {
             if r.pos - released >= crate::store::RELEASE_EVERY {
                 release(released..r.pos);
@@ -1200,7 +1206,10 @@ impl Graph {
                 _ => return None,
             };
             let output = r.str()?;
-            let template = r.str()?;
+            let t = r.str_ref()?;
+            if *template != *t {
+                template = t.into();
+            }
             let ni = r.count(4)?;
             let mut inputs = Vec::with_capacity(ni);
             for _ in 0..ni {
@@ -1224,7 +1233,7 @@ impl Graph {
                 target,
                 item,
                 output,
-                template,
+                template: Arc::clone(&template),
                 inputs,
                 partials,
                 verbatim,
@@ -1339,7 +1348,15 @@ mod tests {
         let keys = |g: &Graph| {
             g.nodes
                 .iter()
-                .map(|n| (n.key.clone(), n.output.clone(), n.upstream.clone()))
+                .map(|n| {
+                    let template = n.template.to_string();
+                    (
+                        n.key.clone(),
+                        n.output.clone(),
+                        template,
+                        n.upstream.clone(),
+                    )
+                })
                 .collect::<Vec<_>>()
         };
         assert_eq!(keys(&back), keys(&g));

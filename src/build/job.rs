@@ -504,8 +504,8 @@ fn serve(
 /// the digests the build read them with (the rest to be filled in).
 fn sources_manifest(src: &Sources<'_>, node: &Node) -> RunManifest {
     let digest_of = |p: &str| src.files.digest(p).ok().flatten().unwrap_or_default();
-    let file = |p: &String| FileDigest {
-        path: p.clone(),
+    let file = |p: &str| FileDigest {
+        path: p.to_string(),
         digest: digest_of(p),
     };
     RunManifest {
@@ -514,9 +514,9 @@ fn sources_manifest(src: &Sources<'_>, node: &Node) -> RunManifest {
         target: node.key.clone(),
         input_bundle_hash: InputBundleHash(Digest::default()),
         template: file(&node.template),
-        partials: node.partials.iter().map(file).collect(),
-        verbatim: node.verbatim.iter().map(file).collect(),
-        item: node.item.as_ref().map(file),
+        partials: node.partials.iter().map(|p| file(p)).collect(),
+        verbatim: node.verbatim.iter().map(|p| file(p)).collect(),
+        item: node.item.as_deref().map(file),
         inputs: (node.inputs.iter())
             .flat_map(|i| i.paths.iter().map(move |p| (i.name.clone(), p)))
             .map(|(name, p)| InputRecord {
