@@ -25,7 +25,9 @@ pub(super) struct Done {
     /// [`Done::fresh`]).
     pub(super) run_id: String,
     /// For a node that failed or was skipped: why its dependants cannot run.
-    pub(super) blame: Option<Blame>,
+    /// (Boxed: a build keeps a `Done` for each of a corpus's million
+    /// nodes, and almost none has one.)
+    pub(super) blame: Option<Box<Blame>>,
     /// `--dry-run`: would run, so its output may still change.
     pub(super) pending: bool,
 }
@@ -65,7 +67,7 @@ impl Done {
             fresh: false,
             output_digest: Digest::default(),
             run_id: String::new(),
-            blame: Some(blame),
+            blame: Some(Box::new(blame)),
             pending: false,
         }
     }
@@ -432,7 +434,7 @@ fn blocked(ctx: &Ctx<'_>, prog: &Progress<'_>, i: usize) -> Option<Blame> {
         return Some(Blame::NotRun(INTERRUPTED.to_string()));
     }
     let blame = (ctx.src.graph.nodes[i].upstream_nodes())
-        .filter_map(|u| prog.results[u].as_ref().and_then(|d| d.blame.as_ref()))
+        .filter_map(|u| prog.results[u].as_ref().and_then(|d| d.blame.as_deref()))
         // a failure upstream says more than that the build stopped, which
         // says more than a wait for a batch
         .min_by_key(|b| match b {
