@@ -59,7 +59,7 @@ use crate::history::HISTORY_FILE;
 use crate::layout;
 use crate::manifest::RunManifest;
 use crate::pack::RecordKind;
-use crate::state::{State, StateFiles};
+use crate::state::{StateFiles, TargetRecords};
 use crate::store::{AcRead, ObjectStore, STORE_DIR};
 use camino::{Utf8Path, Utf8PathBuf};
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -570,7 +570,9 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
     }
     let (store, _lock) = ObjectStore::open_for(root, opts.dry_run, opts.wait_for_lock, on_wait)?;
     let dir = store.dir().to_owned();
-    let (_, state) = StateFiles::load(&dir);
+    // (the records only: gc needs neither the stat cache nor the analyses,
+    // a third of the state and more at a million targets)
+    let (_, records) = StateFiles::load_records(&dir);
     let history_path = dir.join(HISTORY_FILE);
     let history_bytes = match fs::read(&history_path) {
         Ok(b) => b,
@@ -578,7 +580,7 @@ pub fn gc(root: &Utf8Path, opts: &GcOptions, on_wait: &dyn Fn()) -> Result<GcRep
         Err(e) => return Err(Error::io("read", history_path, e)),
     };
     let listing = with_packed_records(&store, walk(&dir)?, true)?;
-    let pinned = pinned_runs(&store, &listing, &state);
+    let pinned = pinned_runs(&store, &listing, &records);
     let lines: Vec<HistoryLine> = history_bytes
         .split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
@@ -656,12 +658,16 @@ struct Pinned<'s> {
 
 /// Pinned: what the current outputs need (every record in the state that
 /// did not fail), and the prompts of requests waiting in batches.
-fn pinned_runs<'s>(store: &ObjectStore, listing: &Listing, state: &'s State) -> Pinned<'s> {
+fn pinned_runs<'s>(
+    store: &ObjectStore,
+    listing: &Listing,
+    records: &'s TargetRecords,
+) -> Pinned<'s> {
     let mut pinned = Pinned {
         files: HashSet::default(),
         ids: HashSet::default(),
     };
-    for (key, rec) in &state.targets {
+    for (key, rec) in records.iter() {
         if rec.failed {
             continue;
         }
