@@ -53,8 +53,6 @@ pub struct Node {
     pub upstream: Vec<(String, Vec<usize>)>,
     /// Digest of the target definition as it shapes the prompt.
     pub config_digest: Digest,
-    /// Digest of the model's hashed parameters.
-    pub model_digest: Digest,
 }
 
 impl Node {
@@ -87,6 +85,9 @@ impl Node {
 
 pub struct Graph {
     pub nodes: Vec<Node>,
+    /// Digest of each target's model's hashed parameters, by target index
+    /// (one per target, not per node: a million nodes share a few).
+    pub model_digests: Vec<Digest>,
     /// Node indices in dependency order (upstream first).
     pub order: Vec<usize>,
     /// Analysis results by template digest (what the next state keeps).
@@ -471,7 +472,11 @@ pub fn analyse_project(
     old_analysis: &HashMap<Digest, TemplateRefs>,
 ) -> Result<Graph> {
     // 1. expand foreach globs into nodes and resolve their outputs
-    let (mut nodes, outputs) = expand_nodes(project, files)?;
+    let Expanded {
+        mut nodes,
+        outputs,
+        model_digests,
+    } = expand_nodes(project, files)?;
     check_globs_miss_outputs(project, &nodes)?;
     // 2. analyse each target's template (once per target, shared by its
     // nodes), after stat-ing templates and plain inputs in parallel
@@ -520,6 +525,7 @@ pub fn analyse_project(
     let order = build_order(project, &nodes)?;
     Ok(Graph {
         nodes,
+        model_digests,
         order,
         analysis: an.new.into_inner().unwrap(),
     })
@@ -528,16 +534,14 @@ pub fn analyse_project(
 /// Every target's nodes (one, or one per `foreach` file), with their
 /// outputs checked (not the project file, not another node's, inside the
 /// project), and which node writes each output.
-fn expand_nodes(
-    project: &Project,
-    files: &ProjectFiles,
-) -> Result<(Vec<Node>, HashMap<String, usize>)> {
+fn expand_nodes(project: &Project, files: &ProjectFiles) -> Result<Expanded> {
     // at least one node per target: no doubling reallocation for the
     // common case of plain targets
     let mut nodes: Vec<Node> = Vec::with_capacity(project.targets.len());
     let mut outputs: HashMap<String, usize> = HashMap::default();
     // few distinct models: digest each once
     let mut model_digests: Vec<(&ModelConfig, Digest)> = Vec::new();
+    let mut by_target = Vec::with_capacity(project.targets.len());
     for (ti, decl) in project.targets.iter().enumerate() {
         let md = match model_digests.iter().find(|(m, _)| **m == *decl.model) {
             Some((_, d)) => *d,
@@ -547,6 +551,7 @@ fn expand_nodes(
                 d
             }
         };
+        by_target.push(md);
         let items: Vec<Option<String>> = match &decl.foreach {
             Some((glob, span)) => files
                 .glob(glob)
@@ -579,11 +584,22 @@ fn expand_nodes(
                 uses_item: false,
                 upstream: Vec::new(),
                 config_digest: Digest::default(),
-                model_digest: md,
             });
         }
     }
-    Ok((nodes, outputs))
+    Ok(Expanded {
+        nodes,
+        outputs,
+        model_digests: by_target,
+    })
+}
+
+/// What [`expand_nodes`] makes: the nodes, which node writes each output,
+/// and each target's model digest.
+struct Expanded {
+    nodes: Vec<Node>,
+    outputs: HashMap<String, usize>,
+    model_digests: Vec<Digest>,
 }
 
 /// A node's output: not the project file, not another node's, and a path
@@ -1136,7 +1152,7 @@ impl Graph {
                 }
             }
             w.digest(&n.config_digest);
-            w.digest(&n.model_digest);
+            w.digest(&self.model_digest(n));
             flush(&mut w, false)?;
         }
         w.u32(self.order.len() as u32);
@@ -1190,6 +1206,7 @@ impl Graph {
         }
         let n = r.count(8)?;
         let mut nodes = Vec::with_capacity(n);
+        let mut model_digests: Vec<Option<Digest>> = Vec::new();
         let mut released = 0;
         // the template of the node before: the next one likely shares it
         let mut template: Arc<str> = Arc::from("");
@@ -1240,8 +1257,20 @@ impl Graph {
                 uses_item,
                 upstream,
                 config_digest: r.digest()?,
-                model_digest: r.digest()?,
             });
+            // (the file keeps it per node; every node of a target has its
+            // target's, or the file is not one mkt wrote)
+            let md = r.digest()?;
+            if model_digests.len() <= target {
+                // (a target index past any project's: not a file mkt wrote)
+                if target >= 1 << 24 {
+                    return None;
+                }
+                model_digests.resize(target + 1, None);
+            }
+            if *model_digests[target].get_or_insert(md) != md {
+                return None;
+            }
         }
         let order = node_indices(&mut r, n)?;
         if r.pos != body.len() || order.len() != n {
@@ -1249,6 +1278,10 @@ impl Graph {
         }
         Some(Graph {
             nodes,
+            model_digests: model_digests
+                .into_iter()
+                .map(Option::unwrap_or_default)
+                .collect(),
             order,
             analysis: HashMap::default(),
         })
@@ -1256,6 +1289,11 @@ impl Graph {
 
     /// Whether every node names a target `project` has (a decoded graph
     /// is checked so before use: it was read without the project).
+    /// Digest of `node`'s model's hashed parameters.
+    pub fn model_digest(&self, node: &Node) -> Digest {
+        self.model_digests[node.target]
+    }
+
     pub fn fits(&self, project: &Project) -> bool {
         self.nodes.iter().all(|n| n.target < project.targets.len())
     }
@@ -1361,6 +1399,7 @@ mod tests {
         };
         assert_eq!(keys(&back), keys(&g));
         assert_eq!(back.order, g.order);
+        assert_eq!(back.model_digests, g.model_digests);
         assert!(back.fits(&project));
         let smaller = Project::parse(
             root,

@@ -892,7 +892,7 @@ mod tests {
         let node = &graph.nodes[0];
         let fingerprint = Fingerprint {
             config: node.config_digest,
-            model: node.model_digest,
+            model: graph.model_digest(node),
             deps: graph.source_deps(node, &files).unwrap(),
             upstream: Vec::new(),
         };

@@ -401,7 +401,7 @@ fn triage(
     let upstream = upstream_records(ctx, prog, i);
     let fingerprint = Fingerprint {
         config: node.config_digest,
-        model: node.model_digest,
+        model: graph.model_digest(node),
         deps,
         upstream: upstream
             .iter()
