@@ -107,16 +107,37 @@ fn path_hash(path: &[u8]) -> u64 {
 
 impl Vouched {
     fn get(&self, rel: &str) -> Option<StatEntry> {
+        self.get_at(rel, |v| v.position(rel))
+    }
+
+    /// [`Vouched::get`], finding `rel`'s entry with `position` (unless the
+    /// stamp saw it change).
+    fn get_at(
+        &self,
+        rel: &str,
+        position: impl FnOnce(&Self) -> Option<usize>,
+    ) -> Option<StatEntry> {
         if self.except.contains(rel) {
             return None;
         }
-        let e = self.stamp.entry(self.position(rel)?);
+        let e = self.stamp.entry(position(self)?);
         Some(StatEntry::new(e.stat?, e.digest, self.verified_at))
     }
 
     /// Where the stamp holds `rel`'s entry (files only).
     fn position(&self, rel: &str) -> Option<usize> {
         find(&self.stamp, &self.index, rel)
+    }
+
+    /// [`Vouched::position`], looking first a few entries either side of
+    /// `near`, which is left past the entry found.
+    fn position_near(&self, rel: &str, near: &mut usize) -> Option<usize> {
+        let stamp = &self.stamp;
+        let i = (near.saturating_sub(4)..stamp.len().min(*near + 4))
+            .find(|&i| stamp.path_is(i, rel) && stamp.is_present_file(i))
+            .or_else(|| self.position(rel))?;
+        *near = i + 1;
+        Some(i)
     }
 
     /// The stamp's `Resolve` entry for `rel`, unless it saw it change.
@@ -540,15 +561,7 @@ impl ProjectFiles {
     /// cache miss each, was most of an edit's scheduling.)
     pub fn vouched_digest(&self, rel: &str, near: &mut usize) -> Option<Digest> {
         let v = self.vouched.as_ref()?;
-        if v.except.contains(rel) {
-            return None;
-        }
-        let stamp = &v.stamp;
-        let i = (near.saturating_sub(4)..stamp.len().min(*near + 4))
-            .find(|&i| stamp.path_is(i, rel) && stamp.is_present_file(i))
-            .or_else(|| v.position(rel))?;
-        *near = i + 1;
-        Some(stamp.entry(i).digest)
+        Some(v.get_at(rel, |v| v.position_near(rel, near))?.digest)
     }
 
     /// What this build knows of a file: its stat when it was hashed.

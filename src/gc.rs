@@ -21,9 +21,10 @@
 //! they need, so a loose file and a record of one key are the same need),
 //! with their pack's times; only the newest copy of a key that verifies
 //! is listed, older copies count as the pack's own bytes. Each action-cache
-//! entry is read once, as its pack is verified on every core. Removing one means rewriting its pack without
-//! it, which gc does a pack at a time, under the pack's own name (so the
-//! newest-first order stays and the extra space needed is one pack's).
+//! entry is read once, as its pack is verified on every core. Removing one
+//! means rewriting its pack without it, which gc does a pack at a time,
+//! under the pack's own name (so the newest-first order stays and the
+//! extra space needed is one pack's).
 //!
 //! Every other object, entry and `runs/` file goes, as do stray
 //! `.mkt-tmp-*` files older than an hour (left by a crashed write; a
@@ -946,12 +947,7 @@ fn remove_all(root: &Utf8Path, removed: &[Removal]) -> Result<()> {
         if r.packed.is_some() {
             return Ok(()); // gone with the repack
         }
-        let abs = root.join(&r.path);
-        match fs::remove_file(&abs) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", abs, e)),
-        }
+        crate::store::remove_if_there(&root.join(&r.path))
     };
     match rayon::ThreadPoolBuilder::new().num_threads(16).build() {
         Ok(pool) => pool.install(|| removed.par_iter().try_for_each(remove)),

@@ -123,12 +123,6 @@ struct Patch<'p> {
     records: Vec<(usize, &'p [u8])>,
 }
 
-fn remove_if_there(path: &Utf8Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
 /// Where the state tip starts: after the magic, the version and the node count.
 const STATE_AT: usize = 8 + 4 + env!("CARGO_PKG_VERSION").len() + 4;
 
@@ -584,14 +578,19 @@ impl NoopStamp {
     /// private copy of a mapping's page, or a copy of the bytes: the file
     /// is never written).
     pub fn set(&mut self, i: usize, stat: Option<FileStat>, racy: bool, digest: Digest) {
-        let at = self.tail_of(i);
-        let bytes = self.bytes.bytes_mut();
         let mut tail = Writer(Vec::with_capacity(ENTRY_TAIL - 1));
         tail.u8(stat.is_some() as u8);
         tail.u8(racy as u8);
         tail.file_stat(&stat.unwrap_or(ABSENT));
         tail.digest(&digest);
-        bytes[at + 1..at + ENTRY_TAIL].copy_from_slice(&tail.0);
+        self.set_tail(i, &tail.0);
+    }
+
+    /// Writes entry `i`'s fields after its kind (as [`NoopStamp::set`]
+    /// encodes them) and notes the entry as patched.
+    fn set_tail(&mut self, i: usize, tail: &[u8]) {
+        let at = self.tail_of(i);
+        self.bytes.bytes_mut()[at + 1..at + ENTRY_TAIL].copy_from_slice(tail);
         self.patched.push(i as u32);
     }
 
@@ -614,17 +613,22 @@ impl NoopStamp {
     /// a handful of a million), else whole, the patch then removed.
     /// (Rewriting the 187 MB stamp of a million targets was a quarter of
     /// the build after one edit.)
-    pub fn write(&mut self, store_dir: &Utf8Path) -> std::io::Result<()> {
+    pub fn write(&mut self, store_dir: &Utf8Path) -> crate::error::Result<()> {
+        use crate::error::Error;
+        use crate::store::{remove_if_there, replace_cache};
         self.patched.sort_unstable();
         self.patched.dedup();
         let patch_path = store_dir.join(NOOP_PATCH);
         if let Some(base) = self.base
             && self.patched.len() * PATCH_RECORD <= self.body_len / PATCH_AT_MOST
         {
-            return crate::store::replace_cache(&patch_path, &[&self.encode_patch(&base)]);
+            return replace_cache(&patch_path, &[&self.encode_patch(&base)])
+                .map_err(|e| Error::io("write", &patch_path, e));
         }
         let (body, sum) = self.encoded_parts();
-        crate::store::replace_cache(&store_dir.join(NOOP_STAMP), &[body, &sum])?;
+        let stamp_path = store_dir.join(NOOP_STAMP);
+        replace_cache(&stamp_path, &[body, &sum])
+            .map_err(|e| Error::io("write", &stamp_path, e))?;
         self.base = Some(sum);
         self.patched.clear();
         remove_if_there(&patch_path)
@@ -632,9 +636,9 @@ impl NoopStamp {
 
     /// Removes the stamp from `store_dir`, its patch after it (a patch
     /// alone is of no file).
-    pub fn remove(store_dir: &Utf8Path) -> std::io::Result<()> {
-        remove_if_there(&store_dir.join(NOOP_STAMP))?;
-        remove_if_there(&store_dir.join(NOOP_PATCH))
+    pub fn remove(store_dir: &Utf8Path) -> crate::error::Result<()> {
+        crate::store::remove_if_there(&store_dir.join(NOOP_STAMP))?;
+        crate::store::remove_if_there(&store_dir.join(NOOP_PATCH))
     }
 
     /// The patch file of this stamp over the file whose checksum is `base`
@@ -665,9 +669,7 @@ impl NoopStamp {
         self.nodes = p.nodes;
         self.set_state_tip(p.state_tip);
         for (i, tail) in p.records {
-            let at = self.tail_of(i);
-            self.bytes.bytes_mut()[at + 1..at + ENTRY_TAIL].copy_from_slice(tail);
-            self.patched.push(i as u32);
+            self.set_tail(i, tail);
         }
         true
     }

@@ -525,13 +525,6 @@ impl ObjectStore {
         replace_cache(path, &[bytes]).map_err(|e| Error::io("write", path, e))
     }
 
-    /// [`replace_cache`] of a file given in parts (the no-op stamp: its
-    /// bytes and its checksum, without a copy of the 2.5 MB of a
-    /// 10,000-target stamp).
-    pub fn write_cache_parts(&self, path: &Utf8Path, parts: &[&[u8]]) -> Result<()> {
-        replace_cache(path, parts).map_err(|e| Error::io("write", path, e))
-    }
-
     pub(crate) fn object_path(&self, d: &Digest) -> Utf8PathBuf {
         let hex = d.to_hex();
         self.dir
@@ -1217,6 +1210,14 @@ fn sync_each(paths: &[Utf8PathBuf]) -> Result<()> {
 /// next build its fast path. (The state snapshot, which holds the only
 /// copy of the target records, and outputs, which are the user's, are
 /// renamed over the old file: they never go missing, even for a moment.)
+/// Removes the file at `path`; one already gone is no error.
+pub fn remove_if_there(path: &Utf8Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io("remove", path, e)),
+        _ => Ok(()),
+    }
+}
+
 pub fn replace_cache(path: &Utf8Path, parts: &[&[u8]]) -> std::io::Result<()> {
     // (readable as any file mkt writes, so that others sharing the project
     // keep the fast path)

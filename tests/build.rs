@@ -1669,6 +1669,22 @@ fn an_edit_patches_the_stamp_and_a_damaged_patch_only_costs_time() {
     // a build of named targets that runs one removes both
     p.mkt(&["build", "--force", "index"]).success();
     assert!(!p.exists(".mkt/noop") && !p.exists(".mkt/noop.patch"));
+
+    // a patch that cannot be written is an error naming it; the outputs
+    // and records are saved before it, so the next build runs nothing
+    p.mkt(&["build"]).success();
+    stamped(&p);
+    std::fs::create_dir_all(p.path(".mkt/noop.patch/in-the-way")).unwrap();
+    p.append("docs/d30.md", "More.\n");
+    p.mkt(&["build"])
+        .code(1)
+        .ran_keys(&["summary[docs/d30.md]", "index"])
+        .stderr_contains(&format!(
+            "error: cannot write `{}`: Is a directory",
+            p.path(".mkt/noop.patch").display()
+        ));
+    std::fs::remove_dir_all(p.path(".mkt/noop.patch")).unwrap();
+    p.mkt(&["build"]).success().nothing_ran();
 }
 
 #[test]

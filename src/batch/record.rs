@@ -83,12 +83,7 @@ impl BatchRecord {
 
     /// Removes the record: its batch is collected.
     pub fn remove(&self, dir: &Utf8Path) -> Result<()> {
-        let path = self.path_in(dir);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io("remove", &path, e)),
-        }
+        crate::store::remove_if_there(&self.path_in(dir))
     }
 
     fn parse(bytes: &[u8]) -> Option<BatchRecord> {

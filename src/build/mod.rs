@@ -807,8 +807,7 @@ fn save(
     // (A build of named targets that found them all up to date changed
     // nothing the stamp describes: it still holds.)
     if new_stamp.is_none() && (!plan.named_only || jobs > 0) {
-        NoopStamp::remove(&store_dir)
-            .map_err(|e| crate::error::Error::io("remove", store_dir.join(NOOP_STAMP_FILE), e))?;
+        NoopStamp::remove(&store_dir)?;
     }
     let saved = save_state(store, plan, &mode, records, !session.one_shot)?;
     phases.mark("save the state");
@@ -827,8 +826,7 @@ fn save(
             crate::store::replace_cache_with(&graph_path, |w| saved.graph.encode_to(&key, w))
                 .map_err(|e| crate::error::Error::io("write", &graph_path, e))?;
         }
-        (stamp.write(&store_dir))
-            .map_err(|e| crate::error::Error::io("write", store_dir.join(NOOP_STAMP_FILE), e))?
+        stamp.write(&store_dir)?
     }
     phases.mark("write the stamp and caches");
     rep.phases = std::mem::take(phases);
