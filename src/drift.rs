@@ -20,6 +20,7 @@
 use crate::config::Project;
 use crate::graph::Graph;
 use crate::state::TargetRecord;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 /// A model that answered as `now` in this build while `before` (snapshot,
@@ -43,7 +44,7 @@ pub(crate) fn census<'r>(
     project: &Project,
     graph: &Graph,
     model: &str,
-    record_of: impl Fn(&str) -> Option<&'r TargetRecord>,
+    record_of: impl Fn(&str) -> Option<Cow<'r, TargetRecord>>,
 ) -> BTreeMap<String, (usize, String)> {
     let mut made: BTreeMap<String, (usize, String)> = BTreeMap::new();
     for (i, node) in graph.nodes.iter().enumerate() {
@@ -118,7 +119,7 @@ pub(crate) fn seen_in_build(
     project: &Project,
     graph: &Graph,
     old: &crate::state::TargetRecords,
-    new: &rustc_hash::FxHashMap<String, TargetRecord>,
+    new: &crate::state::NewRecords,
     answered: &[(usize, String)],
 ) -> Vec<ModelDrift> {
     let mut now_of: BTreeMap<&str, &str> = BTreeMap::new();
@@ -132,7 +133,9 @@ pub(crate) fn seen_in_build(
     }
     (now_of.into_iter())
         .filter_map(|(model, now)| {
-            let made = census(project, graph, model, |k| new.get(k).or_else(|| old.get(k)));
+            let made = census(project, graph, model, |k| {
+                (new.get(k).map(Cow::Owned)).or_else(|| old.get(k).map(Cow::Borrowed))
+            });
             drift_of(model, now, &made)
         })
         .collect()
@@ -160,7 +163,10 @@ pub fn drifted(
     for i in 0..graph.nodes.len() {
         let model = model_of(project, graph, i);
         let newest = newest_of.entry(model).or_insert_with(|| {
-            newest(&census(project, graph, model, |k| records.get(k))).map(str::to_string)
+            newest(&census(project, graph, model, |k| {
+                records.get(k).map(Cow::Borrowed)
+            }))
+            .map(str::to_string)
         });
         let node = &graph.nodes[i];
         if let (Some(rec), Some(newest)) = (records.get(&node.key), newest.as_deref())

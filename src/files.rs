@@ -1,12 +1,12 @@
 //! Reading project files: every access goes through [`ProjectFiles`], which
 //! refuses paths that leave the project (through a symlink, since `..` and
 //! absolute paths are refused when `prompts.toml` is loaded) and answers
-//! digests from the stat cache (see `state.rs`).
+//! digests from the stat cache (see `state/mod.rs`).
 
 use crate::hash::Digest;
 use crate::stamp::NoopStamp;
 use crate::state::FileStat;
-use crate::state::{StatEntry, now_ns};
+use crate::state::{StatEntry, StatTable, now_ns};
 use camino::{Utf8Path, Utf8PathBuf};
 use rayon::prelude::*;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -66,7 +66,7 @@ pub struct ProjectFiles {
     /// Stat cache from the previous build.
     old: HashMap<String, StatEntry>,
     /// Entries looked at in this build (what the next state keeps).
-    seen: Mutex<HashMap<String, StatEntry>>,
+    seen: Mutex<StatTable>,
     /// Directories already checked to be inside the project.
     dirs_ok: std::sync::RwLock<HashMap<Utf8PathBuf, bool>>,
     /// Set when the no-op stamp has just verified every file but the ones
@@ -168,7 +168,7 @@ impl ProjectFiles {
             root: root.to_owned(),
             root_canon,
             old,
-            seen: Mutex::new(HashMap::default()),
+            seen: Mutex::new(StatTable::default()),
             dirs_ok: Default::default(),
             walked: Default::default(),
             resolved: Default::default(),
@@ -413,7 +413,7 @@ impl ProjectFiles {
     }
 
     fn record(&self, rel: &str, entry: StatEntry) {
-        self.seen.lock().unwrap().insert(rel.to_string(), entry);
+        self.seen.lock().unwrap().insert(rel, entry);
     }
 
     /// Digests many files in parallel (the no-op build's main cost).
@@ -431,7 +431,7 @@ impl ProjectFiles {
             .collect();
         let mut seen = self.seen.lock().unwrap();
         for (p, e) in found {
-            seen.insert(p.to_string(), e);
+            seen.insert(p, e);
         }
     }
 
@@ -466,7 +466,7 @@ impl ProjectFiles {
         let mut seen = self.seen.lock().unwrap();
         // (settled in place: a copy of the paths was a fifth of the peak
         // memory of a full build)
-        let due: Vec<(&String, &mut StatEntry)> = (seen.iter_mut())
+        let due: Vec<(&str, &mut StatEntry)> = (seen.iter_mut())
             .filter(|(_, e)| e.racy && !crate::state::is_racy(&e.stat, checked_at))
             .collect();
         due.into_par_iter().for_each(|(p, e)| {
@@ -549,7 +549,7 @@ impl ProjectFiles {
     }
 
     /// Runs `f` over everything this build knows of its files.
-    pub fn with_seen<T>(&self, f: impl FnOnce(&HashMap<String, StatEntry>) -> T) -> T {
+    pub fn with_seen<T>(&self, f: impl FnOnce(&StatTable) -> T) -> T {
         f(&self.seen.lock().unwrap())
     }
 
@@ -570,7 +570,7 @@ impl ProjectFiles {
     }
 
     /// The previous stat cache and the entries this build looked at.
-    pub fn into_parts(self) -> (HashMap<String, StatEntry>, HashMap<String, StatEntry>) {
+    pub fn into_parts(self) -> (HashMap<String, StatEntry>, StatTable) {
         (self.old, self.seen.into_inner().unwrap())
     }
 }

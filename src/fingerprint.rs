@@ -2,7 +2,7 @@
 //! manner of cargo's fingerprints: the [`Fingerprint`] of a target (its
 //! configuration, model, source files and upstream outputs, by digest),
 //! the [`DirtyReason`] it is stale for, and [`staleness`], the one place
-//! that decides (the state, `state.rs`, stores the fingerprints; the
+//! that decides (the state, `state/mod.rs`, stores the fingerprints; the
 //! scheduler asks here).
 
 use crate::hash::Digest;

@@ -13,7 +13,7 @@
 //! | `ac/xx/<ibh>.json`   | loose action-cache entries of a version 1 store           | `store.rs`       |
 //! | `runs/<run id>.json` | RunManifests of failed runs                               | `store.rs`       |
 //! | `history.jsonl`      | one line per target per build                             | `history.rs`     |
-//! | `state`, `state.log` | the fast-path state: a snapshot and its journal           | `state.rs`       |
+//! | `state`, `state.log` | the fast-path state: a snapshot and its journal           | `state/mod.rs`   |
 //! | `sync-pending`       | there from a build's first write to its flush             | `store.rs`       |
 //! | `project-cache`      | the parsed `prompts.toml`, keyed by its BLAKE3            | `config.rs`      |
 //! | `noop`               | the no-op stamp                                           | `stamp.rs`       |

@@ -9,7 +9,7 @@
 //! and no `--force` stats them all; if nothing changed the build is a no-op
 //! and nothing else is read. Any difference (an edit, a touch, a new file
 //! in a globbed directory, a deleted output) goes on to the freshness check
-//! (`state.rs`), which takes the stamp's word for no more than this: each
+//! (`state/mod.rs`), which takes the stamp's word for no more than this: each
 //! file it did not see change has the stat and digest it records, and,
 //! when nothing that shapes the graph changed, the cached graph holds and
 //! a node that reads and writes none of the changed files, below only such
@@ -18,7 +18,7 @@
 //! it the same way, but never write one.
 //!
 //! That last rule holds only while the records are those of the build that
-//! wrote the stamp. The stamp names them (the state's tip, `state.rs`), and
+//! wrote the stamp. The stamp names them (the state's tip, `state/mod.rs`), and
 //! a build whose state read is not those records (a journal cut short or
 //! removed, a snapshot replaced) takes the stamp's word for files only. So a build that will write no stamp removes the old one
 //! before it saves its records (unless it ran nothing, so changed no
@@ -65,7 +65,7 @@
 //! for a symlink where it leads in `mtime_ns` (1 inside, 2 nowhere, 3 out;
 //! 0 for anything else), a zero `ctime_ns` and a zero digest.
 //!
-//! (`str` and integers as in `state.rs`.) A directory that did not exist is
+//! (`str` and integers as in `state/mod.rs`.) A directory that did not exist is
 //! recorded as absent, so creating it is noticed.
 //!
 //! # File format of `.mkt/noop.patch`

@@ -14,7 +14,7 @@
 //!   ac/xx/<ibh>.json     loose action-cache entries, likewise
 //!   runs/<run id>.json   manifests of failed runs (a successful run's is its ac entry)
 //!   history.jsonl        one line per target per build: ran/cached/failed
-//!   state, state.log     the fast-path state and its journal (see `state.rs`)
+//!   state, state.log     the fast-path state and its journal (see `state/mod.rs`)
 //!   sync-pending         there while a build's writes may not be on disk yet
 //! ```
 //!

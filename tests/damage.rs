@@ -192,7 +192,7 @@ fn expected_outputs(edited: &Path, next: Next) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 /// Copies `from` to `to` with every file's and directory's mtime: a fresh
-/// mtime would make each entry racy (`state.rs`), verified by content
+/// mtime would make each entry racy (`state/mod.rs`), verified by content
 /// rather than vouched for by its stat.
 fn copy_with_times(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();

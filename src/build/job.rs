@@ -176,7 +176,9 @@ impl Ctx<'_> {
             _ => {
                 let (project, graph) = (self.src.project, self.src.graph);
                 self.pins.newest(model, || {
-                    crate::drift::census(project, graph, model, |k| self.old.get(k))
+                    crate::drift::census(project, graph, model, |k| {
+                        self.old.get(k).map(std::borrow::Cow::Borrowed)
+                    })
                 })
             }
         }
@@ -1027,8 +1029,10 @@ mod tests {
             st.targets.insert("notes".into(), record);
             state_files.snapshot(&st).unwrap();
         } else {
+            let mut new = crate::state::NewRecords::default();
+            new.insert("notes", &record);
             let delta = StateDelta {
-                targets: vec![("notes", &record)],
+                targets: Some(&new),
                 ..Default::default()
             };
             assert!(state_files.append(&delta.encode()).unwrap());

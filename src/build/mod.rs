@@ -1,4 +1,4 @@
-//! The build engine: decides per node whether it is fresh (see `state.rs`),
+//! The build engine: decides per node whether it is fresh (see `state/mod.rs`),
 //! and runs the stale ones through compilation and processing on a pool of
 //! `-j` worker threads, in dependency order, with early cutoff.
 //!
@@ -49,10 +49,11 @@ use crate::files::ProjectFiles;
 use crate::graph::{Graph, analyse_project};
 use crate::hash::Digest;
 use crate::stamp::{Changes, NoopStamp};
-use crate::state::{FileStat, StatEntry, State, StateDelta, StateFiles, now_ns};
-use crate::state::{TargetRecord, TargetRecords};
+use crate::state::{FileStat, StatEntry, StatTable, State, StateDelta, StateFiles, now_ns};
+use crate::state::{NewRecords, TargetRecord, TargetRecords};
 use crate::store::STORE_DIR;
 use crate::store::{ObjectStore, StoreLock};
+use crate::template::TemplateRefs;
 use camino::Utf8Path;
 use job::Ctx;
 
@@ -891,7 +892,7 @@ fn save_state(
     store: &ObjectStore,
     plan: Plan,
     mode: &Mode,
-    records: HashMap<String, TargetRecord>,
+    records: NewRecords,
     keep: bool,
 ) -> Result<Saved> {
     let Plan {
@@ -905,7 +906,7 @@ fn save_state(
     } = plan;
     let (old_files, seen) = files.into_parts();
     let mut delta = StateDelta::default();
-    for (p, e) in &seen {
+    for (p, e) in seen.iter() {
         if old_files.get(p) != Some(e) {
             delta.files.push((p, e));
         }
@@ -915,7 +916,7 @@ fn save_state(
             delta.analysis.push((d, r));
         }
     }
-    delta.targets = records.iter().map(|(k, r)| (k.as_str(), r)).collect();
+    delta.targets = Some(&records);
     let wrote = !delta.is_empty();
     // a first build writes a snapshot: no need to encode its delta too
     let appended = wrote && !state_files.needs_snapshot() && state_files.append(&delta.encode())?;
@@ -931,39 +932,42 @@ fn save_state(
     } else {
         // a snapshot keeps the stat cache and the analyses, which a build
         // that read only the records must read now
-        let (old_files, old_analysis, targets) = if mode.records_only {
+        let (old_files, old_analysis, old_targets) = if mode.records_only {
             drop(old_targets); // its mapping of the snapshot, read again now
             let (_, full) = StateFiles::load(store.dir());
-            (full.files, full.analysis, full.targets)
+            (full.files, full.analysis, full.targets.into())
         } else {
-            (old_files, old_analysis, old_targets.into_map())
+            (old_files, old_analysis, old_targets)
         };
-        let targets = newer_over(records, targets);
-        let old = State {
-            files: old_files,
-            analysis: old_analysis,
-            targets,
-        };
-        if snapshot_due {
-            let st = snapshot(old, seen, &mut graph, mode);
-            state_files.snapshot(&st)?;
+        let (files, analysis) = if snapshot_due {
+            let (files, analysis) = snapshot_parts(old_files, old_analysis, seen, &mut graph, mode);
+            state_files.snapshot_over(&files, &analysis, &records, &old_targets)?;
             // (the log it replaces is gone: its directory records that)
             store.note_written(&store.dir().join(crate::layout::STATE));
-            Some(st)
+            if !keep {
+                // (nothing is decoded for a build that keeps nothing: at a
+                // million targets the records and the stat cache as maps
+                // were most of a full build's peak memory)
+                return Ok(Saved {
+                    project,
+                    graph,
+                    state_files,
+                    state: None,
+                    wrote,
+                });
+            }
+            (files.into_iter().collect(), analysis)
         } else {
-            let State {
-                mut files,
-                mut analysis,
-                targets,
-            } = old;
+            let (mut files, mut analysis) = (old_files, old_analysis);
             files.extend(seen);
             analysis.extend(std::mem::take(&mut graph.analysis));
-            Some(State {
-                files,
-                analysis,
-                targets,
-            })
-        }
+            (files, analysis)
+        };
+        Some(State {
+            files,
+            analysis,
+            targets: newer_over(records.into_map(), old_targets.into_map()),
+        })
     };
     Ok(Saved {
         project,
@@ -992,33 +996,35 @@ fn newer_over(
     }
 }
 
-/// The state a snapshot saves: the stat cache of the files the project
-/// uses now (`seen`, and of the others those `old` had), the analyses,
-/// every record.
-fn snapshot(old: State, seen: HashMap<String, StatEntry>, graph: &mut Graph, mode: &Mode) -> State {
+/// What a snapshot saves besides the records: the stat cache of the files
+/// the project uses now (`seen`, and of the others `old_files` had), and
+/// the analyses.
+fn snapshot_parts(
+    old_files: HashMap<String, StatEntry>,
+    old_analysis: HashMap<Digest, TemplateRefs>,
+    seen: StatTable,
+    graph: &mut Graph,
+    mode: &Mode,
+) -> (StatTable, HashMap<Digest, TemplateRefs>) {
     let mut used: HashSet<&str> = HashSet::default();
     for n in &graph.nodes {
         used.extend(n.sources().map(|(_, p)| p));
         used.insert(&n.output);
     }
     let mut files = seen;
-    for (p, e) in old.files {
-        if used.contains(p.as_str()) && !files.contains_key(&p) {
-            files.insert(p, e);
+    for (p, e) in old_files {
+        if used.contains(p.as_str()) && !files.contains(&p) {
+            files.insert(&p, e);
         }
     }
     drop(used);
     // a graph from the cache carries no analyses: keep the old ones
     let analysis = if mode.graph_from_cache {
-        old.analysis
+        old_analysis
     } else {
         std::mem::take(&mut graph.analysis)
     };
-    State {
-        files,
-        analysis,
-        targets: old.targets,
-    }
+    (files, analysis)
 }
 
 /// Hands freed heap pages back to the system. glibc keeps them (and its

@@ -10,6 +10,7 @@ use crate::fingerprint::{DirtyReason, Fingerprint, TargetRecord, staleness};
 use crate::graph::Graph;
 use crate::hash::Digest;
 use crate::manifest::UpstreamRecord;
+use crate::state::NewRecords;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -142,6 +143,7 @@ pub(super) struct Progress<'g> {
     pub(super) waiting: Vec<u32>,
     pub(super) ready: VecDeque<usize>,
     pub(super) results: Vec<Option<Done>>,
+    /// Why each stale node in flight is stale, until it is reported.
     pub(super) reasons: HashMap<usize, DirtyReason>,
     pub(super) rep: BuildReport,
     pub(super) done: usize,
@@ -201,10 +203,12 @@ impl<'g> Progress<'g> {
         self.rep.count(&outcome);
         self.results[i] = Some(d);
         self.done += 1;
+        // (let go once reported: kept, a full build's million were 86 MB)
+        let reason = self.reasons.remove(&i);
         report(Event::Finished {
             key: &self.graph.nodes[i].key,
             outcome: &outcome,
-            reason: self.reasons.get(&i),
+            reason: reason.as_ref(),
             done: self.done,
             total: self.rep.total,
         });
@@ -222,7 +226,7 @@ impl<'g> Progress<'g> {
 /// the history lines not yet appended.
 pub(super) struct Scheduled {
     pub(super) rep: BuildReport,
-    pub(super) records: HashMap<String, TargetRecord>,
+    pub(super) records: NewRecords,
     pub(super) history: String,
     /// The nodes whose model was called and named the snapshot that
     /// answered, with that snapshot (`drift.rs`).
@@ -251,7 +255,7 @@ pub(super) fn run_all(
 ) -> Scheduled {
     let mut out = Scheduled {
         rep: BuildReport::default(),
-        records: HashMap::default(),
+        records: NewRecords::default(),
         history: String::new(),
         answered: Vec::new(),
         cache_missed: Vec::new(),
@@ -575,9 +579,15 @@ fn take_result(
             out.history.clear();
         }
     }
-    let key = ctx.src.graph.nodes[r.node].key.clone();
+    let key = &ctx.src.graph.nodes[r.node].key;
+    // (only a node's dependants ask for its run id: a corpus's million
+    // leaves keep none)
+    let run_id = |rec: &TargetRecord| match prog.downstream.of_node(r.node) {
+        [] => String::new(),
+        _ => rec.run_id.clone(),
+    };
     let d = match &r.record {
-        Some(rec) if !rec.failed => Done::ok(rec.output_digest, rec.run_id.clone()),
+        Some(rec) if !rec.failed => Done::ok(rec.output_digest, run_id(rec)),
         // (a job that did not run: the build stopped first, or `mkt cache
         // pull` found it in no cache)
         _ if let Outcome::Skipped { because } = &r.outcome => Done::not_run(because),
@@ -590,7 +600,7 @@ fn take_result(
         if matches!(r.outcome, Outcome::Ran { .. }) && !rec.answered_by.is_empty() {
             out.answered.push((r.node, rec.answered_by.clone()));
         }
-        out.records.insert(key, rec);
+        out.records.insert(key, &rec);
     }
     prog.complete(r.node, r.outcome, d, report);
 }

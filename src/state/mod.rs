@@ -58,6 +58,12 @@ use crate::store::MappedFile;
 use crate::template::{Ref, TemplateRefs};
 use rustc_hash::FxHashMap as HashMap;
 
+mod records;
+mod stat_table;
+use records::{IndexedRecords, Put, Records};
+pub use records::{NewRecords, TargetRecords};
+pub use stat_table::StatTable;
+
 pub const STATE_MAGIC: &[u8; 8] = b"MKTSTATE";
 pub const STATE_VERSION: u32 = 2;
 /// Two seconds covers file systems with one- and two-second timestamps
@@ -346,58 +352,20 @@ impl State {
         v
     }
 
-    /// Writes the encoding to `out` in chunks, never holding it whole (at
-    /// 10,000 targets of a layered pipeline it is 13 MB, a fifth of the
-    /// build's peak memory when it was one buffer). The body is encoded
-    /// twice: once to learn its length, which the header carries, once to
-    /// write it. Returns the bytes written and the checksum.
+    /// Writes the encoding to `out` in chunks (see [`encode_parts_to`]).
     pub fn encode_to(&self, out: &mut dyn std::io::Write) -> std::io::Result<(u64, Digest)> {
-        const CHUNK: usize = 64 * 1024;
-        let body = |emit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>| {
-            let mut w = Writer(Vec::with_capacity(CHUNK + 4096));
-            let mut flush = |w: &mut Writer, force: bool| {
-                if force || w.0.len() >= CHUNK {
-                    let r = emit(&w.0);
-                    w.0.clear();
-                    return r;
-                }
-                Ok(())
-            };
-            w.u32(self.files.len() as u32);
-            for (path, e) in &self.files {
-                put_file(&mut w, path, e);
-                flush(&mut w, false)?;
+        let targets = |put: &mut dyn FnMut(Put<'_>) -> std::io::Result<()>| {
+            for (k, t) in &self.targets {
+                put(Put::Decoded(k, t))?;
             }
-            w.u32(self.analysis.len() as u32);
-            for (d, r) in &self.analysis {
-                put_analysis(&mut w, d, r);
-                flush(&mut w, false)?;
-            }
-            w.u32(self.targets.len() as u32);
-            for (key, t) in &self.targets {
-                put_target(&mut w, key, t);
-                flush(&mut w, false)?;
-            }
-            flush(&mut w, true)
-        };
-        let mut len = 0u64;
-        body(&mut |c| {
-            len += c.len() as u64;
             Ok(())
-        })?;
-        let mut head = Writer(Vec::with_capacity(20));
-        head.0.extend_from_slice(STATE_MAGIC);
-        head.u32(STATE_VERSION);
-        head.u64(len);
-        out.write_all(&head.0)?;
-        let mut h = blake3::Hasher::new();
-        body(&mut |c| {
-            h.update(c);
-            out.write_all(c)
-        })?;
-        let sum = Digest(*h.finalize().as_bytes());
-        out.write_all(&sum.0)?;
-        Ok((head.0.len() as u64 + len + 32, sum))
+        };
+        encode_parts_to(
+            &|| self.files.iter().map(|(p, e)| (p.as_str(), e)),
+            &self.analysis,
+            &targets,
+            out,
+        )
     }
 
     /// Decodes a state file; `None` for anything but a complete, intact file
@@ -446,195 +414,79 @@ impl State {
     }
 }
 
-/// The target records of a state, by key: either all decoded, or read
-/// from the snapshot's bytes one at a time as they are asked for.
-pub struct TargetRecords(Records);
+/// Writes a state file, returning its length and checksum.
+type EncodeState<'a> = dyn Fn(&mut dyn std::io::Write) -> std::io::Result<(u64, Digest)> + 'a;
 
-enum Records {
-    Decoded(HashMap<String, TargetRecord>),
-    Indexed(Box<IndexedRecords>),
-}
+/// Hands each target record a snapshot holds to the function it is given.
+type PutTargets<'a> =
+    dyn Fn(&mut dyn FnMut(Put<'_>) -> std::io::Result<()>) -> std::io::Result<()> + 'a;
 
-/// A snapshot's target records, found through an index of their offsets
-/// and decoded on first use. An incremental build of one target in
-/// 10,000 asks for a few of them; decoding all took 7 ms.
-struct IndexedRecords {
-    /// The whole snapshot file (the records point into it).
-    bytes: MappedFile,
-    /// Where each record starts in `bytes`.
-    offsets: Vec<u32>,
-    /// Positions in `offsets`, hashed by the record's key.
-    index: hashbrown::HashTable<u32>,
-    /// (boxed: an empty slot is 16 bytes, not a record's 250; at a million
-    /// targets, most never decoded, that was 240 MB)
-    decoded: Vec<std::sync::OnceLock<Option<Box<TargetRecord>>>>,
-    /// Records from the log, newer than the snapshot's.
-    newer: HashMap<String, TargetRecord>,
-    layout: Layout,
-}
-
-/// The key of the target record at `at` in `bytes` (already checked).
-fn record_key(bytes: &[u8], at: u32) -> &[u8] {
-    let mut r = Reader {
-        buf: bytes,
-        pos: at as usize,
-    };
-    let len = r.u32().unwrap_or(0) as usize;
-    r.take(len).unwrap_or_default()
-}
-
-fn key_hash(key: &str) -> u64 {
-    use std::hash::BuildHasher;
-    rustc_hash::FxBuildHasher.hash_one(key)
-}
-
-impl IndexedRecords {
-    /// Indexes the records of an intact snapshot (`None` otherwise). The
-    /// other sections are stepped over, every record's shape checked.
-    fn new(bytes: MappedFile) -> Option<IndexedRecords> {
-        // The file's pages are let go as the checksum and the index pass
-        // them: at a million targets they were 513 MB of an edit's
-        // memory, and the build reads a few records again.
-        let (body, layout) = State::body_with(&bytes, |body| {
-            let start = body.as_ptr() as usize - bytes.as_ptr() as usize;
-            bytes.digest_releasing(start..start + body.len())
-        })?;
-        u32::try_from(bytes.len()).ok()?;
-        let start = body.as_ptr() as usize - bytes.as_ptr() as usize;
-        let mut released = 0;
-        let mut r = Reader { buf: body, pos: 0 };
-        for _ in 0..r.count(FILE_MIN)? {
-            skip_file(&mut r)?;
-        }
-        for _ in 0..r.count(ANALYSIS_MIN)? {
-            skip_analysis(&mut r)?;
-        }
-        let n = r.count(TARGET_MIN)?;
-        let mut offsets = Vec::with_capacity(n);
-        let mut index = hashbrown::HashTable::with_capacity(n);
-        for _ in 0..n {
-            let at = (start + r.pos) as u32;
-            let key = std::str::from_utf8(skip_target(&mut r, layout)?.0).ok()?;
-            let hash = key_hash(key);
-            let same = |&i: &u32| record_key(&bytes, offsets[i as usize]) == key.as_bytes();
-            if index.find(hash, same).is_some() {
-                return None; // a key twice: not a file we wrote
+/// Writes a state file of `files`, `analysis` and the records `targets`
+/// puts to `out` in chunks, never holding it whole (at 10,000 targets of
+/// a layered pipeline it is 13 MB, a fifth of the build's peak memory when
+/// it was one buffer). The body is encoded twice: once to learn its length
+/// and its count of records, which come before them, once to write it.
+/// Returns the bytes written and the checksum.
+fn encode_parts_to<'f, F: Iterator<Item = (&'f str, &'f StatEntry)>>(
+    files: &dyn Fn() -> F,
+    analysis: &HashMap<Digest, TemplateRefs>,
+    targets: &PutTargets<'_>,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<(u64, Digest)> {
+    const CHUNK: usize = 64 * 1024;
+    let mut count = 0u32;
+    targets(&mut |_| {
+        count += 1;
+        Ok(())
+    })?;
+    let body = |emit: &mut dyn FnMut(&[u8]) -> std::io::Result<()>| {
+        let mut w = Writer(Vec::with_capacity(CHUNK + 4096));
+        let mut flush = |w: &mut Writer, force: bool| {
+            if force || w.0.len() >= CHUNK {
+                let r = emit(&w.0);
+                w.0.clear();
+                return r;
             }
-            index.insert_unique(hash, offsets.len() as u32, |&i| {
-                key_hash(std::str::from_utf8(record_key(&bytes, offsets[i as usize])).unwrap_or(""))
-            });
-            offsets.push(at);
-            if start + r.pos - released >= crate::store::RELEASE_EVERY {
-                bytes.release(released..start + r.pos);
-                released = start + r.pos;
-            }
-        }
-        if r.pos != body.len() {
-            return None;
-        }
-        bytes.release(released..start + r.pos);
-        let decoded = (0..n).map(|_| std::sync::OnceLock::new()).collect();
-        Some(IndexedRecords {
-            bytes,
-            offsets,
-            index,
-            decoded,
-            newer: HashMap::default(),
-            layout,
-        })
-    }
-
-    fn key(&self, i: usize) -> &[u8] {
-        record_key(&self.bytes, self.offsets[i])
-    }
-
-    fn record(&self, i: usize) -> Option<&TargetRecord> {
-        self.decoded[i]
-            .get_or_init(|| {
-                let mut r = Reader {
-                    buf: &self.bytes,
-                    pos: self.offsets[i] as usize,
-                };
-                get_target(&mut r, self.layout).map(|(_, rec)| Box::new(rec))
-            })
-            .as_deref()
-    }
-
-    fn position(&self, key: &str) -> Option<usize> {
-        let same = |&i: &u32| self.key(i as usize) == key.as_bytes();
-        self.index.find(key_hash(key), same).map(|&i| i as usize)
-    }
-
-    fn get(&self, key: &str) -> Option<&TargetRecord> {
-        match self.newer.get(key) {
-            Some(rec) => Some(rec),
-            None => self.record(self.position(key)?),
-        }
-    }
-
-    fn output(&self, key: &str) -> Option<(Digest, bool)> {
-        if let Some(rec) = self.newer.get(key) {
-            return Some((rec.output_digest, rec.failed));
-        }
-        let i = self.position(key)?;
-        if let Some(rec) = self.decoded[i].get() {
-            return rec.as_ref().map(|r| (r.output_digest, r.failed));
-        }
-        let mut r = Reader {
-            buf: &self.bytes,
-            pos: self.offsets[i] as usize,
+            Ok(())
         };
-        skip_target(&mut r, self.layout).map(|(_, digest, failed)| (digest, failed))
-    }
-}
-
-impl TargetRecords {
-    pub fn get(&self, key: &str) -> Option<&TargetRecord> {
-        match &self.0 {
-            Records::Decoded(m) => m.get(key),
-            Records::Indexed(ix) => ix.get(key),
+        w.u32(files().count() as u32);
+        for (path, e) in files() {
+            put_file(&mut w, path, e);
+            flush(&mut w, false)?;
         }
-    }
-
-    /// The recorded output digest of `key` and whether its run failed,
-    /// without decoding the rest of the record: all a build asks of a
-    /// target that nothing changed.
-    pub fn output(&self, key: &str) -> Option<(Digest, bool)> {
-        match &self.0 {
-            Records::Decoded(m) => m.get(key).map(|r| (r.output_digest, r.failed)),
-            Records::Indexed(ix) => ix.output(key),
+        w.u32(analysis.len() as u32);
+        for (d, r) in analysis {
+            put_analysis(&mut w, d, r);
+            flush(&mut w, false)?;
         }
-    }
-
-    /// Every record with its key (decoding those not decoded yet).
-    pub fn iter(&self) -> Box<dyn Iterator<Item = (&str, &TargetRecord)> + '_> {
-        match &self.0 {
-            Records::Decoded(m) => Box::new(m.iter().map(|(k, r)| (k.as_str(), r))),
-            Records::Indexed(ix) => Box::new(
-                (0..ix.offsets.len())
-                    .filter_map(|i| Some((std::str::from_utf8(ix.key(i)).ok()?, ix.record(i)?)))
-                    .filter(|(k, _)| !ix.newer.contains_key(*k))
-                    .chain(ix.newer.iter().map(|(k, r)| (k.as_str(), r))),
-            ),
-        }
-    }
-
-    /// Every record, decoded.
-    pub fn into_map(self) -> HashMap<String, TargetRecord> {
-        match self.0 {
-            Records::Decoded(m) => m,
-            Records::Indexed(_) => self
-                .iter()
-                .map(|(k, r)| (k.to_string(), r.clone()))
-                .collect(),
-        }
-    }
-}
-
-impl From<HashMap<String, TargetRecord>> for TargetRecords {
-    fn from(m: HashMap<String, TargetRecord>) -> TargetRecords {
-        TargetRecords(Records::Decoded(m))
-    }
+        w.u32(count);
+        targets(&mut |t| {
+            match t {
+                Put::Encoded(bytes) => w.0.extend_from_slice(bytes),
+                Put::Decoded(key, rec) => put_target(&mut w, key, rec),
+            }
+            flush(&mut w, false)
+        })?;
+        flush(&mut w, true)
+    };
+    let mut len = 0u64;
+    body(&mut |c| {
+        len += c.len() as u64;
+        Ok(())
+    })?;
+    let mut head = Writer(Vec::with_capacity(20));
+    head.0.extend_from_slice(STATE_MAGIC);
+    head.u32(STATE_VERSION);
+    head.u64(len);
+    out.write_all(&head.0)?;
+    let mut h = blake3::Hasher::new();
+    body(&mut |c| {
+        h.update(c);
+        out.write_all(c)
+    })?;
+    let sum = Digest(*h.finalize().as_bytes());
+    out.write_all(&sum.0)?;
+    Ok((head.0.len() as u64 + len + 32, sum))
 }
 
 /// Which parts of the state a reader wants.
@@ -648,11 +500,11 @@ pub enum Sections {
 /// What one build learnt, to be added to the state: new or changed stat
 /// cache entries, analyses and target records.
 /// It borrows: a build's delta can be most of the state.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default)]
 pub struct StateDelta<'a> {
     pub files: Vec<(&'a str, &'a StatEntry)>,
     pub analysis: Vec<(&'a Digest, &'a TemplateRefs)>,
-    pub targets: Vec<(&'a str, &'a TargetRecord)>,
+    pub targets: Option<&'a NewRecords>,
 }
 
 /// The tag of a target record in the log; 3 was version 1's.
@@ -660,7 +512,9 @@ const TARGET_V2: u8 = 4;
 
 impl StateDelta<'_> {
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.analysis.is_empty() && self.targets.is_empty()
+        self.files.is_empty()
+            && self.analysis.is_empty()
+            && self.targets.is_none_or(|t| t.is_empty())
     }
 
     pub fn encode(&self) -> Vec<u8> {
@@ -673,9 +527,9 @@ impl StateDelta<'_> {
             w.u8(2);
             put_analysis(&mut w, d, r);
         }
-        for (k, t) in &self.targets {
+        for t in self.targets.iter().flat_map(|t| t.encoded()) {
             w.u8(TARGET_V2);
-            put_target(&mut w, k, t);
+            w.0.extend_from_slice(t);
         }
         w.0
     }
@@ -861,6 +715,27 @@ impl StateFiles {
     /// Writes `st` as the new snapshot (streamed to a temp file beside it,
     /// renamed into place) and drops the log.
     pub fn snapshot(&mut self, st: &State) -> crate::error::Result<()> {
+        self.snapshot_with(&|w| st.encode_to(w))
+    }
+
+    /// Writes a new snapshot of `files`, `analysis`, and the records of
+    /// `new` over those of `old`, without decoding either, and drops the
+    /// log.
+    pub fn snapshot_over(
+        &mut self,
+        files: &StatTable,
+        analysis: &HashMap<Digest, TemplateRefs>,
+        new: &NewRecords,
+        old: &TargetRecords,
+    ) -> crate::error::Result<()> {
+        let targets = |put: &mut dyn FnMut(Put<'_>) -> std::io::Result<()>| {
+            old.put_each(&|k| new.contains(k), put)?;
+            new.encoded().try_for_each(|b| put(Put::Encoded(b)))
+        };
+        self.snapshot_with(&|w| encode_parts_to(&|| files.iter(), analysis, &targets, w))
+    }
+
+    fn snapshot_with(&mut self, encode: &EncodeState<'_>) -> crate::error::Result<()> {
         use std::io::Write;
         let path = self.dir.join(crate::layout::STATE);
         let io = |e| crate::error::Error::io("write", &path, e);
@@ -868,7 +743,7 @@ impl StateFiles {
         // project would otherwise read no state, and hash every file again)
         let tmp = crate::store::temp_in(&self.dir).map_err(io)?;
         let mut w = std::io::BufWriter::with_capacity(256 * 1024, tmp);
-        let (len, sum) = st.encode_to(&mut w).map_err(io)?;
+        let (len, sum) = encode(&mut w).map_err(io)?;
         w.flush().map_err(io)?;
         let tmp = w.into_inner().map_err(|e| io(e.into_error()))?;
         // renamed over the old one (not unlinked first, as the caches are):
@@ -966,8 +841,10 @@ mod tests {
     fn save(sf: &mut StateFiles, key: &str, full: impl FnOnce() -> State) {
         let mut rec = sample().targets["summary"].clone();
         rec.run_id = format!("run-{key}");
+        let mut new = NewRecords::default();
+        new.insert(key, &rec);
         let delta = StateDelta {
-            targets: vec![(key, &rec)],
+            targets: Some(&new),
             ..Default::default()
         };
         if !sf.append(&delta.encode()).unwrap() {
@@ -1042,6 +919,59 @@ mod tests {
         assert_eq!(records.get("nope"), None);
         assert_eq!(records.iter().count(), 5);
         assert_eq!(records.into_map(), all.targets);
+    }
+
+    /// A build's new records written over the old ones, without decoding
+    /// either, make the snapshot the decoded maps make: whether the old
+    /// records are decoded, read from a snapshot with a log, or from a
+    /// version 1 snapshot.
+    #[test]
+    fn a_snapshot_over_old_records_is_the_snapshot_of_the_merged_maps() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = camino::Utf8Path::from_path(t.path()).unwrap();
+        let mut old = sample();
+        for k in ["b", "c"] {
+            let mut rec = old.targets["summary"].clone();
+            rec.run_id = format!("old-{k}");
+            rec.answered_by.clear(); // (as version 1 could hold it)
+            old.targets.insert(k.to_string(), rec);
+        }
+        old.targets.get_mut("summary").unwrap().answered_by.clear();
+        let mut new = NewRecords::default();
+        let mut want = old.clone();
+        for k in ["a", "c"] {
+            let mut rec = old.targets["summary"].clone();
+            rec.run_id = format!("new-{k}");
+            new.insert(k, &rec);
+            want.targets.insert(k.to_string(), rec);
+        }
+        let mut files = StatTable::default();
+        for (p, e) in &old.files {
+            files.insert(p, *e);
+        }
+        let read_back = |sf: &mut StateFiles, olds: &TargetRecords| {
+            sf.snapshot_over(&files, &old.analysis, &new, olds).unwrap();
+            let bytes = std::fs::read(dir.join("state")).unwrap();
+            State::decode(&bytes).expect("an intact snapshot")
+        };
+        let (mut sf, _) = StateFiles::load(dir);
+        let decoded = TargetRecords::from(old.targets.clone());
+        assert_eq!(read_back(&mut sf, &decoded), want, "decoded");
+        // from a snapshot and a log that replaces one of its records
+        let mut older = old.clone();
+        older.targets.get_mut("b").unwrap().run_id = "older-b".into();
+        sf.snapshot(&older).unwrap();
+        save(&mut sf, "b", || unreachable!("no compaction"));
+        want.targets.get_mut("b").unwrap().run_id = "run-b".into();
+        want.targets.get_mut("b").unwrap().answered_by = "gpt-4o-mini-2024-07-18".into();
+        let (mut sf, indexed) = StateFiles::load_records(dir);
+        assert_eq!(read_back(&mut sf, &indexed), want, "indexed");
+        drop(indexed);
+        std::fs::write(dir.join("state"), encode_v1(&old)).unwrap();
+        let _ = std::fs::remove_file(dir.join("state.log"));
+        want.targets.insert("b".into(), old.targets["b"].clone());
+        let (mut sf, v1) = StateFiles::load_records(dir);
+        assert_eq!(read_back(&mut sf, &v1), want, "version 1");
     }
 
     /// A damaged snapshot gives no records (never a panic, never a wrong
@@ -1221,8 +1151,10 @@ mod tests {
         // this mkt appends a version 2 record to the old snapshot's log
         let mut new = sample().targets["summary"].clone();
         new.run_id = "new-log".into();
+        let mut records = NewRecords::default();
+        records.insert("fresh", &new);
         let delta = StateDelta {
-            targets: vec![("fresh", &new)],
+            targets: Some(&records),
             ..Default::default()
         };
         assert!(sf.append(&delta.encode()).unwrap());
