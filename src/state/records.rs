@@ -21,8 +21,11 @@ pub(super) struct IndexedRecords {
     pub(super) bytes: MappedFile,
     /// Where each record starts in `bytes`.
     offsets: Vec<u32>,
-    /// Positions in `offsets`, hashed by the record's key.
-    index: hashbrown::HashTable<u32>,
+    /// Positions in `offsets`, hashed by the record's key, each with the
+    /// top half of its key's hash: a probe compares that first, so that
+    /// indexing a million records does not read the keys of random earlier
+    /// ones (which paged 290 MB of the snapshot back in for an edit).
+    index: hashbrown::HashTable<(u32, u32)>,
     /// (boxed: an empty slot is 16 bytes, not a record's 250; at a million
     /// targets, most never decoded, that was 240 MB)
     decoded: Vec<std::sync::OnceLock<Option<Box<TargetRecord>>>>,
@@ -39,6 +42,11 @@ fn record_key(bytes: &[u8], at: usize) -> &[u8] {
     };
     let len = r.u32().unwrap_or(0) as usize;
     r.take(len).unwrap_or_default()
+}
+
+/// What [`IndexedRecords`] keeps of a key's hash beside its position.
+fn hash_check(hash: u64) -> u32 {
+    (hash >> 32) as u32
 }
 
 fn key_hash(key: &str) -> u64 {
@@ -74,12 +82,15 @@ impl IndexedRecords {
             let at = (start + r.pos) as u32;
             let key = std::str::from_utf8(skip_target(&mut r, layout)?.0).ok()?;
             let hash = key_hash(key);
-            let same =
-                |&i: &u32| record_key(&bytes, offsets[i as usize] as usize) == key.as_bytes();
+            let same = |&(i, check): &(u32, u32)| {
+                check == hash_check(hash)
+                    && record_key(&bytes, offsets[i as usize] as usize) == key.as_bytes()
+            };
             if index.find(hash, same).is_some() {
                 return None; // a key twice: not a file we wrote
             }
-            index.insert_unique(hash, offsets.len() as u32, |&i| {
+            // (the table has room for all: no rehash reads a key back)
+            index.insert_unique(hash, (offsets.len() as u32, hash_check(hash)), |&(i, _)| {
                 key_hash(
                     std::str::from_utf8(record_key(&bytes, offsets[i as usize] as usize))
                         .unwrap_or(""),
@@ -123,8 +134,11 @@ impl IndexedRecords {
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        let same = |&i: &u32| self.key(i as usize) == key.as_bytes();
-        self.index.find(key_hash(key), same).map(|&i| i as usize)
+        let hash = key_hash(key);
+        let same = |&(i, check): &(u32, u32)| {
+            check == hash_check(hash) && self.key(i as usize) == key.as_bytes()
+        };
+        self.index.find(hash, same).map(|&(i, _)| i as usize)
     }
 
     pub(super) fn get(&self, key: &str) -> Option<&TargetRecord> {
