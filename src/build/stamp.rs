@@ -6,7 +6,7 @@ use crate::graph::Graph;
 use crate::hash::Digest;
 use crate::stamp::{EntryKind, EntryRef, NoopStamp, StampEntry};
 use crate::state::{DepKind, FileStat, StatEntry, is_racy};
-use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
+use rustc_hash::FxHashSet as HashSet;
 
 /// The stamp for the build that just finished, or `None` when some entry
 /// is unknown (the next build then takes the full path).
@@ -64,7 +64,13 @@ pub(super) fn noop_stamp(
 /// before content.
 fn stamped_paths(graph: &Graph) -> Vec<(&str, EntryKind)> {
     let mut paths: Vec<(&str, EntryKind)> = Vec::new();
-    let mut index: HashMap<&str, usize> = HashMap::default();
+    // (positions in `paths` by the path's hash: a map of `&str` to `usize`
+    // over a million targets' two million paths was 100 MB of the save)
+    let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
+    let hash = |p: &str| {
+        use std::hash::BuildHasher;
+        rustc_hash::FxBuildHasher.hash_one(p)
+    };
     for n in &graph.nodes {
         let sources = n.source_files().into_iter().map(|(k, p)| {
             let kind = match k {
@@ -74,11 +80,13 @@ fn stamped_paths(graph: &Graph) -> Vec<(&str, EntryKind)> {
             (kind, p)
         });
         for (kind, p) in sources.chain([(EntryKind::Output, n.output.as_str())]) {
-            match index.get(p) {
-                Some(&i) if kind.outranks(paths[i].1) => paths[i].1 = kind,
+            let h = hash(p);
+            match index.find(h, |&i| paths[i as usize].0 == p) {
+                Some(&i) if kind.outranks(paths[i as usize].1) => paths[i as usize].1 = kind,
                 Some(_) => {}
                 None => {
-                    index.insert(p, paths.len());
+                    let at = paths.len() as u32;
+                    index.insert_unique(h, at, |&i| hash(paths[i as usize].0));
                     paths.push((p, kind));
                 }
             }
