@@ -786,6 +786,29 @@ fn replay_log(log: &[u8], base_id: &Digest, st: &mut State, sections: Sections) 
 mod tests {
     use super::*;
 
+    /// A record whose digests are all `d` (shared by the tests of the
+    /// state's parts).
+    pub(super) fn target_record(d: Digest, run_id: &str) -> TargetRecord {
+        TargetRecord {
+            fingerprint: Fingerprint {
+                config: d,
+                model: d,
+                deps: vec![Dep {
+                    kind: DepKind::Input,
+                    path: "docs/a.md".into(),
+                    digest: d,
+                }],
+                upstream: vec![("outline".into(), d)],
+            },
+            ibh: d,
+            output: format!("out/{run_id}.md"),
+            output_digest: d,
+            run_id: run_id.into(),
+            failed: false,
+            answered_by: "gpt-4o-mini-2024-07-18".into(),
+        }
+    }
+
     fn sample() -> State {
         let mut st = State::default();
         let d = Digest::of(b"a");
@@ -812,27 +835,9 @@ mod tests {
                 ..Default::default()
             },
         );
-        st.targets.insert(
-            "summary".into(),
-            TargetRecord {
-                fingerprint: Fingerprint {
-                    config: d,
-                    model: d,
-                    deps: vec![Dep {
-                        kind: DepKind::Input,
-                        path: "docs/a.md".into(),
-                        digest: d,
-                    }],
-                    upstream: vec![("outline".into(), d)],
-                },
-                ibh: d,
-                output: "out/s.md".into(),
-                output_digest: d,
-                run_id: "r1".into(),
-                failed: false,
-                answered_by: "gpt-4o-mini-2024-07-18".into(),
-            },
-        );
+        let mut rec = target_record(d, "r1");
+        rec.output = "out/s.md".into();
+        st.targets.insert("summary".into(), rec);
         st
     }
 

@@ -368,25 +368,7 @@ mod tests {
     use super::*;
 
     fn record(run_id: &str) -> TargetRecord {
-        let d = Digest::of(run_id.as_bytes());
-        TargetRecord {
-            fingerprint: Fingerprint {
-                config: d,
-                model: d,
-                deps: vec![Dep {
-                    kind: DepKind::Input,
-                    path: "docs/a.md".into(),
-                    digest: d,
-                }],
-                upstream: vec![("outline".into(), d)],
-            },
-            ibh: d,
-            output: format!("out/{run_id}.md"),
-            output_digest: d,
-            run_id: run_id.into(),
-            failed: false,
-            answered_by: "snap".into(),
-        }
+        crate::state::tests::target_record(Digest::of(run_id.as_bytes()), run_id)
     }
 
     #[test]
