@@ -956,10 +956,10 @@ fn save_state(
                     wrote,
                 });
             }
-            (files.into_iter().collect(), analysis)
+            (files.into_entries().collect(), analysis)
         } else {
             let (mut files, mut analysis) = (old_files, old_analysis);
-            files.extend(seen);
+            files.extend(seen.into_entries());
             analysis.extend(std::mem::take(&mut graph.analysis));
             (files, analysis)
         };

@@ -23,8 +23,8 @@ pub(super) struct Done {
     pub(super) fresh: bool,
     pub(super) output_digest: Digest,
     /// The run that made the output; empty for a fresh node (see
-    /// [`Done::fresh`]).
-    pub(super) run_id: String,
+    /// [`Done::fresh`]). (A `Box<str>`: a `Done` is kept per node.)
+    pub(super) run_id: Box<str>,
     /// For a node that failed or was skipped: why its dependants cannot run.
     /// (Boxed: a build keeps a `Done` for each of a corpus's million
     /// nodes, and almost none has one.)
@@ -34,7 +34,7 @@ pub(super) struct Done {
 }
 
 impl Done {
-    pub(super) fn ok(output_digest: Digest, run_id: String) -> Done {
+    pub(super) fn ok(output_digest: Digest, run_id: Box<str>) -> Done {
         Done {
             fresh: false,
             output_digest,
@@ -50,7 +50,7 @@ impl Done {
     pub(super) fn fresh(output_digest: Digest) -> Done {
         Done {
             fresh: true,
-            ..Done::ok(output_digest, String::new())
+            ..Done::ok(output_digest, Box::default())
         }
     }
 
@@ -67,7 +67,7 @@ impl Done {
         Done {
             fresh: false,
             output_digest: Digest::default(),
-            run_id: String::new(),
+            run_id: Box::default(),
             blame: Some(Box::new(blame)),
             pending: false,
         }
@@ -255,7 +255,7 @@ pub(super) fn run_all(
 ) -> Scheduled {
     let mut out = Scheduled {
         rep: BuildReport::default(),
-        records: NewRecords::default(),
+        records: NewRecords::spilling_in(ctx.src.store.dir(), prog.rep.total),
         history: String::new(),
         answered: Vec::new(),
         cache_missed: Vec::new(),
@@ -429,7 +429,7 @@ fn triage(
         };
         let d = Done {
             pending: !reason.output_only(),
-            ..Done::ok(digest, String::new())
+            ..Done::ok(digest, Box::default())
         };
         prog.complete(i, Outcome::WouldRun, d, report);
         let model = &ctx.src.project.targets[node.target].model;
@@ -501,7 +501,7 @@ fn upstream_records(ctx: &Ctx<'_>, prog: &Progress<'_>, i: usize) -> Vec<Upstrea
             // a fresh node's run is the one its record names
             let run_id = match ctx.old.get(target) {
                 Some(rec) if d.fresh => rec.run_id.clone(),
-                _ => d.run_id.clone(),
+                _ => d.run_id.to_string(),
             };
             UpstreamRecord {
                 target: target.clone(),
@@ -583,8 +583,8 @@ fn take_result(
     // (only a node's dependants ask for its run id: a corpus's million
     // leaves keep none)
     let run_id = |rec: &TargetRecord| match prog.downstream.of_node(r.node) {
-        [] => String::new(),
-        _ => rec.run_id.clone(),
+        [] => Box::default(),
+        _ => rec.run_id.as_str().into(),
     };
     let d = match &r.record {
         Some(rec) if !rec.failed => Done::ok(rec.output_digest, run_id(rec)),

@@ -529,7 +529,7 @@ impl StateDelta<'_> {
         }
         for t in self.targets.iter().flat_map(|t| t.encoded()) {
             w.u8(TARGET_V2);
-            w.0.extend_from_slice(t);
+            w.0.extend_from_slice(&t);
         }
         w.0
     }
@@ -730,7 +730,7 @@ impl StateFiles {
     ) -> crate::error::Result<()> {
         let targets = |put: &mut dyn FnMut(Put<'_>) -> std::io::Result<()>| {
             old.put_each(&|k| new.contains(k), put)?;
-            new.encoded().try_for_each(|b| put(Put::Encoded(b)))
+            new.encoded().try_for_each(|b| put(Put::Encoded(&b)))
         };
         self.snapshot_with(&|w| encode_parts_to(&|| files.iter(), analysis, &targets, w))
     }

@@ -3,6 +3,7 @@
 //! ([`NewRecords`], kept encoded as the state writes them).
 
 use super::*;
+use std::borrow::Cow;
 
 /// The target records of a state, by key: either all decoded, or read
 /// from the snapshot's bytes one at a time as they are asked for.
@@ -267,45 +268,162 @@ impl From<HashMap<String, TargetRecord>> for TargetRecords {
 }
 
 /// The records a build makes, each kept as the state encodes it (`TARGET`
-/// in the module docs of `state`) in one buffer and found by key. At a
-/// million targets a map of decoded records was 840 MB of a full build's
-/// peak, the same records encoded 350 MB; and the save copies the bytes
-/// into the log or the snapshot as they are.
-#[derive(Debug, Default)]
+/// in the module docs of `state`), found by key. At a million targets a
+/// map of decoded records was 840 MB of a full build's peak, the same
+/// records encoded 350 MB; past [`SPILL_AT`] bytes they go to an unlinked
+/// temporary file in the store's directory (gone with the process, however
+/// it ends), and memory keeps only where each one is. The save copies the
+/// bytes into the log or the snapshot as they are.
+#[derive(Default)]
 pub struct NewRecords {
-    bytes: Vec<u8>,
-    /// Where each record starts in `bytes`, in the order added; `None`
-    /// for one a later record of the same key replaced.
-    starts: Vec<Option<usize>>,
-    /// Positions in `starts`, hashed by the record's key.
-    index: hashbrown::HashTable<u32>,
+    /// The records not spilled: all of them while they stay small.
+    tail: Vec<u8>,
+    spill: Option<Spill>,
+    /// Where a spill file may be made; none: never (or making one failed).
+    spill_dir: Option<camino::Utf8PathBuf>,
+    /// How many bytes of records memory holds before it spills them.
+    spill_at: usize,
+    /// Where each record starts (offsets run through the spill file, then
+    /// `tail`) and its length, in the order added; `None` for one a later
+    /// record of the same key replaced.
+    starts: Vec<Option<(u64, u32)>>,
+    /// Positions in `starts`, hashed by the record's key, each with the
+    /// top half of the hash, compared before a key is read.
+    index: hashbrown::HashTable<(u32, u32)>,
+}
+
+/// How many bytes of records are kept in memory before they are spilled.
+pub const SPILL_AT: usize = 4 << 20;
+
+struct Spill {
+    file: std::fs::File,
+    len: u64,
+    /// The file, mapped once its records are read in bulk.
+    mapped: std::sync::OnceLock<Option<MappedFile>>,
+}
+
+impl std::fmt::Debug for NewRecords {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewRecords")
+            .field("len", &self.len())
+            .field("spilled", &self.spilled())
+            .finish()
+    }
 }
 
 impl NewRecords {
+    /// Records that spill to a temporary file in `dir` once they are many,
+    /// with room for `expected` of them (the table then never grows, which
+    /// would read every spilled key back).
+    pub fn spilling_in(dir: &camino::Utf8Path, expected: usize) -> NewRecords {
+        NewRecords {
+            spill_dir: Some(dir.to_owned()),
+            spill_at: SPILL_AT,
+            index: hashbrown::HashTable::with_capacity(expected),
+            ..NewRecords::default()
+        }
+    }
+
+    fn spilled(&self) -> u64 {
+        self.spill.as_ref().map_or(0, |s| s.len)
+    }
+
+    /// The bytes of the record at `at`, `len` long.
+    fn bytes_at(&self, at: u64, len: u32) -> Cow<'_, [u8]> {
+        let spilled = self.spilled();
+        if at >= spilled {
+            let from = (at - spilled) as usize;
+            return Cow::Borrowed(&self.tail[from..from + len as usize]);
+        }
+        let spill = self
+            .spill
+            .as_ref()
+            .expect("offsets below `spilled` are spilled");
+        if let Some(Some(m)) = spill.mapped.get()
+            && (at + len as u64) as usize <= m.len()
+        {
+            return Cow::Borrowed(&m[at as usize..(at + len as u64) as usize]);
+        }
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0; len as usize];
+        // (written by `spill_tail`, which only counts what it wrote)
+        match spill.file.read_exact_at(&mut buf, at) {
+            Ok(()) => Cow::Owned(buf),
+            Err(_) => Cow::Owned(Vec::new()),
+        }
+    }
+
+    fn key_is(&self, i: u32, check: u32, key: &str, hash: u64) -> bool {
+        check == hash_check(hash)
+            && self.starts[i as usize]
+                .is_some_and(|(at, len)| record_key(&self.bytes_at(at, len), 0) == key.as_bytes())
+    }
+
     /// Adds the record of `key`, replacing any it had.
     pub fn insert(&mut self, key: &str, rec: &TargetRecord) {
-        let at = self.bytes.len();
-        let mut w = Writer(std::mem::take(&mut self.bytes));
+        let before = self.tail.len();
+        let at = self.spilled() + before as u64;
+        let mut w = Writer(std::mem::take(&mut self.tail));
         put_target(&mut w, key, rec);
-        self.bytes = w.0;
+        self.tail = w.0;
+        let len = (self.tail.len() - before) as u32;
         let hash = key_hash(key);
-        let (bytes, starts) = (&self.bytes, &mut self.starts);
-        let same =
-            |&i: &u32| starts[i as usize].is_some_and(|s| record_key(bytes, s) == key.as_bytes());
-        match self.index.find_mut(hash, same) {
-            Some(i) => {
-                starts[*i as usize] = None;
-                *i = starts.len() as u32;
+        let pos = self.starts.len() as u32;
+        let found = (self
+            .index
+            .find(hash, |&(i, c)| self.key_is(i, c, key, hash)))
+        .map(|&(i, _)| i);
+        match found {
+            Some(old) => {
+                self.starts[old as usize] = None;
+                let slot = self.index.find_mut(hash, |&(i, _)| i == old);
+                *slot.expect("found above") = (pos, hash_check(hash));
             }
             None => {
-                let rehash = |&i: &u32| {
-                    let s = starts[i as usize].expect("indexed records are live");
-                    key_hash(std::str::from_utf8(record_key(bytes, s)).unwrap_or(""))
+                let mut index = std::mem::take(&mut self.index);
+                let this = &*self;
+                let rehash = |&(i, _): &(u32, u32)| {
+                    let (at, len) = this.starts[i as usize].expect("indexed records are live");
+                    let bytes = this.bytes_at(at, len);
+                    key_hash(std::str::from_utf8(record_key(&bytes, 0)).unwrap_or(""))
                 };
-                self.index.insert_unique(hash, starts.len() as u32, rehash);
+                index.insert_unique(hash, (pos, hash_check(hash)), rehash);
+                self.index = index;
             }
         }
-        self.starts.push(Some(at));
+        self.starts.push(Some((at, len)));
+        if self.spill_dir.is_some() && self.tail.len() >= self.spill_at {
+            self.spill_tail();
+        }
+    }
+
+    /// Moves the records in memory to the spill file (made first); any
+    /// failure leaves them in memory and spills no more.
+    fn spill_tail(&mut self) {
+        use std::os::unix::fs::FileExt;
+        let Some(dir) = &self.spill_dir else { return };
+        if self.spill.is_none() {
+            match tempfile::tempfile_in(dir) {
+                Ok(file) => {
+                    self.spill = Some(Spill {
+                        file,
+                        len: 0,
+                        mapped: std::sync::OnceLock::new(),
+                    })
+                }
+                Err(_) => {
+                    self.spill_dir = None;
+                    return;
+                }
+            }
+        }
+        let spill = self.spill.as_mut().expect("made above");
+        if spill.file.write_all_at(&self.tail, spill.len).is_err() {
+            self.spill_dir = None;
+            return;
+        }
+        spill.len += self.tail.len() as u64;
+        self.tail.clear();
     }
 
     pub fn len(&self) -> usize {
@@ -316,11 +434,11 @@ impl NewRecords {
         self.index.is_empty()
     }
 
-    fn start_of(&self, key: &str) -> Option<usize> {
-        let same = |&i: &u32| {
-            self.starts[i as usize].is_some_and(|s| record_key(&self.bytes, s) == key.as_bytes())
-        };
-        let i = *self.index.find(key_hash(key), same)?;
+    fn start_of(&self, key: &str) -> Option<(u64, u32)> {
+        let hash = key_hash(key);
+        let &(i, _) = self
+            .index
+            .find(hash, |&(i, c)| self.key_is(i, c, key, hash))?;
         self.starts[i as usize]
     }
 
@@ -330,22 +448,41 @@ impl NewRecords {
 
     /// The record of `key`, decoded.
     pub fn get(&self, key: &str) -> Option<TargetRecord> {
-        let mut r = Reader {
-            buf: &self.bytes,
-            pos: self.start_of(key)?,
-        };
-        get_target(&mut r, Layout::V2).map(|(_, rec)| rec)
+        let (at, len) = self.start_of(key)?;
+        let bytes = self.bytes_at(at, len);
+        get_target(
+            &mut Reader {
+                buf: &bytes,
+                pos: 0,
+            },
+            Layout::V2,
+        )
+        .map(|(_, rec)| rec)
     }
 
-    /// Each live record as encoded, in the order added.
-    pub fn encoded(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.starts.iter().flatten().map(|&s| {
-            let mut r = Reader {
-                buf: &self.bytes,
-                pos: s,
-            };
-            skip_target(&mut r, Layout::V2).expect("encoded by insert");
-            &self.bytes[s..r.pos]
+    /// Each live record as encoded, in the order added. The spill file's
+    /// pages are let go behind the walk, as the snapshot's are when it
+    /// is read.
+    pub fn encoded(&self) -> impl Iterator<Item = Cow<'_, [u8]>> + '_ {
+        let map = self.spill.as_ref().and_then(|s| {
+            let mapped = s.mapped.get_or_init(|| {
+                // SAFETY: the file is this process's own, unlinked: no one
+                // else can change it, and it is only ever appended to.
+                let m = unsafe { memmap2::Mmap::map(&s.file) };
+                m.ok().map(MappedFile::Mapped)
+            });
+            mapped.as_ref()
+        });
+        let mut released = 0usize;
+        self.starts.iter().flatten().map(move |&(at, len)| {
+            if let Some(m) = map
+                && at as usize >= released + crate::store::RELEASE_EVERY
+                && (at as usize) <= m.len()
+            {
+                m.release(released..at as usize);
+                released = at as usize;
+            }
+            self.bytes_at(at, len)
         })
     }
 
@@ -354,7 +491,10 @@ impl NewRecords {
         let mut map = HashMap::default();
         map.reserve(self.len());
         for bytes in self.encoded() {
-            let mut r = Reader { buf: bytes, pos: 0 };
+            let mut r = Reader {
+                buf: &bytes,
+                pos: 0,
+            };
             if let Some((k, rec)) = get_target(&mut r, Layout::V2) {
                 map.insert(k, rec);
             }
@@ -387,7 +527,7 @@ mod tests {
         // each live record once, in the order added, as the state encodes it
         let keys: Vec<String> = (new.encoded())
             .map(|b| {
-                get_target(&mut Reader { buf: b, pos: 0 }, Layout::V2)
+                get_target(&mut Reader { buf: &b, pos: 0 }, Layout::V2)
                     .unwrap()
                     .0
             })
@@ -395,12 +535,42 @@ mod tests {
         assert_eq!(keys, ["a", "c", "b"]);
         for b in new.encoded() {
             let mut w = Writer(Vec::new());
-            let (k, rec) = get_target(&mut Reader { buf: b, pos: 0 }, Layout::V2).unwrap();
+            let (k, rec) = get_target(&mut Reader { buf: &b, pos: 0 }, Layout::V2).unwrap();
             put_target(&mut w, &k, &rec);
-            assert_eq!(w.0, b);
+            assert_eq!(w.0, &*b);
         }
         let map = new.into_map();
         assert_eq!(map.len(), 3);
         assert_eq!(map["b"], record("b-2"));
+    }
+
+    /// Spilled to a file, records read back as they were put, replaced
+    /// ones too, whether found one by one or walked in bulk.
+    #[test]
+    fn spilled_records_are_the_records_kept_in_memory() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = camino::Utf8Path::from_path(t.path()).unwrap();
+        let mut kept = NewRecords::default();
+        let mut spilled = NewRecords::spilling_in(dir, 10);
+        spilled.spill_at = 1000; // a few records at a time
+        for i in 0..200 {
+            let (k, run) = (format!("t{}", i % 150), format!("run-{i}"));
+            kept.insert(&k, &record(&run));
+            spilled.insert(&k, &record(&run));
+        }
+        assert!(spilled.spilled() > 0 && spilled.tail.len() < 1000);
+        assert_eq!(kept.spilled(), 0);
+        assert_eq!(spilled.len(), 150);
+        for i in 0..150 {
+            let k = format!("t{i}");
+            assert_eq!(spilled.get(&k), kept.get(&k), "{k}");
+        }
+        assert_eq!(spilled.get("t151"), None);
+        let walk = |r: &NewRecords| r.encoded().map(|b| b.into_owned()).collect::<Vec<_>>();
+        assert_eq!(walk(&spilled), walk(&kept));
+        // (a record added after the walk mapped the file reads too)
+        spilled.insert("late", &record("late"));
+        assert_eq!(spilled.get("late"), Some(record("late")));
+        assert_eq!(spilled.into_map().len(), 151);
     }
 }
