@@ -67,10 +67,7 @@ fn stamped_paths(graph: &Graph) -> Vec<(&str, EntryKind)> {
     // (positions in `paths` by the path's hash: a map of `&str` to `usize`
     // over a million targets' two million paths was 100 MB of the save)
     let mut index: hashbrown::HashTable<u32> = hashbrown::HashTable::new();
-    let hash = |p: &str| {
-        use std::hash::BuildHasher;
-        rustc_hash::FxBuildHasher.hash_one(p)
-    };
+    let hash = crate::state::key_hash;
     for n in &graph.nodes {
         let sources = n.source_files().into_iter().map(|(k, p)| {
             let kind = match k {

@@ -58,6 +58,12 @@ use crate::store::MappedFile;
 use crate::template::{Ref, TemplateRefs};
 use rustc_hash::FxHashMap as HashMap;
 
+/// The hash the state's tables find a path or a target key by.
+pub(crate) fn key_hash(key: &str) -> u64 {
+    use std::hash::BuildHasher;
+    rustc_hash::FxBuildHasher.hash_one(key)
+}
+
 mod records;
 mod stat_table;
 use records::{IndexedRecords, Put, Records};

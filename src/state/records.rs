@@ -50,11 +50,6 @@ fn hash_check(hash: u64) -> u32 {
     (hash >> 32) as u32
 }
 
-fn key_hash(key: &str) -> u64 {
-    use std::hash::BuildHasher;
-    rustc_hash::FxBuildHasher.hash_one(key)
-}
-
 impl IndexedRecords {
     /// Indexes the records of an intact snapshot (`None` otherwise). The
     /// other sections are stepped over, every record's shape checked.

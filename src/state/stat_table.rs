@@ -1,6 +1,6 @@
 //! [`StatTable`]: stat cache entries by path, compactly.
 
-use super::StatEntry;
+use super::{StatEntry, key_hash as hash};
 
 /// Stat cache entries by path: the entries in one vector, found through a
 /// table of their positions. A build of a million targets sees two million
@@ -11,11 +11,6 @@ pub struct StatTable {
     entries: Vec<(Box<str>, StatEntry)>,
     /// Positions in `entries`, hashed by path.
     index: hashbrown::HashTable<u32>,
-}
-
-fn hash(path: &str) -> u64 {
-    use std::hash::BuildHasher;
-    rustc_hash::FxBuildHasher.hash_one(path)
 }
 
 impl StatTable {
